@@ -1,0 +1,64 @@
+//! The Theseus API: custom resources of group `theseus.dev`, version
+//! `v1alpha1`, one file per kind.
+//!
+//! The Rust types are the source of truth: `theseus crds` and `crds/` are
+//! generated from them, so the schema the API server enforces (patterns,
+//! minimums, CEL rules) and the `kubectl explain` text (the doc comments)
+//! never drift from the code.
+
+// kube's `printcolumn(...)` lists repeat `type_ = …` by design; clippy
+// reads each repetition as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod conditions;
+mod node_install;
+mod node_pool;
+mod package_repository;
+mod package_set;
+mod service_group;
+
+pub use node_install::*;
+pub use node_pool::*;
+pub use package_repository::*;
+pub use package_set::*;
+pub use service_group::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every Theseus kind.
+pub const GROUP: &str = "theseus.dev";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// The category every kind joins, so that `kubectl get theseus` lists them all.
+pub const CATEGORY: &str = "theseus";
+
+/// A package id, `NAME--VERSION` (see `pkg::id` for the full rules).
+pub const PACKAGE_ID_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*--[A-Za-z0-9._+]{1,64}$";
+/// A package name: lowercase letters, digits and single hyphens.
+pub const PACKAGE_NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
+/// A service-group label: lowercase letters, digits and hyphens.
+pub const GROUP_LABEL_PATTERN: &str = r"^[a-z0-9-]+$";
+/// A service name: a DNS label, as it becomes part of object names.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Every CustomResourceDefinition Theseus serves, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        PackageRepository::crd(),
+        PackageSet::crd(),
+        NodeInstall::crd(),
+        ServiceGroup::crd(),
+        NodePool::crd(),
+    ]
+}
+
+/// The YAML of one CRD, as committed under `crds/`.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    serde_yaml::to_string(crd).expect("a CRD always serializes")
+}
+
+/// The file name a CRD is stored under in `crds/`: `<plural>.<group>.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}

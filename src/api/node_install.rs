@@ -1,0 +1,144 @@
+//! NodeInstall: one per node, the operator's target and the agent's report.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The package state of one node. The agent creates it when it starts and
+/// writes `status`; the operator writes `spec.target`. It is named after the
+/// node and carries the node's labels, which PackageSet selectors match.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "theseus.dev",
+    version = "v1alpha1",
+    kind = "NodeInstall",
+    status = "NodeInstallStatus",
+    shortname = "ni",
+    category = "theseus",
+    doc = "The packages one node should run (spec, from the operator) and runs (status, from its agent).",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Active", type_ = "string", json_path = ".status.activeHash"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.setHash"),
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeat")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInstallSpec {
+    /// The set the node should make active. Written by the operator; absent
+    /// until a PackageSet claims the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<NodeTarget>,
+}
+
+/// Everything an agent needs to switch to a set, so that it reads nothing but
+/// its own NodeInstall.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTarget {
+    /// Name of the PackageSet this target comes from.
+    #[schemars(length(min = 1, max = 253))]
+    pub package_set: String,
+
+    /// Hash of the sorted package ids; equals `status.activeHash` once the
+    /// node has switched.
+    #[schemars(length(min = 1, max = 128))]
+    pub set_hash: String,
+
+    /// The package ids to make active, exactly.
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(
+            regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*--[A-Za-z0-9._+]{1,64}$"),
+            length(max = 129)
+        )
+    )]
+    pub packages: Vec<String>,
+
+    /// Base URL of the repository to fetch missing packages from.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub repository_url: String,
+
+    /// Ed25519 keys the repository index must be signed with (base64); empty
+    /// when the repository is unsigned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub public_keys: Vec<String>,
+
+    /// How long the node's service has to pass its health check after the
+    /// switch, in seconds, before the agent rolls back. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub health_timeout_seconds: Option<i32>,
+}
+
+/// Where a node is in switching sets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum NodePhase {
+    /// Nothing to do: no target, or the target is active.
+    #[default]
+    Idle,
+    /// Downloading and verifying packages.
+    Fetching,
+    /// Building the new generation, stopping the service and switching.
+    Activating,
+    /// The new set is active; waiting for its health check.
+    Verifying,
+    /// The target set is active and healthy.
+    Active,
+    /// The target set failed and the node went back to its previous set.
+    RolledBack,
+    /// The node could not switch and could not roll back; needs a person.
+    Failed,
+}
+
+/// What the node's agent reports.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInstallStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The package ids of the active generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+
+    /// Hash of the sorted active ids, comparable with `spec.target.setHash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_hash: Option<String>,
+
+    /// Where the agent is in switching sets.
+    #[serde(default)]
+    pub phase: NodePhase,
+
+    /// What the agent is doing or why it stopped, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The set hash of the last target that failed and was rolled back; the
+    /// operator does not retry it until the target changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_hash: Option<String>,
+
+    /// When the agent last reported. A stale heartbeat makes the node count
+    /// as unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Time>,
+
+    /// The version of the agent binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+
+    /// The cloud instance this node runs on, when a NodePool launched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+
+    /// Package ids unpacked on the node (active or not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cached: Vec<String>,
+
+    /// `Ready` is True when the active set is the target and healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

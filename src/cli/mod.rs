@@ -1,0 +1,3 @@
+//! User commands that are neither the operator nor the agent.
+
+pub mod crds;
