@@ -1,0 +1,223 @@
+//! Support for tests that run against the local testbed (`testbed/testbed`):
+//! a kube-rs client, a fresh namespace per test, `kubectl`, and `eventually`.
+//!
+//! The testbed's addresses come from `testbed/testbed env`, the same lines a
+//! person evaluates in their shell. When the testbed is not up, a test that
+//! needs it fails if `CI` is set (a suite that passes by skipping proves
+//! nothing) and is skipped with a loud message otherwise.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// The repository root.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The environment of a running testbed, parsed from `testbed/testbed env`.
+#[derive(Debug, Clone)]
+pub struct TestbedEnv {
+    vars: HashMap<String, String>,
+}
+
+impl TestbedEnv {
+    /// One variable, e.g. `THESEUS_DISCOVERY_ETCD`.
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("testbed env lacks {name}"))
+    }
+
+    /// All variables, for child processes.
+    pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.vars.iter()
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        PathBuf::from(self.var("KUBECONFIG"))
+    }
+
+    /// The discovery etcd endpoint.
+    pub fn discovery_etcd(&self) -> &str {
+        self.var("THESEUS_DISCOVERY_ETCD")
+    }
+
+    /// The EC2 API endpoint (moto server).
+    pub fn ec2_endpoint(&self) -> &str {
+        self.var("THESEUS_EC2_ENDPOINT")
+    }
+
+    /// A command with the testbed's environment (PATH, KUBECONFIG, AWS_*).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.envs(self.vars());
+        cmd
+    }
+
+    /// Runs `kubectl ARGS…` against the testbed.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let kubectl = Path::new(self.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
+        self.command(kubectl)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Runs `kubectl ARGS…` and returns its stdout, failing the test on a
+    /// non-zero exit with kubectl's stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("kubectl prints UTF-8")
+    }
+
+    /// A kube-rs client for the testbed's API server.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("testbed kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("testbed kubeconfig is usable");
+        Client::try_from(config).expect("client for the testbed")
+    }
+}
+
+/// The running testbed, or `None` (after printing why) when it is not up and
+/// `CI` is not set. With `CI` set, a missing testbed fails the test.
+pub fn testbed() -> Option<TestbedEnv> {
+    static ENV: OnceLock<Result<TestbedEnv, String>> = OnceLock::new();
+    match ENV.get_or_init(load_testbed) {
+        Ok(env) => Some(env.clone()),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("the testbed is required under CI and is not usable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: testbed not up ({why}); run `make test` or `testbed/testbed up`");
+            None
+        }
+    }
+}
+
+/// `let Some(tb) = require_testbed!() else { return };` at the top of a test.
+#[macro_export]
+macro_rules! require_testbed {
+    () => {
+        $crate::support::testbed()
+    };
+}
+
+fn load_testbed() -> Result<TestbedEnv, String> {
+    let script = repo_root().join("testbed/testbed");
+    let status = Command::new(&script)
+        .arg("status")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !status.status.success() {
+        return Err(format!(
+            "`testbed/testbed status` says: {}",
+            String::from_utf8_lossy(&status.stdout).trim()
+        ));
+    }
+    let out = Command::new(&script)
+        .arg("env")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let vars = parse_env(&String::from_utf8_lossy(&out.stdout));
+    if !vars.contains_key("KUBECONFIG") {
+        return Err("`testbed/testbed env` printed no KUBECONFIG".into());
+    }
+    Ok(TestbedEnv { vars })
+}
+
+/// Parses `export NAME=value` lines (values may be single- or double-quoted).
+pub fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(name, value)| {
+            let value = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(value);
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// A namespace that exists for one test and is deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    env: TestbedEnv,
+}
+
+impl TestNamespace {
+    /// Creates `theseus-test-<tag>-<random>`, labelled `theseus.dev/test=true`.
+    pub async fn create(env: &TestbedEnv, client: &Client, tag: &str) -> Self {
+        let name = format!("theseus-test-{tag}-{:08x}", rand::random::<u32>());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "theseus.dev/test": "true" } }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        Self {
+            name,
+            env: env.clone(),
+        }
+    }
+
+    /// Deletes the namespace now and waits until the API server accepted it.
+    pub async fn delete(self, client: &Client) {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // A panicking test still removes its namespace; the API server
+        // finishes the deletion in the background.
+        let _ = self
+            .env
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Polls `check` until it returns `Ok`, or fails the test after `timeout`
+/// with the last error. For asserting what a controller eventually does.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not true after {timeout:?}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
