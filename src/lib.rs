@@ -10,4 +10,5 @@
 pub mod api;
 pub mod cli;
 pub mod logging;
+pub mod operator;
 pub mod rollout;

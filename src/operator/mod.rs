@@ -1,0 +1,227 @@
+//! `theseus operator`: starts the controllers under leader election and
+//! serves the HTTP endpoints.
+
+pub mod halt;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::halt::HaltStore;
+use self::leader::{Elector, LeaseConfig};
+use self::metrics::Metrics;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "theseus-operator";
+
+/// Run the Theseus operator: the PackageSet, PackageRepository, ServiceGroup
+/// and NodePool controllers, under leader election.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    theseus operator --namespace theseus-system\n  \
+    theseus operator --halt-token \"$TOKEN\" --listen 127.0.0.1:8080   # a local run")]
+pub struct OperatorArgs {
+    /// Namespace of the leader Lease and the halt ConfigMap.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "theseus-system")]
+    pub namespace: String,
+
+    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics, /halt, /resume).
+    #[arg(long, env = "THESEUS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Secret (in --namespace) whose `token` key is the bearer token of
+    /// /halt and /resume.
+    #[arg(long, env = "THESEUS_HALT_TOKEN_SECRET", conflicts_with = "halt_token")]
+    pub halt_token_secret: Option<String>,
+
+    /// The bearer token of /halt and /resume, for local runs. Without a token
+    /// the two endpoints are disabled.
+    #[arg(long, env = "THESEUS_HALT_TOKEN", hide_env_values = true)]
+    pub halt_token: Option<String>,
+
+    /// This replica's identity in the leader Lease. Default: the pod name
+    /// (POD_NAME) or host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "theseus-operator")]
+    pub lease_name: String,
+
+    /// Seconds a leader's lease stays valid without renewal; another replica
+    /// takes over within this time after the leader dies.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_seconds: u64,
+
+    /// A NodeInstall whose heartbeat is older than this many seconds counts
+    /// as unavailable.
+    #[arg(long, default_value_t = 60)]
+    pub stale_after_seconds: u64,
+
+    /// Directory for local state (the Local node provider's agent roots).
+    #[arg(
+        long,
+        env = "THESEUS_STATE_DIR",
+        default_value = "/var/lib/theseus-operator"
+    )]
+    pub state_dir: PathBuf,
+}
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// The halt store.
+    pub halt: HaltStore,
+    /// The operator's settings.
+    pub args: Arc<OperatorArgs>,
+    /// The event reporter.
+    pub reporter: Reporter,
+}
+
+/// A controller: runs until `stop` is cancelled.
+pub type ControllerFn = fn(Context, CancellationToken) -> BoxFuture<'static, ()>;
+
+/// Runs the operator until SIGINT or SIGTERM.
+pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let token = halt_token(&client, &args).await?;
+    let ctx = Context {
+        client: client.clone(),
+        metrics: Metrics::default(),
+        halt: HaltStore::new(client.clone(), &args.namespace),
+        reporter: Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity.clone()),
+        },
+        args: Arc::new(args.clone()),
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = http::HttpState {
+        halt: ctx.halt.clone(),
+        token,
+        metrics: ctx.metrics.clone(),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    info!(listen = %args.listen, identity = %identity, "operator starting");
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, http::router(state)).await {
+            warn!(error = %err, "HTTP server stopped");
+        }
+    });
+
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+    ready.store(true, Ordering::Relaxed);
+
+    let (leading_tx, leading) = watch::channel(false);
+    let elector = Elector::new(
+        client,
+        LeaseConfig {
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity,
+            duration: Duration::from_secs(args.lease_seconds),
+        },
+    );
+    tokio::spawn(elector.run(leading_tx));
+    tokio::select! {
+        () = lead(ctx, leading, controllers) => Ok(()),
+        () = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the controllers while we lead, and stops them when we do not.
+async fn lead(ctx: Context, mut leading: watch::Receiver<bool>, controllers: &[ControllerFn]) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        info!("leading: starting controllers");
+        let stop = CancellationToken::new();
+        let tasks: Vec<_> = controllers
+            .iter()
+            .map(|c| tokio::spawn(c(ctx.clone(), stop.child_token())))
+            .collect();
+        if leading.wait_for(|l| !*l).await.is_err() {
+            return;
+        }
+        warn!("lost leadership: stopping controllers");
+        stop.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn halt_token(client: &Client, args: &OperatorArgs) -> anyhow::Result<Option<Arc<str>>> {
+    if let Some(token) = &args.halt_token {
+        return Ok(Some(Arc::from(token.trim())));
+    }
+    let Some(name) = &args.halt_token_secret else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), &args.namespace)
+        .get(name)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the halt token Secret {}/{name}: {e}",
+                args.namespace
+            )
+        })?;
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .ok_or_else(|| anyhow::anyhow!("Secret {}/{name} has no `token` key", args.namespace))?;
+    let token = String::from_utf8(token.0)
+        .map_err(|_| anyhow::anyhow!("Secret {}/{name}: `token` is not UTF-8", args.namespace))?;
+    Ok(Some(Arc::from(token.trim())))
+}
+
+fn default_identity() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c.await.unwrap_or_default(),
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
