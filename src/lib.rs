@@ -10,3 +10,4 @@
 pub mod api;
 pub mod cli;
 pub mod logging;
+pub mod pkg;
