@@ -11,4 +11,5 @@ pub mod api;
 pub mod cli;
 pub mod logging;
 pub mod operator;
+pub mod pkg;
 pub mod rollout;

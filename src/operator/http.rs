@@ -112,10 +112,7 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Denied> {
     if same_length && diff == 0 {
         Ok(())
     } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ))
+        Err(Denied::WrongToken)
     }
 }
 

@@ -1,0 +1,570 @@
+//! The repository client: index, signature, and one-pass package download.
+//!
+//! A package streams from the network into the hasher and, through a
+//! bounded channel, into the unpacker running on a blocking thread: bytes
+//! are read once, never stored whole. When a connection drops, the download
+//! resumes with a `Range` request and keeps feeding the same unpacker, so
+//! a resumed package is still hashed and unpacked in one pass.
+
+use std::io::{self, BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::index::{self, Index, IndexEntry, IndexError};
+use super::unpack::{self, Limits, UnpackError, UnpackStats};
+
+/// Largest `index.json` accepted.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Errors from talking to a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The host did not answer.
+    #[error("cannot reach {url}: {message}; check the repository URL and that the server is up")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// The server has no such file.
+    #[error("{url} not found (HTTP 404); check the package id and the repository's index.json")]
+    NotFound {
+        /// The URL.
+        url: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: server answered HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The connection dropped and retries ran out.
+    #[error("{url}: download interrupted after {got} bytes: {message}")]
+    Interrupted {
+        /// The URL.
+        url: String,
+        /// Bytes received in all.
+        got: u64,
+        /// The last transport error.
+        message: String,
+    },
+    /// The body is shorter or longer than the index says.
+    #[error(
+        "{url}: got {got} bytes, the index says {expected}; the repository is inconsistent, re-run `theseus repo index`"
+    )]
+    WrongSize {
+        /// The URL.
+        url: String,
+        /// Bytes received (or about to be).
+        got: u64,
+        /// The size in the index.
+        expected: u64,
+    },
+    /// The sha256 does not match the index.
+    #[error(
+        "{url}: sha256 is {actual}, the index says {expected}; the package was altered or the index is stale"
+    )]
+    WrongHash {
+        /// The URL.
+        url: String,
+        /// The hash from the index.
+        expected: String,
+        /// The hash of what arrived.
+        actual: String,
+    },
+    /// The index lists no such package.
+    #[error("{id} is not in the index at {url}; check the id or publish the package")]
+    NotInIndex {
+        /// The package id.
+        id: String,
+        /// The index URL.
+        url: String,
+    },
+    /// The index or its signature is bad.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Keys are configured but the repository is unsigned.
+    #[error(
+        "{url} not found, but public keys are configured: the repository must be signed (`theseus repo index --sign-key`)"
+    )]
+    Unsigned {
+        /// The signature URL.
+        url: String,
+    },
+    /// The archive was refused.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// A local file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// How hard the fetcher tries.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Retries after the first attempt, for transport errors and 5xx.
+    pub retries: u32,
+    /// The first backoff; it doubles with every retry.
+    pub backoff: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed between two reads of a body.
+    pub read_timeout: Duration,
+    /// Packages fetched at once.
+    pub concurrency: usize,
+    /// Caps for every archive.
+    pub limits: Limits,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            backoff: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The result of downloading one archive.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The sha256 of the archive.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// What the unpack did.
+    pub stats: UnpackStats,
+}
+
+/// A client for one repository.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    base: String,
+    client: reqwest::Client,
+    keys: Vec<VerifyingKey>,
+    options: FetchOptions,
+}
+
+enum Attempt {
+    Retry(FetchError),
+    Fatal(FetchError),
+}
+
+impl Fetcher {
+    /// A client for the repository at `base_url`; with `keys`, the index
+    /// must be signed by one of them.
+    pub fn new(base_url: &str, keys: Vec<VerifyingKey>, options: FetchOptions) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .expect("the HTTP client configuration is static");
+        Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            client,
+            keys,
+            options,
+        }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// The URL of a file in the repository.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// Fetches `index.json` and, when keys are configured, checks
+    /// `index.json.sig` against them.
+    pub async fn index(&self) -> Result<Index, FetchError> {
+        let url = self.url(index::INDEX);
+        let bytes = self.get_small(&url).await?;
+        if !self.keys.is_empty() {
+            let sig_url = self.url(index::SIGNATURE);
+            let sig = match self.get_small(&sig_url).await {
+                Err(FetchError::NotFound { url }) => return Err(FetchError::Unsigned { url }),
+                other => other?,
+            };
+            let sig = String::from_utf8_lossy(&sig);
+            index::verify(&bytes, &sig, &self.keys, &sig_url)?;
+        }
+        Ok(Index::parse(&bytes, &url)?)
+    }
+
+    /// Downloads the package `entry` and unpacks it into `dest` (which must
+    /// not exist) in one pass, checking size and sha256 against the index.
+    /// On any error `dest` is gone.
+    pub async fn fetch_entry(
+        &self,
+        entry: &IndexEntry,
+        dest: &Path,
+    ) -> Result<Fetched, FetchError> {
+        if entry.path.contains("..") || entry.path.contains("://") {
+            return Err(FetchError::Index(IndexError::BadIndex {
+                origin: self.url(index::INDEX),
+                message: format!("package path {:?} leaves the repository", entry.path),
+            }));
+        }
+        let url = self.url(&entry.path);
+        let expect = Some((entry.sha256.as_str(), entry.size));
+        self.fetch_url(&url, expect, dest, &entry.id.to_string())
+            .await
+    }
+
+    /// Downloads `url` and unpacks it into `dest`; checks sha256 and size
+    /// when `expect` gives them. `label` names the archive in errors.
+    pub async fn fetch_url(
+        &self,
+        url: &str,
+        expect: Option<(&str, u64)>,
+        dest: &Path,
+        label: &str,
+    ) -> Result<Fetched, FetchError> {
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let (dest_buf, limits, label_buf) =
+            (dest.to_owned(), self.options.limits, label.to_owned());
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                chunk: Bytes::new(),
+            };
+            unpack::unpack(reader, &dest_buf, &limits, &label_buf)
+        });
+        let downloaded = self.download(url, expect.map(|e| e.1), tx).await;
+        let unpacked = unpacker.await.expect("the unpack thread does not panic");
+        let result = match (downloaded, unpacked) {
+            (Err(e), _) => Err(e),
+            // The unpacker stopped reading early: its error is the reason.
+            (Ok(None), Err(e)) => Err(e.into()),
+            (Ok(None), Ok(_)) => Err(FetchError::Interrupted {
+                url: url.to_owned(),
+                got: 0,
+                message: "the unpacker stopped reading".into(),
+            }),
+            (Ok(Some((sha256, _))), _)
+                if expect.is_some_and(|(want, _)| !want.eq_ignore_ascii_case(&sha256)) =>
+            {
+                Err(FetchError::WrongHash {
+                    url: url.to_owned(),
+                    expected: expect.map(|e| e.0.to_owned()).unwrap_or_default(),
+                    actual: sha256,
+                })
+            }
+            (Ok(Some(_)), Err(e)) => Err(e.into()),
+            (Ok(Some((sha256, size))), Ok(stats)) => Ok(Fetched {
+                sha256,
+                size,
+                stats,
+            }),
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(dest);
+        }
+        result
+    }
+
+    /// Streams `url` into `tx`, resuming with `Range` after a dropped
+    /// connection. Returns the sha256 and size of the whole body, or `None`
+    /// when the receiver stopped listening before the end.
+    async fn download(
+        &self,
+        url: &str,
+        size: Option<u64>,
+        tx: mpsc::Sender<Bytes>,
+    ) -> Result<Option<(String, u64)>, FetchError> {
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .stream_once(url, size, &mut offset, &mut hasher, &tx)
+                .await
+            {
+                Ok(true) => return Ok(Some((hex::encode(hasher.finalize()), offset))),
+                Ok(false) => return Ok(None),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e)) if attempt >= self.options.retries => return Err(e),
+                Err(Attempt::Retry(e)) => {
+                    tracing::warn!(%url, offset, attempt, "retrying: {e}");
+                    tokio::time::sleep(self.options.backoff * 2u32.saturating_pow(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        url: &str,
+        size: Option<u64>,
+        offset: &mut u64,
+        hasher: &mut Sha256,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Result<bool, Attempt> {
+        let mut request = self.client.get(url);
+        if *offset > 0 {
+            request = request.header(RANGE, format!("bytes={offset}-"));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| self.transport(url, *offset, e))?;
+        let mut skip = self.check_status(url, &response, *offset, size)?;
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(self.transport(url, *offset, e)),
+            };
+            let chunk = if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                skip -= n;
+                chunk.slice(n as usize..)
+            } else {
+                chunk
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            let next = *offset + chunk.len() as u64;
+            if let Some(expected) = size.filter(|s| next > *s) {
+                return Err(Attempt::Fatal(FetchError::WrongSize {
+                    url: url.to_owned(),
+                    got: next,
+                    expected,
+                }));
+            }
+            hasher.update(&chunk);
+            *offset = next;
+            if tx.send(chunk).await.is_err() {
+                // The unpacker stopped; its error explains why.
+                return Ok(false);
+            }
+        }
+        match size {
+            Some(expected) if *offset < expected => Err(Attempt::Retry(FetchError::Interrupted {
+                url: url.to_owned(),
+                got: *offset,
+                message: format!(
+                    "connection closed before the {expected} bytes the index announces"
+                ),
+            })),
+            _ => Ok(true),
+        }
+    }
+
+    /// Classifies the response status; returns how many bytes of the body
+    /// to skip (when a server ignored our `Range` and sent everything).
+    fn check_status(
+        &self,
+        url: &str,
+        response: &reqwest::Response,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<u64, Attempt> {
+        let status = response.status();
+        match status {
+            StatusCode::OK => Ok(offset),
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                let range = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if range.starts_with(&format!("bytes {offset}-")) {
+                    Ok(0)
+                } else {
+                    Err(Attempt::Retry(FetchError::Interrupted {
+                        url: url.to_owned(),
+                        got: offset,
+                        message: format!("server answered the range request with {range:?}"),
+                    }))
+                }
+            }
+            StatusCode::NOT_FOUND => Err(Attempt::Fatal(FetchError::NotFound {
+                url: url.to_owned(),
+            })),
+            StatusCode::RANGE_NOT_SATISFIABLE => Err(Attempt::Fatal(FetchError::WrongSize {
+                url: url.to_owned(),
+                got: offset,
+                expected: size.unwrap_or(offset),
+            })),
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT =>
+            {
+                Err(Attempt::Retry(FetchError::Status {
+                    url: url.to_owned(),
+                    status: s.as_u16(),
+                }))
+            }
+            s => Err(Attempt::Fatal(FetchError::Status {
+                url: url.to_owned(),
+                status: s.as_u16(),
+            })),
+        }
+    }
+
+    fn transport(&self, url: &str, offset: u64, e: reqwest::Error) -> Attempt {
+        let message = error_chain(&e);
+        if offset == 0 && (e.is_connect() || e.is_request()) && !e.is_body() {
+            Attempt::Retry(FetchError::Unreachable {
+                url: url.to_owned(),
+                message,
+            })
+        } else {
+            Attempt::Retry(FetchError::Interrupted {
+                url: url.to_owned(),
+                got: offset,
+                message,
+            })
+        }
+    }
+
+    /// GETs a small file (the index or its signature) with retries.
+    async fn get_small(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let collect = async move {
+            let mut body = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                if (body.len() + chunk.len()) as u64 > MAX_INDEX_BYTES {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Some(body)
+        };
+        let (downloaded, body) = tokio::join!(self.download(url, None, tx), collect);
+        downloaded?.ok_or_else(|| FetchError::WrongSize {
+            url: url.to_owned(),
+            got: MAX_INDEX_BYTES + 1,
+            expected: MAX_INDEX_BYTES,
+        })?;
+        body.ok_or_else(|| FetchError::WrongSize {
+            url: url.to_owned(),
+            got: MAX_INDEX_BYTES + 1,
+            expected: MAX_INDEX_BYTES,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Unpacks a local archive into `dest`, hashing it in the same pass.
+pub fn unpack_file(
+    path: &Path,
+    dest: &Path,
+    limits: &Limits,
+    label: &str,
+) -> Result<Fetched, FetchError> {
+    let io_err = |source| FetchError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut reader = HashingReader {
+        inner: io::BufReader::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let stats = unpack::unpack(&mut reader, dest, limits, label)?;
+    // Hash whatever follows the gzip stream too, so the hash is the file's.
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    Ok(Fetched {
+        sha256: hex::encode(reader.hasher.finalize()),
+        size: reader.size,
+        stats,
+    })
+}
+
+/// Feeds chunks from the download task to the blocking unpacker.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => break,
+            }
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let _ = self.chunk.split_to(n);
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        let data = self.inner.fill_buf().map(|d| &d[..n]).unwrap_or_default();
+        self.hasher.update(data);
+        self.size += n as u64;
+        self.inner.consume(n);
+    }
+}

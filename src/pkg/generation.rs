@@ -1,0 +1,277 @@
+//! Generations: complete active trees under `generations/N/`.
+//!
+//! ```text
+//! generations/N/active/NAME -> ../../../packages/ID
+//! generations/N/bin/tool    -> ../active/NAME/bin/tool     (likewise lib/, etc/)
+//! generations/N/set.json       {"generation", "ids", "hash", "time"}
+//! generations/N/environment    KEY=VALUE lines for services (systemd EnvironmentFile)
+//! ```
+//!
+//! A generation is built under a temporary name, fsynced in full and only
+//! then renamed to `N`: a directory named by a number is always complete.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::disk::{self, TMP_MARK};
+use super::failpoint;
+use super::id::PackageId;
+use super::set::{Member, set_hash};
+
+/// The directories merged from every active package.
+pub const MERGED_DIRS: &[&str] = &["bin", "lib", "etc"];
+/// The set description inside a generation.
+pub const SET_FILE: &str = "set.json";
+/// The environment file inside a generation.
+pub const ENV_FILE: &str = "environment";
+
+/// Errors from building or reading a generation.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// `set.json` is unreadable.
+    #[error(
+        "{path}: not a valid set.json ({message}); the generation is damaged, roll back or activate again"
+    )]
+    BadSetFile {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GenerationError + '_ {
+    move |source| GenerationError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The contents of `set.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetFile {
+    /// The generation number.
+    pub generation: u64,
+    /// The active ids, sorted.
+    pub ids: Vec<PackageId>,
+    /// [`set_hash`] of the ids.
+    pub hash: String,
+    /// When the generation was built (RFC 3339, UTC).
+    pub time: String,
+}
+
+/// Reads `set.json` of the generation directory `dir`.
+pub fn read_set(dir: &Path) -> Result<SetFile, GenerationError> {
+    let path = dir.join(SET_FILE);
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    serde_json::from_slice(&bytes).map_err(|e| GenerationError::BadSetFile {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// The leaves a package contributes to the merged directories, e.g.
+/// `bin/tool` or `lib/x/libx.so`, sorted.
+pub fn merged_files(package_dir: &Path) -> Result<Vec<String>, GenerationError> {
+    let mut out = Vec::new();
+    for top in MERGED_DIRS {
+        let dir = package_dir.join(top);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            walk_leaves(&dir, top, &mut out)?;
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn walk_leaves(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), GenerationError> {
+    for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let child_rel = format!("{rel}/{name}");
+        if item.file_type().map_err(io_err(dir))?.is_dir() {
+            walk_leaves(&item.path(), &child_rel, out)?;
+        } else {
+            out.push(child_rel);
+        }
+    }
+    Ok(())
+}
+
+/// The target of `active/NAME` for `id`.
+pub fn active_target(id: &PackageId) -> PathBuf {
+    PathBuf::from(format!("../../../packages/{id}"))
+}
+
+/// The target of the merged link at `rel` (e.g. `lib/x/y.so`) provided by
+/// the package named `name`.
+pub fn merged_target(rel: &str, name: &str) -> PathBuf {
+    let depth = rel.matches('/').count();
+    PathBuf::from(format!("{}active/{name}/{rel}", "../".repeat(depth)))
+}
+
+/// What a generation should contain: the merged links, by path.
+pub fn expected_links(members: &[Member]) -> BTreeMap<String, PathBuf> {
+    let mut links = BTreeMap::new();
+    for m in members {
+        for rel in &m.files {
+            links.insert(rel.clone(), merged_target(rel, m.info.id.name()));
+        }
+    }
+    links
+}
+
+/// Builds `generations/number` under `root` for `members` (already
+/// validated as a set), fsyncs it, and renames it into place.
+pub fn build(
+    root: &Path,
+    number: u64,
+    members: &[Member],
+    time: u64,
+) -> Result<PathBuf, GenerationError> {
+    let gens = root.join("generations");
+    let tmp = gens.join(format!("{number}{TMP_MARK}"));
+    disk::remove_all(&tmp).map_err(io_err(&tmp))?;
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut mkdir = |p: PathBuf| -> Result<(), GenerationError> {
+        if dirs.insert(p.clone()) {
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(())
+    };
+    mkdir(tmp.clone())?;
+    mkdir(tmp.join("active"))?;
+    for top in MERGED_DIRS {
+        mkdir(tmp.join(top))?;
+    }
+    for m in members {
+        let link = tmp.join("active").join(m.info.id.name());
+        std::os::unix::fs::symlink(active_target(&m.info.id), &link).map_err(io_err(&link))?;
+    }
+    failpoint::hit("generation-partial");
+    for (rel, target) in expected_links(members) {
+        let link = tmp.join(&rel);
+        mkdir(
+            link.parent()
+                .expect("a merged path has a parent")
+                .to_owned(),
+        )?;
+        std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
+    }
+    let ids: Vec<PackageId> = sorted_ids(members);
+    write_metadata(root, &tmp, number, &ids, time)?;
+    for dir in &dirs {
+        disk::fsync_dir(dir).map_err(io_err(dir))?;
+    }
+    failpoint::hit("generation-built");
+    let dest = gens.join(number.to_string());
+    std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+    disk::fsync_dir(&gens).map_err(io_err(&gens))?;
+    failpoint::hit("generation-renamed");
+    Ok(dest)
+}
+
+fn sorted_ids(members: &[Member]) -> Vec<PackageId> {
+    let mut ids: Vec<PackageId> = members.iter().map(|m| m.info.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+fn write_metadata(
+    root: &Path,
+    dir: &Path,
+    number: u64,
+    ids: &[PackageId],
+    time: u64,
+) -> Result<(), GenerationError> {
+    let hash = set_hash(ids);
+    let set = SetFile {
+        generation: number,
+        ids: ids.to_vec(),
+        hash: hash.clone(),
+        time: disk::rfc3339(time),
+    };
+    let mut json = serde_json::to_vec_pretty(&set).expect("a set file always serializes");
+    json.push(b'\n');
+    let set_path = dir.join(SET_FILE);
+    disk::write_synced(&set_path, &json).map_err(io_err(&set_path))?;
+    let env_path = dir.join(ENV_FILE);
+    disk::write_synced(&env_path, environment(root, number, &hash).as_bytes())
+        .map_err(io_err(&env_path))
+}
+
+/// The environment file of a generation: where the active tree is.
+pub fn environment(root: &Path, number: u64, hash: &str) -> String {
+    let current = root.join("current");
+    let c = current.display();
+    format!(
+        "THESEUS_ROOT={}\nTHESEUS_GENERATION={number}\nTHESEUS_SET_HASH={hash}\n\
+         PATH={c}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         LD_LIBRARY_PATH={c}/lib\n",
+        root.display()
+    )
+}
+
+/// Compares the generation directory `dir` with what `members` say it
+/// should hold; returns one line per problem.
+pub fn verify(dir: &Path, set: &SetFile, members: &[Member]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ids = sorted_ids(members);
+    if set.ids != ids || set.hash != set_hash(&ids) {
+        problems.push(format!(
+            "{}: ids or hash do not match the packages",
+            dir.join(SET_FILE).display()
+        ));
+    }
+    for m in members {
+        let link = dir.join("active").join(m.info.id.name());
+        if std::fs::read_link(&link).ok() != Some(active_target(&m.info.id)) {
+            problems.push(format!(
+                "{}: should link to {}",
+                link.display(),
+                active_target(&m.info.id).display()
+            ));
+        }
+    }
+    let expected = expected_links(members);
+    let mut found = Vec::new();
+    for top in MERGED_DIRS {
+        let _ = walk_leaves(&dir.join(top), top, &mut found);
+    }
+    for rel in &found {
+        let link = dir.join(rel);
+        match expected.get(rel) {
+            None => problems.push(format!(
+                "{}: not provided by any active package",
+                link.display()
+            )),
+            Some(target) if std::fs::read_link(&link).ok().as_ref() != Some(target) => problems
+                .push(format!(
+                    "{}: should link to {}",
+                    link.display(),
+                    target.display()
+                )),
+            Some(target)
+                if std::fs::symlink_metadata(link.parent().unwrap_or(dir).join(target))
+                    .is_err() =>
+            {
+                problems.push(format!("{}: points to nothing", link.display()))
+            }
+            Some(_) => {}
+        }
+    }
+    for rel in expected.keys().filter(|r| !found.contains(r)) {
+        problems.push(format!("{}: missing", dir.join(rel).display()));
+    }
+    problems
+}

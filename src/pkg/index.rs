@@ -1,0 +1,297 @@
+//! Repository indexes (`index.json`) and their ed25519 signatures.
+//!
+//! A repository directory holds `packages/ID.tar.gz`; `index.json` lists
+//! them with size and sha256, and `index.json.sig` holds the base64 ed25519
+//! signature of the exact bytes of `index.json`. Keys are base64 too: a
+//! public key is the 32 raw bytes (44 characters, what the
+//! PackageRepository CRD's `publicKeys` accept); a secret key file holds the
+//! 32-byte seed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::id::PackageId;
+
+/// The index file name.
+pub const INDEX: &str = "index.json";
+/// The signature file name.
+pub const SIGNATURE: &str = "index.json.sig";
+/// Where packages live inside a repository.
+pub const PACKAGES_DIR: &str = "packages";
+
+/// Errors from building, signing, reading or verifying an index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A file in `packages/` is not named `ID.tar.gz`.
+    #[error("{path}: not named ID.tar.gz with a valid package id ({reason}); rename or remove it")]
+    BadPackageName {
+        /// The file.
+        path: PathBuf,
+        /// Why its name does not parse.
+        reason: String,
+    },
+    /// `index.json` is not a valid index.
+    #[error("{origin}: not a valid index: {message}")]
+    BadIndex {
+        /// Where the index came from (file or URL).
+        origin: String,
+        /// The parse error.
+        message: String,
+    },
+    /// A key is not base64 of 32 bytes.
+    #[error(
+        "{origin}: not an ed25519 key (expected base64 of 32 bytes, 44 characters ending in '=')"
+    )]
+    BadKey {
+        /// The file or flag that held the key.
+        origin: String,
+    },
+    /// The signature does not verify with any configured key.
+    #[error(
+        "{origin}: signature does not match any configured public key; the index was altered or signed with another key"
+    )]
+    BadSignature {
+        /// Where the signature came from.
+        origin: String,
+    },
+}
+
+/// A repository index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Increases with every published change.
+    pub version: u64,
+    /// The packages, sorted by id.
+    pub packages: Vec<IndexEntry>,
+}
+
+/// One package in an index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The package id.
+    pub id: PackageId,
+    /// The sha256 of the archive, lowercase hex.
+    pub sha256: String,
+    /// The archive size in bytes.
+    pub size: u64,
+    /// The archive path relative to the repository root.
+    pub path: String,
+}
+
+impl Index {
+    /// Parses index bytes; `origin` names them in errors.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Self, IndexError> {
+        serde_json::from_slice(bytes).map_err(|e| IndexError::BadIndex {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The entry for `id`, if the index has it.
+    pub fn find(&self, id: &PackageId) -> Option<&IndexEntry> {
+        self.packages.iter().find(|e| &e.id == id)
+    }
+
+    /// The index as written to disk: pretty JSON and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("an index always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Lists `dir/packages/*.tar.gz` with their sizes and hashes, sorted by id.
+pub fn scan(dir: &Path) -> Result<Vec<IndexEntry>, IndexError> {
+    let pkgs = dir.join(PACKAGES_DIR);
+    let mut entries = Vec::new();
+    for item in std::fs::read_dir(&pkgs).map_err(io_err(&pkgs))? {
+        let path = item.map_err(io_err(&pkgs))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let Some(stem) = name.strip_suffix(".tar.gz") else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue;
+        }
+        let id: PackageId =
+            stem.parse()
+                .map_err(|e: super::id::IdError| IndexError::BadPackageName {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+        let (sha256, size) = hash_file(&path)?;
+        entries.push(IndexEntry {
+            path: format!("{PACKAGES_DIR}/{name}"),
+            id,
+            sha256,
+            size,
+        });
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(entries)
+}
+
+/// The sha256 (hex) and size of a file.
+pub fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Writes `dir/index.json` (and, with a key, `dir/index.json.sig`).
+/// The version is `version`, or the previous index's version plus one.
+pub fn write(
+    dir: &Path,
+    version: Option<u64>,
+    key: Option<&SigningKey>,
+) -> Result<Index, IndexError> {
+    let index_path = dir.join(INDEX);
+    let previous = match std::fs::read(&index_path) {
+        Ok(bytes) => Some(Index::parse(&bytes, &index_path.display().to_string())?.version),
+        Err(_) => None,
+    };
+    let index = Index {
+        version: version.unwrap_or(previous.map_or(1, |v| v + 1)),
+        packages: scan(dir)?,
+    };
+    let bytes = index.to_bytes();
+    write_atomic(&index_path, &bytes)?;
+    let sig_path = dir.join(SIGNATURE);
+    match key {
+        Some(key) => write_atomic(&sig_path, format!("{}\n", sign(&bytes, key)).as_bytes())?,
+        None => match std::fs::remove_file(&sig_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&sig_path)(e)),
+            _ => {}
+        },
+    }
+    Ok(index)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// A fresh random signing key.
+pub fn generate_key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+/// The base64 of a key's 32 raw bytes (public or secret seed).
+pub fn encode_key(bytes: &[u8; 32]) -> String {
+    B64.encode(bytes)
+}
+
+fn decode_32(text: &str, origin: &str) -> Result<[u8; 32], IndexError> {
+    let bad = || IndexError::BadKey {
+        origin: origin.to_owned(),
+    };
+    let bytes = B64.decode(text.trim()).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
+/// Parses a base64 public key; `origin` names it in errors.
+pub fn parse_public_key(text: &str, origin: &str) -> Result<VerifyingKey, IndexError> {
+    let bytes = decode_32(text, origin)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| IndexError::BadKey {
+        origin: origin.to_owned(),
+    })
+}
+
+/// Reads a secret key file (base64 of the 32-byte seed).
+pub fn read_secret_key(path: &Path) -> Result<SigningKey, IndexError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    Ok(SigningKey::from_bytes(&decode_32(
+        &text,
+        &path.display().to_string(),
+    )?))
+}
+
+/// The base64 signature of `bytes`.
+pub fn sign(bytes: &[u8], key: &SigningKey) -> String {
+    B64.encode(key.sign(bytes).to_bytes())
+}
+
+/// Checks that `signature` (base64) signs `bytes` with one of `keys`.
+pub fn verify(
+    bytes: &[u8],
+    signature: &str,
+    keys: &[VerifyingKey],
+    origin: &str,
+) -> Result<(), IndexError> {
+    let bad = || IndexError::BadSignature {
+        origin: origin.to_owned(),
+    };
+    let raw = B64.decode(signature.trim()).map_err(|_| bad())?;
+    let sig = Signature::from_slice(&raw).map_err(|_| bad())?;
+    if keys.iter().any(|k| k.verify(bytes, &sig).is_ok()) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_with_its_key_and_bytes() {
+        let key = generate_key();
+        let other = generate_key();
+        let sig = sign(b"index", &key);
+        let public = key.verifying_key();
+        assert!(verify(b"index", &sig, &[public], "t").is_ok());
+        assert!(verify(b"index", &sig, &[other.verifying_key(), public], "t").is_ok());
+        assert!(verify(b"index!", &sig, &[public], "t").is_err());
+        assert!(verify(b"index", &sig, &[other.verifying_key()], "t").is_err());
+        assert!(verify(b"index", "garbage", &[public], "t").is_err());
+    }
+
+    #[test]
+    fn public_keys_are_44_base64_characters_that_round_trip() {
+        let key = generate_key().verifying_key();
+        let text = encode_key(key.as_bytes());
+        assert_eq!(text.len(), 44);
+        assert!(text.ends_with('='));
+        assert_eq!(parse_public_key(&text, "t").unwrap(), key);
+        assert!(
+            parse_public_key("AAAA", "flag --key")
+                .unwrap_err()
+                .to_string()
+                .contains("flag --key")
+        );
+    }
+}
