@@ -25,16 +25,43 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Run the operator: the PackageSet and PackageRepository controllers
+    /// under leader election, and the /halt, /resume, /healthz, /readyz and
+    /// /metrics endpoints.
+    Operator(theseus::operator::OperatorArgs),
+    /// Follow a PackageSet's rollout; halt or resume every rollout.
+    Rollout(cli::rollout::RolloutArgs),
+}
+
+/// The controllers `theseus operator` runs while it leads.
+const CONTROLLERS: &[theseus::operator::ControllerFn] = &[
+    theseus::rollout::repository::run,
+    theseus::rollout::controller::run,
+];
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
+    match command {
+        Command::Crds(args) => ok(cli::crds::run(&args)),
+        Command::Operator(args) => {
+            ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
+        }
+        Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let result = match cli.command {
-        Command::Crds(args) => cli::crds::run(&args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match dispatch(cli.command) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("theseus: {err:#}");
             std::process::ExitCode::FAILURE

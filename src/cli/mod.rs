@@ -1,3 +1,4 @@
 //! User commands that are neither the operator nor the agent.
 
 pub mod crds;
+pub mod rollout;

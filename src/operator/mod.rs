@@ -5,6 +5,7 @@ pub mod halt;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ pub struct Context {
     pub args: Arc<OperatorArgs>,
     /// The event reporter.
     pub reporter: Reporter,
+    /// The last good index of each PackageRepository, by name.
+    pub indexes: crate::rollout::repository::IndexCache,
 }
 
 /// A controller: runs until `stop` is cancelled.
@@ -115,6 +118,7 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
             instance: Some(identity.clone()),
         },
         args: Arc::new(args.clone()),
+        indexes: Default::default(),
     };
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -1,4 +1,9 @@
-//! PackageSet rollouts: the planner (pure) and the controller around it.
+//! PackageSet rollouts: the planner (pure) and the controllers around it.
 
+pub mod controller;
+pub mod ownership;
 pub mod plan;
+pub mod repository;
 pub mod selector;
+pub mod status;
+pub mod validate;

@@ -49,6 +49,11 @@ pub struct NodeView {
     pub heartbeat: Option<Timestamp>,
     /// When the node's Ready condition last became True.
     pub ready_since: Option<Timestamp>,
+    /// Whether the set's status lists the node as switching: the controller
+    /// records a node there before writing its target, so a node reserved by
+    /// a run that died before the target write still counts against the
+    /// budget, and gets its target on the next run.
+    pub reserved: bool,
 }
 
 /// Everything the planner decides from.
@@ -92,6 +97,8 @@ pub struct Plan {
     /// Nodes already running the set whose target only needs recording; this
     /// costs no budget.
     pub adopt: Vec<String>,
+    /// Nodes reserved earlier whose target write did not happen: write it now.
+    pub retarget: Vec<String>,
     /// Nodes switching, sorted by name.
     pub in_progress: Vec<String>,
     /// The counts for the status.
@@ -126,7 +133,7 @@ fn standing(node: &NodeView, hash: &str) -> Standing {
         Standing::Done
     } else if active && targeted {
         Standing::Verifying
-    } else if targeted {
+    } else if targeted || node.reserved {
         Standing::Switching
     } else {
         Standing::Pending
@@ -202,6 +209,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .filter(|(n, s, _)| *s == Standing::Done && n.target_hash.as_deref() != Some(hash))
         .map(|(n, _, _)| n.name.clone())
         .collect();
+    let retarget: Vec<String> = standings
+        .iter()
+        .filter(|(n, s, _)| *s == Standing::Switching && n.target_hash.as_deref() != Some(hash))
+        .map(|(n, _, _)| n.name.clone())
+        .collect();
     let pending: Vec<&NodeView> = standings
         .iter()
         .filter(|(_, s, stale)| *s == Standing::Pending && !stale)
@@ -225,6 +237,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     Plan {
         start,
         adopt,
+        retarget,
         in_progress,
         counts,
         conditions,

@@ -269,3 +269,30 @@ fn the_budget_is_never_exceeded_whatever_the_mix() {
         }
     }
 }
+
+#[test]
+fn a_reserved_node_without_its_target_counts_against_the_budget_and_is_retargeted() {
+    let reserved = NodeView {
+        reserved: true,
+        ..old("n0")
+    };
+    let nodes = [reserved, old("n1"), old("n2")];
+    let plan = run(&set(IntOrString::Int(1)), &nodes, None);
+    assert!(
+        plan.start.is_empty(),
+        "the reservation holds the only place"
+    );
+    assert_eq!(plan.retarget, ["n0"]);
+    assert_eq!(plan.in_progress, ["n0"]);
+}
+
+#[test]
+fn a_reservation_of_a_node_that_finished_is_dropped() {
+    let finished = NodeView {
+        reserved: true,
+        ..done("n0", 100)
+    };
+    let plan = run(&set(IntOrString::Int(1)), &[finished, old("n1")], None);
+    assert!(plan.in_progress.is_empty());
+    assert_eq!(plan.start, ["n1"]);
+}

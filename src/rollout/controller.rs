@@ -1,0 +1,404 @@
+//! The PackageSet controller: reads the set, its nodes, the halt and the
+//! repository index; calls the planner; writes the set's status (reserving
+//! the nodes it is about to start) and then the nodes' targets.
+//!
+//! The reservation makes the budget hold even with two operators at once:
+//! the status write carries the set's resourceVersion, so of two operators
+//! planning from the same view only one can record its choice; the other
+//! gets a conflict, re-reads, and sees the reserved nodes as unavailable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::status::{conflict_condition, invalid_conditions, set_status};
+use super::{ownership, plan, selector, validate};
+use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
+use crate::operator::halt::HALT_CONFIGMAP;
+use crate::operator::{Context, status};
+use crate::pkg::PackageId;
+use crate::pkg::set::set_hash;
+
+/// The controller's name in metrics.
+const NAME: &str = "packageset";
+
+/// Errors of the PackageSet controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused a read or write.
+    #[error("PackageSet {set}: {source}")]
+    Kube {
+        /// The set.
+        set: String,
+        /// The cause.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "Kube",
+        }
+    }
+}
+
+struct SetContext {
+    ctx: Context,
+    nodes: Store<NodeInstall>,
+    sets: Store<PackageSet>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until `stop` is cancelled.
+pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let client = ctx.client.clone();
+        let node_api: Api<NodeInstall> = Api::all(client.clone());
+        let (nodes, writer) = reflector::store::<NodeInstall>();
+        let node_stream = reflector::reflector(
+            writer,
+            watcher(node_api.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| async {});
+        let reflect_stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = node_stream => {}
+                () = reflect_stop.cancelled() => {}
+            }
+        });
+        if nodes.wait_until_ready().await.is_err() {
+            return;
+        }
+
+        let controller = Controller::new(
+            Api::<PackageSet>::all(client.clone()),
+            watcher::Config::default(),
+        );
+        let sets = controller.store();
+        let (by_node, by_halt, by_repo) = (sets.clone(), sets.clone(), sets.clone());
+        let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.args.namespace);
+        let halt_config =
+            watcher::Config::default().fields(&format!("metadata.name={HALT_CONFIGMAP}"));
+        let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
+        let shared = Arc::new(SetContext {
+            ctx,
+            nodes,
+            sets,
+            recorder,
+        });
+        controller
+            .watches(node_api, watcher::Config::default(), move |node| {
+                sets_for_node(&by_node, &node)
+            })
+            .watches(halt_api, halt_config, move |_| all_sets(&by_halt))
+            .watches(
+                Api::<PackageRepository>::all(client),
+                watcher::Config::default(),
+                move |repo| {
+                    let name = repo.name_any();
+                    by_repo
+                        .state()
+                        .iter()
+                        .filter(|s| s.spec.repository == name)
+                        .map(|s| ObjectRef::from_obj(&**s))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile, error_policy, shared)
+            .for_each(|_| async {})
+            .await;
+    })
+}
+
+fn all_sets(store: &Store<PackageSet>) -> Vec<ObjectRef<PackageSet>> {
+    store
+        .state()
+        .iter()
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+fn sets_for_node(store: &Store<PackageSet>, node: &NodeInstall) -> Vec<ObjectRef<PackageSet>> {
+    let labels = node.labels();
+    let name = node.name_any();
+    let targeted = node.spec.target.as_ref().map(|t| t.package_set.as_str());
+    store
+        .state()
+        .iter()
+        .filter(|s| {
+            targeted == Some(s.name_any().as_str())
+                || selector::matches(&s.spec.node_selector, labels)
+                || s.status
+                    .as_ref()
+                    .is_some_and(|st| st.nodes_in_progress.contains(&name))
+        })
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+fn error_policy(set: Arc<PackageSet>, err: &Error, ctx: Arc<SetContext>) -> Action {
+    warn!(packageset = %set.name_any(), error = %err, "reconcile failed");
+    ctx.ctx.metrics.failed(NAME, err.reason());
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, Error> {
+    sc.ctx.metrics.reconciled(NAME);
+    let name = set.name_any();
+    let kube_err = |source| Error::Kube {
+        set: name.clone(),
+        source,
+    };
+    let now = Timestamp::now();
+    let halt = sc.ctx.halt.get().await.map_err(kube_err)?;
+    let repo = Api::<PackageRepository>::all(sc.ctx.client.clone())
+        .get_opt(&set.spec.repository)
+        .await
+        .map_err(kube_err)?;
+
+    // Validate (pure) before touching any node.
+    let index = sc
+        .ctx
+        .indexes
+        .read()
+        .expect("index cache lock")
+        .get(&set.spec.repository)
+        .cloned();
+    let (repo, index) = match (repo, index) {
+        (Some(repo), Some(index)) => (repo, index),
+        (repo, _) => {
+            let why = match repo {
+                None => format!("PackageRepository {} does not exist", set.spec.repository),
+                Some(_) => format!(
+                    "PackageRepository {} has no index yet; see its Ready condition",
+                    set.spec.repository
+                ),
+            };
+            return write_invalid(&set, &sc, "RepositoryNotReady", vec![why], now).await;
+        }
+    };
+    let problems = validate::problems(&set.spec.packages, &set.spec.required, &index);
+    if !problems.is_empty() {
+        return write_invalid(&set, &sc, "InvalidSpec", problems, now).await;
+    }
+    let ids: Vec<PackageId> = set
+        .spec
+        .packages
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let hash = set_hash(&ids);
+
+    // Decide (pure).
+    let all_nodes = sc.nodes.state();
+    let claim = claim_nodes(&set, &sc.sets, &all_nodes);
+    let views = node_views(&set, &hash, &claim.owned, &all_nodes);
+    let set_view = plan::SetView {
+        set_hash: hash.clone(),
+        max_unavailable: set.spec.strategy.max_unavailable.clone(),
+        failure_threshold: set.spec.strategy.failure_threshold.max(1) as u32,
+        wait: Duration::from_secs(set.spec.strategy.wait_seconds.max(0) as u64),
+        paused: set.spec.paused,
+    };
+    let halt_message = halt.as_ref().map(|h| h.message());
+    let decided = plan::plan(&plan::Input {
+        set: &set_view,
+        nodes: &views,
+        halt: halt_message.as_deref(),
+        stale_after: Duration::from_secs(sc.ctx.args.stale_after_seconds),
+        now,
+    });
+
+    // Write: first the reservation (with the set's resourceVersion), then targets.
+    let mut observed = decided.conditions.clone();
+    observed.push(conflict_condition(&claim.conflicts));
+    let status = set_status(&set, &hash, &decided, observed, now);
+    let changed = match write_status(&set, &sc, status).await {
+        Ok(changed) => changed,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        Err(e) => return Err(kube_err(e)),
+    };
+    status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
+    let target = NodeTarget {
+        package_set: name.clone(),
+        set_hash: hash,
+        packages: ids.iter().map(ToString::to_string).collect(),
+        repository_url: repo.spec.url.clone(),
+        public_keys: repo.spec.public_keys.clone(),
+        health_timeout_seconds: Some(set.spec.strategy.health_timeout_seconds),
+    };
+    let to_write: BTreeSet<&String> = decided
+        .start
+        .iter()
+        .chain(&decided.adopt)
+        .chain(&decided.retarget)
+        .collect();
+    for node in to_write {
+        write_target(&sc, node, &target).await.map_err(kube_err)?;
+    }
+    Ok(Action::requeue(
+        decided.requeue_after.unwrap_or(Duration::from_secs(300)),
+    ))
+}
+
+fn claim_nodes(
+    set: &PackageSet,
+    sets: &Store<PackageSet>,
+    nodes: &[Arc<NodeInstall>],
+) -> ownership::Claim {
+    let all_sets = sets.state();
+    let claimants: Vec<ownership::Claimant<'_>> = all_sets
+        .iter()
+        .map(|s| ownership::Claimant {
+            name: s.metadata.name.as_deref().unwrap_or_default(),
+            created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            selector: &s.spec.node_selector,
+        })
+        .collect();
+    let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect();
+    ownership::claim(&set.name_any(), &claimants, &labels)
+}
+
+fn node_views(
+    set: &PackageSet,
+    hash: &str,
+    owned: &BTreeSet<String>,
+    nodes: &[Arc<NodeInstall>],
+) -> Vec<plan::NodeView> {
+    let reserved: BTreeSet<&String> = set
+        .status
+        .as_ref()
+        .filter(|s| s.set_hash.as_deref() == Some(hash))
+        .map(|s| s.nodes_in_progress.iter().collect())
+        .unwrap_or_default();
+    nodes
+        .iter()
+        .filter(|n| owned.contains(&n.name_any()))
+        .map(|n| {
+            let status = n.status.clone().unwrap_or_default();
+            let ready = crate::api::conditions::find(&status.conditions, "Ready")
+                .filter(|c| c.status == "True")
+                .map(|c| c.last_transition_time.0);
+            plan::NodeView {
+                name: n.name_any(),
+                target_hash: n.spec.target.as_ref().map(|t| t.set_hash.clone()),
+                active_hash: status.active_hash,
+                phase: status.phase,
+                failed_hash: status.failed_hash,
+                heartbeat: status.heartbeat.map(|t| t.0),
+                ready_since: ready,
+                reserved: reserved.contains(&n.name_any()),
+            }
+        })
+        .collect()
+}
+
+async fn write_status(
+    set: &PackageSet,
+    sc: &SetContext,
+    status: (
+        crate::api::PackageSetStatus,
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    ),
+) -> Result<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>, kube::Error> {
+    let (status, changed) = status;
+    if set.status.as_ref() == Some(&status) {
+        return Ok(changed);
+    }
+    let patch =
+        json!({ "metadata": { "resourceVersion": set.resource_version() }, "status": status });
+    Api::<PackageSet>::all(sc.ctx.client.clone())
+        .patch_status(
+            &set.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(changed)
+}
+
+async fn write_invalid(
+    set: &PackageSet,
+    sc: &SetContext,
+    reason: &'static str,
+    problems: Vec<String>,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let mut status = set.status.clone().unwrap_or_default();
+    let changed = status::merge(
+        &mut status.conditions,
+        invalid_conditions(reason, &problems),
+        set.metadata.generation,
+        now,
+    );
+    status.observed_generation = set.metadata.generation;
+    match write_status(set, sc, (status, changed)).await {
+        Ok(changed) => status::publish(&sc.recorder, &set.object_ref(&()), &changed).await,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        Err(source) => {
+            return Err(Error::Kube {
+                set: set.name_any(),
+                source,
+            });
+        }
+    }
+    // A repository that is not ready yet is worth another look soon; an
+    // invalid spec waits for a change (the watch brings it).
+    Ok(if reason == "RepositoryNotReady" {
+        Action::requeue(Duration::from_secs(10))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Writes a node's target. The patch carries the node's resourceVersion; on
+/// a conflict (the agent wrote its status meanwhile) it re-reads the node and
+/// tries once more unless the target is already there.
+async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Result<(), kube::Error> {
+    let api: Api<NodeInstall> = Api::all(sc.ctx.client.clone());
+    let mut current = match sc.nodes.get(&ObjectRef::new(node)) {
+        Some(n) => (*n).clone(),
+        None => api.get(node).await?,
+    };
+    for _ in 0..3 {
+        if current.spec.target.as_ref() == Some(target) {
+            return Ok(());
+        }
+        let patch = json!({ "metadata": { "resourceVersion": current.resource_version() }, "spec": { "target": target } });
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => current = api.get(node).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
