@@ -101,7 +101,7 @@ fn drift_in_a_crd_file_is_caught() {
     let file = dir.join("packagesets.theseus.dev.yaml");
     let edited = std::fs::read_to_string(&file)
         .unwrap()
-        .replace("maxItems: 256", "maxItems: 257");
+        .replace("maxItems: 128", "maxItems: 129");
     std::fs::write(&file, edited).unwrap();
     std::fs::remove_file(dir.join("nodepools.theseus.dev.yaml")).unwrap();
     std::fs::write(dir.join("stale.theseus.dev.yaml"), "kind: Stale\n").unwrap();

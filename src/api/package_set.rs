@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
         "rule": "self.packages.all(p, self.packages.exists_one(q, q.split('--')[0] == p.split('--')[0]))",
         "message": "spec.packages may hold only one package of each name",
         "fieldPath": ".packages",
-        "reason": "FieldValueDuplicate"
+        "reason": "FieldValueInvalid"
     }
 ]))]
 pub struct PackageSetSpec {
@@ -66,7 +66,7 @@ pub struct PackageSetSpec {
     /// The package ids (`NAME--VERSION`) that make up the set: exactly these
     /// become the active set on each node, one package per name.
     #[schemars(
-        length(max = 256),
+        length(max = 128),
         inner(
             regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*--[A-Za-z0-9._+]{1,64}$"),
             length(max = 129)
