@@ -3,7 +3,7 @@
 CARGO   ?= cargo
 THESEUS ?= target/debug/theseus
 
-.PHONY: all build test check fmt fmt-check clippy unit crds crds-check setup demo clean
+.PHONY: all build test check fmt fmt-check clippy unit crds crds-check setup demo clean testbed-up testbed-down
 
 all: build
 
@@ -14,8 +14,15 @@ setup:
 build: setup
 	$(CARGO) build
 
-## test: formatting, clippy and every test
-test: setup fmt-check clippy crds-check unit
+## test: formatting, clippy, CRD drift, then every test against the testbed
+test: setup fmt-check clippy crds-check testbed-up unit
+
+## testbed-up / testbed-down: the local control plane, etcd and EC2 (testbed/)
+testbed-up:
+	@testbed/testbed up
+
+testbed-down:
+	@testbed/testbed down
 
 fmt:
 	$(CARGO) fmt
@@ -35,6 +42,10 @@ crds:
 
 crds-check:
 	$(CARGO) run --quiet -- crds --check crds
+
+## demo: bring up the testbed, install the CRDs and the examples, show them
+demo: setup testbed-up
+	@scripts/demo
 
 clean:
 	$(CARGO) clean
