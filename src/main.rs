@@ -25,6 +25,19 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Manage the node's packages and generations (works with no cluster).
+    #[command(after_help = "Examples:\n  \
+        theseus pkg bootstrap --repo http://repo.example/ nginx--1.25.3\n  \
+        theseus pkg activate nginx--1.25.4 --repo http://repo.example/\n  \
+        theseus pkg rollback\n  \
+        theseus pkg list --format json")]
+    Pkg(cli::pkg::PkgArgs),
+    /// Build, sign and serve a package repository.
+    #[command(after_help = "Examples:\n  \
+        theseus repo keygen --out repo.key\n  \
+        theseus repo index repo/ --sign-key repo.key\n  \
+        theseus repo serve repo/ --listen 127.0.0.1:8080")]
+    Repo(cli::repo::RepoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +45,8 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Crds(args) => cli::crds::run(&args),
+        Command::Pkg(args) => cli::pkg::run(&args),
+        Command::Repo(args) => cli::repo::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
