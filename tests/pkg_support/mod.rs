@@ -6,13 +6,35 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
+/// A private copy of the binary under test. The build directory may be
+/// shared with other checkouts whose builds replace `target/debug/theseus`
+/// at any moment; a copy taken once cannot change under a long test.
+fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = Path::new(env!("CARGO_BIN_EXE_theseus"));
+        let meta = std::fs::metadata(built).unwrap();
+        let stamp = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let copy = std::env::temp_dir().join(format!("theseus-under-test-{}-{stamp}", meta.len()));
+        if !copy.exists() {
+            let tmp = copy.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::copy(built, &tmp).unwrap();
+            std::fs::rename(&tmp, &copy).unwrap();
+        }
+        let ok = Command::new(&copy).args(["pkg", "--help"]).output().unwrap().status.success();
+        assert!(ok, "{} has no `pkg` command: another checkout rebuilt the shared target; run the tests again", built.display());
+        copy
+    })
+}
+
 /// The `theseus` binary under test.
 pub fn theseus() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_theseus"));
+    let mut cmd = Command::new(binary());
     cmd.env_remove("THESEUS_FAILPOINT")
         .env_remove("THESEUS_ROOT")
         .env_remove("THESEUS_REPO");
