@@ -181,7 +181,7 @@ impl Root {
             .join("downloads")
             .join(format!("{id}{TMP_MARK}"));
         disk::remove_all(&dest).map_err(io_err(&dest))?;
-        let fetched = fetch::unpack_file(
+        let fetched = super::stream::unpack_file(
             file,
             &dest,
             &fetch::FetchOptions::default().limits,
