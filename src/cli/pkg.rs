@@ -247,7 +247,7 @@ pub fn run(args: &PkgArgs) -> anyhow::Result<()> {
 }
 
 fn open(args: &PkgArgs) -> anyhow::Result<Root> {
-    Ok(Root::open(&args.root)?.with_keep(args.keep))
+    Ok(Root::open_with_keep(&args.root, args.keep)?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -31,6 +31,7 @@ pub mod index;
 pub mod journal;
 mod paths;
 pub mod pkginfo;
+mod recover;
 mod root;
 pub mod serve;
 pub mod set;
