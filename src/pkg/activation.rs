@@ -124,11 +124,14 @@ impl Root {
         let results: Vec<_> = futures::stream::iter(entries)
             .map(|entry| {
                 let dest = downloads.join(format!("{}{TMP_MARK}", entry.id));
-                async move {
+                let fetcher = fetcher.clone();
+                // A task per package, so that hashing runs on every worker.
+                let task = tokio::spawn(async move {
                     disk::remove_all(&dest).map_err(io_err(&dest))?;
                     fetcher.fetch_entry(&entry, &dest).await?;
                     Ok::<_, RootError>((entry.id.clone(), dest))
-                }
+                });
+                async move { task.await.expect("a fetch task does not panic") }
             })
             .buffer_unordered(fetcher.options().concurrency.max(1))
             .collect()
