@@ -77,9 +77,18 @@ impl Root {
         options: ActivateOptions,
     ) -> Result<Switched, RootError> {
         let mut activation = self.begin_activation(ids, options)?;
-        activation.fetch(fetcher).await?;
-        activation.build()?;
-        activation.switch()
+        let prepared = match activation.fetch(fetcher).await {
+            Ok(_) => activation.build().map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match prepared {
+            Ok(()) => activation.switch(),
+            Err(e) => {
+                // Undo at once rather than leaving it to the next command.
+                activation.abort()?;
+                Err(e)
+            }
+        }
     }
 
     /// The ids not yet cached.
@@ -115,11 +124,14 @@ impl Root {
         let results: Vec<_> = futures::stream::iter(entries)
             .map(|entry| {
                 let dest = downloads.join(format!("{}{TMP_MARK}", entry.id));
-                async move {
+                let fetcher = fetcher.clone();
+                // A task per package, so that hashing runs on every worker.
+                let task = tokio::spawn(async move {
                     disk::remove_all(&dest).map_err(io_err(&dest))?;
                     fetcher.fetch_entry(&entry, &dest).await?;
                     Ok::<_, RootError>((entry.id.clone(), dest))
-                }
+                });
+                async move { task.await.expect("a fetch task does not panic") }
             })
             .buffer_unordered(fetcher.options().concurrency.max(1))
             .collect()
@@ -172,7 +184,7 @@ impl Root {
             .join("downloads")
             .join(format!("{id}{TMP_MARK}"));
         disk::remove_all(&dest).map_err(io_err(&dest))?;
-        let fetched = fetch::unpack_file(
+        let fetched = super::stream::unpack_file(
             file,
             &dest,
             &fetch::FetchOptions::default().limits,
@@ -207,7 +219,10 @@ impl Root {
     /// Removes a cached package that no kept generation uses.
     pub fn remove(&self, id: &PackageId) -> Result<(), RootError> {
         let current = self.current();
-        for n in self.generations()?.into_iter().rev() {
+        let mut generations = self.generations()?;
+        // Report the active generation first: it is the likelier reason.
+        generations.sort_by_key(|n| (Some(*n) != current, std::cmp::Reverse(*n)));
+        for n in generations {
             let set = generation::read_set(&self.generations_dir().join(n.to_string()))?;
             if set.ids.contains(id) {
                 let what = if Some(n) == current {

@@ -29,10 +29,13 @@ pub mod generation;
 pub mod id;
 pub mod index;
 pub mod journal;
+mod paths;
 pub mod pkginfo;
+mod recover;
 mod root;
 pub mod serve;
 pub mod set;
+mod stream;
 pub mod unpack;
 
 pub use activation::{ActivateOptions, Activation, GcReport, id_from_archive_name};

@@ -19,8 +19,9 @@ use super::failpoint;
 use super::fetch::FetchError;
 use super::generation::{self, GenerationError, SetFile};
 use super::id::PackageId;
-use super::journal::{self, DiskFacts, JournalError, Operation, Outcome, Step};
+use super::journal::{self, JournalError, Operation, Step};
 use super::pkginfo::{PkgInfo, PkgInfoError};
+pub use super::recover::RecoveryReport;
 use super::set::{Member, SetError};
 use super::unpack::UnpackError;
 
@@ -108,20 +109,6 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootError + 
     }
 }
 
-/// What [`Root::recover`] did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RecoveryReport {
-    /// How the in-flight operation ended.
-    pub outcome: Outcome,
-    /// Generations deleted because they were built but never switched to.
-    pub removed_generations: Vec<u64>,
-    /// Generations removed by garbage collection after a finished switch.
-    pub collected_generations: Vec<u64>,
-    /// Temporary files and directories removed, relative to the root.
-    pub removed_temporaries: Vec<String>,
-}
-
 /// A cached package.
 #[derive(Debug, Clone, Serialize)]
 pub struct CachedPackage {
@@ -165,6 +152,12 @@ impl Root {
     /// exclusive lock, waiting for any other holder, and runs
     /// [`Root::recover`].
     pub fn open(path: &Path) -> Result<Self, RootError> {
+        Self::open_with_keep(path, DEFAULT_KEEP)
+    }
+
+    /// Like [`Root::open`], keeping `keep` generations (also when the
+    /// recovery finishes an interrupted switch).
+    pub fn open_with_keep(path: &Path, keep: usize) -> Result<Self, RootError> {
         for sub in ["packages", "generations", "downloads", "state"] {
             let dir = path.join(sub);
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -179,7 +172,7 @@ impl Root {
         lock.lock().map_err(io_err(&lock_path))?;
         let mut root = Self {
             path,
-            keep: DEFAULT_KEEP,
+            keep,
             recovery: None,
             _lock: lock,
         };
@@ -187,8 +180,8 @@ impl Root {
         Ok(root)
     }
 
-    /// Opens the root at `path` for reading, under a shared lock. A missing
-    /// root reads as empty.
+    /// Opens the root at `path` for reading, under a shared lock (creating
+    /// the directory if it is missing, so that it can hold the lock file).
     pub fn open_shared(path: &Path) -> Result<Self, RootError> {
         std::fs::create_dir_all(path).map_err(io_err(path))?;
         let path = std::fs::canonicalize(path).map_err(io_err(path))?;
@@ -205,12 +198,6 @@ impl Root {
             recovery: None,
             _lock: lock,
         })
-    }
-
-    /// Sets how many generations to keep (the current one is always kept).
-    pub fn with_keep(mut self, keep: usize) -> Self {
-        self.keep = keep;
-        self
     }
 
     /// The root directory (absolute).
@@ -301,69 +288,6 @@ impl Root {
                 Ok(Member { info, files })
             })
             .collect()
-    }
-
-    /// Finishes or undoes whatever the journal says was in flight, and
-    /// removes every temporary file. Runs at every [`Root::open`].
-    pub fn recover(&self) -> Result<RecoveryReport, RootError> {
-        let journal = journal::read(&self.path)?;
-        let facts = DiskFacts {
-            current: self.current(),
-            generations: self.generations()?,
-        };
-        let plan = journal::decide(journal.as_ref(), &facts);
-        let mut report = RecoveryReport {
-            outcome: plan.outcome,
-            removed_generations: plan.remove_generations.clone(),
-            collected_generations: vec![],
-            removed_temporaries: vec![],
-        };
-        for n in &plan.remove_generations {
-            self.remove_generation(*n)?;
-        }
-        report.removed_temporaries = self.remove_temporaries()?;
-        if plan.collect_garbage {
-            report.collected_generations = self.collect_generations(self.keep)?;
-        }
-        if journal.is_some() {
-            journal::clear(&self.path)?;
-        }
-        if report.outcome != Outcome::Clean || !report.removed_temporaries.is_empty() {
-            tracing::info!(?report, "recovered {}", self.path.display());
-        }
-        Ok(report)
-    }
-
-    /// Every temporary name under the root, relative to it.
-    pub fn temporaries(&self) -> Result<Vec<String>, RootError> {
-        let mut out = Vec::new();
-        for (dir, all) in [
-            ("", false),
-            ("generations", false),
-            ("packages", false),
-            ("downloads", true),
-        ] {
-            for name in read_names(&self.path.join(dir))? {
-                if all || name.contains(TMP_MARK) {
-                    out.push(if dir.is_empty() {
-                        name
-                    } else {
-                        format!("{dir}/{name}")
-                    });
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn remove_temporaries(&self) -> Result<Vec<String>, RootError> {
-        let found = self.temporaries()?;
-        for rel in &found {
-            let path = self.path.join(rel);
-            disk::remove_all(&path).map_err(io_err(&path))?;
-        }
-        Ok(found)
     }
 
     /// Removes generation `n` atomically: renamed to a temporary name first,
@@ -468,7 +392,14 @@ mod tests {
 
     #[test]
     fn garbage_collection_keeps_the_newest_and_the_current_generation() {
-        let cases: &[(&str, &[u64], Option<u64>, usize, &[u64])] = &[
+        type Case = (
+            &'static str,
+            &'static [u64],
+            Option<u64>,
+            usize,
+            &'static [u64],
+        );
+        let cases: &[Case] = &[
             ("fewer than keep removes nothing", &[1, 2], Some(2), 3, &[]),
             (
                 "the oldest beyond keep go",

@@ -9,21 +9,21 @@
 //! really points once the whole archive is in.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use flate2::bufread::MultiGzDecoder;
 
+use super::paths::{Node, lexical_join, relative_path, stays_inside};
+
 /// Bytes of padding allowed after the end-of-archive marker.
 const MAX_TRAILER: u64 = 1 << 20;
-/// Symlinks followed while resolving one path before giving up.
-const MAX_LINK_HOPS: usize = 40;
 
 /// Caps that stop a hostile archive early.
 #[derive(Debug, Clone, Copy)]
@@ -98,13 +98,6 @@ pub enum UnpackError {
         /// What went wrong.
         source: io::Error,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
-    Dir { mode: u32 },
-    File,
-    Symlink(PathBuf),
 }
 
 /// Unpacks the gzip-compressed tar stream `reader` into `dest`, which must
@@ -218,6 +211,10 @@ impl<'a> Unpacker<'a> {
                 entry.size()
             );
             return Err(self.hostile(&raw, msg));
+        }
+        // Refuse a huge entry from its header, before inflating any of it.
+        if entry.size() > self.limits.max_total_bytes.saturating_sub(self.stats.bytes) {
+            return Err(self.limit("total size", self.limits.max_total_bytes));
         }
         let Some(rel) = self.entry_path(&raw)? else {
             return match kind {
@@ -413,76 +410,6 @@ impl<'a> Unpacker<'a> {
     }
 }
 
-/// Turns an entry path into a normalized relative path, refusing absolute
-/// paths and `..`.
-fn relative_path(raw: &[u8]) -> Result<PathBuf, String> {
-    if raw.contains(&0) {
-        return Err("path contains a NUL byte".into());
-    }
-    let path = Path::new(OsStr::from_bytes(raw));
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(p) if p.len() > 255 => {
-                return Err("a path component exceeds 255 bytes".into());
-            }
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("path contains '..'".into()),
-            Component::RootDir | Component::Prefix(_) => return Err("path is absolute".into()),
-        }
-    }
-    Ok(out)
-}
-
-/// Joins a relative `target` to `base` without touching the disk; `None` if
-/// it is absolute or climbs above the package root.
-fn lexical_join(base: &Path, target: &Path) -> Option<Vec<OsString>> {
-    let mut parts: Vec<OsString> = base.iter().map(|p| p.to_owned()).collect();
-    for part in target.components() {
-        match part {
-            Component::Normal(p) => parts.push(p.to_owned()),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                parts.pop()?;
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(parts)
-}
-
-/// Follows the symlink at `link` through every link on its way, as the
-/// kernel would, and tells whether it stays inside the package.
-fn stays_inside(nodes: &HashMap<PathBuf, Node>, link: &Path) -> bool {
-    let mut resolved: Vec<OsString> = Vec::new();
-    let mut todo: Vec<OsString> = link.iter().rev().map(|p| p.to_owned()).collect();
-    let mut hops = 0;
-    while let Some(part) = todo.pop() {
-        match part.to_str() {
-            Some(".") => continue,
-            Some("..") => {
-                if resolved.pop().is_none() {
-                    return false;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        resolved.push(part);
-        let here: PathBuf = resolved.iter().collect();
-        if let Some(Node::Symlink(target)) = nodes.get(&here) {
-            hops += 1;
-            if hops > MAX_LINK_HOPS || target.is_absolute() {
-                return false;
-            }
-            resolved.pop();
-            todo.extend(target.iter().rev().map(|p| p.to_owned()));
-        }
-    }
-    true
-}
-
 /// A reader that fails once more than `left` bytes have passed through it.
 struct Capped<R> {
     inner: R,
@@ -499,53 +426,5 @@ impl<R: Read> Read for Capped<R> {
         }
         self.left -= n as u64;
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_paths_are_normalized_or_refused() {
-        let cases: &[(&str, Result<&str, &str>)] = &[
-            ("a/b", Ok("a/b")),
-            ("./a//b/", Ok("a/b")),
-            ("./", Ok("")),
-            ("../x", Err("'..'")),
-            ("a/../../x", Err("'..'")),
-            ("/etc/x", Err("absolute")),
-        ];
-        for (raw, expected) in cases {
-            let got = relative_path(raw.as_bytes());
-            match expected {
-                Ok(p) => assert_eq!(got.unwrap(), Path::new(p), "{raw}"),
-                Err(e) => assert!(got.unwrap_err().contains(e), "{raw}"),
-            }
-        }
-    }
-
-    #[test]
-    fn links_are_followed_through_other_links() {
-        let mut nodes = HashMap::new();
-        nodes.insert(PathBuf::from("s"), Node::Dir { mode: 0o755 });
-        nodes.insert(PathBuf::from("s/t"), Node::Symlink("..".into()));
-        nodes.insert(PathBuf::from("u"), Node::Symlink("s/t/..".into()));
-        nodes.insert(PathBuf::from("ok"), Node::Symlink("s/t/s".into()));
-        nodes.insert(PathBuf::from("loop"), Node::Symlink("loop".into()));
-        assert!(stays_inside(&nodes, Path::new("s/t")));
-        assert!(stays_inside(&nodes, Path::new("ok")));
-        assert!(
-            !stays_inside(&nodes, Path::new("u")),
-            "u escapes through s/t"
-        );
-        assert!(!stays_inside(&nodes, Path::new("loop")));
-    }
-
-    #[test]
-    fn lexical_joins_refuse_climbing_above_the_root() {
-        assert!(lexical_join(Path::new("a/b"), Path::new("../c")).is_some());
-        assert!(lexical_join(Path::new("a"), Path::new("../../c")).is_none());
-        assert!(lexical_join(Path::new(""), Path::new("/etc")).is_none());
     }
 }

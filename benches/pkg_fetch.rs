@@ -1,0 +1,318 @@
+//! Benchmark: fetch, verify, unpack and activate a set of about 200 MB in
+//! about 20,000 files from a local HTTP server, against the shell pipeline
+//! it replaces (`curl -s URL | tee >(sha256sum) | tar -xz`), on the same
+//! files in the same run; then time a rollback on that set.
+//!
+//! `cargo bench --bench pkg_fetch` runs the full size. Without `--bench`
+//! (as `cargo test --all-targets` runs it) it is a quick smoke run.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use theseus::pkg::{self, Root};
+
+const WORDS: &[&str] = &[
+    "theseus",
+    "package",
+    "generation",
+    "rollback",
+    "journal",
+    "fetch",
+    "verify",
+    "unpack",
+    "node",
+    "agent",
+    "operator",
+    "switch",
+    "current",
+    "symlink",
+    "rename",
+    "fsync",
+    "index",
+    "repository",
+];
+
+struct Size {
+    packages: usize,
+    files_per_package: usize,
+    mean_file: usize,
+    rounds: usize,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let size = if full {
+        Size {
+            packages: 10,
+            files_per_package: 2_000,
+            mean_file: 10_000,
+            rounds: 3,
+        }
+    } else {
+        Size {
+            packages: 2,
+            files_per_package: 50,
+            mean_file: 2_000,
+            rounds: 1,
+        }
+    };
+    let work = tempfile::tempdir_in(
+        std::env::var_os("BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir),
+    )
+    .unwrap();
+    let repo = work.path().join("repo");
+    let (ids, bytes, files) = generate(&repo, work.path(), &size);
+    println!(
+        "set: {} packages, {files} files, {:.1} MB unpacked, {:.1} MB compressed",
+        ids.len(),
+        bytes as f64 / 1e6,
+        compressed(&repo) as f64 / 1e6
+    );
+    let bin = private_binary(work.path());
+    let server = Server::start(&bin, &repo);
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{}/packages/{id}.tar.gz", server.url))
+        .collect();
+
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..size.rounds {
+        theirs.push(baseline(
+            &urls,
+            &work.path().join(format!("baseline-{round}")),
+        ));
+        ours.push(theseus_activate(
+            &bin,
+            &server.url,
+            &ids,
+            &work.path().join(format!("root-{round}")),
+        ));
+    }
+    let (t, b) = (median(&mut ours), median(&mut theirs));
+    println!(
+        "theseus activate:  {:>8.3} s   (runs: {})",
+        t.as_secs_f64(),
+        list(&ours)
+    );
+    println!(
+        "curl|tee|tar -xz:  {:>8.3} s   (runs: {})",
+        b.as_secs_f64(),
+        list(&theirs)
+    );
+    println!(
+        "ratio theseus/baseline: {:.2}",
+        t.as_secs_f64() / b.as_secs_f64()
+    );
+
+    let root = work.path().join("root-0");
+    let (in_process, cli) = rollback(&bin, &root);
+    println!(
+        "rollback: {:.2} ms in-process, {:.2} ms as `theseus pkg rollback`",
+        ms(in_process),
+        ms(cli)
+    );
+}
+
+/// Writes the packages' directories, builds them into `repo/packages` and
+/// indexes them, plus a tiny `seed--1` package for the first generation.
+fn generate(repo: &Path, work: &Path, size: &Size) -> (Vec<String>, u64, usize) {
+    let mut rng = StdRng::seed_from_u64(20_000);
+    let (mut ids, mut bytes, mut files) = (Vec::new(), 0u64, 0usize);
+    for p in 0..size.packages {
+        let id = format!("bench{p}--1.0");
+        let dir = work.join("src").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pkginfo.json"), format!("{{\"id\":\"{id}\"}}")).unwrap();
+        for f in 0..size.files_per_package {
+            let sub = dir.join(format!("lib/bench{p}/d{:02}", f % 40));
+            std::fs::create_dir_all(&sub).unwrap();
+            let len = rng.gen_range(size.mean_file / 10..size.mean_file * 19 / 10);
+            let data = if f % 2 == 0 {
+                text(&mut rng, len)
+            } else {
+                random(&mut rng, len)
+            };
+            std::fs::write(sub.join(format!("f{f:05}")), &data).unwrap();
+            bytes += data.len() as u64;
+            files += 1;
+        }
+        pkg::build::build(&dir, &repo.join("packages")).unwrap();
+        ids.push(id);
+    }
+    let seed = work.join("src/seed--1");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(seed.join("pkginfo.json"), "{\"id\":\"seed--1\"}").unwrap();
+    pkg::build::build(&seed, &repo.join("packages")).unwrap();
+    pkg::index::write(repo, None, None).unwrap();
+    (ids, bytes, files)
+}
+
+fn text(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        out.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
+        out.push(if rng.gen_ratio(1, 12) { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+fn random(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+fn compressed(repo: &Path) -> u64 {
+    std::fs::read_dir(repo.join("packages"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// The shell pipeline Theseus replaces, over every package in turn.
+fn baseline(urls: &[String], dest: &Path) -> Duration {
+    std::fs::create_dir_all(dest).unwrap();
+    let mut script = String::from("set -e -o pipefail\n");
+    for (i, url) in urls.iter().enumerate() {
+        script.push_str(&format!(
+            "mkdir p{i}; curl -sf {url} | tee >(sha256sum >/dev/null) | tar -xz -C p{i}\n"
+        ));
+    }
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dest)
+        .status()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "the baseline pipeline failed");
+    took
+}
+
+/// `theseus pkg activate` of the whole set onto a root whose current
+/// generation holds only `seed--1`.
+fn theseus_activate(bin: &Path, url: &str, ids: &[String], root: &Path) -> Duration {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .arg("pkg")
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .args(["--repo", url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["bootstrap", "seed--1"]);
+    let mut args = vec!["activate"];
+    args.extend(ids.iter().map(String::as_str));
+    let started = Instant::now();
+    run(&args);
+    started.elapsed()
+}
+
+/// Times a rollback from the big set to the seed generation: once through
+/// the library, once (after switching forward again) through the CLI.
+fn rollback(bin: &Path, root: &Path) -> (Duration, Duration) {
+    let opened = Root::open(root).unwrap();
+    let started = Instant::now();
+    let switched = opened.rollback().unwrap();
+    let in_process = started.elapsed();
+    assert_eq!(switched.ids.len(), 1);
+    drop(opened);
+    // Forward again (everything cached), then roll back through the CLI.
+    let set: Vec<String> = std::fs::read_dir(root.join("packages"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bench"))
+        .collect();
+    let status = Command::new(bin)
+        .args(["pkg", "--root"])
+        .arg(root)
+        .arg("activate")
+        .args(&set)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let status = Command::new(bin)
+        .args(["pkg", "--root"])
+        .arg(root)
+        .arg("rollback")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let cli = started.elapsed();
+    assert!(status.success());
+    (in_process, cli)
+}
+
+/// A private copy of the release binary (the build directory is shared).
+fn private_binary(work: &Path) -> PathBuf {
+    let copy = work.join("theseus");
+    std::fs::copy(env!("CARGO_BIN_EXE_theseus"), &copy).unwrap();
+    copy
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(bin: &Path, dir: &Path) -> Self {
+        let mut child = Command::new(bin)
+            .args(["repo", "serve"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Self {
+            child,
+            url: line.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn median(runs: &mut [Duration]) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn list(runs: &[Duration]) -> String {
+    runs.iter()
+        .map(|d| format!("{:.3}", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
