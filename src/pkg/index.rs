@@ -44,6 +44,16 @@ pub enum IndexError {
         /// Why its name does not parse.
         reason: String,
     },
+    /// A package archive's metadata cannot be read.
+    #[error(
+        "{path}: cannot read its pkginfo.json ({message}); rebuild it with `theseus pkg build`"
+    )]
+    BadArchive {
+        /// The archive.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// `index.json` is not a valid index.
     #[error("{origin}: not a valid index: {message}")]
     BadIndex {
@@ -90,6 +100,10 @@ pub struct IndexEntry {
     pub size: u64,
     /// The archive path relative to the repository root.
     pub path: String,
+    /// The names the package requires (from its `pkginfo.json`), so that a
+    /// set can be checked against the index before any node fetches it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 impl Index {
@@ -141,15 +155,45 @@ pub fn scan(dir: &Path) -> Result<Vec<IndexEntry>, IndexError> {
                     reason: e.to_string(),
                 })?;
         let (sha256, size) = hash_file(&path)?;
+        let requires = read_requires(&path)?;
         entries.push(IndexEntry {
             path: format!("{PACKAGES_DIR}/{name}"),
             id,
             sha256,
             size,
+            requires,
         });
     }
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(entries)
+}
+
+/// The `requires` of the `pkginfo.json` at the root of a package archive.
+fn read_requires(path: &Path) -> Result<Vec<String>, IndexError> {
+    /// A pkginfo.json larger than this is not a package's metadata.
+    const MAX_PKGINFO: u64 = 1 << 20;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let bad = |message: String| IndexError::BadArchive {
+        path: path.to_owned(),
+        message,
+    };
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        if name.as_os_str() != "pkginfo.json" && name.as_os_str() != "./pkginfo.json" {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_PKGINFO)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        let info = super::pkginfo::PkgInfo::parse(&bytes, path).map_err(|e| bad(e.to_string()))?;
+        return Ok(info.requires);
+    }
+    Err(bad("it holds no pkginfo.json".into()))
 }
 
 /// The sha256 (hex) and size of a file.

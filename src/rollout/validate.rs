@@ -40,7 +40,7 @@ pub fn problems(packages: &[String], required: &[String], index: &Index) -> Vec<
     }
     let names: BTreeSet<&str> = by_name.keys().copied().collect();
     for entry in index.packages.iter().filter(|e| ids.contains(&e.id)) {
-        for needed in entry_requires(entry) {
+        for needed in &entry.requires {
             if !names.contains(needed.as_str()) {
                 problems.push(format!(
                     "{} requires {needed}, which the set lacks",
@@ -52,6 +52,76 @@ pub fn problems(packages: &[String], required: &[String], index: &Index) -> Vec<
     problems
 }
 
-fn entry_requires(_entry: &crate::pkg::index::IndexEntry) -> Vec<String> {
-    Vec::new()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pkg::index::IndexEntry;
+
+    fn index(entries: &[(&str, &[&str])]) -> Index {
+        Index {
+            version: 1,
+            packages: entries
+                .iter()
+                .map(|(id, requires)| IndexEntry {
+                    id: id.parse().unwrap(),
+                    sha256: "0".repeat(64),
+                    size: 1,
+                    path: format!("packages/{id}.tar.gz"),
+                    requires: requires.iter().map(|r| (*r).to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn sets_are_checked_against_the_index() {
+        let idx = index(&[("web--1", &["config"]), ("config--1", &[]), ("web--2", &[])]);
+        let cases: [(&str, Vec<String>, Vec<String>, &str); 5] = [
+            (
+                "a complete set passes",
+                ids(&["web--1", "config--1"]),
+                ids(&["web"]),
+                "",
+            ),
+            (
+                "an unknown id is named",
+                ids(&["web--9"]),
+                vec![],
+                "web--9 is not in the repository index",
+            ),
+            (
+                "a broken requires is named",
+                ids(&["web--1"]),
+                vec![],
+                "web--1 requires config",
+            ),
+            (
+                "a missing required name is named",
+                ids(&["web--2"]),
+                ids(&["config"]),
+                "required package config",
+            ),
+            (
+                "two versions of one name are refused",
+                ids(&["web--1", "web--2", "config--1"]),
+                vec![],
+                "web appears 2 times",
+            ),
+        ];
+        for (name, packages, required, expected) in cases {
+            let found = problems(&packages, &required, &idx);
+            if expected.is_empty() {
+                assert!(found.is_empty(), "{name}: {found:?}");
+            } else {
+                assert!(
+                    found.iter().any(|p| p.contains(expected)),
+                    "{name}: {found:?}"
+                );
+            }
+        }
+    }
 }
