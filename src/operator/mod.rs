@@ -73,6 +73,12 @@ pub struct OperatorArgs {
     #[arg(long, default_value_t = 60)]
     pub stale_after_seconds: u64,
 
+    /// Only manage PackageSets, PackageRepositories and NodeInstalls whose
+    /// labels match this selector (e.g. `fleet=eu`), so that several operators
+    /// can share a cluster, each with its own objects.
+    #[arg(long, env = "THESEUS_SELECTOR")]
+    pub selector: Option<String>,
+
     /// Directory for local state (the Local node provider's agent roots).
     #[arg(
         long,
@@ -97,6 +103,17 @@ pub struct Context {
     pub reporter: Reporter,
     /// The last good index of each PackageRepository, by name.
     pub indexes: crate::rollout::repository::IndexCache,
+}
+
+impl Context {
+    /// The watcher configuration for the objects this operator manages.
+    pub fn watch_config(&self) -> kube::runtime::watcher::Config {
+        let config = kube::runtime::watcher::Config::default();
+        match &self.args.selector {
+            Some(selector) => config.labels(selector),
+            None => config,
+        }
+    }
 }
 
 /// A controller: runs until `stop` is cancelled.

@@ -70,13 +70,11 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let client = ctx.client.clone();
         let node_api: Api<NodeInstall> = Api::all(client.clone());
         let (nodes, writer) = reflector::store::<NodeInstall>();
-        let node_stream = reflector::reflector(
-            writer,
-            watcher(node_api.clone(), watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| async {});
+        let node_stream =
+            reflector::reflector(writer, watcher(node_api.clone(), ctx.watch_config()))
+                .default_backoff()
+                .touched_objects()
+                .for_each(|_| async {});
         let reflect_stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -88,10 +86,8 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
             return;
         }
 
-        let controller = Controller::new(
-            Api::<PackageSet>::all(client.clone()),
-            watcher::Config::default(),
-        );
+        let config = ctx.watch_config();
+        let controller = Controller::new(Api::<PackageSet>::all(client.clone()), config.clone());
         let sets = controller.store();
         let (by_node, by_halt, by_repo) = (sets.clone(), sets.clone(), sets.clone());
         let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.args.namespace);
@@ -105,23 +101,19 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
             recorder,
         });
         controller
-            .watches(node_api, watcher::Config::default(), move |node| {
+            .watches(node_api, config.clone(), move |node| {
                 sets_for_node(&by_node, &node)
             })
             .watches(halt_api, halt_config, move |_| all_sets(&by_halt))
-            .watches(
-                Api::<PackageRepository>::all(client),
-                watcher::Config::default(),
-                move |repo| {
-                    let name = repo.name_any();
-                    by_repo
-                        .state()
-                        .iter()
-                        .filter(|s| s.spec.repository == name)
-                        .map(|s| ObjectRef::from_obj(&**s))
-                        .collect::<Vec<_>>()
-                },
-            )
+            .watches(Api::<PackageRepository>::all(client), config, move |repo| {
+                let name = repo.name_any();
+                by_repo
+                    .state()
+                    .iter()
+                    .filter(|s| s.spec.repository == name)
+                    .map(|s| ObjectRef::from_obj(&**s))
+                    .collect::<Vec<_>>()
+            })
             .graceful_shutdown_on(async move { stop.cancelled().await })
             .run(reconcile, error_policy, shared)
             .for_each(|_| async {})

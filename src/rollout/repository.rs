@@ -13,7 +13,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,7 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let api: Api<PackageRepository> = Api::all(ctx.client.clone());
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        Controller::new(api, watcher::Config::default())
+        Controller::new(api, ctx.watch_config())
             .graceful_shutdown_on(async move { stop.cancelled().await })
             .run(reconcile, error_policy, Arc::new((ctx, recorder)))
             .for_each(|_| async {})
