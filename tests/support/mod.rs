@@ -7,6 +7,8 @@
 //! nothing) and is skipped with a loud message otherwise.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fleet;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,500 @@
+//! PackageSet rollouts end to end: a real `theseus operator` process against
+//! the testbed's API server, and a fleet of simulated agents on NodeInstalls.
+//! Each test confines its operator to its own objects (`--selector`) and
+//! keeps its lease and halt in its own namespace.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::fleet::{Fleet, Operator, RUN_LABEL, Repo, unavailable};
+use support::{TestNamespace, TestbedEnv, eventually, repo_root};
+use theseus::api::conditions;
+use theseus::api::{PackageRepository, PackageSet};
+use theseus::pkg::PackageId;
+use theseus::pkg::set::set_hash;
+
+const V1: &str = "demo-web--1.0.0";
+const V2: &str = "demo-web--2.0.0";
+const V3: &str = "demo-web--3.0.0";
+
+fn hash(id: &str) -> String {
+    set_hash(&[id.parse::<PackageId>().unwrap()])
+}
+
+/// Everything one rollout test needs.
+struct Rig {
+    tb: TestbedEnv,
+    client: Client,
+    ns: TestNamespace,
+    run: String,
+    repo: Repo,
+    logs: std::path::PathBuf,
+}
+
+impl Rig {
+    async fn new(tag: &str) -> Option<Rig> {
+        let tb = require_testbed!()?;
+        let crds = repo_root().join("crds");
+        tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        let client = tb.client().await;
+        let ns = TestNamespace::create(&tb, &client, tag).await;
+        let run = ns.name.clone();
+        let repo = Repo::serve(&[V1, V2, V3]).await;
+        // Operator logs outlive the test, for reading after a failure.
+        let logs = repo_root().join("target/test-logs").join(&run);
+        std::fs::create_dir_all(&logs).unwrap();
+        eprintln!("operator logs: {}", logs.display());
+        let rig = Rig {
+            tb,
+            client,
+            ns,
+            run,
+            repo,
+            logs,
+        };
+        rig.create_repository().await;
+        Some(rig)
+    }
+
+    fn operator(&self, identity: &str) -> Operator {
+        Operator::start(&self.tb, &self.ns.name, &self.run, identity, &self.logs)
+    }
+
+    async fn create_repository(&self) {
+        let repo: PackageRepository = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
+            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
+            "spec": { "url": self.repo.url, "refreshIntervalSeconds": 10 }
+        }))
+        .unwrap();
+        Api::<PackageRepository>::all(self.client.clone())
+            .create(&PostParams::default(), &repo)
+            .await
+            .unwrap();
+    }
+
+    fn sets(&self) -> Api<PackageSet> {
+        Api::all(self.client.clone())
+    }
+
+    async fn apply_set(&self, packages: &[&str], max_unavailable: serde_json::Value) {
+        let set = json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
+            "spec": {
+                "repository": self.run,
+                "packages": packages,
+                "nodeSelector": { "matchLabels": { RUN_LABEL: self.run } },
+                "strategy": { "maxUnavailable": max_unavailable, "failureThreshold": 1 }
+            }
+        });
+        self.sets()
+            .patch(
+                &self.run,
+                &PatchParams::apply("rollout-test").force(),
+                &Patch::Apply(&set),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn wait_condition(&self, type_: &str, status: &str, timeout: Duration) -> PackageSet {
+        let sets = self.sets();
+        let name = self.run.clone();
+        eventually(timeout, &format!("{type_}={status}"), || {
+            let (sets, name) = (sets.clone(), name.clone());
+            async move {
+                let set = sets.get(&name).await.map_err(|e| e.to_string())?;
+                let st = set.status.clone().unwrap_or_default();
+                let current = st.observed_generation == set.metadata.generation;
+                match conditions::find(&st.conditions, type_) {
+                    Some(c) if current && c.status == status => Ok(set),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn clean_up(self, fleet: Fleet) {
+        fleet.remove().await;
+        let _ = self
+            .sets()
+            .delete(&self.run, &DeleteParams::default())
+            .await;
+        let _ = Api::<PackageRepository>::all(self.client.clone())
+            .delete(&self.run, &DeleteParams::default())
+            .await;
+        self.ns.delete(&self.client).await;
+    }
+}
+
+/// Polls the fleet and records the most nodes ever unavailable at once.
+fn observe(fleet_nodes: Vec<String>, client: Client) -> (Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let max = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (m, s) = (max.clone(), stop.clone());
+    tokio::spawn(async move {
+        let api: Api<theseus::api::NodeInstall> = Api::all(client);
+        while !s.load(Ordering::Relaxed) {
+            let mut count = 0;
+            for name in &fleet_nodes {
+                if let Ok(node) = api.get(name).await {
+                    count += usize::from(unavailable(&node));
+                }
+            }
+            m.fetch_max(count, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (max, stop)
+}
+
+fn targeted(nodes: &[theseus::api::NodeInstall], hash: &str) -> usize {
+    nodes
+        .iter()
+        .filter(|n| n.spec.target.as_ref().is_some_and(|t| t.set_hash == hash))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_stay_within_the_budget_and_kubectl_wait_returns() {
+    let Some(rig) = Rig::new("budget").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        6,
+        Duration::from_millis(800),
+    )
+    .await;
+    let _operator = rig.operator("a");
+
+    rig.apply_set(&[V1], json!(2)).await;
+    rig.wait_condition("Available", "True", Duration::from_secs(60))
+        .await;
+    assert!(
+        fleet
+            .nodes()
+            .await
+            .iter()
+            .all(|n| n.status.as_ref().unwrap().active_hash.as_deref() == Some(hash(V1).as_str()))
+    );
+
+    let (max, stop) = observe(fleet.names.clone(), rig.client.clone());
+    rig.apply_set(&[V2], json!(2)).await;
+    let out = rig.tb.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "--timeout=90s",
+        &format!("packageset/{}", rig.run),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = fleet.nodes().await;
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.status.as_ref().unwrap().active_hash.as_deref() == Some(hash(V2).as_str()))
+    );
+    let seen = max.load(Ordering::Relaxed);
+    assert!(
+        seen <= 2,
+        "saw {seen} nodes unavailable at once with maxUnavailable 2"
+    );
+    assert!(seen >= 1, "the observer never saw a node switching");
+    let set = rig.sets().get(&rig.run).await.unwrap();
+    let st = set.status.unwrap();
+    assert_eq!(
+        (st.desired_nodes, st.updated_nodes, st.ready_nodes),
+        (6, 6, 6)
+    );
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_version_halts_the_set_after_the_first_batch() {
+    let Some(rig) = Rig::new("failing").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        6,
+        Duration::from_millis(300),
+    )
+    .await;
+    let _operator = rig.operator("a");
+    rig.apply_set(&[V2], json!(2)).await;
+    rig.wait_condition("Available", "True", Duration::from_secs(60))
+        .await;
+
+    fleet.failing.lock().unwrap().insert(hash(V3));
+    rig.apply_set(&[V3], json!(2)).await;
+    let set = rig
+        .wait_condition("Halted", "True", Duration::from_secs(60))
+        .await;
+    let st = set.status.unwrap();
+    assert_eq!(
+        conditions::find(&st.conditions, "Halted").unwrap().reason,
+        "FailureThreshold"
+    );
+    assert!(conditions::is_true(&st.conditions, "Degraded"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nodes = fleet.nodes().await;
+    assert_eq!(
+        targeted(&nodes, &hash(V3)),
+        2,
+        "only the first batch was touched"
+    );
+    let on_v2 = nodes
+        .iter()
+        .filter(|n| n.status.as_ref().unwrap().active_hash.as_deref() == Some(hash(V2).as_str()))
+        .count();
+    assert_eq!(on_v2, 6, "every node still runs v2");
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_survives_an_operator_restart_until_resumed() {
+    let Some(rig) = Rig::new("halt").await else {
+        return;
+    };
+    let fleet = Fleet::start(&rig.client, &rig.run, &rig.run, 6, Duration::from_secs(2)).await;
+    let mut operator = rig.operator("a");
+    rig.apply_set(&[V1], json!(1)).await;
+    let fleet_api: Api<theseus::api::NodeInstall> = Api::all(rig.client.clone());
+    let first = fleet.names[0].clone();
+    eventually(
+        Duration::from_secs(30),
+        "the first node is targeted",
+        || {
+            let (api, first) = (fleet_api.clone(), first.clone());
+            async move {
+                let node = api.get(&first).await.map_err(|e| e.to_string())?;
+                node.spec
+                    .target
+                    .map(drop)
+                    .ok_or_else(|| "no target yet".to_owned())
+            }
+        },
+    )
+    .await;
+
+    let (code, body) = operator
+        .post(
+            "/halt",
+            json!({ "reason": "error budget spent", "by": "sla-monitor" }),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let set = rig
+        .wait_condition("Halted", "True", Duration::from_secs(20))
+        .await;
+    let halted = conditions::find(&set.status.as_ref().unwrap().conditions, "Halted")
+        .unwrap()
+        .clone();
+    assert!(halted.message.contains("error budget spent"), "{halted:?}");
+    let before = targeted(&fleet.nodes().await, &hash(V1));
+
+    operator.kill();
+    operator.restart();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    rig.wait_condition("Halted", "True", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        targeted(&fleet.nodes().await, &hash(V1)),
+        before,
+        "a node started while halted"
+    );
+
+    let (code, body) = operator.post("/resume", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    rig.wait_condition("Available", "True", Duration::from_secs(90))
+        .await;
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_halt_endpoint_refuses_a_wrong_token() {
+    let Some(rig) = Rig::new("token").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        1,
+        Duration::from_millis(100),
+    )
+    .await;
+    let operator = rig.operator("a");
+    let url = format!("{}/halt", operator.http);
+    let response = eventually(Duration::from_secs(20), "the operator answers", || {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    assert_eq!(response.status().as_u16(), 401);
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_naming_an_unknown_package_is_invalid_and_touches_nothing() {
+    let Some(rig) = Rig::new("invalid").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        2,
+        Duration::from_millis(100),
+    )
+    .await;
+    let _operator = rig.operator("a");
+    rig.apply_set(&["demo-web--9.9.9"], json!(1)).await;
+    let set = rig
+        .wait_condition("Degraded", "True", Duration::from_secs(40))
+        .await;
+    let degraded = conditions::find(&set.status.as_ref().unwrap().conditions, "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(degraded.message.contains("demo-web--9.9.9"), "{degraded:?}");
+    assert_eq!(targeted(&fleet.nodes().await, &hash("demo-web--9.9.9")), 0);
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
+    let Some(rig) = Rig::new("leader").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        4,
+        Duration::from_millis(500),
+    )
+    .await;
+    let mut a = rig.operator("a");
+    let lease_api: Api<Lease> = Api::namespaced(rig.client.clone(), &rig.ns.name);
+    let holder = || {
+        let api = lease_api.clone();
+        async move {
+            let lease = api
+                .get("theseus-operator")
+                .await
+                .map_err(|e| e.to_string())?;
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .ok_or_else(|| "no holder".to_owned())
+        }
+    };
+    let first = eventually(Duration::from_secs(20), "a leader is elected", holder).await;
+    assert_eq!(first, "a");
+    let _b = rig.operator("b");
+    rig.apply_set(&[V1], json!(1)).await;
+    rig.wait_condition("Available", "True", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        holder().await.unwrap(),
+        "a",
+        "the standby took the lease from a live leader"
+    );
+
+    a.kill();
+    let killed = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "b takes over", || async {
+        match holder().await {
+            Ok(h) if h == "b" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+    rig.apply_set(&[V2], json!(1)).await;
+    rig.wait_condition("Available", "True", Duration::from_secs(60))
+        .await;
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_at_random_moments_keeps_the_budget_and_updates_each_node_once() {
+    let Some(rig) = Rig::new("sigkill").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        6,
+        Duration::from_millis(700),
+    )
+    .await;
+    let mut operator = rig.operator("a");
+    let (max, stop) = observe(fleet.names.clone(), rig.client.clone());
+    rig.apply_set(&[V1], json!(2)).await;
+    let mut kills = 0;
+    while kills < 20 {
+        let pause = Duration::from_millis(100 + u64::from(rand::random::<u16>() % 400));
+        tokio::time::sleep(pause).await;
+        operator.kill();
+        operator.restart();
+        kills += 1;
+    }
+    rig.wait_condition("Available", "True", Duration::from_secs(120))
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = max.load(Ordering::Relaxed);
+    assert!(
+        seen <= 2,
+        "saw {seen} unavailable with maxUnavailable 2 across {kills} kills"
+    );
+    let log = fleet.log.lock().unwrap().activations.clone();
+    let v1 = hash(V1);
+    let per_node: BTreeMap<&String, usize> = log
+        .iter()
+        .filter(|((_, h), _)| *h == v1)
+        .map(|((n, _), c)| (n, *c))
+        .collect();
+    assert_eq!(
+        per_node.len(),
+        6,
+        "every node ends on the target: {per_node:?}"
+    );
+    assert!(
+        per_node.values().all(|c| *c == 1),
+        "a node was updated twice: {per_node:?}"
+    );
+    rig.clean_up(fleet).await;
+}
