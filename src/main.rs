@@ -31,6 +31,19 @@ enum Command {
     Operator(theseus::operator::OperatorArgs),
     /// Follow a PackageSet's rollout; halt or resume every rollout.
     Rollout(cli::rollout::RolloutArgs),
+    /// Manage the node's packages and generations (works with no cluster).
+    #[command(after_help = "Examples:\n  \
+        theseus pkg bootstrap --repo http://repo.example/ nginx--1.25.3\n  \
+        theseus pkg activate nginx--1.25.4 --repo http://repo.example/\n  \
+        theseus pkg rollback\n  \
+        theseus pkg list --format json")]
+    Pkg(cli::pkg::PkgArgs),
+    /// Build, sign and serve a package repository.
+    #[command(after_help = "Examples:\n  \
+        theseus repo keygen --out repo.key\n  \
+        theseus repo index repo/ --sign-key repo.key\n  \
+        theseus repo serve repo/ --listen 127.0.0.1:8080")]
+    Repo(cli::repo::RepoArgs),
 }
 
 /// The controllers `theseus operator` runs while it leads.
@@ -54,6 +67,8 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
             ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
         }
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
+        Command::Pkg(args) => ok(cli::pkg::run(&args)),
+        Command::Repo(args) => ok(cli::repo::run(&args)),
     }
 }
 

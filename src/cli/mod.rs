@@ -1,4 +1,6 @@
 //! User commands that are neither the operator nor the agent.
 
 pub mod crds;
+pub mod pkg;
+pub mod repo;
 pub mod rollout;

@@ -77,9 +77,18 @@ impl Root {
         options: ActivateOptions,
     ) -> Result<Switched, RootError> {
         let mut activation = self.begin_activation(ids, options)?;
-        activation.fetch(fetcher).await?;
-        activation.build()?;
-        activation.switch()
+        let prepared = match activation.fetch(fetcher).await {
+            Ok(_) => activation.build().map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match prepared {
+            Ok(()) => activation.switch(),
+            Err(e) => {
+                // Undo at once rather than leaving it to the next command.
+                activation.abort()?;
+                Err(e)
+            }
+        }
     }
 
     /// The ids not yet cached.
@@ -207,7 +216,10 @@ impl Root {
     /// Removes a cached package that no kept generation uses.
     pub fn remove(&self, id: &PackageId) -> Result<(), RootError> {
         let current = self.current();
-        for n in self.generations()?.into_iter().rev() {
+        let mut generations = self.generations()?;
+        // Report the active generation first: it is the likelier reason.
+        generations.sort_by_key(|n| (Some(*n) != current, std::cmp::Reverse(*n)));
+        for n in generations {
             let set = generation::read_set(&self.generations_dir().join(n.to_string()))?;
             if set.ids.contains(id) {
                 let what = if Some(n) == current {

@@ -329,7 +329,7 @@ impl Root {
             journal::clear(&self.path)?;
         }
         if report.outcome != Outcome::Clean || !report.removed_temporaries.is_empty() {
-            tracing::info!(?report, "recovered {}", self.path.display());
+            tracing::debug!(?report, "recovered {}", self.path.display());
         }
         Ok(report)
     }
@@ -468,7 +468,14 @@ mod tests {
 
     #[test]
     fn garbage_collection_keeps_the_newest_and_the_current_generation() {
-        let cases: &[(&str, &[u64], Option<u64>, usize, &[u64])] = &[
+        type Case = (
+            &'static str,
+            &'static [u64],
+            Option<u64>,
+            usize,
+            &'static [u64],
+        );
+        let cases: &[Case] = &[
             ("fewer than keep removes nothing", &[1, 2], Some(2), 3, &[]),
             (
                 "the oldest beyond keep go",

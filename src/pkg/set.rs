@@ -25,7 +25,9 @@ pub enum SetError {
         second: PackageId,
     },
     /// A package requires a name that no package in the set has.
-    #[error("{package} requires {missing}, which is not in the set; add a {missing}--VERSION id")]
+    #[error(
+        "{package} requires {missing}, which is not in the set; add an id like {missing}--VERSION"
+    )]
     MissingRequirement {
         /// The requiring package.
         package: PackageId,

@@ -219,6 +219,10 @@ impl<'a> Unpacker<'a> {
             );
             return Err(self.hostile(&raw, msg));
         }
+        // Refuse a huge entry from its header, before inflating any of it.
+        if entry.size() > self.limits.max_total_bytes.saturating_sub(self.stats.bytes) {
+            return Err(self.limit("total size", self.limits.max_total_bytes));
+        }
         let Some(rel) = self.entry_path(&raw)? else {
             return match kind {
                 T::Directory => Ok(()),

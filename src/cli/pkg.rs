@@ -1,0 +1,364 @@
+//! `theseus pkg`: the node's package manager, usable with no cluster.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::pkg::{self, ActivateOptions, FetchOptions, Fetcher, PackageId, Root};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON document (the shapes are documented in README.md).
+    Json,
+}
+
+/// Manage packages and generations under a node root.
+#[derive(Args, Debug)]
+pub struct PkgArgs {
+    /// The node root.
+    #[arg(
+        long,
+        global = true,
+        env = "THESEUS_ROOT",
+        default_value = "/var/lib/theseus"
+    )]
+    root: PathBuf,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    format: Format,
+
+    /// Generations to keep besides the current one when cleaning up.
+    #[arg(long, global = true, default_value_t = pkg::DEFAULT_KEEP)]
+    keep: usize,
+
+    #[command(subcommand)]
+    command: PkgCommand,
+}
+
+/// Where and how to fetch packages.
+#[derive(Args, Debug, Clone)]
+struct RepoOpts {
+    /// Repository base URL (the directory holding index.json).
+    #[arg(long, env = "THESEUS_REPO")]
+    repo: Option<String>,
+    /// A public key (base64 of 32 bytes); index.json.sig must verify with one. Repeatable.
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Retries per download after the first attempt.
+    #[arg(long, default_value_t = 4)]
+    retries: u32,
+    /// First retry delay in milliseconds; it doubles each retry.
+    #[arg(long, default_value_t = 200)]
+    backoff_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum PkgCommand {
+    /// List cached packages, marking the active ones.
+    #[command(
+        after_help = "Examples:\n  theseus pkg list\n  theseus pkg list --format json   # {\"packages\":[{\"id\",\"active\"}]}"
+    )]
+    List,
+    /// Show the active set.
+    #[command(
+        after_help = "Examples:\n  theseus pkg active\n  theseus pkg active --format json  # {\"generation\",\"ids\",\"hash\",\"time\"}"
+    )]
+    Active,
+    /// Add a package to the cache from a repository (ID), a URL or a local file.
+    #[command(after_help = "Examples:\n  \
+        theseus pkg add nginx--1.25.3 --repo http://repo.example/\n  \
+        theseus pkg add http://repo.example/packages/nginx--1.25.3.tar.gz\n  \
+        theseus pkg add ./nginx--1.25.3.tar.gz")]
+    Add {
+        /// ID, http(s) URL or file path of an ID.tar.gz.
+        source: String,
+        #[command(flatten)]
+        repo: RepoOpts,
+    },
+    /// Remove a cached package (refused while a kept generation uses it).
+    #[command(after_help = "Example:\n  theseus pkg remove nginx--1.25.2")]
+    Remove {
+        /// The package id.
+        id: PackageId,
+    },
+    /// Make exactly these ids the active set, fetching what is missing.
+    #[command(
+        after_help = "Example:\n  theseus pkg activate nginx--1.25.3 openssl--3.0.13 --repo http://repo.example/"
+    )]
+    Activate {
+        /// The package ids of the new set.
+        #[arg(required = true)]
+        ids: Vec<PackageId>,
+        /// Names that must be present exactly once.
+        #[arg(long)]
+        required: Vec<String>,
+        #[command(flatten)]
+        repo: RepoOpts,
+    },
+    /// Switch back to the previous generation (one rename, no download).
+    #[command(after_help = "Example:\n  theseus pkg rollback")]
+    Rollback,
+    /// Verify the active tree against its set.json; exit 1 on any problem.
+    #[command(
+        after_help = "Examples:\n  theseus pkg check\n  theseus pkg check --format json   # {\"generation\",\"ids\",\"hash\",\"problems\"}"
+    )]
+    Check,
+    /// Finish or undo an interrupted operation (also done before every change).
+    #[command(
+        after_help = "Example:\n  theseus pkg recover --format json  # {\"outcome\",\"removedGenerations\",…}"
+    )]
+    Recover,
+    /// First activation on a fresh machine, with no cluster.
+    #[command(
+        after_help = "Example:\n  theseus pkg bootstrap --repo http://repo.example/ theseus-agent--0.1.0 runc--1.1.12"
+    )]
+    Bootstrap {
+        /// The package ids of the first set.
+        #[arg(required = true)]
+        ids: Vec<PackageId>,
+        #[command(flatten)]
+        repo: RepoOpts,
+    },
+    /// Remove old generations beyond --keep and packages no generation uses.
+    #[command(
+        after_help = "Examples:\n  theseus pkg gc\n  theseus pkg gc --keep 0   # only the current generation stays"
+    )]
+    Gc,
+    /// Build ID.tar.gz from a directory holding pkginfo.json (ID is its `id` field).
+    #[command(
+        after_help = "Example:\n  theseus pkg build ./nginx -o repo/packages   # writes repo/packages/nginx--1.25.3.tar.gz\n\n\
+        The archive is deterministic: the same directory always gives the same bytes."
+    )]
+    Build {
+        /// The package directory.
+        dir: PathBuf,
+        /// Where to write the archive.
+        #[arg(short = 'o', long = "out-dir", default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+/// Runs `theseus pkg …`.
+pub fn run(args: &PkgArgs) -> anyhow::Result<()> {
+    let root_path = args.root.as_path();
+    match &args.command {
+        PkgCommand::List => {
+            let list = Root::open_shared(root_path)?.list()?;
+            emit(
+                args.format,
+                &serde_json::json!({ "packages": list }),
+                || {
+                    list.iter()
+                        .map(|p| format!("{}{}", p.id, if p.active { "  active" } else { "" }))
+                        .collect()
+                },
+            )
+        }
+        PkgCommand::Active => {
+            let set = Root::open_shared(root_path)?.active()?;
+            let json = match &set {
+                Some(s) => serde_json::to_value(s)?,
+                None => {
+                    serde_json::json!({"generation": null, "ids": [], "hash": null, "time": null})
+                }
+            };
+            emit(args.format, &json, || match &set {
+                Some(s) => {
+                    let mut lines = vec![format!("generation {} hash {}", s.generation, s.hash)];
+                    lines.extend(s.ids.iter().map(|id| id.to_string()));
+                    lines
+                }
+                None => vec!["no active set".into()],
+            })
+        }
+        PkgCommand::Check => check(args),
+        PkgCommand::Recover => {
+            let root = open(args)?;
+            let report = root.recovery().expect("open recovers").clone();
+            emit(args.format, &report, || {
+                vec![format!("recover: {:?}", report.outcome).to_lowercase()]
+            })
+        }
+        PkgCommand::Remove { id } => {
+            open(args)?.remove(id)?;
+            emit(args.format, &serde_json::json!({ "removed": id }), || {
+                vec![format!("removed {id}")]
+            })
+        }
+        PkgCommand::Rollback => {
+            let switched = open(args)?.rollback()?;
+            emit_switched(args.format, &switched)
+        }
+        PkgCommand::Gc => {
+            let report = open(args)?.gc(args.keep)?;
+            emit(args.format, &report, || {
+                vec![format!(
+                    "removed generations {:?} and packages {:?}",
+                    report.generations, report.packages
+                )]
+            })
+        }
+        PkgCommand::Build { dir, out_dir } => {
+            let built = pkg::build::build(dir, out_dir)?;
+            let json = serde_json::json!({"id": built.info.id, "path": built.path, "sha256": built.sha256, "size": built.size});
+            emit(args.format, &json, || {
+                vec![format!(
+                    "{} {} {}",
+                    built.path.display(),
+                    built.sha256,
+                    built.size
+                )]
+            })
+        }
+        PkgCommand::Add { source, repo } => add(args, source, repo),
+        PkgCommand::Activate {
+            ids,
+            required,
+            repo,
+        } => {
+            let fetcher = fetcher(repo)?;
+            let root = open(args)?;
+            let options = ActivateOptions {
+                required: required.clone(),
+            };
+            let switched = runtime()?.block_on(root.activate(ids, fetcher.as_ref(), options))?;
+            emit_switched(args.format, &switched)
+        }
+        PkgCommand::Bootstrap { ids, repo } => {
+            let fetcher = fetcher(repo)?.context("bootstrap needs --repo URL (or THESEUS_REPO)")?;
+            let root = open(args)?;
+            if let Some(n) = root.current() {
+                return Err(pkg::RootError::AlreadyBootstrapped(root.path().to_owned(), n).into());
+            }
+            let switched = runtime()?.block_on(root.activate(
+                ids,
+                Some(&fetcher),
+                ActivateOptions::default(),
+            ))?;
+            emit_switched(args.format, &switched)
+        }
+    }
+}
+
+fn open(args: &PkgArgs) -> anyhow::Result<Root> {
+    Ok(Root::open(&args.root)?.with_keep(args.keep))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn fetcher(repo: &RepoOpts) -> anyhow::Result<Option<Fetcher>> {
+    let Some(url) = &repo.repo else {
+        return Ok(None);
+    };
+    let keys = repo
+        .keys
+        .iter()
+        .map(|k| pkg::index::parse_public_key(k, "--key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = FetchOptions {
+        retries: repo.retries,
+        backoff: std::time::Duration::from_millis(repo.backoff_ms),
+        ..FetchOptions::default()
+    };
+    Ok(Some(Fetcher::new(url, keys, options)))
+}
+
+fn check(args: &PkgArgs) -> anyhow::Result<()> {
+    let report = Root::open_shared(&args.root)?.check()?;
+    emit(args.format, &report, || match report.generation {
+        Some(n) if report.problems.is_empty() => {
+            vec![format!("generation {n} matches its set.json")]
+        }
+        None if report.problems.is_empty() => vec!["no active set".into()],
+        _ => report.problems.clone(),
+    })?;
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => anyhow::bail!(
+            "check found {} problem(s), first: {first}",
+            report.problems.len()
+        ),
+    }
+}
+
+fn add(args: &PkgArgs, source: &str, repo: &RepoOpts) -> anyhow::Result<()> {
+    let root = open(args)?;
+    let is_url = source.starts_with("http://") || source.starts_with("https://");
+    let fetched = if is_url {
+        let fetcher =
+            fetcher(repo)?.unwrap_or_else(|| Fetcher::new(source, vec![], FetchOptions::default()));
+        Some(runtime()?.block_on(root.add_url(source, &fetcher))?)
+    } else if std::path::Path::new(source).is_file() {
+        Some(root.add_file(source.as_ref())?)
+    } else {
+        let id: PackageId = source
+            .parse()
+            .with_context(|| format!("{source} is neither a file, a URL nor a package id"))?;
+        if root.missing(std::slice::from_ref(&id)).is_empty() {
+            None
+        } else {
+            let fetcher = fetcher(repo)?.ok_or_else(|| pkg::RootError::NotCached(id.clone()))?;
+            runtime()?.block_on(root.fetch_packages(std::slice::from_ref(&id), &fetcher))?;
+            None
+        }
+    };
+    let id = match (is_url || fetched.is_some(), source.parse::<PackageId>()) {
+        (false, Ok(id)) => id,
+        _ => pkg::id_from_archive_name(source)?,
+    };
+    let json = serde_json::json!({
+        "id": id,
+        "sha256": fetched.as_ref().map(|f| f.sha256.clone()),
+        "size": fetched.as_ref().map(|f| f.size),
+    });
+    emit(args.format, &json, || vec![format!("added {id}")])
+}
+
+fn emit_switched(format: Format, s: &pkg::Switched) -> anyhow::Result<()> {
+    emit(format, s, || {
+        let verb = if s.changed {
+            "switched to"
+        } else {
+            "already at"
+        };
+        vec![format!(
+            "{verb} generation {} (set {}): {}",
+            s.generation,
+            s.hash,
+            join(&s.ids)
+        )]
+    })
+}
+
+fn join(ids: &[PackageId]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn emit<T: Serialize>(
+    format: Format,
+    value: &T,
+    text: impl FnOnce() -> Vec<String>,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(value)?),
+        Format::Text => {
+            for line in text() {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
