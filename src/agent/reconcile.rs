@@ -103,7 +103,18 @@ impl Agent {
         };
         match (state::decide(facts), target) {
             (Action::Activate, Some(t)) => {
-                let outcome = self.switcher.switch(&request(t), &self.sink(desired)).await;
+                let req = request(t);
+                let computed = set_hash(&req.ids);
+                if computed != t.set_hash || req.ids.len() != t.packages.len() {
+                    let reason = format!(
+                        "spec.target.setHash {} does not match its packages (whose hash is {computed}); the target is malformed, fix the operator or the PackageSet",
+                        t.set_hash
+                    );
+                    return self
+                        .finish(Outcome::Failed(reason), &t.set_hash, desired)
+                        .await;
+                }
+                let outcome = self.switcher.switch(&req, &self.sink(desired)).await;
                 self.finish(outcome, &t.set_hash, desired).await;
             }
             (Action::ResumeVerify, Some(t)) => {
@@ -229,21 +240,24 @@ impl Agent {
 
     async fn active_facts(&self) -> ActiveFacts {
         let root = self.switcher.root.lock().await;
-        let set = root.active().ok().flatten();
-        let cached = root.list().unwrap_or_default();
-        ActiveFacts {
-            ids: set
-                .as_ref()
-                .map(|s| s.ids.iter().map(PackageId::to_string).collect())
-                .unwrap_or_default(),
-            hash: set.map(|s| s.hash),
-            cached: cached.iter().map(|c| c.id.to_string()).collect(),
-        }
+        facts_of(&root)
     }
 
     /// Writes the status: the real active set, the phase and Ready.
     async fn report(&self, phase: NodePhase, message: String, healthy: bool, desired: &Desired) {
         let active = self.active_facts().await;
+        self.report_with(active, phase, message, healthy, desired)
+            .await;
+    }
+
+    async fn report_with(
+        &self,
+        active: ActiveFacts,
+        phase: NodePhase,
+        message: String,
+        healthy: bool,
+        desired: &Desired,
+    ) {
         let target = desired.target.as_ref().map(|t| t.set_hash.as_str());
         let ready = state::readiness(target, active.hash.as_deref(), healthy);
         let failed = self.failed.clone();
@@ -266,6 +280,19 @@ impl Agent {
                 );
             })
             .await;
+    }
+}
+
+fn facts_of(root: &crate::pkg::Root) -> ActiveFacts {
+    let set = root.active().ok().flatten();
+    let cached = root.list().unwrap_or_default();
+    ActiveFacts {
+        ids: set
+            .as_ref()
+            .map(|s| s.ids.iter().map(PackageId::to_string).collect())
+            .unwrap_or_default(),
+        hash: set.map(|s| s.hash),
+        cached: cached.iter().map(|c| c.id.to_string()).collect(),
     }
 }
 
@@ -299,7 +326,22 @@ impl PhaseSink for Sink<'_> {
     fn phase(&self, phase: NodePhase, message: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!(node = %self.agent.node, ?phase, "{message}");
-            self.agent.report(phase, message, false, self.desired).await;
+            // The switch holds the root while it builds and stops services:
+            // report the disk when it is free, else the last known facts.
+            let active = match self.agent.switcher.root.try_lock() {
+                Ok(root) => facts_of(&root),
+                Err(_) => {
+                    let s = self.agent.reporter.snapshot().await;
+                    ActiveFacts {
+                        ids: s.active,
+                        hash: s.active_hash,
+                        cached: s.cached,
+                    }
+                }
+            };
+            self.agent
+                .report_with(active, phase, message, false, self.desired)
+                .await;
         })
     }
 }
