@@ -7,6 +7,7 @@
 //! it; `main.rs` only parses arguments.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod logging;

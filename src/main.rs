@@ -29,6 +29,9 @@ enum Command {
     /// under leader election, and the /halt, /resume, /healthz, /readyz and
     /// /metrics endpoints.
     Operator(theseus::operator::OperatorArgs),
+    /// Run the node agent: register the NodeInstall, follow its target,
+    /// supervise the active services and serve the local HTTP API.
+    Agent(theseus::agent::AgentArgs),
     /// Follow a PackageSet's rollout; halt or resume every rollout.
     Rollout(cli::rollout::RolloutArgs),
     /// Manage the node's packages and generations (works with no cluster).
@@ -67,6 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
             ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
         }
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
+        Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
         Command::Pkg(args) => ok(cli::pkg::run(&args)),
         Command::Repo(args) => ok(cli::repo::run(&args)),
     }

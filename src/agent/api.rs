@@ -1,0 +1,291 @@
+//! The node's local HTTP API, as the original module design had it:
+//! `GET /list.json`, `GET /active.json`, `POST /add`, `POST /remove`,
+//! `POST /activate`. It binds 127.0.0.1 by default and requires a bearer
+//! token when bound elsewhere; it calls the same library as `theseus pkg`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::api::NodePhase;
+use crate::pkg::{FetchOptions, Fetcher, PackageId, Root, RootError};
+
+/// Errors of the local API's set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A non-loopback address without a token.
+    #[error(
+        "--listen {0} is not a loopback address, and the local API then requires a token: pass --api-token (or THESEUS_AGENT_TOKEN), or listen on 127.0.0.1"
+    )]
+    TokenRequired(SocketAddr),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}; pick a free port with --listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// Refuses to expose the API beyond loopback without a token.
+pub fn check_bind(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiError> {
+    if addr.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) {
+        Ok(())
+    } else {
+        Err(ApiError::TokenRequired(addr))
+    }
+}
+
+/// A `POST /activate` handed to the agent loop, which runs the full switch
+/// (services, health check, rollback) and replies.
+#[derive(Debug)]
+pub struct ActivateRequest {
+    /// The ids to make active.
+    pub ids: Vec<PackageId>,
+    /// Where to fetch missing packages.
+    pub repository: Option<String>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<ActivateReply, ActivateRefusal>>,
+}
+
+/// A successful local activation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivateReply {
+    /// The active set hash.
+    pub hash: String,
+    /// The phase reached.
+    pub phase: NodePhase,
+    /// For people.
+    pub message: String,
+}
+
+/// Why a local activation did not happen or failed.
+#[derive(Debug, Clone)]
+pub enum ActivateRefusal {
+    /// The operator manages the node.
+    Managed {
+        /// The node.
+        node: String,
+        /// The PackageSet targeting it.
+        package_set: String,
+    },
+    /// The switch failed (and was rolled back when possible).
+    Failed {
+        /// RolledBack or Failed.
+        phase: NodePhase,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The node root (the agent's, under its exclusive lock).
+    pub root: Arc<Mutex<Root>>,
+    /// The bearer token; `None` leaves the API open (loopback only).
+    pub token: Option<String>,
+    /// The agent loop's inbox for activations.
+    pub activate: mpsc::Sender<ActivateRequest>,
+    /// Options for fetching packages.
+    pub fetch: FetchOptions,
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    let auth = middleware::from_fn_with_state(state.clone(), require_token);
+    Router::new()
+        .route("/list.json", get(list))
+        .route("/active.json", get(active))
+        .route("/add", post(add))
+        .route("/remove", post(remove))
+        .route("/activate", post(activate))
+        .layer(auth)
+        .with_state(state)
+}
+
+/// Binds `addr` for the API, so that a taken port fails the start.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    tracing::info!(%addr, "local API listening");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), ApiError> {
+    let addr = listener.local_addr().map_err(|source| ApiError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = state.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        let mut response = failure(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token; send Authorization: Bearer TOKEN".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        response
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn failure(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn root_failure(e: RootError) -> Response {
+    let status = match &e {
+        RootError::NotCached(_) => StatusCode::NOT_FOUND,
+        RootError::InUse { .. } => StatusCode::CONFLICT,
+        RootError::Set(_) | RootError::BadArchiveName { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        RootError::Fetch(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    failure(status, e.to_string())
+}
+
+async fn list(State(state): State<ApiState>) -> Response {
+    match state.root.lock().await.list() {
+        Ok(list) => Json(json!({ "packages": list })).into_response(),
+        Err(e) => root_failure(e),
+    }
+}
+
+async fn active(State(state): State<ApiState>) -> Response {
+    match state.root.lock().await.active() {
+        Ok(Some(set)) => Json(set).into_response(),
+        Ok(None) => {
+            Json(json!({"generation": null, "ids": [], "hash": null, "time": null})).into_response()
+        }
+        Err(e) => root_failure(e),
+    }
+}
+
+/// The body of `POST /add`: an `id` fetched from `repository`, or a `url`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    id: Option<PackageId>,
+    url: Option<String>,
+    repository: Option<String>,
+}
+
+async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Response {
+    let root = state.root.lock().await;
+    let result = match (&body.id, &body.url, &body.repository) {
+        (None, Some(url), _) => {
+            let fetcher = Fetcher::new(url, vec![], state.fetch.clone());
+            root.add_url(url, &fetcher).await.map(|_| ())
+        }
+        (Some(id), None, Some(repo)) => {
+            let fetcher = Fetcher::new(repo, vec![], state.fetch.clone());
+            let missing = root.missing(std::slice::from_ref(id));
+            root.fetch_packages(&missing, &fetcher).await.map(|_| ())
+        }
+        (Some(id), None, None) if root.missing(std::slice::from_ref(id)).is_empty() => Ok(()),
+        (Some(id), None, None) => Err(RootError::NotCached(id.clone())),
+        _ => {
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "send {\"url\": URL} or {\"id\": ID, \"repository\": URL}".into(),
+            );
+        }
+    };
+    match result {
+        Ok(()) => Json(json!({ "packages": root.list().unwrap_or_default() })).into_response(),
+        Err(e) => root_failure(e),
+    }
+}
+
+/// The body of `POST /remove`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    id: PackageId,
+}
+
+async fn remove(State(state): State<ApiState>, Json(body): Json<RemoveBody>) -> Response {
+    match state.root.lock().await.remove(&body.id) {
+        Ok(()) => Json(json!({ "removed": body.id })).into_response(),
+        Err(e) => root_failure(e),
+    }
+}
+
+/// The body of `POST /activate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    ids: Vec<PackageId>,
+    repository: Option<String>,
+}
+
+async fn activate(State(state): State<ApiState>, Json(body): Json<ActivateBody>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let request = ActivateRequest {
+        ids: body.ids,
+        repository: body.repository,
+        reply,
+    };
+    if state.activate.send(request).await.is_err() {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent loop is not running".into(),
+        );
+    }
+    match answer.await {
+        Ok(Ok(reply)) => Json(reply).into_response(),
+        Ok(Err(ActivateRefusal::Managed { node, package_set })) => failure(
+            StatusCode::CONFLICT,
+            format!(
+                "node {node} follows PackageSet {package_set}; change the PackageSet (or remove the node from its selector) instead of activating locally"
+            ),
+        ),
+        Ok(Err(ActivateRefusal::Failed { phase, message })) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": message, "phase": phase })),
+        )
+            .into_response(),
+        Err(_) => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent loop stopped before answering".into(),
+        ),
+    }
+}

@@ -1,0 +1,188 @@
+//! `theseus agent`: the node agent. It registers the node's NodeInstall,
+//! follows its `spec.target` (fetch → build → stop → switch → start →
+//! health check, rolling back on failure), supervises the active set's
+//! services, heartbeats, and serves the node's local HTTP API.
+
+pub mod activate;
+pub mod api;
+pub mod health;
+pub mod reconcile;
+pub mod register;
+pub mod service;
+pub mod state;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kube::Client;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::NodeInstallStatus;
+use crate::pkg::{FetchOptions, Root};
+
+use self::activate::Switcher;
+use self::register::{Desired, Reporter};
+use self::service::AgentEnv;
+use self::supervisor::{ProcessSupervisor, Supervisor, SystemdSupervisor};
+
+/// How services are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SupervisorKind {
+    /// Child processes of the agent, output in ROOT/logs/NAME.log.
+    Process,
+    /// systemd units shipped in the packages (`systemctl link`, `restart`).
+    Systemd,
+}
+
+/// Run the node agent.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    theseus agent --node-name node-1 --labels pool=web,theseus.dev/zone=a\n  \
+    theseus agent --node-name dev-1 --root /tmp/dev-1 --listen 127.0.0.1:7071 --env PORT=8081")]
+pub struct AgentArgs {
+    /// The node's name; also the name of its NodeInstall.
+    #[arg(long, env = "THESEUS_NODE_NAME")]
+    pub node_name: String,
+
+    /// The node root (packages, generations, journal).
+    #[arg(long, env = "THESEUS_ROOT", default_value = "/var/lib/theseus")]
+    pub root: PathBuf,
+
+    /// Labels for the NodeInstall, `k=v,k2=v2` (repeatable); they win over
+    /// the labels of a Kubernetes Node of the same name.
+    #[arg(long, value_name = "K=V,…")]
+    pub labels: Vec<String>,
+
+    /// Address of the local HTTP API.
+    #[arg(long, env = "THESEUS_AGENT_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// Bearer token of the local HTTP API; required when --listen is not a
+    /// loopback address.
+    #[arg(long, env = "THESEUS_AGENT_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// How services are run.
+    #[arg(long, value_enum, default_value_t = SupervisorKind::Process)]
+    pub supervisor: SupervisorKind,
+
+    /// A variable for every service, also substituted as ${KEY} in start
+    /// argv and health checks (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Seconds between heartbeats and supervision passes.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub heartbeat_seconds: u64,
+
+    /// The cloud instance id to report (NodePools set it).
+    #[arg(long, env = "THESEUS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// The systemctl program, for --supervisor systemd.
+    #[arg(long, default_value = "systemctl", hide = true)]
+    pub systemctl: PathBuf,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') => Ok((k.into(), v.into())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM. Services run by the process
+/// supervisor are stopped on the way out; systemd units are left running.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    api::check_bind(args.listen, args.api_token.as_deref())?;
+    let labels = register::parse_labels(&args.labels)?;
+    let listener = api::bind(args.listen).await?;
+    let root_path = args.root.clone();
+    let root = tokio::task::spawn_blocking(move || Root::open(&root_path)).await??;
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot build a Kubernetes client (check KUBECONFIG or the service account): {e}"
+        )
+    })?;
+    let ni = register::register(&client, &args.node_name, &labels).await?;
+    let status = NodeInstallStatus {
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        instance_id: args.instance_id.clone(),
+        ..ni.status.clone().unwrap_or_default()
+    };
+    let reporter = Reporter::new(&client, &args.node_name, status);
+    let stop = CancellationToken::new();
+    let (desired_tx, desired_rx) = watch::channel(Desired::of(&ni));
+    let (activate_tx, activate_rx) = mpsc::channel(4);
+    let root = Arc::new(Mutex::new(root));
+    let fetch = FetchOptions::default();
+    let env = AgentEnv::new(&args.node_name, root.lock().await.path(), &args.env);
+    let run_dir = root.lock().await.path().join("run");
+    let supervisor: Arc<dyn Supervisor> = match args.supervisor {
+        SupervisorKind::Process => Arc::new(ProcessSupervisor::new(&run_dir)),
+        SupervisorKind::Systemd => Arc::new(SystemdSupervisor::new(&args.systemctl, &run_dir)),
+    };
+    let router = api::router(api::ApiState {
+        root: root.clone(),
+        token: args.api_token.clone(),
+        activate: activate_tx,
+        fetch: fetch.clone(),
+    });
+    let tick = Duration::from_secs(args.heartbeat_seconds);
+    let agent = reconcile::Agent {
+        node: args.node_name.clone(),
+        switcher: Switcher {
+            root,
+            supervisor: supervisor.clone(),
+            env,
+            fetch,
+        },
+        reporter: reporter.clone(),
+        failed: ni.status.and_then(|s| s.failed_hash),
+        desired: desired_rx,
+        requests: activate_rx,
+        tick,
+    };
+    let tasks = [
+        tokio::spawn(register::watch_target(
+            client,
+            args.node_name.clone(),
+            labels,
+            desired_tx,
+            stop.clone(),
+        )),
+        tokio::spawn(register::heartbeat_loop(reporter, tick, stop.clone())),
+    ];
+    let server = tokio::spawn(api::serve(listener, router, stop.clone()));
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.cancel();
+    });
+    let services = agent.switcher.clone();
+    agent.run(stop.clone()).await;
+    stop.cancel();
+    if args.supervisor == SupervisorKind::Process {
+        services.stop_active().await;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    server.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,347 @@
+//! The agent loop: one task that owns every change to the node, so that a
+//! switch, a supervision pass and a local `POST /activate` never overlap.
+//! Each pass reads the facts, asks [`state::decide`] and carries out the
+//! answer.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::conditions::{self, Observed, types};
+use crate::api::{NodePhase, NodeTarget};
+use crate::pkg::{PackageId, set_hash};
+
+use super::activate::{DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, Switcher, read_note};
+use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
+use super::register::{Desired, Reporter};
+use super::state::{self, Action, Facts};
+
+/// Health probes of a supervision pass before the services count as unhealthy.
+const SUPERVISE_RETRIES: u32 = 2;
+
+/// The node agent's loop.
+pub struct Agent {
+    /// The node name.
+    pub node: String,
+    /// Switches sets and runs services.
+    pub switcher: Switcher,
+    /// Writes the NodeInstall status.
+    pub reporter: Reporter,
+    /// The target hash that last failed (`status.failedHash`).
+    pub failed: Option<String>,
+    /// The operator's target, from the watch.
+    pub desired: watch::Receiver<Desired>,
+    /// Local `POST /activate` requests.
+    pub requests: mpsc::Receiver<ActivateRequest>,
+    /// Time between supervision passes.
+    pub tick: Duration,
+}
+
+/// The active set as the status shows it.
+struct ActiveFacts {
+    ids: Vec<String>,
+    hash: Option<String>,
+    cached: Vec<String>,
+}
+
+impl Agent {
+    /// Runs until `stop`: first reports the true state of the disk and
+    /// restarts the active set's services, then follows the target.
+    pub async fn run(mut self, stop: CancellationToken) {
+        self.startup().await;
+        loop {
+            let desired = self.desired.borrow_and_update().clone();
+            self.reconcile(&desired).await;
+            tokio::select! {
+                changed = self.desired.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(self.tick) => {}
+                Some(req) = self.requests.recv() => self.local_activate(req, &desired).await,
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn startup(&mut self) {
+        let desired = self.desired.borrow().clone();
+        let previous = self.reporter.snapshot().await;
+        let recovery = {
+            let root = self.switcher.root.lock().await;
+            root.recovery()
+                .map(|r| format!("{:?}", r.outcome).to_lowercase())
+        };
+        let message = format!(
+            "agent started (journal recovery: {})",
+            recovery.unwrap_or_else(|| "none".into())
+        );
+        let phase = match previous.phase {
+            p @ (NodePhase::RolledBack | NodePhase::Failed) => p,
+            _ => NodePhase::Idle,
+        };
+        self.report(phase, message, false, &desired).await;
+        match self.switcher.active_services().await {
+            Ok(services) => {
+                if let Err(e) = self.switcher.ensure_running(&services).await {
+                    tracing::warn!(node = %self.node, "{e}");
+                }
+            }
+            Err(e) => tracing::warn!(node = %self.node, "{e}"),
+        }
+    }
+
+    async fn reconcile(&mut self, desired: &Desired) {
+        let active = self.active_facts().await;
+        let note = read_note(self.switcher.root.lock().await.path());
+        let target = desired.target.as_ref();
+        let facts = Facts {
+            target: target.map(|t| t.set_hash.as_str()),
+            active: active.hash.as_deref(),
+            failed: self.failed.as_deref(),
+            unverified: note.as_ref().map(|n| n.verifying.as_str()),
+        };
+        match (state::decide(facts), target) {
+            (Action::Activate, Some(t)) => {
+                let req = request(t);
+                let computed = set_hash(&req.ids);
+                if computed != t.set_hash || req.ids.len() != t.packages.len() {
+                    let reason = format!(
+                        "spec.target.setHash {} does not match its packages (whose hash is {computed}); the target is malformed, fix the operator or the PackageSet",
+                        t.set_hash
+                    );
+                    return self
+                        .finish(Outcome::Failed(reason), &t.set_hash, desired)
+                        .await;
+                }
+                let outcome = self.switcher.switch(&req, &self.sink(desired)).await;
+                self.finish(outcome, &t.set_hash, desired).await;
+            }
+            (Action::ResumeVerify, Some(t)) => {
+                let message = format!("resuming the verification of set {}", t.set_hash);
+                self.report(NodePhase::Verifying, message, false, desired)
+                    .await;
+                let services = self.switcher.active_services().await.unwrap_or_default();
+                let outcome = self
+                    .switcher
+                    .verify(&services, request(t).health_timeout)
+                    .await;
+                self.finish(outcome, &t.set_hash, desired).await;
+            }
+            (action, _) => self.supervise(action, desired).await,
+        }
+    }
+
+    /// Keeps the active set's services running and reports their health.
+    async fn supervise(&mut self, action: Action, desired: &Desired) {
+        let services = match self.switcher.active_services().await {
+            Ok(s) => s,
+            Err(e) => {
+                let phase = self.reporter.snapshot().await.phase;
+                return self.report(phase, e, false, desired).await;
+            }
+        };
+        let mut health = self.switcher.ensure_running(&services).await;
+        for _ in 0..=SUPERVISE_RETRIES {
+            health = match health {
+                Ok(()) => self.switcher.healthy_once(&services).await,
+                e => e,
+            };
+            if health.is_ok() {
+                break;
+            }
+            tokio::time::sleep(super::activate::PROBE_INTERVAL).await;
+            health = self.switcher.ensure_running(&services).await;
+        }
+        let previous = self.reporter.snapshot().await;
+        let (phase, message) = match action {
+            Action::InSync => (NodePhase::Active, "the target set is active".to_owned()),
+            Action::HoldFailed => (previous.phase, previous.message.clone().unwrap_or_default()),
+            _ => (NodePhase::Idle, "no target".to_owned()),
+        };
+        let message = match &health {
+            Err(e) if action != Action::HoldFailed => format!("{message}; unhealthy: {e}"),
+            _ => message,
+        };
+        self.report(phase, message, health.is_ok(), desired).await;
+    }
+
+    async fn finish(&mut self, outcome: Outcome, hash: &str, desired: &Desired) {
+        let (phase, message, healthy) = match outcome {
+            Outcome::Active => (
+                NodePhase::Active,
+                format!("set {hash} is active and healthy"),
+                true,
+            ),
+            Outcome::RolledBack(reason) => {
+                self.failed = Some(hash.to_owned());
+                let message = format!("set {hash} failed and was rolled back: {reason}");
+                (NodePhase::RolledBack, message, true)
+            }
+            Outcome::Failed(reason) => {
+                self.failed = Some(hash.to_owned());
+                (
+                    NodePhase::Failed,
+                    format!("set {hash} failed: {reason}"),
+                    false,
+                )
+            }
+        };
+        tracing::info!(node = %self.node, ?phase, "{message}");
+        self.report(phase, message, healthy, desired).await;
+    }
+
+    async fn local_activate(&mut self, req: ActivateRequest, desired: &Desired) {
+        if let Some(t) = &desired.target {
+            let _ = req.reply.send(Err(ActivateRefusal::Managed {
+                node: self.node.clone(),
+                package_set: t.package_set.clone(),
+            }));
+            return;
+        }
+        let mut ids = req.ids.clone();
+        ids.sort();
+        let hash = set_hash(&ids);
+        let request = Request {
+            ids,
+            hash: hash.clone(),
+            repository: req.repository.clone(),
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
+        };
+        let outcome = self.switcher.switch(&request, &self.sink(desired)).await;
+        let phase = match &outcome {
+            Outcome::Active => NodePhase::Idle,
+            Outcome::RolledBack(_) => NodePhase::RolledBack,
+            Outcome::Failed(_) => NodePhase::Failed,
+        };
+        let message = match &outcome {
+            Outcome::Active => format!("set {hash} activated locally"),
+            Outcome::RolledBack(r) | Outcome::Failed(r) => r.clone(),
+        };
+        let healthy = outcome == Outcome::Active;
+        self.report(phase, message.clone(), healthy, desired).await;
+        let reply = match outcome {
+            Outcome::Active => Ok(ActivateReply {
+                hash,
+                phase: NodePhase::Active,
+                message,
+            }),
+            _ => Err(ActivateRefusal::Failed { phase, message }),
+        };
+        let _ = req.reply.send(reply);
+    }
+
+    fn sink<'a>(&'a self, desired: &'a Desired) -> Sink<'a> {
+        Sink {
+            agent: self,
+            desired,
+        }
+    }
+
+    async fn active_facts(&self) -> ActiveFacts {
+        let root = self.switcher.root.lock().await;
+        facts_of(&root)
+    }
+
+    /// Writes the status: the real active set, the phase and Ready.
+    async fn report(&self, phase: NodePhase, message: String, healthy: bool, desired: &Desired) {
+        let active = self.active_facts().await;
+        self.report_with(active, phase, message, healthy, desired)
+            .await;
+    }
+
+    async fn report_with(
+        &self,
+        active: ActiveFacts,
+        phase: NodePhase,
+        message: String,
+        healthy: bool,
+        desired: &Desired,
+    ) {
+        let target = desired.target.as_ref().map(|t| t.set_hash.as_str());
+        let ready = state::readiness(target, active.hash.as_deref(), healthy);
+        let failed = self.failed.clone();
+        self.reporter
+            .update(|s| {
+                s.observed_generation = desired.generation;
+                s.active = active.ids;
+                s.active_hash = active.hash;
+                s.cached = active.cached;
+                s.phase = phase;
+                s.message = Some(message);
+                s.failed_hash = failed;
+                let observed =
+                    Observed::new(types::READY, ready.ready, ready.reason, ready.message);
+                conditions::set(
+                    &mut s.conditions,
+                    observed,
+                    desired.generation,
+                    Timestamp::now(),
+                );
+            })
+            .await;
+    }
+}
+
+fn facts_of(root: &crate::pkg::Root) -> ActiveFacts {
+    let set = root.active().ok().flatten();
+    let cached = root.list().unwrap_or_default();
+    ActiveFacts {
+        ids: set
+            .as_ref()
+            .map(|s| s.ids.iter().map(PackageId::to_string).collect())
+            .unwrap_or_default(),
+        hash: set.map(|s| s.hash),
+        cached: cached.iter().map(|c| c.id.to_string()).collect(),
+    }
+}
+
+/// The switch request for a target.
+fn request(target: &NodeTarget) -> Request {
+    let mut ids: Vec<PackageId> = target
+        .packages
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ids.sort();
+    let timeout = target
+        .health_timeout_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(DEFAULT_HEALTH_TIMEOUT, Duration::from_secs);
+    Request {
+        ids,
+        hash: target.set_hash.clone(),
+        repository: Some(target.repository_url.clone()),
+        health_timeout: timeout,
+    }
+}
+
+/// Reports each phase of a switch.
+struct Sink<'a> {
+    agent: &'a Agent,
+    desired: &'a Desired,
+}
+
+impl PhaseSink for Sink<'_> {
+    fn phase(&self, phase: NodePhase, message: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            tracing::info!(node = %self.agent.node, ?phase, "{message}");
+            // The switch holds the root while it builds and stops services:
+            // report the disk when it is free, else the last known facts.
+            let active = match self.agent.switcher.root.try_lock() {
+                Ok(root) => facts_of(&root),
+                Err(_) => {
+                    let s = self.agent.reporter.snapshot().await;
+                    ActiveFacts {
+                        ids: s.active,
+                        hash: s.active_hash,
+                        cached: s.cached,
+                    }
+                }
+            };
+            self.agent
+                .report_with(active, phase, message, false, self.desired)
+                .await;
+        })
+    }
+}

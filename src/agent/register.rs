@@ -1,0 +1,245 @@
+//! The agent's NodeInstall: created or adopted at start, its status written
+//! by server-side apply (never touching `spec`, which the operator owns),
+//! a heartbeat, and a watch on the object's target.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeTarget};
+
+/// The field manager of everything the agent writes.
+pub const MANAGER: &str = "theseus-agent";
+
+/// Errors from registering the NodeInstall.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The API server refused or failed a request.
+    #[error(
+        "cannot {action} NodeInstall {node}: {source}; check the agent's RBAC (get, create, patch nodeinstalls and nodeinstalls/status)"
+    )]
+    Api {
+        /// What the agent tried.
+        action: &'static str,
+        /// The node.
+        node: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// A `--labels` entry is not `KEY=VALUE`.
+    #[error("--labels entry {0:?} is not KEY=VALUE")]
+    BadLabel(String),
+}
+
+/// Parses `--labels k=v` entries (each may hold several, comma-separated).
+pub fn parse_labels(entries: &[String]) -> Result<BTreeMap<String, String>, RegisterError> {
+    let mut out = BTreeMap::new();
+    for entry in entries.iter().flat_map(|e| e.split(',')) {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (k, v) = entry
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| RegisterError::BadLabel(entry.to_owned()))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// The labels of the Kubernetes Node named `node`; empty when there is no
+/// such Node or the agent may not read Nodes.
+async fn node_labels(client: &Client, node: &str) -> BTreeMap<String, String> {
+    match Api::<Node>::all(client.clone()).get_opt(node).await {
+        Ok(Some(n)) => n.labels().clone(),
+        Ok(None) => BTreeMap::new(),
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => {
+            tracing::info!(
+                node,
+                "cannot read the Node ({}), using --labels only",
+                s.code
+            );
+            BTreeMap::new()
+        }
+        Err(e) => {
+            tracing::warn!(node, "cannot read the Node: {e}; using --labels only");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Creates the NodeInstall named `node` with `labels` (plus the Kubernetes
+/// Node's, flags winning), or merges the labels into the existing one.
+pub async fn register(
+    client: &Client,
+    node: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<NodeInstall, RegisterError> {
+    let api = Api::<NodeInstall>::all(client.clone());
+    let mut all = node_labels(client, node).await;
+    all.extend(labels.clone());
+    let err = |action| {
+        move |source| RegisterError::Api {
+            action,
+            node: node.to_owned(),
+            source,
+        }
+    };
+    if api.get_opt(node).await.map_err(err("read"))?.is_none() {
+        let mut ni = NodeInstall::new(node, NodeInstallSpec::default());
+        ni.metadata.labels = Some(all.clone());
+        match api.create(&PostParams::default(), &ni).await {
+            Ok(created) => {
+                tracing::info!(node, "created NodeInstall");
+                return Ok(created);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(err("create")(e)),
+        }
+    }
+    let patch = serde_json::json!({ "metadata": { "labels": all } });
+    let ni = api
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(err("label"))?;
+    tracing::info!(node, "adopted NodeInstall");
+    Ok(ni)
+}
+
+/// The agent's view of its status, written in full by server-side apply on
+/// every change and every heartbeat.
+#[derive(Clone)]
+pub struct Reporter {
+    api: Api<NodeInstall>,
+    node: String,
+    status: Arc<Mutex<NodeInstallStatus>>,
+}
+
+impl Reporter {
+    /// A reporter for `node`, starting from `initial` (the status read at
+    /// registration, so that condition transition times survive restarts).
+    pub fn new(client: &Client, node: &str, initial: NodeInstallStatus) -> Self {
+        Self {
+            api: Api::all(client.clone()),
+            node: node.to_owned(),
+            status: Arc::new(Mutex::new(initial)),
+        }
+    }
+
+    /// A copy of the status as last reported.
+    pub async fn snapshot(&self) -> NodeInstallStatus {
+        self.status.lock().await.clone()
+    }
+
+    /// Changes the status with `change` and writes it when anything but the
+    /// heartbeat differs.
+    pub async fn update(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
+        let mut status = self.status.lock().await;
+        let before = status.clone();
+        change(&mut status);
+        if *status != before {
+            self.apply(&mut status).await;
+        }
+    }
+
+    /// Writes the status with a fresh heartbeat.
+    pub async fn heartbeat(&self) {
+        let mut status = self.status.lock().await;
+        self.apply(&mut status).await;
+    }
+
+    async fn apply(&self, status: &mut NodeInstallStatus) {
+        status.heartbeat = Some(Time(Timestamp::now()));
+        let body = serde_json::json!({
+            "apiVersion": "theseus.dev/v1alpha1",
+            "kind": "NodeInstall",
+            "metadata": { "name": self.node },
+            "status": status,
+        });
+        let params = PatchParams::apply(MANAGER).force();
+        if let Err(e) = self
+            .api
+            .patch_status(&self.node, &params, &Patch::Apply(&body))
+            .await
+        {
+            tracing::warn!(node = %self.node, "cannot write NodeInstall status (retrying at the next heartbeat): {e}");
+        }
+    }
+}
+
+/// Writes a heartbeat every `every` until `stop`.
+pub async fn heartbeat_loop(reporter: Reporter, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => reporter.heartbeat().await,
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// What the operator wants of this node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// `metadata.generation` of the NodeInstall.
+    pub generation: Option<i64>,
+    /// `spec.target`.
+    pub target: Option<NodeTarget>,
+}
+
+impl Desired {
+    /// The desired state in `ni`.
+    pub fn of(ni: &NodeInstall) -> Self {
+        Self {
+            generation: ni.metadata.generation,
+            target: ni.spec.target.clone(),
+        }
+    }
+}
+
+/// Watches the NodeInstall named `node` (and nothing else) and publishes its
+/// target on `tx`; re-creates the object if someone deletes it.
+pub async fn watch_target(
+    client: Client,
+    node: String,
+    labels: BTreeMap<String, String>,
+    tx: watch::Sender<Desired>,
+    stop: CancellationToken,
+) {
+    let api = Api::<NodeInstall>::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            () = stop.cancelled() => return,
+        };
+        match event {
+            Some(Ok(watcher::Event::Apply(ni) | watcher::Event::InitApply(ni))) => {
+                let desired = Desired::of(&ni);
+                tx.send_if_modified(|d| std::mem::replace(d, desired.clone()) != desired);
+            }
+            Some(Ok(watcher::Event::Delete(_))) => {
+                tracing::warn!(%node, "NodeInstall deleted; registering again");
+                if let Err(e) = register(&client, &node, &labels).await {
+                    tracing::warn!(%node, "{e}");
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(%node, "watch: {e}"),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Helpers for the agent's end-to-end tests: the demo repository built and
+//! served by `theseus repo serve`, agents as child processes of the built
+//! binary with their own temporary roots, and the operator's side of a
+//! NodeInstall (writing `spec.target`, reading `status`).
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use theseus::api::{NodeInstall, NodeInstallStatus, NodeTarget};
+use theseus::pkg::{PackageId, set_hash};
+
+use crate::support::{TestbedEnv, repo_root};
+
+/// The binary under test.
+pub fn theseus() -> &'static str {
+    env!("CARGO_BIN_EXE_theseus")
+}
+
+/// A free port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Applies `crds/` once per test binary.
+pub fn apply_crds(tb: &TestbedEnv) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = repo_root().join("crds");
+        tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/nodeinstalls.theseus.dev",
+            "--timeout=60s",
+        ]);
+    });
+}
+
+/// The demo repository, built with `examples/build-repo.sh` into a temporary
+/// directory and served by `theseus repo serve` on an ephemeral port.
+pub struct Repo {
+    /// Its base URL.
+    pub url: String,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// Builds and serves the demo packages.
+    pub fn demo() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new(repo_root().join("examples/build-repo.sh"))
+            .arg(dir.path())
+            .env("THESEUS", theseus())
+            .status()
+            .unwrap();
+        assert!(status.success(), "examples/build-repo.sh failed");
+        let mut server = Command::new(theseus())
+            .args(["repo", "serve"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("repo serve printed no URL: {line:?}"))
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            url,
+            server,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// One agent process with its own root and service port.
+pub struct Agent {
+    /// The node name.
+    pub node: String,
+    /// The root directory.
+    pub root: PathBuf,
+    /// The port its demo-web service listens on.
+    pub port: u16,
+    /// The port of its local API.
+    pub api_port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `theseus agent` for a fresh node named `tag-<random>`.
+    pub fn start(tb: &TestbedEnv, tag: &str, labels: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = Self {
+            node: format!("agent-test-{tag}-{:06x}", rand::random::<u32>() & 0xff_ffff),
+            root: dir.path().join("root"),
+            port: free_port(),
+            api_port: free_port(),
+            child: None,
+            _dir: dir,
+        };
+        agent.spawn(tb, labels, None);
+        agent
+    }
+
+    /// (Re)starts the process, optionally with a failpoint armed.
+    pub fn spawn(&mut self, tb: &TestbedEnv, labels: &str, failpoint: Option<&str>) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = tb.command(theseus());
+        cmd.args([
+            "agent",
+            "--node-name",
+            &self.node,
+            "--heartbeat-seconds",
+            "1",
+        ])
+        .arg("--root")
+        .arg(&self.root)
+        .args(["--listen", &format!("127.0.0.1:{}", self.api_port)])
+        .args(["--env", &format!("PORT={}", self.port)])
+        .args(["--labels", labels])
+        .env_remove("THESEUS_FAILPOINT")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        if let Some(fp) = failpoint {
+            cmd.env("THESEUS_FAILPOINT", fp);
+        }
+        self.child = Some(cmd.spawn().expect("theseus agent starts"));
+    }
+
+    /// The agent's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self._dir.path().join("agent.log")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (e.g. at a failpoint); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs the agent (its services keep running, as after a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the agent and waits; it stops its services on the way out.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..150 {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// GET http://127.0.0.1:PORT/version of its demo-web service.
+    pub async fn service_version(&self) -> Result<String, String> {
+        let url = format!("http://127.0.0.1:{}/version", self.port);
+        let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: {}", response.status()));
+        }
+        Ok(response
+            .text()
+            .await
+            .map_err(|e| e.to_string())?
+            .trim()
+            .to_owned())
+    }
+
+    /// The hash in `ROOT/current/set.json`.
+    pub fn disk_hash(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.root.join("current/set.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["hash"].as_str().map(str::to_owned)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // Services left by a killed agent: stop them by their pid files.
+        if let Ok(entries) = std::fs::read_dir(self.root.join("run")) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(pid) = text.split_whitespace().next() {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log ---\n{}", self.node, self.log());
+        }
+    }
+}
+
+/// The demo set with demo-web at `version` (and demo-config 1.0.0).
+pub fn demo_set(version: &str) -> Vec<PackageId> {
+    vec![
+        "demo-config--1.0.0".parse().unwrap(),
+        format!("demo-web--{version}").parse().unwrap(),
+    ]
+}
+
+/// Writes `spec.target` as the operator does.
+pub async fn set_target(
+    api: &Api<NodeInstall>,
+    node: &str,
+    ids: &[PackageId],
+    repo: &str,
+    health_timeout: i32,
+) -> String {
+    let hash = set_hash(ids);
+    let target = NodeTarget {
+        package_set: "demo".into(),
+        set_hash: hash.clone(),
+        packages: ids.iter().map(|i| i.to_string()).collect(),
+        repository_url: repo.into(),
+        public_keys: vec![],
+        health_timeout_seconds: Some(health_timeout),
+    };
+    let patch = serde_json::json!({ "spec": { "target": target } });
+    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("cannot set the target of {node}: {e}"));
+    hash
+}
+
+/// The NodeInstall's status (empty if absent).
+pub async fn status(api: &Api<NodeInstall>, node: &str) -> Result<NodeInstallStatus, String> {
+    let ni = api
+        .get_opt(node)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("NodeInstall {node} does not exist"))?;
+    ni.status.ok_or_else(|| format!("{node} has no status"))
+}
+
+/// Deletes the NodeInstall (best effort).
+pub async fn delete(api: &Api<NodeInstall>, node: &str) {
+    let _ = api.delete(node, &Default::default()).await;
+}
