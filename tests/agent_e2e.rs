@@ -3,14 +3,13 @@
 //! recovery after the agent dies mid-switch. The test plays the operator by
 //! writing `spec.target`.
 
-mod agent_support;
 mod support;
 
 use std::time::Duration;
 
-use agent_support::{Agent, Repo, apply_crds, demo_set, set_target, status};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
+use support::agents::{Agent, Repo, apply_crds, demo_set, set_target, status};
 use theseus::api::{NodeInstall, NodePhase, conditions};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -49,7 +48,7 @@ async fn an_agent_registers_its_labels_and_heartbeats() {
     })
     .await;
     drop(agent);
-    agent_support::delete(&api, &node).await;
+    support::agents::delete(&api, &node).await;
 }
 
 /// Waits until the node is Active on `hash`.
@@ -154,7 +153,7 @@ async fn a_target_goes_v1_then_v2_and_a_failing_v3_is_rolled_back() {
     assert_eq!(s.active_hash.as_deref(), Some(v2.as_str()));
     let node = agent.node.clone();
     drop(agent);
-    agent_support::delete(&api, &node).await;
+    support::agents::delete(&api, &node).await;
 }
 
 #[tokio::test]
@@ -208,5 +207,5 @@ async fn an_agent_killed_mid_switch_recovers_and_reports_the_disk() {
     until_serving(&agent, "2.0.0").await;
     let node = agent.node.clone();
     drop(agent);
-    agent_support::delete(&api, &node).await;
+    support::agents::delete(&api, &node).await;
 }

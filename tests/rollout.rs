@@ -14,7 +14,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::fleet::{Fleet, Operator, RUN_LABEL, Repo, unavailable};
+use support::agents::Repo;
+use support::fleet::{Fleet, Operator, RUN_LABEL, unavailable};
 use support::{TestNamespace, TestbedEnv, eventually, repo_root};
 use theseus::api::conditions;
 use theseus::api::{PackageRepository, PackageSet};
@@ -24,9 +25,12 @@ use theseus::pkg::set::set_hash;
 const V1: &str = "demo-web--1.0.0";
 const V2: &str = "demo-web--2.0.0";
 const V3: &str = "demo-web--3.0.0";
+/// Every demo-web requires demo-config.
+const CONFIG: &str = "demo-config--1.0.0";
 
-fn hash(id: &str) -> String {
-    set_hash(&[id.parse::<PackageId>().unwrap()])
+/// The hash of the set of `web` and demo-config.
+fn hash(web: &str) -> String {
+    set_hash(&[web.parse::<PackageId>().unwrap(), CONFIG.parse().unwrap()])
 }
 
 /// Everything one rollout test needs.
@@ -47,7 +51,7 @@ impl Rig {
         let client = tb.client().await;
         let ns = TestNamespace::create(&tb, &client, tag).await;
         let run = ns.name.clone();
-        let repo = Repo::serve(&[V1, V2, V3]).await;
+        let repo = Repo::demo();
         // Operator logs outlive the test, for reading after a failure.
         let logs = repo_root().join("target/test-logs").join(&run);
         std::fs::create_dir_all(&logs).unwrap();
@@ -85,7 +89,9 @@ impl Rig {
         Api::all(self.client.clone())
     }
 
-    async fn apply_set(&self, packages: &[&str], max_unavailable: serde_json::Value) {
+    /// Applies the set of `web` and demo-config.
+    async fn apply_set(&self, web: &[&str], max_unavailable: serde_json::Value) {
+        let packages: Vec<&str> = web.iter().copied().chain([CONFIG]).collect();
         let set = json!({
             "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
             "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
@@ -384,7 +390,7 @@ async fn a_set_naming_an_unknown_package_is_invalid_and_touches_nothing() {
         .clone();
     assert_eq!(degraded.reason, "InvalidSpec");
     assert!(degraded.message.contains("demo-web--9.9.9"), "{degraded:?}");
-    assert_eq!(targeted(&fleet.nodes().await, &hash("demo-web--9.9.9")), 0);
+    assert!(fleet.nodes().await.iter().all(|n| n.spec.target.is_none()));
     rig.clean_up(fleet).await;
 }
 
@@ -497,4 +503,118 @@ async fn an_operator_killed_at_random_moments_keeps_the_budget_and_updates_each_
         "a node was updated twice: {per_node:?}"
     );
     rig.clean_up(fleet).await;
+}
+
+/// Six real `theseus agent` processes, each with its own root and demo-web
+/// port, rolled v1 → v2 → a v3 whose health check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_real_agents_roll_v1_v2_and_roll_back_a_failing_v3() {
+    use support::agents::Agent;
+    let Some(rig) = Rig::new("agents").await else {
+        return;
+    };
+    let labels = format!("{RUN_LABEL}={}", rig.run);
+    let agents: Vec<Agent> = (0..6)
+        .map(|i| Agent::start(&rig.tb, &format!("{}-{i}", &rig.run[13..]), &labels))
+        .collect();
+    let names: Vec<String> = agents.iter().map(|a| a.node.clone()).collect();
+    let _operator = rig.operator("a");
+    let api: Api<theseus::api::NodeInstall> = Api::all(rig.client.clone());
+
+    rig.apply_set(&[V1], json!(2)).await;
+    rig.wait_condition("Available", "True", Duration::from_secs(120))
+        .await;
+    for agent in &agents {
+        assert_eq!(
+            agent.service_version().await.unwrap(),
+            "1.0.0",
+            "{}",
+            agent.node
+        );
+    }
+
+    let (max, stop) = observe(names.clone(), rig.client.clone());
+    rig.apply_set(&[V2], json!(2)).await;
+    let out = rig.tb.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "--timeout=120s",
+        &format!("packageset/{}", rig.run),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        max.load(Ordering::Relaxed) <= 2,
+        "saw {} unavailable",
+        max.load(Ordering::Relaxed)
+    );
+    for agent in &agents {
+        assert_eq!(
+            agent.service_version().await.unwrap(),
+            "2.0.0",
+            "{}",
+            agent.node
+        );
+    }
+
+    // v3's service never answers /version: its health check fails.
+    let set = json!({ "spec": { "strategy": { "healthTimeoutSeconds": 5 } } });
+    rig.sets()
+        .patch(&rig.run, &PatchParams::default(), &Patch::Merge(&set))
+        .await
+        .unwrap();
+    rig.apply_set(&[V3], json!(2)).await;
+    let halted = rig
+        .wait_condition("Halted", "True", Duration::from_secs(120))
+        .await;
+    assert!(conditions::is_true(
+        &halted.status.unwrap().conditions,
+        "Degraded"
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v3 = hash(V3);
+    let mut touched = Vec::new();
+    for agent in &agents {
+        let node = api.get(&agent.node).await.unwrap();
+        let status = node.status.clone().unwrap();
+        if node.spec.target.as_ref().is_some_and(|t| t.set_hash == v3) {
+            assert_eq!(
+                status.failed_hash.as_deref(),
+                Some(v3.as_str()),
+                "{} did not roll back",
+                agent.node
+            );
+            touched.push(agent.node.clone());
+        }
+        assert_eq!(
+            status.active_hash,
+            Some(hash(V2)),
+            "{} is not back on v2",
+            agent.node
+        );
+        assert_eq!(
+            agent.service_version().await.unwrap(),
+            "2.0.0",
+            "{} does not answer",
+            agent.node
+        );
+    }
+    assert_eq!(
+        touched.len(),
+        2,
+        "only the first batch tried v3: {touched:?}"
+    );
+    for name in &names {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    drop(agents);
+    let _ = rig.sets().delete(&rig.run, &DeleteParams::default()).await;
+    let _ = Api::<PackageRepository>::all(rig.client.clone())
+        .delete(&rig.run, &DeleteParams::default())
+        .await;
+    rig.ns.delete(&rig.client).await;
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,24 +17,10 @@ use theseus::api::conditions::{self, Observed};
 use theseus::api::{NodeInstall, NodeInstallStatus, NodePhase};
 use tokio::task::JoinHandle;
 
-use super::TestbedEnv;
+use super::{TestbedEnv, free_port, theseus};
 
 /// The label that ties a test's objects to its operator (`--selector`).
 pub const RUN_LABEL: &str = "theseus.dev/test-run";
-
-/// The built `theseus` binary.
-pub fn theseus_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_theseus")
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed (SIGKILL) when dropped.
 pub struct ChildGuard(pub Child);
@@ -44,80 +30,6 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A repository of tiny packages served over HTTP by `theseus repo serve`.
-pub struct Repo {
-    /// Its base URL.
-    pub url: String,
-    _server: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-impl Repo {
-    /// Builds one package per id (metadata only) and serves them.
-    pub async fn serve(ids: &[&str]) -> Repo {
-        let dir = tempfile::tempdir().unwrap();
-        let packages = dir.path().join("packages");
-        for id in ids {
-            let src = dir.path().join("src").join(id);
-            std::fs::create_dir_all(src.join("bin")).unwrap();
-            std::fs::write(src.join("pkginfo.json"), json!({ "id": id }).to_string()).unwrap();
-            std::fs::write(
-                src.join("bin").join(id.split("--").next().unwrap()),
-                "#!/bin/sh\n",
-            )
-            .unwrap();
-            run_ok(
-                Command::new(theseus_bin())
-                    .args(["pkg", "build"])
-                    .arg(&src)
-                    .arg("-o")
-                    .arg(&packages),
-            );
-        }
-        run_ok(
-            Command::new(theseus_bin())
-                .args(["repo", "index"])
-                .arg(dir.path()),
-        );
-        let port = free_port();
-        let server = Command::new(theseus_bin())
-            .args(["repo", "serve"])
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}/");
-        super::eventually(Duration::from_secs(10), "repository serves", || {
-            let url = format!("{url}index.json");
-            async move {
-                tokio::net::TcpStream::connect(
-                    url.trim_start_matches("http://").split('/').next().unwrap(),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-        Repo {
-            url,
-            _server: ChildGuard(server),
-            _dir: dir,
-        }
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A `theseus operator` child process confined to one test's objects.
@@ -183,7 +95,7 @@ impl Operator {
             .unwrap();
         let child = self
             .env
-            .command(theseus_bin())
+            .command(theseus())
             .args(&self.args)
             .env("RUST_LOG", "theseus=debug")
             .stdout(Stdio::null())

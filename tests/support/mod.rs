@@ -7,6 +7,7 @@
 //! nothing) and is skipped with a loud message otherwise.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod agents;
 pub mod fleet;
 
 use std::collections::HashMap;
@@ -20,6 +21,20 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+
+/// The binary under test.
+pub fn theseus() -> &'static str {
+    env!("CARGO_BIN_EXE_theseus")
+}
+
+/// A free port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// The repository root.
 pub fn repo_root() -> &'static Path {

@@ -2,7 +2,6 @@
 //! served by `theseus repo serve`, agents as child processes of the built
 //! binary with their own temporary roots, and the operator's side of a
 //! NodeInstall (writing `spec.target`, reading `status`).
-#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -14,21 +13,9 @@ use kube::api::{Api, Patch, PatchParams};
 use theseus::api::{NodeInstall, NodeInstallStatus, NodeTarget};
 use theseus::pkg::{PackageId, set_hash};
 
-use crate::support::{TestbedEnv, repo_root};
+use super::{TestbedEnv, repo_root};
 
-/// The binary under test.
-pub fn theseus() -> &'static str {
-    env!("CARGO_BIN_EXE_theseus")
-}
-
-/// A free port on 127.0.0.1 (bound once, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::{free_port, theseus};
 
 /// Applies `crds/` once per test binary.
 pub fn apply_crds(tb: &TestbedEnv) {
