@@ -232,6 +232,7 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
         Err(e) => return Err(kube_err(e)),
     };
     status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
+    record_metrics(&sc, &set, &changed, &all_nodes, now);
     let target = NodeTarget {
         package_set: name.clone(),
         set_hash: hash,
@@ -252,6 +253,53 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
     Ok(Action::requeue(
         decided.requeue_after.unwrap_or(Duration::from_secs(300)),
     ))
+}
+
+/// Nodes by phase across the fleet, and the duration of a rollout that just
+/// became Available (from when its Progressing condition turned True).
+fn record_metrics(
+    sc: &SetContext,
+    set: &PackageSet,
+    changed: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    nodes: &[Arc<NodeInstall>],
+    now: Timestamp,
+) {
+    let mut phases: BTreeMap<String, i64> = BTreeMap::new();
+    for node in nodes {
+        let phase = node.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        *phases.entry(format!("{phase:?}")).or_default() += 1;
+    }
+    for phase in [
+        "Idle",
+        "Fetching",
+        "Activating",
+        "Verifying",
+        "Active",
+        "RolledBack",
+        "Failed",
+    ] {
+        let count = phases.get(phase).copied().unwrap_or(0);
+        sc.ctx
+            .metrics
+            .nodes
+            .get_or_create(&crate::operator::metrics::PhaseLabels {
+                phase: phase.to_owned(),
+            })
+            .set(count);
+    }
+    let became_available = changed
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    let started = set
+        .status
+        .as_ref()
+        .and_then(|s| crate::api::conditions::find(&s.conditions, "Progressing"))
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    if let (true, Some(started)) = (became_available, started) {
+        let seconds = now.duration_since(started).as_secs_f64();
+        sc.ctx.metrics.rollout_seconds.observe(seconds.max(0.0));
+    }
 }
 
 fn claim_nodes(
