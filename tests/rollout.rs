@@ -621,25 +621,58 @@ async fn six_real_agents_roll_v1_v2_and_roll_back_a_failing_v3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollout_commands_follow_halt_and_resume_and_metrics_count_the_work() {
-    let Some(rig) = Rig::new("cli").await else { return };
-    let fleet = Fleet::start(&rig.client, &rig.run, &rig.run, 3, Duration::from_millis(400)).await;
+    let Some(rig) = Rig::new("cli").await else {
+        return;
+    };
+    let fleet = Fleet::start(
+        &rig.client,
+        &rig.run,
+        &rig.run,
+        3,
+        Duration::from_millis(400),
+    )
+    .await;
     let operator = rig.operator("a");
     let cli = |args: &[&str]| {
-        let out = rig.tb.command(support::theseus()).arg("rollout").args(args).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = rig
+            .tb
+            .command(support::theseus())
+            .arg("rollout")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.code(), text)
     };
 
     rig.apply_set(&[V1], json!(1)).await;
     let (code, text) = cli(&["status", &rig.run, "--timeout", "90"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("3/3 updated") && text.contains("is available"), "{text}");
+    assert!(
+        text.contains("3/3 updated") && text.contains("is available"),
+        "{text}"
+    );
 
-    let (code, text) = cli(&["halt", "--reason", "maintenance window", "--namespace", &rig.ns.name]);
+    let (code, text) = cli(&[
+        "halt",
+        "--reason",
+        "maintenance window",
+        "--namespace",
+        &rig.ns.name,
+    ]);
     assert_eq!(code, Some(0), "{text}");
     rig.apply_set(&[V2], json!(1)).await;
-    let halted = rig.wait_condition("Halted", "True", Duration::from_secs(30)).await;
-    let message = conditions::find(&halted.status.unwrap().conditions, "Halted").unwrap().message.clone();
+    let halted = rig
+        .wait_condition("Halted", "True", Duration::from_secs(30))
+        .await;
+    let message = conditions::find(&halted.status.unwrap().conditions, "Halted")
+        .unwrap()
+        .message
+        .clone();
     assert!(message.contains("maintenance window"), "{message}");
     let (code, text) = cli(&["status", &rig.run, "--timeout", "30"]);
     assert_eq!(code, Some(1), "a halted set exits 1: {text}");
@@ -650,13 +683,21 @@ async fn the_rollout_commands_follow_halt_and_resume_and_metrics_count_the_work(
     let (code, text) = cli(&["status", &rig.run, "--timeout", "90"]);
     assert_eq!(code, Some(0), "{text}");
 
-    let metrics = reqwest::get(format!("{}/metrics", operator.http)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for expected in [
         r#"theseus_reconciles_total{controller="packageset"}"#,
         r#"theseus_nodes{phase="Active"}"#,
         "theseus_rollout_duration_seconds_count",
     ] {
-        assert!(metrics.contains(expected), "/metrics lacks {expected}:\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "/metrics lacks {expected}:\n{metrics}"
+        );
     }
     rig.clean_up(fleet).await;
 }

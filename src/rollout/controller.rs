@@ -7,7 +7,7 @@
 //! planning from the same view only one can record its choice; the other
 //! gets a conflict, re-reads, and sees the reserved nodes as unavailable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::status::{conflict_condition, invalid_conditions, set_status};
-use super::{ownership, plan, selector, validate};
+use super::{ownership, plan, validate};
 use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
 use crate::operator::halt::HALT_CONFIGMAP;
 use crate::operator::{Context, status};
@@ -70,11 +70,27 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let client = ctx.client.clone();
         let node_api: Api<NodeInstall> = Api::all(client.clone());
         let (nodes, writer) = reflector::store::<NodeInstall>();
-        let node_stream =
-            reflector::reflector(writer, watcher(node_api.clone(), ctx.watch_config()))
-                .default_backoff()
-                .touched_objects()
-                .for_each(|_| async {});
+        // Node changes that matter to a rollout trigger a reconcile of every
+        // set, after the store has taken them in: a reconcile never plans
+        // from a store older than the event that woke it. Heartbeat-only
+        // updates wake nothing (stale heartbeats are found by requeueing).
+        let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
+        let mut seen: HashMap<String, NodeFingerprint> = HashMap::new();
+        let node_stream = reflector::reflector(writer, watcher(node_api, ctx.watch_config()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |node| {
+                if let Ok(node) = node {
+                    let fingerprint = NodeFingerprint::of(&node);
+                    if seen.insert(node.name_any(), fingerprint.clone()).as_ref()
+                        != Some(&fingerprint)
+                    {
+                        // A full channel means a wake-up is already pending.
+                        let _ = wake.clone().try_send(());
+                    }
+                }
+                async {}
+            });
         let reflect_stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -89,7 +105,7 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let config = ctx.watch_config();
         let controller = Controller::new(Api::<PackageSet>::all(client.clone()), config.clone());
         let sets = controller.store();
-        let (by_node, by_halt, by_repo) = (sets.clone(), sets.clone(), sets.clone());
+        let (by_halt, by_repo) = (sets.clone(), sets.clone());
         let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.args.namespace);
         let halt_config =
             watcher::Config::default().fields(&format!("metadata.name={HALT_CONFIGMAP}"));
@@ -101,9 +117,7 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
             recorder,
         });
         controller
-            .watches(node_api, config.clone(), move |node| {
-                sets_for_node(&by_node, &node)
-            })
+            .reconcile_all_on(woken)
             .watches(halt_api, halt_config, move |_| all_sets(&by_halt))
             .watches(Api::<PackageRepository>::all(client), config, move |repo| {
                 let name = repo.name_any();
@@ -129,22 +143,27 @@ fn all_sets(store: &Store<PackageSet>) -> Vec<ObjectRef<PackageSet>> {
         .collect()
 }
 
-fn sets_for_node(store: &Store<PackageSet>, node: &NodeInstall) -> Vec<ObjectRef<PackageSet>> {
-    let labels = node.labels();
-    let name = node.name_any();
-    let targeted = node.spec.target.as_ref().map(|t| t.package_set.as_str());
-    store
-        .state()
-        .iter()
-        .filter(|s| {
-            targeted == Some(s.name_any().as_str())
-                || selector::matches(&s.spec.node_selector, labels)
-                || s.status
-                    .as_ref()
-                    .is_some_and(|st| st.nodes_in_progress.contains(&name))
-        })
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
+/// What of a NodeInstall a rollout decides from.
+#[derive(Clone, PartialEq)]
+struct NodeFingerprint {
+    labels: std::collections::BTreeMap<String, String>,
+    target: Option<String>,
+    active: Option<String>,
+    failed: Option<String>,
+    phase: crate::api::NodePhase,
+}
+
+impl NodeFingerprint {
+    fn of(node: &NodeInstall) -> Self {
+        let status = node.status.clone().unwrap_or_default();
+        Self {
+            labels: node.labels().clone(),
+            target: node.spec.target.as_ref().map(|t| t.set_hash.clone()),
+            active: status.active_hash,
+            failed: status.failed_hash,
+            phase: status.phase,
+        }
+    }
 }
 
 fn error_policy(set: Arc<PackageSet>, err: &Error, ctx: Arc<SetContext>) -> Action {
@@ -155,6 +174,25 @@ fn error_policy(set: Arc<PackageSet>, err: &Error, ctx: Arc<SetContext>) -> Acti
 
 async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, Error> {
     sc.ctx.metrics.reconciled(NAME);
+    if let Some(action) = reconcile_once(&set, &sc).await? {
+        return Ok(action);
+    }
+    // Our copy of the set was older than the API server's (our own last
+    // status write, not yet seen by the watch): read it and go once more.
+    let fresh = Api::<PackageSet>::all(sc.ctx.client.clone())
+        .get(&set.name_any())
+        .await
+        .map_err(|source| Error::Kube {
+            set: set.name_any(),
+            source,
+        })?;
+    Ok(reconcile_once(&fresh, &sc)
+        .await?
+        .unwrap_or_else(|| Action::requeue(Duration::from_millis(100))))
+}
+
+/// One pass: `None` when the status write lost a race (HTTP 409).
+async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Action>, Error> {
     let name = set.name_any();
     let kube_err = |source| Error::Kube {
         set: name.clone(),
@@ -185,12 +223,12 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
                     set.spec.repository
                 ),
             };
-            return write_invalid(&set, &sc, "RepositoryNotReady", vec![why], now).await;
+            return write_invalid(set, sc, "RepositoryNotReady", vec![why], now).await;
         }
     };
     let problems = validate::problems(&set.spec.packages, &set.spec.required, &index);
     if !problems.is_empty() {
-        return write_invalid(&set, &sc, "InvalidSpec", problems, now).await;
+        return write_invalid(set, sc, "InvalidSpec", problems, now).await;
     }
     let ids: Vec<PackageId> = set
         .spec
@@ -202,8 +240,8 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
 
     // Decide (pure).
     let all_nodes = sc.nodes.state();
-    let claim = claim_nodes(&set, &sc.sets, &all_nodes);
-    let views = node_views(&set, &hash, &claim.owned, &all_nodes);
+    let claim = claim_nodes(set, &sc.sets, &all_nodes);
+    let views = node_views(set, &hash, &claim.owned, &all_nodes);
     let set_view = plan::SetView {
         set_hash: hash.clone(),
         max_unavailable: set.spec.strategy.max_unavailable.clone(),
@@ -223,16 +261,14 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
     // Write: first the reservation (with the set's resourceVersion), then targets.
     let mut observed = decided.conditions.clone();
     observed.push(conflict_condition(&claim.conflicts));
-    let status = set_status(&set, &hash, &decided, observed, now);
-    let changed = match write_status(&set, &sc, status).await {
+    let status = set_status(set, &hash, &decided, observed, now);
+    let changed = match write_status(set, sc, status).await {
         Ok(changed) => changed,
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Ok(Action::requeue(Duration::from_millis(200)));
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
         Err(e) => return Err(kube_err(e)),
     };
     status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
-    record_metrics(&sc, &set, &changed, &all_nodes, now);
+    record_metrics(sc, set, &changed, &all_nodes, now);
     let target = NodeTarget {
         package_set: name.clone(),
         set_hash: hash,
@@ -247,12 +283,18 @@ async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, 
         .chain(&decided.adopt)
         .chain(&decided.retarget)
         .collect();
-    for node in to_write {
-        write_target(&sc, node, &target).await.map_err(kube_err)?;
-    }
-    Ok(Action::requeue(
+    // Targets go out concurrently (at most a budget's worth, plus adoptions):
+    // a batch of 20 nodes should not wait for 20 round trips in a row.
+    futures::future::try_join_all(
+        to_write
+            .into_iter()
+            .map(|node| write_target(sc, node, &target)),
+    )
+    .await
+    .map_err(kube_err)?;
+    Ok(Some(Action::requeue(
         decided.requeue_after.unwrap_or(Duration::from_secs(300)),
-    ))
+    )))
 }
 
 /// Nodes by phase across the fleet, and the duration of a rollout that just
@@ -387,7 +429,7 @@ async fn write_invalid(
     reason: &'static str,
     problems: Vec<String>,
     now: Timestamp,
-) -> Result<Action, Error> {
+) -> Result<Option<Action>, Error> {
     let mut status = set.status.clone().unwrap_or_default();
     let changed = status::merge(
         &mut status.conditions,
@@ -398,9 +440,7 @@ async fn write_invalid(
     status.observed_generation = set.metadata.generation;
     match write_status(set, sc, (status, changed)).await {
         Ok(changed) => status::publish(&sc.recorder, &set.object_ref(&()), &changed).await,
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Ok(Action::requeue(Duration::from_millis(200)));
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
         Err(source) => {
             return Err(Error::Kube {
                 set: set.name_any(),
@@ -410,11 +450,11 @@ async fn write_invalid(
     }
     // A repository that is not ready yet is worth another look soon; an
     // invalid spec waits for a change (the watch brings it).
-    Ok(if reason == "RepositoryNotReady" {
+    Ok(Some(if reason == "RepositoryNotReady" {
         Action::requeue(Duration::from_secs(10))
     } else {
         Action::await_change()
-    })
+    }))
 }
 
 /// Writes a node's target. The patch carries the node's resourceVersion; on

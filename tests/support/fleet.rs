@@ -81,6 +81,11 @@ impl Operator {
         op
     }
 
+    /// The process id of the running operator.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the operator runs").0.id()
+    }
+
     /// Kills the process with SIGKILL (no clean-up of any kind).
     pub fn kill(&mut self) {
         self.child = None;
@@ -124,6 +129,8 @@ impl Operator {
 pub struct FleetLog {
     /// (node, set hash) → how many times the node switched to it.
     pub activations: BTreeMap<(String, String), usize>,
+    /// How long each switch took, from the target first seen to Active.
+    pub switch_times: Vec<Duration>,
 }
 
 /// Simulated agents for `n` NodeInstalls.
@@ -217,17 +224,14 @@ pub fn unavailable(node: &NodeInstall) -> bool {
 }
 
 async fn write_status(api: &Api<NodeInstall>, name: &str, status: NodeInstallStatus) {
-    let patch =
-        json!({ "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall", "status": status });
+    let patch = json!({ "status": status });
     let _ = api
-        .patch_status(
-            name,
-            &PatchParams::apply("fake-agent").force(),
-            &Patch::Apply(&patch),
-        )
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await;
 }
 
+/// Plays every agent: reacts to target changes as they are watched (as a
+/// real agent does), switches after `switch_time`, and heartbeats.
 async fn play(
     api: Api<NodeInstall>,
     run: String,
@@ -235,74 +239,95 @@ async fn play(
     log: Arc<Mutex<FleetLog>>,
     failing: Arc<Mutex<BTreeSet<String>>>,
 ) {
-    let mut started: BTreeMap<String, (String, Instant)> = BTreeMap::new();
-    let mut last_beat = Instant::now() - Duration::from_secs(60);
-    loop {
-        let Ok(list) = api
-            .list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}")))
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let selector = format!("{RUN_LABEL}={run}");
+    tokio::spawn(heartbeat(api.clone(), selector.clone()));
+    let switching: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let events = watcher(api.clone(), watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(events);
+    while let Some(Ok(node)) = events.next().await {
+        let name = node.name_any();
+        let status = node.status.clone().unwrap_or_default();
+        let Some(hash) = node.spec.target.as_ref().map(|t| t.set_hash.clone()) else {
             continue;
         };
-        let beat = last_beat.elapsed() > Duration::from_secs(5);
-        if beat {
-            last_beat = Instant::now();
+        if Some(&hash) == status.active_hash.as_ref() || Some(&hash) == status.failed_hash.as_ref()
+        {
+            continue;
         }
-        for node in list.items {
-            let name = node.name_any();
-            let mut status = node.status.clone().unwrap_or_default();
-            let now = Timestamp::now();
-            let target = node.spec.target.as_ref().map(|t| t.set_hash.clone());
-            let mut changed = beat;
-            if let Some(hash) = target.filter(|h| {
-                Some(h) != status.active_hash.as_ref() && Some(h) != status.failed_hash.as_ref()
-            }) {
-                let entry = started
-                    .entry(name.clone())
-                    .or_insert_with(|| (hash.clone(), Instant::now()));
-                if entry.0 != hash {
-                    *entry = (hash.clone(), Instant::now());
-                }
-                if entry.1.elapsed() >= switch_time {
-                    started.remove(&name);
-                    if failing.lock().unwrap().contains(&hash) {
-                        status.phase = NodePhase::RolledBack;
-                        status.failed_hash = Some(hash);
-                        status.message = Some("health check failed; rolled back".into());
-                    } else {
-                        status.phase = NodePhase::Active;
-                        status.active_hash = Some(hash.clone());
-                        status.failed_hash = None;
-                        *log.lock()
-                            .unwrap()
-                            .activations
-                            .entry((name.clone(), hash))
-                            .or_default() += 1;
-                        conditions::set(
-                            &mut status.conditions,
-                            Observed::new("Ready", false, "Switching", "switching"),
-                            None,
-                            now,
-                        );
-                        conditions::set(
-                            &mut status.conditions,
-                            Observed::new("Ready", true, "Active", "target active"),
-                            None,
-                            now,
-                        );
-                    }
-                    changed = true;
-                } else if status.phase != NodePhase::Fetching {
-                    status.phase = NodePhase::Fetching;
-                    changed = true;
-                }
-            }
-            if changed {
-                status.heartbeat = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                write_status(&api, &name, status).await;
-            }
+        if switching.lock().unwrap().insert(name.clone(), hash.clone()) == Some(hash.clone()) {
+            continue; // already switching to it
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (api, log, failing, switching) =
+            (api.clone(), log.clone(), failing.clone(), switching.clone());
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let mut status = status;
+            status.phase = NodePhase::Fetching;
+            write_status(&api, &name, status.clone()).await;
+            tokio::time::sleep(switch_time).await;
+            if switching.lock().unwrap().get(&name) != Some(&hash) {
+                return; // the target changed meanwhile
+            }
+            finish(&mut status, &hash, failing.lock().unwrap().contains(&hash));
+            write_status(&api, &name, status).await;
+            switching.lock().unwrap().remove(&name);
+            if failing.lock().unwrap().contains(&hash) {
+                return;
+            }
+            let mut log = log.lock().unwrap();
+            *log.activations.entry((name, hash)).or_default() += 1;
+            log.switch_times.push(began.elapsed());
+        });
+    }
+}
+
+/// The status after a switch: Active on `hash`, or rolled back from it.
+fn finish(status: &mut NodeInstallStatus, hash: &str, fails: bool) {
+    let now = Timestamp::now();
+    status.heartbeat = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    if fails {
+        status.phase = NodePhase::RolledBack;
+        status.failed_hash = Some(hash.to_owned());
+        status.message = Some("health check failed; rolled back".into());
+        return;
+    }
+    status.phase = NodePhase::Active;
+    status.active_hash = Some(hash.to_owned());
+    status.failed_hash = None;
+    conditions::set(
+        &mut status.conditions,
+        Observed::new("Ready", false, "Switching", "switching"),
+        None,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        Observed::new("Ready", true, "Active", "target active"),
+        None,
+        now,
+    );
+}
+
+/// Every ten seconds (the agent's default), a heartbeat from every node (a merge patch of the
+/// heartbeat alone, so it never overwrites a switch's report).
+async fn heartbeat(api: Api<NodeInstall>, selector: String) {
+    loop {
+        if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+            let patch = json!({ "status": { "heartbeat": now } });
+            futures::future::join_all(list.items.iter().map(|n| {
+                let (api, name, patch) = (api.clone(), n.name_any(), patch.clone());
+                async move {
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                }
+            }))
+            .await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
