@@ -5,7 +5,8 @@
 //!     cargo bench --bench rollout_fleet        (needs the testbed: testbed/testbed up)
 //!
 //! Environment: THESEUS_BENCH_NODES (200), THESEUS_BENCH_BUDGET (20),
-//! THESEUS_BENCH_SWITCH_MS (3000).
+//! THESEUS_BENCH_SWITCH_MS (3000). Run by `cargo test --all-targets` (without
+//! `--bench`), it does a quick smoke run of 10 nodes instead.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -52,9 +53,13 @@ async fn main() {
         eprintln!("rollout_fleet needs the testbed: run `testbed/testbed up` first");
         std::process::exit(1);
     };
-    let nodes = env_or("THESEUS_BENCH_NODES", 200) as usize;
-    let budget = env_or("THESEUS_BENCH_BUDGET", 20);
-    let switch = Duration::from_millis(env_or("THESEUS_BENCH_SWITCH_MS", 3000));
+    let full = std::env::args().any(|a| a == "--bench");
+    let nodes = env_or("THESEUS_BENCH_NODES", if full { 200 } else { 10 }) as usize;
+    let budget = env_or("THESEUS_BENCH_BUDGET", if full { 20 } else { 5 });
+    let switch = Duration::from_millis(env_or(
+        "THESEUS_BENCH_SWITCH_MS",
+        if full { 3000 } else { 300 },
+    ));
     tb.kubectl_ok(&[
         "apply",
         "--server-side",
