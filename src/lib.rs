@@ -9,4 +9,5 @@
 
 pub mod api;
 pub mod cli;
+pub mod discovery;
 pub mod logging;
