@@ -25,6 +25,10 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Read and follow the etcd service-discovery tree.
+    Discover(cli::discover::DiscoverArgs),
+    /// Show service groups: desired, ready and published containers.
+    Groups(cli::groups::GroupsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +36,8 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Crds(args) => cli::crds::run(&args),
+        Command::Discover(args) => cli::discover::run(&args),
+        Command::Groups(args) => cli::groups::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
