@@ -79,6 +79,13 @@ async fn wait_published(tree: &Tree, group: &str, n: usize) -> BTreeMap<String, 
     .await
 }
 
+/// Deletes the namespace's groups while the operator still runs (so their
+/// finalizers are honoured and the namespace can go), then stops it.
+async fn finish(operator: JoinHandle<Result<(), ControllerError>>, groups: &Api<ServiceGroup>) {
+    ds::delete_groups(groups).await;
+    operator.abort();
+}
+
 async fn ready_pods(pods: &Api<Pod>, name: &str) -> Vec<Pod> {
     let list = pods
         .list(&ListParams::default().labels(&format!("{NAME_LABEL}={name}")))
@@ -201,7 +208,7 @@ async fn a_group_is_published_scaled_unreadied_and_removed_with_its_keys() {
         }
     })
     .await;
-    operator.abort();
+    finish(operator, &groups).await;
     ds::wipe(&tree).await;
     ns.delete(&client).await;
 }
@@ -269,7 +276,7 @@ async fn of_two_groups_on_one_path_the_newer_gets_a_conflict_and_overwrites_noth
         }
     })
     .await;
-    operator.abort();
+    finish(operator, &groups).await;
     ds::wipe(&tree).await;
     ns.delete(&client).await;
 }
@@ -315,7 +322,7 @@ async fn a_stale_key_planted_by_hand_is_removed_at_the_next_resync() {
     })
     .await;
     assert_eq!(published(&tree, "default").await.unwrap().len(), 1);
-    operator.abort();
+    finish(operator, &groups).await;
     ds::wipe(&tree).await;
     ns.delete(&client).await;
 }
@@ -352,7 +359,7 @@ async fn a_killed_operator_leaves_entries_until_the_lease_expires_and_a_new_one_
 
     let restarted = start(&client, &etcd, &ns.name);
     wait_published(&tree, "a", 2).await;
-    restarted.abort();
+    finish(restarted, &groups).await;
     ds::wipe(&tree).await;
     ns.delete(&client).await;
 }
@@ -393,6 +400,48 @@ async fn after_etcd_restarts_mid_way_the_tree_converges() {
         }
     })
     .await;
-    operator.abort();
+    finish(operator, &groups).await;
+    ns.delete(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_labels_moves_the_group_to_its_new_path() {
+    let Some(tb) = support::testbed() else { return };
+    ds::with_crds(&tb).await;
+    let client = tb.client().await;
+    let ns = TestNamespace::create(&tb, &client, "move").await;
+    let etcd = ds::config(tb.discovery_etcd());
+    let tree = Tree::connect(&etcd).await.unwrap();
+    let operator = start(&client, &etcd, &ns.name);
+    let groups: Api<ServiceGroup> = Api::namespaced(client.clone(), &ns.name);
+    groups
+        .create(&PostParams::default(), &group("web", &["blue"], 2, &[]))
+        .await
+        .unwrap();
+    wait_published(&tree, "blue", 2).await;
+    eventually(WAIT, "status records the path", || async {
+        let status = groups.get("web").await.map_err(|e| e.to_string())?.status;
+        match status.and_then(|s| s.etcd_path) {
+            Some(path) if path.ends_with("/web/blue/") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let patch = json!({ "spec": { "labels": ["green"] } });
+    groups
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_published(&tree, "green", 2).await;
+    eventually(WAIT, "the old path is gone", || async {
+        match tree.group_exists("web", "blue").await {
+            Ok(false) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    finish(operator, &groups).await;
+    ds::wipe(&tree).await;
     ns.delete(&client).await;
 }

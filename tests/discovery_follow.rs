@@ -171,6 +171,7 @@ async fn discover_watch_prints_the_adds_and_removes_of_a_scale_up_and_down() {
             "{line}"
         );
     }
+    ds::delete_groups(&groups).await;
     operator.abort();
     let tree = Tree::connect(&etcd).await.unwrap();
     ds::wipe(&tree).await;

@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::EtcdConfig;
-use super::paths::{Key, Layout};
+use super::paths::Layout;
 use super::status::{self, Blocked, Observation};
 use super::sync::{self, Command, Reports};
 use super::{FIELD_MANAGER, FINALIZER, NAME_LABEL, deployment, projection};
@@ -334,11 +334,7 @@ impl State {
         let Some(previous) = previous.filter(|p| *p != self.layout.group(service, group)) else {
             return Ok(());
         };
-        let Some(Key::Other {
-            service: old_service,
-            group: Some(old_group),
-        }) = self.layout.parse(&format!("{previous}x"))
-        else {
+        let Some((old_service, old_group)) = self.layout.parse_group(&previous) else {
             return Ok(());
         };
         let all = self.groups.state();

@@ -237,6 +237,15 @@ impl Layout {
         }
     }
 
+    /// The service and group of a group range (`PREFIX/SERVICE/GROUP/`),
+    /// as [`Layout::group`] writes it.
+    pub fn parse_group(&self, range: &str) -> Option<(String, String)> {
+        let rest = range.strip_prefix(&self.root())?.strip_suffix('/')?;
+        let (service, group) = rest.split_once('/')?;
+        let valid = validate_service(service).is_ok() && validate_group(group).is_ok();
+        valid.then(|| (service.to_owned(), group.to_owned()))
+    }
+
     /// Turns a path a person typed (`web/canary`, `/services/web`, `/`)
     /// into the range it names, ending in `/`.
     pub fn dir(&self, path: &str) -> String {
@@ -353,6 +362,18 @@ mod tests {
         for (key, want) in cases {
             assert_eq!(l.parse(&key), want, "{key}");
         }
+    }
+
+    #[test]
+    fn a_group_range_parses_back_to_its_service_and_group() {
+        let l = Layout::default();
+        let range = l.group("web", "canary.eu");
+        assert_eq!(
+            l.parse_group(&range),
+            Some(("web".into(), "canary.eu".into()))
+        );
+        assert_eq!(l.parse_group("/services/web/"), None);
+        assert_eq!(l.parse_group("/services/web/a/b/"), None);
     }
 
     #[test]

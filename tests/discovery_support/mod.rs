@@ -169,3 +169,24 @@ pub async fn with_crds(tb: &support::TestbedEnv) {
         })
         .await;
 }
+
+/// Deletes every ServiceGroup of `groups` and waits until they are gone
+/// (their finalizers need the operator, so call this before stopping it).
+pub async fn delete_groups(groups: &kube::Api<theseus::api::ServiceGroup>) {
+    use kube::api::{DeleteParams, ListParams};
+    let _ = groups
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    support::eventually(Duration::from_secs(60), "groups deleted", || async {
+        let left = groups
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        if left.items.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} left", left.items.len()))
+        }
+    })
+    .await;
+}
