@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod discovery;
 pub mod logging;
 pub mod operator;
 pub mod pkg;

@@ -25,9 +25,9 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
-    /// Run the operator: the PackageSet and PackageRepository controllers
-    /// under leader election, and the /halt, /resume, /healthz, /readyz and
-    /// /metrics endpoints.
+    /// Run the operator: the PackageSet, PackageRepository and ServiceGroup
+    /// controllers under leader election, and the /halt, /resume, /healthz,
+    /// /readyz and /metrics endpoints.
     Operator(theseus::operator::OperatorArgs),
     /// Run the node agent: register the NodeInstall, follow its target,
     /// supervise the active services and serve the local HTTP API.
@@ -47,12 +47,17 @@ enum Command {
         theseus repo index repo/ --sign-key repo.key\n  \
         theseus repo serve repo/ --listen 127.0.0.1:8080")]
     Repo(cli::repo::RepoArgs),
+    /// Read and follow the etcd service-discovery tree.
+    Discover(cli::discover::DiscoverArgs),
+    /// Show service groups: desired, ready and published containers.
+    Groups(cli::groups::GroupsArgs),
 }
 
 /// The controllers `theseus operator` runs while it leads.
 const CONTROLLERS: &[theseus::operator::ControllerFn] = &[
     theseus::rollout::repository::run,
     theseus::rollout::controller::run,
+    theseus::discovery::operator_controller,
 ];
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -73,6 +78,8 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
         Command::Pkg(args) => ok(cli::pkg::run(&args)),
         Command::Repo(args) => ok(cli::repo::run(&args)),
+        Command::Discover(args) => ok(cli::discover::run(&args)),
+        Command::Groups(args) => ok(cli::groups::run(&args)),
     }
 }
 

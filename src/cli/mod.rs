@@ -1,6 +1,8 @@
 //! User commands that are neither the operator nor the agent.
 
 pub mod crds;
+pub mod discover;
+pub mod groups;
 pub mod pkg;
 pub mod repo;
 pub mod rollout;

@@ -79,6 +79,15 @@ pub struct OperatorArgs {
     #[arg(long, env = "THESEUS_SELECTOR")]
     pub selector: Option<String>,
 
+    /// Do not run the ServiceGroup controller (for clusters without a
+    /// discovery etcd).
+    #[arg(long)]
+    pub no_discovery: bool,
+
+    /// The discovery etcd the ServiceGroup controller publishes into.
+    #[command(flatten)]
+    pub discovery: crate::discovery::EtcdArgs,
+
     /// Directory for local state (the Local node provider's agent roots).
     #[arg(
         long,

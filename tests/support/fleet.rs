@@ -69,6 +69,7 @@ impl Operator {
             "4".into(),
             "--stale-after-seconds".into(),
             "30".into(),
+            "--no-discovery".into(),
         ];
         let mut op = Operator {
             child: None,
