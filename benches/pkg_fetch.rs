@@ -50,7 +50,7 @@ fn main() {
             packages: 10,
             files_per_package: 2_000,
             mean_file: 10_000,
-            rounds: 3,
+            rounds: 5,
         }
     } else {
         Size {

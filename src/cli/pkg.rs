@@ -56,6 +56,9 @@ struct RepoOpts {
     /// First retry delay in milliseconds; it doubles each retry.
     #[arg(long, default_value_t = 200)]
     backoff_ms: u64,
+    /// Packages downloaded and unpacked at once (default: the number of CPUs, at least 2).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,10 +268,12 @@ fn fetcher(repo: &RepoOpts) -> anyhow::Result<Option<Fetcher>> {
         .iter()
         .map(|k| pkg::index::parse_public_key(k, "--key"))
         .collect::<Result<Vec<_>, _>>()?;
+    let defaults = FetchOptions::default();
     let options = FetchOptions {
         retries: repo.retries,
         backoff: std::time::Duration::from_millis(repo.backoff_ms),
-        ..FetchOptions::default()
+        concurrency: repo.jobs.unwrap_or(defaults.concurrency).max(1),
+        ..defaults
     };
     Ok(Some(Fetcher::new(url, keys, options)))
 }

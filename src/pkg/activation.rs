@@ -121,6 +121,7 @@ impl Root {
             entries.push(entry.clone());
         }
         let downloads = self.path().join("downloads");
+        let started = std::time::Instant::now();
         let results: Vec<_> = futures::stream::iter(entries)
             .map(|entry| {
                 let dest = downloads.join(format!("{}{TMP_MARK}", entry.id));
@@ -136,6 +137,7 @@ impl Root {
             .buffer_unordered(fetcher.options().concurrency.max(1))
             .collect()
             .await;
+        tracing::debug!(elapsed = ?started.elapsed(), "downloaded, verified and unpacked {} packages", results.len());
         let (ok, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
         let ok: Vec<_> = ok.into_iter().map(Result::unwrap).collect();
         let installed = self.install(&ok)?;
@@ -165,7 +167,9 @@ impl Root {
             }
         }
         failpoint::hit("fetch-unpacked");
+        let started = std::time::Instant::now();
         disk::sync_filesystem(self.path()).map_err(io_err(self.path()))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "synced the filesystem");
         for (id, dir) in unpacked {
             let dest = self.package_dir(id);
             std::fs::rename(dir, &dest).map_err(io_err(&dest))?;
@@ -334,7 +338,9 @@ impl Activation<'_> {
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             }
         }
+        let started = std::time::Instant::now();
         generation::build(self.root.path(), number, &self.members, disk::unix_now())?;
+        tracing::debug!(elapsed = ?started.elapsed(), "built generation {number}");
         Ok(number)
     }
 

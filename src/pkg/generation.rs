@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! generations/N/active/NAME -> ../../../packages/ID
-//! generations/N/bin/tool    -> ../active/NAME/bin/tool     (likewise lib/, etc/)
+//! generations/N/bin/tool    -> ../active/NAME/bin/tool     (likewise lib/, etc/;
+//!                                 a directory only one package uses is one link)
 //! generations/N/set.json       {"generation", "ids", "hash", "time"}
 //! generations/N/environment    KEY=VALUE lines for services (systemd EnvironmentFile)
 //! ```
@@ -10,7 +11,7 @@
 //! A generation is built under a temporary name, fsynced in full and only
 //! then renamed to `N`: a directory named by a number is always complete.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -120,15 +121,47 @@ pub fn merged_target(rel: &str, name: &str) -> PathBuf {
     PathBuf::from(format!("{}active/{name}/{rel}", "../".repeat(depth)))
 }
 
-/// What a generation should contain: the merged links, by path.
+/// What a generation should contain: the merged links, by path. Where a
+/// whole directory comes from one package, it is one link to that
+/// directory (tree folding, as GNU Stow does), so a package of 20,000
+/// files under `lib/app/` costs one link, not 20,000. The top-level
+/// `bin/`, `lib/` and `etc/` are always real directories.
 pub fn expected_links(members: &[Member]) -> BTreeMap<String, PathBuf> {
+    // For every directory below the top level: its only owner, or None
+    // when several packages put something under it.
+    let mut owners: HashMap<&str, Option<&str>> = HashMap::new();
+    for m in members {
+        let name = m.info.id.name();
+        for rel in &m.files {
+            for dir in folded_ancestors(rel) {
+                owners
+                    .entry(dir)
+                    .and_modify(|o| {
+                        if *o != Some(name) {
+                            *o = None;
+                        }
+                    })
+                    .or_insert(Some(name));
+            }
+        }
+    }
     let mut links = BTreeMap::new();
     for m in members {
+        let name = m.info.id.name();
         for rel in &m.files {
-            links.insert(rel.clone(), merged_target(rel, m.info.id.name()));
+            let at = folded_ancestors(rel)
+                .find(|dir| owners.get(dir) == Some(&Some(name)))
+                .unwrap_or(rel);
+            links.insert(at.to_owned(), merged_target(at, name));
         }
     }
     links
+}
+
+/// The directories above `rel` that may be folded, shallowest first:
+/// for `lib/a/b/c.so`, `lib/a` then `lib/a/b`.
+fn folded_ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').skip(1).map(move |(i, _)| &rel[..i])
 }
 
 /// Builds `generations/number` under `root` for `members` (already
@@ -274,4 +307,50 @@ pub fn verify(dir: &Path, set: &SetFile, members: &[Member]) -> Vec<String> {
         problems.push(format!("{}: missing", dir.join(rel).display()));
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pkg::pkginfo::PkgInfo;
+
+    fn member(id: &str, files: &[&str]) -> Member {
+        let info = PkgInfo {
+            id: id.parse().unwrap(),
+            requires: vec![],
+            service: None,
+            systemd_units: vec![],
+            state_directory: false,
+        };
+        Member {
+            info,
+            files: files.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn directories_used_by_one_package_fold_into_one_link() {
+        let members = [
+            member(
+                "a--1",
+                &["bin/a", "lib/a/x/1.so", "lib/a/x/2.so", "lib/shared/a.so"],
+            ),
+            member("b--1", &["bin/b", "lib/shared/b.so", "lib/shared/sub/b.so"]),
+        ];
+        let links = expected_links(&members);
+        let expected: &[(&str, &str)] = &[
+            ("bin/a", "../active/a/bin/a"),
+            ("bin/b", "../active/b/bin/b"),
+            ("lib/a", "../active/a/lib/a"),
+            ("lib/shared/a.so", "../../active/a/lib/shared/a.so"),
+            ("lib/shared/b.so", "../../active/b/lib/shared/b.so"),
+            ("lib/shared/sub", "../../active/b/lib/shared/sub"),
+        ];
+        let got: Vec<(&str, String)> = links
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.display().to_string()))
+            .collect();
+        let want: Vec<(&str, String)> = expected.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(got, want);
+    }
 }

@@ -20,11 +20,20 @@ fn binary() -> &'static Path {
         let built = Path::new(env!("CARGO_BIN_EXE_theseus"));
         let meta = std::fs::metadata(built).unwrap();
         let stamp = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let copy = std::env::temp_dir().join(format!("theseus-under-test-{}-{stamp}", meta.len()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let name = format!("theseus-under-test-{}-{stamp}", meta.len());
+        let copy = dir.join(&name);
         if !copy.exists() {
             let tmp = copy.with_extension(format!("tmp{}", std::process::id()));
             std::fs::copy(built, &tmp).unwrap();
             std::fs::rename(&tmp, &copy).unwrap();
+            // Copies of older builds are of no further use.
+            for old in std::fs::read_dir(dir).unwrap().flatten() {
+                let other = old.file_name().to_string_lossy().into_owned();
+                if other.starts_with("theseus-under-test-") && other != name && !other.contains(".tmp") {
+                    let _ = std::fs::remove_file(old.path());
+                }
+            }
         }
         let ok = Command::new(&copy).args(["pkg", "--help"]).output().unwrap().status.success();
         assert!(ok, "{} has no `pkg` command: another checkout rebuilt the shared target; run the tests again", built.display());
