@@ -7,7 +7,13 @@
 //! ```
 //!
 //! `THESEUS_BENCH_CONTAINERS` (default 10000) and `THESEUS_BENCH_CONCURRENCY`
-//! (default 4) change the size and the number of requests in flight.
+//! (default 4) change the size and the number of requests in flight. Without
+//! `THESEUS_DISCOVERY_ETCD` it uses the testbed's discovery etcd; run by
+//! `cargo test --all-targets` (without `--bench`) it does a 500-container
+//! smoke run.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -99,14 +105,21 @@ async fn tree_under(endpoint: &str, prefix: &str) -> Tree {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Ok(endpoint) = std::env::var("THESEUS_DISCOVERY_ETCD") else {
-        eprintln!(
-            "discovery_publish: set THESEUS_DISCOVERY_ETCD to an etcd client URL, e.g.\n  \
-             eval \"$(testbed/testbed env)\" && cargo bench --bench discovery_publish"
-        );
-        return ExitCode::from(2);
+    let endpoint = match std::env::var("THESEUS_DISCOVERY_ETCD") {
+        Ok(endpoint) => endpoint,
+        Err(_) => match support::testbed() {
+            Some(tb) => tb.discovery_etcd().to_owned(),
+            None => {
+                eprintln!(
+                    "discovery_publish: set THESEUS_DISCOVERY_ETCD to an etcd client URL, or \
+                     bring the testbed up (testbed/testbed up)"
+                );
+                return ExitCode::from(2);
+            }
+        },
     };
-    let count = env_number("THESEUS_BENCH_CONTAINERS", 10_000);
+    let full = std::env::args().any(|a| a == "--bench");
+    let count = env_number("THESEUS_BENCH_CONTAINERS", if full { 10_000 } else { 500 });
     let concurrency = env_number("THESEUS_BENCH_CONCURRENCY", 4);
     let run = format!("/theseus-bench-{:08x}", rand::random::<u32>());
     let groups = groups(count);
