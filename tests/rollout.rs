@@ -68,6 +68,37 @@ impl Rig {
         Some(rig)
     }
 
+    /// Applies the set of `web` with `budget` and waits with `kubectl wait`
+    /// until it is Available, watching the nodes meanwhile; returns the most
+    /// nodes seen unavailable at once.
+    async fn roll_to_available(
+        &self,
+        nodes: &[String],
+        web: &str,
+        budget: i32,
+        timeout_s: u32,
+    ) -> usize {
+        let (max, stop) = observe(nodes.to_vec(), self.client.clone());
+        self.apply_set(&[web], json!(budget)).await;
+        let timeout = format!("--timeout={timeout_s}s");
+        let set = format!("packageset/{}", self.run);
+        let out = self
+            .tb
+            .kubectl(&["wait", "--for=condition=Available", &timeout, &set]);
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            out.status.success(),
+            "kubectl wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        max.load(Ordering::Relaxed)
+    }
+
+    /// `n` simulated nodes of this run, each switching in `switch`.
+    async fn fleet(&self, n: usize, switch: Duration) -> Fleet {
+        Fleet::start(&self.client, &self.run, &self.run, n, switch).await
+    }
+
     fn operator(&self, identity: &str) -> Operator {
         Operator::start(&self.tb, &self.ns.name, &self.run, identity, &self.logs)
     }
@@ -176,14 +207,7 @@ async fn rollouts_stay_within_the_budget_and_kubectl_wait_returns() {
     let Some(rig) = Rig::new("budget").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        6,
-        Duration::from_millis(800),
-    )
-    .await;
+    let fleet = rig.fleet(6, Duration::from_millis(800)).await;
     let _operator = rig.operator("a");
 
     rig.apply_set(&[V1], json!(2)).await;
@@ -197,27 +221,13 @@ async fn rollouts_stay_within_the_budget_and_kubectl_wait_returns() {
             .all(|n| n.status.as_ref().unwrap().active_hash.as_deref() == Some(hash(V1).as_str()))
     );
 
-    let (max, stop) = observe(fleet.names.clone(), rig.client.clone());
-    rig.apply_set(&[V2], json!(2)).await;
-    let out = rig.tb.kubectl(&[
-        "wait",
-        "--for=condition=Available",
-        "--timeout=90s",
-        &format!("packageset/{}", rig.run),
-    ]);
-    stop.store(true, Ordering::Relaxed);
-    assert!(
-        out.status.success(),
-        "kubectl wait: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let seen = rig.roll_to_available(&fleet.names, V2, 2, 90).await;
     let nodes = fleet.nodes().await;
     assert!(
         nodes
             .iter()
             .all(|n| n.status.as_ref().unwrap().active_hash.as_deref() == Some(hash(V2).as_str()))
     );
-    let seen = max.load(Ordering::Relaxed);
     assert!(
         seen <= 2,
         "saw {seen} nodes unavailable at once with maxUnavailable 2"
@@ -237,14 +247,7 @@ async fn a_failing_version_halts_the_set_after_the_first_batch() {
     let Some(rig) = Rig::new("failing").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        6,
-        Duration::from_millis(300),
-    )
-    .await;
+    let fleet = rig.fleet(6, Duration::from_millis(300)).await;
     let _operator = rig.operator("a");
     rig.apply_set(&[V2], json!(2)).await;
     rig.wait_condition("Available", "True", Duration::from_secs(60))
@@ -281,7 +284,7 @@ async fn a_halt_survives_an_operator_restart_until_resumed() {
     let Some(rig) = Rig::new("halt").await else {
         return;
     };
-    let fleet = Fleet::start(&rig.client, &rig.run, &rig.run, 6, Duration::from_secs(2)).await;
+    let fleet = rig.fleet(6, Duration::from_secs(2)).await;
     let mut operator = rig.operator("a");
     rig.apply_set(&[V1], json!(1)).await;
     let fleet_api: Api<theseus::api::NodeInstall> = Api::all(rig.client.clone());
@@ -341,14 +344,7 @@ async fn the_halt_endpoint_refuses_a_wrong_token() {
     let Some(rig) = Rig::new("token").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        1,
-        Duration::from_millis(100),
-    )
-    .await;
+    let fleet = rig.fleet(1, Duration::from_millis(100)).await;
     let operator = rig.operator("a");
     let url = format!("{}/halt", operator.http);
     let response = eventually(Duration::from_secs(20), "the operator answers", || {
@@ -372,14 +368,7 @@ async fn a_set_naming_an_unknown_package_is_invalid_and_touches_nothing() {
     let Some(rig) = Rig::new("invalid").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        2,
-        Duration::from_millis(100),
-    )
-    .await;
+    let fleet = rig.fleet(2, Duration::from_millis(100)).await;
     let _operator = rig.operator("a");
     rig.apply_set(&["demo-web--9.9.9"], json!(1)).await;
     let set = rig
@@ -399,14 +388,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     let Some(rig) = Rig::new("leader").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        4,
-        Duration::from_millis(500),
-    )
-    .await;
+    let fleet = rig.fleet(4, Duration::from_millis(500)).await;
     let mut a = rig.operator("a");
     let lease_api: Api<Lease> = Api::namespaced(rig.client.clone(), &rig.ns.name);
     let holder = || {
@@ -459,14 +441,7 @@ async fn an_operator_killed_at_random_moments_keeps_the_budget_and_updates_each_
     let Some(rig) = Rig::new("sigkill").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        6,
-        Duration::from_millis(700),
-    )
-    .await;
+    let fleet = rig.fleet(6, Duration::from_millis(700)).await;
     let mut operator = rig.operator("a");
     let (max, stop) = observe(fleet.names.clone(), rig.client.clone());
     rig.apply_set(&[V1], json!(2)).await;
@@ -533,25 +508,8 @@ async fn six_real_agents_roll_v1_v2_and_roll_back_a_failing_v3() {
         );
     }
 
-    let (max, stop) = observe(names.clone(), rig.client.clone());
-    rig.apply_set(&[V2], json!(2)).await;
-    let out = rig.tb.kubectl(&[
-        "wait",
-        "--for=condition=Available",
-        "--timeout=120s",
-        &format!("packageset/{}", rig.run),
-    ]);
-    stop.store(true, Ordering::Relaxed);
-    assert!(
-        out.status.success(),
-        "kubectl wait: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        max.load(Ordering::Relaxed) <= 2,
-        "saw {} unavailable",
-        max.load(Ordering::Relaxed)
-    );
+    let seen = rig.roll_to_available(&names, V2, 2, 120).await;
+    assert!(seen <= 2, "saw {seen} unavailable");
     for agent in &agents {
         assert_eq!(
             agent.service_version().await.unwrap(),
@@ -624,14 +582,7 @@ async fn the_rollout_commands_follow_halt_and_resume_and_metrics_count_the_work(
     let Some(rig) = Rig::new("cli").await else {
         return;
     };
-    let fleet = Fleet::start(
-        &rig.client,
-        &rig.run,
-        &rig.run,
-        3,
-        Duration::from_millis(400),
-    )
-    .await;
+    let fleet = rig.fleet(3, Duration::from_millis(400)).await;
     let operator = rig.operator("a");
     let cli = |args: &[&str]| {
         let out = rig
