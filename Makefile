@@ -3,7 +3,7 @@
 CARGO   ?= cargo
 THESEUS ?= target/debug/theseus
 
-.PHONY: all build test check fmt fmt-check clippy unit crds crds-check setup demo clean testbed-up testbed-down
+.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint setup demo clean testbed-up testbed-down
 
 all: build
 
@@ -36,12 +36,24 @@ clippy:
 unit:
 	$(CARGO) test --all-targets
 
-## crds: regenerate crds/ from the API types
+## crds: regenerate crds/ from the API types (and the chart's copy)
 crds:
 	$(CARGO) run --quiet -- crds --out-dir crds
+	@$(MAKE) --no-print-directory chart-crds
 
+## chart-crds: copy crds/ into charts/theseus/crds/ (Helm installs them on first install)
+chart-crds:
+	rm -f charts/theseus/crds/*.yaml
+	mkdir -p charts/theseus/crds
+	cp crds/*.yaml charts/theseus/crds/
+
+## crds-check: fail when crds/ or the chart's copy drifted from the API types
 crds-check:
-	$(CARGO) run --quiet -- crds --check crds
+	$(CARGO) run --quiet -- crds --check crds --check charts/theseus/crds
+
+## chart-lint: helm lint (also --strict) with the testbed's helm
+chart-lint:
+	@eval "$$(testbed/testbed env)" && helm lint charts/theseus && helm lint --strict charts/theseus
 
 ## demo: bring up the testbed, install the CRDs and the examples, show them
 demo: setup testbed-up

@@ -13,7 +13,8 @@ use crate::api;
 #[command(after_help = "Examples:\n  \
     theseus crds | kubectl apply --server-side -f -\n  \
     theseus crds --out-dir crds/      # regenerate the committed files\n  \
-    theseus crds --check crds/        # fail if they drifted from the types")]
+    theseus crds --check crds/        # fail if they drifted from the types\n  \
+    theseus crds --check crds/ --check charts/theseus/crds/   # and the chart's copy")]
 pub struct CrdsArgs {
     /// Write `<plural>.theseus.dev.yaml` files into this directory instead of
     /// printing a multi-document YAML stream.
@@ -21,23 +22,30 @@ pub struct CrdsArgs {
     pub out_dir: Option<PathBuf>,
 
     /// Compare the files in this directory with the generated CRDs and exit
-    /// non-zero, naming each file, when they differ.
+    /// non-zero, naming each file, when they differ. Repeat to check several
+    /// copies (`crds/` and the chart's `charts/theseus/crds/`).
     #[arg(long, value_name = "DIR")]
-    pub check: Option<PathBuf>,
+    pub check: Vec<PathBuf>,
 }
 
 /// Runs `theseus crds`.
 pub fn run(args: &CrdsArgs) -> anyhow::Result<()> {
-    if let Some(dir) = &args.check {
-        let drift = check_dir(dir);
-        if drift.is_empty() {
-            eprintln!("{} matches the API types", dir.display());
+    if !args.check.is_empty() {
+        let mut drifted = Vec::new();
+        for dir in &args.check {
+            let drift = check_dir(dir);
+            if drift.is_empty() {
+                eprintln!("{} matches the API types", dir.display());
+            } else {
+                drifted.push(format!("{} ({})", dir.display(), drift.join("; ")));
+            }
+        }
+        if drifted.is_empty() {
             return Ok(());
         }
         anyhow::bail!(
-            "{} drifted from the API types ({}); run `make crds` and commit the result",
-            dir.display(),
-            drift.join("; ")
+            "drifted from the API types: {}; run `make crds chart-crds` and commit the result",
+            drifted.join(", ")
         );
     }
     match &args.out_dir {
