@@ -121,9 +121,7 @@ fn final_stage_is_slim_non_root_and_runs_the_binary() {
     );
     let copies = args_of(last, "COPY");
     assert!(
-        copies
-            .iter()
-            .any(|a| *a == "--from=builder /usr/local/bin/theseus /usr/local/bin/theseus"),
+        copies.contains(&"--from=builder /usr/local/bin/theseus /usr/local/bin/theseus"),
         "only the binary comes from the builder: {copies:?}"
     );
     assert_eq!(
