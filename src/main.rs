@@ -1,14 +1,26 @@
 //! The `theseus` command tree. Everything it runs lives in the library.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use theseus::cli;
 use theseus::logging::{self, LogFormat};
 
 /// Theseus keeps a fleet converged on declared package sets, service groups
 /// and node pools.
 #[derive(Parser, Debug)]
-#[command(name = "theseus", version, about, long_about = None)]
+#[command(
+    name = "theseus",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+        theseus crds | kubectl apply --server-side -f -\n  \
+        theseus rollout status web-tier\n  \
+        theseus pkg list --format json\n  \
+        theseus completions bash > /etc/bash_completion.d/theseus\n\n\
+        As a kubectl plugin: ln -s \"$(command -v theseus)\" /usr/local/bin/kubectl-theseus,\n\
+        then `kubectl theseus rollout status web-tier`."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "THESEUS_LOG_FORMAT")]
@@ -25,6 +37,8 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cli::completions::CompletionsArgs),
     /// Run the operator: the PackageSet, PackageRepository and ServiceGroup
     /// controllers under leader election, and the /halt, /resume, /healthz,
     /// /readyz and /metrics endpoints.
@@ -71,6 +85,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
     let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
         Command::Crds(args) => ok(cli::crds::run(&args)),
+        Command::Completions(args) => ok(cli::completions::run(&args, &mut Cli::command())),
         Command::Operator(args) => {
             ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
         }
@@ -84,7 +99,11 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // Usage lines say `kubectl theseus …` when kubectl runs us as a plugin.
+    let argv0 = std::env::args_os().next();
+    let name = cli::completions::display_name(argv0.as_deref());
+    let matches = Cli::command().bin_name(name).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,

@@ -29,11 +29,17 @@ pub struct DiscoverArgs {
 #[derive(Subcommand, Debug)]
 enum DiscoverCommand {
     /// List the entries under a path of the tree (default: the services).
+    #[command(after_help = "Examples:\n  \
+        theseus discover ls\n  \
+        theseus discover ls web/canary.eu/containers")]
     Ls {
         /// A path such as `web`, `web/canary.eu` or `/services/web`.
         path: Option<String>,
     },
     /// Show a service's groups: config and containers.
+    #[command(after_help = "Examples:\n  \
+        theseus discover get web\n  \
+        theseus discover get web --labels canary,eu --format json")]
     Get {
         /// The service.
         service: String,
@@ -45,6 +51,8 @@ enum DiscoverCommand {
         format: Format,
     },
     /// Print each change to a service's containers as it happens.
+    #[command(after_help = "Example:\n  \
+        theseus discover watch web --labels canary,eu   # + added, ~ changed, - removed")]
     Watch {
         /// The service.
         service: String,

@@ -15,6 +15,10 @@ use crate::operator::halt::HaltStore;
 
 /// Follow, halt and resume PackageSet rollouts.
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    theseus rollout status web-tier\n  \
+    theseus rollout halt --reason \"error budget spent\"\n  \
+    theseus rollout resume")]
 pub struct RolloutArgs {
     #[command(subcommand)]
     command: RolloutCommand,
