@@ -232,9 +232,22 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         name: ns.name.clone(),
         namespace: ns.name.clone(),
     };
+    // A NodePool's EC2 credentials Secret, named in the values.
+    let creds = format!(
+        "nodePools.credentialsSecrets[0].namespace={},nodePools.credentialsSecrets[0].name=aws-creds",
+        ns.name
+    );
     let notes = helm_ok(
         &tb,
-        &["install", &release.name, &chart(), "--namespace", &ns.name],
+        &[
+            "install",
+            &release.name,
+            &chart(),
+            "--namespace",
+            &ns.name,
+            "--set",
+            &creds,
+        ],
     );
     assert!(notes.contains("kubectl get theseus"), "{notes}");
     assert!(notes.contains("rollout status"), "{notes}");
@@ -305,7 +318,14 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     // The upgrade keeps the halt token (read back with `lookup`).
     helm_ok(
         &tb,
-        &["upgrade", &release.name, &chart(), "--namespace", &ns.name],
+        &[
+            "upgrade",
+            &release.name,
+            &chart(),
+            "--namespace",
+            &ns.name,
+            "--reuse-values",
+        ],
     );
     let after = tb.kubectl_ok(&[
         "get",
@@ -414,6 +434,15 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         &format!("secrets/{halt_secret}"),
         &["--namespace", "default"]
     ));
+    // The NodePool credentials Secret named in the values, and only it.
+    assert!(can("get", "secrets/aws-creds", &ns_flag));
+    assert!(!can(
+        "get",
+        "secrets/aws-creds",
+        &["--namespace", "default"]
+    ));
+    // NodePools delete the NodeInstalls of removed nodes.
+    assert!(can("delete", "nodeinstalls.theseus.dev", &[]));
 
     helm_ok(&tb, &["uninstall", &release.name, "--namespace", n]);
     let left = tb.kubectl(&["get", "clusterrole", &operator]);
