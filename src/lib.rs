@@ -11,6 +11,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod logging;
+pub mod nodepool;
 pub mod operator;
 pub mod pkg;
 pub mod rollout;

@@ -53,6 +53,7 @@ enum Command {
 const CONTROLLERS: &[theseus::operator::ControllerFn] = &[
     theseus::rollout::repository::run,
     theseus::rollout::controller::run,
+    theseus::nodepool::controller::run,
 ];
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
