@@ -82,6 +82,23 @@ struct PoolContext {
     ctx: Context,
     recorder: Recorder,
     providers: providers::Cache,
+    /// A client that does not retry 429: a refused eviction (a
+    /// PodDisruptionBudget) must come back at once, not after minutes.
+    evictions: kube::Client,
+}
+
+/// A client like the operator's, without kube's retries of 429/503/504.
+async fn eviction_client(fallback: &kube::Client) -> kube::Client {
+    match kube::Config::infer().await {
+        Ok(mut config) => {
+            config.default_retry = false;
+            kube::Client::try_from(config).unwrap_or_else(|_| fallback.clone())
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot build the eviction client; evictions blocked by a PodDisruptionBudget will be retried by kube");
+            fallback.clone()
+        }
+    }
 }
 
 /// Runs the controller until `stop` is cancelled.
@@ -90,10 +107,12 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let client = ctx.client.clone();
         let config = ctx.watch_config();
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
+        let evictions = eviction_client(&client).await;
         let shared = Arc::new(PoolContext {
             ctx,
             recorder,
             providers: Arc::new(Mutex::new(HashMap::new())),
+            evictions,
         });
         Controller::new(Api::<NodePool>::all(client.clone()), config.clone())
             .watches(Api::<NodeInstall>::all(client), config, |ni| {
@@ -344,7 +363,7 @@ async fn drain_pass(
     let mut out = BTreeMap::new();
     for r in recorded.iter().filter(|r| r.state == State::Draining) {
         let outcome = match &r.node {
-            Some(node) => drain::drain(&pc.ctx.client, &pool.name_any(), node).await?,
+            Some(node) => drain::drain(&pc.evictions, &pool.name_any(), node).await?,
             None => DrainOutcome::Done,
         };
         out.insert(r.id.clone(), outcome);
