@@ -25,8 +25,8 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
-    /// Run the operator: the PackageSet and PackageRepository controllers
-    /// under leader election, and the /halt, /resume, /healthz, /readyz and
+    /// Run the operator: the PackageSet, PackageRepository and NodePool
+    /// controllers under leader election, and the /halt, /resume, /healthz, /readyz and
     /// /metrics endpoints.
     Operator(theseus::operator::OperatorArgs),
     /// Run the node agent: register the NodeInstall, follow its target,
@@ -34,6 +34,8 @@ enum Command {
     Agent(theseus::agent::AgentArgs),
     /// Follow a PackageSet's rollout; halt or resume every rollout.
     Rollout(cli::rollout::RolloutArgs),
+    /// Add nodes to a NodePool, or remove one node from its pool.
+    Node(cli::node::NodeArgs),
     /// Manage the node's packages and generations (works with no cluster).
     #[command(after_help = "Examples:\n  \
         theseus pkg bootstrap --repo http://repo.example/ nginx--1.25.3\n  \
@@ -72,6 +74,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
         Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
+        Command::Node(args) => ok(runtime()?.block_on(cli::node::run(args))),
         Command::Pkg(args) => ok(cli::pkg::run(&args)),
         Command::Repo(args) => ok(cli::repo::run(&args)),
     }

@@ -365,3 +365,53 @@ async fn a_disruption_budget_holds_the_removal_until_the_timeout_then_the_policy
         .await;
     rig.ns.delete(&rig.client).await;
 }
+
+fn theseus_node(rig: &Rig, args: &[&str]) -> String {
+    let out = rig
+        .tb
+        .command(support::theseus())
+        .arg("node")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "theseus node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_add_grows_the_pool_and_node_remove_takes_out_the_named_node() {
+    let Some(rig) = Rig::new("np-cli").await else {
+        return;
+    };
+    let _operator = rig.operator();
+    rig.apply_pool(0, "Wait").await;
+    let out = theseus_node(&rig, &["add", "--pool", &rig.run, "--count", "3"]);
+    assert!(out.contains("scaled to 3"), "{out}");
+    rig.joined(3).await;
+
+    // Not the newest (which the pool's order would pick): the one named.
+    let victim = format!("{}-1", rig.run);
+    theseus_node(&rig, &["remove", &victim]);
+    rig.joined(2).await;
+    let mut names: Vec<String> = rig
+        .node_installs()
+        .await
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![format!("{}-0", rig.run), format!("{}-2", rig.run)]
+    );
+    let pool = rig.pools().get(&rig.run).await.unwrap();
+    assert_eq!(pool.spec.replicas, 2);
+
+    rig.delete_pool().await;
+    assert!(agent_pids(rig.state.path(), &rig.run).is_empty());
+    rig.ns.delete(&rig.client).await;
+}
