@@ -32,6 +32,12 @@ const THROTTLE_CODES: &[&str] = &[
     "TooManyRequestsException",
 ];
 
+/// How long a listing is reused: the pass that follows our own write (the
+/// watch event of the status we just wrote) plans from what we know
+/// instead of describing again. Our own launches and terminations are
+/// applied to it, so only outside changes can wait this long.
+const LIST_TTL: Duration = Duration::from_secs(2);
+
 /// Instance states that count as existing.
 const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
 
@@ -142,6 +148,7 @@ pub struct Ec2 {
     /// The calls made, for metrics and the benchmark.
     pub calls: Arc<Calls>,
     retry: Retry,
+    listing: std::sync::Mutex<Option<(std::time::Instant, Vec<Instance>)>>,
 }
 
 impl Ec2 {
@@ -164,6 +171,7 @@ impl Ec2 {
             user_data,
             calls: Arc::default(),
             retry: Retry::default(),
+            listing: std::sync::Mutex::new(None),
         }
     }
 
@@ -223,6 +231,26 @@ impl Ec2 {
             f(format!("tag:{CLUSTER_TAG}"), &[&self.owner.cluster]),
             f("instance-state-name".into(), LIVE_STATES),
         ]
+    }
+
+    /// The listing, from the cache while it is fresh.
+    async fn cached_describe(&self) -> Result<Vec<Instance>, Error> {
+        if let Some((at, list)) = self.listing.lock().expect("listing").as_ref()
+            && at.elapsed() < LIST_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list = self.describe().await?;
+        *self.listing.lock().expect("listing") = Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Applies our own launches and terminations to the cached listing.
+    fn amend(&self, added: &[Instance], removed: &[Instance]) {
+        if let Some((_, list)) = self.listing.lock().expect("listing").as_mut() {
+            list.retain(|i| !removed.iter().any(|r| r.id == i.id));
+            list.extend(added.iter().cloned());
+        }
     }
 
     async fn describe(&self) -> Result<Vec<Instance>, Error> {
@@ -368,7 +396,7 @@ fn convert(i: &aws_sdk_ec2::types::Instance) -> Instance {
 
 impl Provider for Ec2 {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, provider::Error>> {
-        Box::pin(async move { Ok(self.describe().await?) })
+        Box::pin(async move { Ok(self.cached_describe().await?) })
     }
 
     fn launch(
@@ -376,14 +404,22 @@ impl Provider for Ec2 {
         first_seq: i64,
         count: usize,
     ) -> BoxFuture<'_, Result<Vec<Instance>, provider::Error>> {
-        Box::pin(async move { Ok(self.run(first_seq, count).await?) })
+        Box::pin(async move {
+            let launched = self.run(first_seq, count).await?;
+            self.amend(&launched, &[]);
+            Ok(launched)
+        })
     }
 
     fn terminate<'a>(
         &'a self,
         instances: &'a [Instance],
     ) -> BoxFuture<'a, Result<(), provider::Error>> {
-        Box::pin(async move { Ok(self.terminate_owned(instances).await?) })
+        Box::pin(async move {
+            self.terminate_owned(instances).await?;
+            self.amend(&[], instances);
+            Ok(())
+        })
     }
 }
 
