@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod discovery;
 pub mod logging;
+pub mod nodepool;
 pub mod operator;
 pub mod pkg;
 pub mod rollout;

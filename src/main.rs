@@ -39,15 +39,17 @@ enum Command {
     Crds(cli::crds::CrdsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli::completions::CompletionsArgs),
-    /// Run the operator: the PackageSet, PackageRepository and ServiceGroup
-    /// controllers under leader election, and the /halt, /resume, /healthz,
-    /// /readyz and /metrics endpoints.
+    /// Run the operator: the PackageSet, PackageRepository, ServiceGroup and
+    /// NodePool controllers under leader election, and the /halt, /resume,
+    /// /healthz, /readyz and /metrics endpoints.
     Operator(theseus::operator::OperatorArgs),
     /// Run the node agent: register the NodeInstall, follow its target,
     /// supervise the active services and serve the local HTTP API.
     Agent(theseus::agent::AgentArgs),
     /// Follow a PackageSet's rollout; halt or resume every rollout.
     Rollout(cli::rollout::RolloutArgs),
+    /// Add nodes to a NodePool, or remove one node from its pool.
+    Node(cli::node::NodeArgs),
     /// Manage the node's packages and generations (works with no cluster).
     #[command(after_help = "Examples:\n  \
         theseus pkg bootstrap --repo http://repo.example/ nginx--1.25.3\n  \
@@ -72,6 +74,7 @@ const CONTROLLERS: &[theseus::operator::ControllerFn] = &[
     theseus::rollout::repository::run,
     theseus::rollout::controller::run,
     theseus::discovery::operator_controller,
+    theseus::nodepool::controller::run,
 ];
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -91,6 +94,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
         Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
+        Command::Node(args) => ok(runtime()?.block_on(cli::node::run(args))),
         Command::Pkg(args) => ok(cli::pkg::run(&args)),
         Command::Repo(args) => ok(cli::repo::run(&args)),
         Command::Discover(args) => ok(cli::discover::run(&args)),

@@ -268,4 +268,8 @@ pub struct PoolInstance {
     /// When the instance was launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched: Option<Time>,
+
+    /// When its drain began (state Draining), for the drain timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_started: Option<Time>,
 }

@@ -4,6 +4,7 @@ pub mod completions;
 pub mod crds;
 pub mod discover;
 pub mod groups;
+pub mod node;
 pub mod pkg;
 pub mod repo;
 pub mod rollout;

@@ -95,6 +95,19 @@ pub struct OperatorArgs {
         default_value = "/var/lib/theseus-operator"
     )]
     pub state_dir: PathBuf,
+
+    /// This cluster's name in the `theseus.dev/cluster` tag of the EC2
+    /// instances its NodePools launch; instances of other clusters are never
+    /// touched.
+    #[arg(long, env = "THESEUS_CLUSTER_NAME", default_value = "theseus")]
+    pub cluster_name: String,
+
+    /// Seconds during which an instance a NodePool did not record is left
+    /// alone (EC2 describe is eventually consistent); after that, an
+    /// unrecorded instance carrying the pool's tags is an orphan and is
+    /// terminated.
+    #[arg(long, default_value_t = 600)]
+    pub instance_grace_seconds: u64,
 }
 
 /// What every controller shares.

@@ -40,6 +40,7 @@ pub struct Operator {
     args: Vec<String>,
     env: TestbedEnv,
     log: PathBuf,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Operator {
@@ -52,8 +53,21 @@ impl Operator {
         identity: &str,
         log_dir: &Path,
     ) -> Operator {
+        Self::start_with(env, namespace, run, identity, log_dir, &[], &[])
+    }
+
+    /// Like [`Operator::start`], with extra arguments and environment.
+    pub fn start_with(
+        env: &TestbedEnv,
+        namespace: &str,
+        run: &str,
+        identity: &str,
+        log_dir: &Path,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Operator {
         let port = free_port();
-        let args = vec![
+        let mut args = vec![
             "operator".into(),
             "--namespace".into(),
             namespace.into(),
@@ -71,12 +85,17 @@ impl Operator {
             "30".into(),
             "--no-discovery".into(),
         ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut op = Operator {
             child: None,
             http: format!("http://127.0.0.1:{port}"),
             args,
             env: env.clone(),
             log: log_dir.join(format!("operator-{identity}.log")),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         op.restart();
         op
@@ -104,11 +123,19 @@ impl Operator {
             .command(theseus())
             .args(&self.args)
             .env("RUST_LOG", "theseus=debug")
+            .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(ChildGuard(child));
+    }
+
+    /// The exit status, if the process has exited (e.g. at a failpoint).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.0.try_wait().ok().flatten())
     }
 
     /// POSTs to `/halt` or `/resume` with the token.

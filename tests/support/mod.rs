@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod agents;
+pub mod ec2;
 pub mod fleet;
 
 use std::collections::HashMap;

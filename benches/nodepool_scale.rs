@@ -1,0 +1,168 @@
+//! Benchmark: scale a pool 0 → 50 → 0 against an EC2 API (moto in the
+//! testbed) with the NodePool planner and the EC2 provider, passes run the
+//! way the controller runs them (list, plan, terminate, launch, record,
+//! until a pass has nothing to do), and count the EC2 calls against the
+//! fewest that could do the job: one DescribeInstances to learn the state,
+//! then one RunInstances (scale-up, one batch) or one TerminateInstances
+//! (scale-down).
+//!
+//! `cargo bench --bench nodepool_scale` needs THESEUS_EC2_ENDPOINT
+//! (`eval "$(testbed/testbed env)"`). Without `--bench` (as `cargo test
+//! --all-targets` runs it) a missing endpoint skips it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use theseus::api::{AwsProvider, DrainTimeoutPolicy, ScaleDownOrder};
+use theseus::nodepool::aws::{self, Calls, Ec2};
+use theseus::nodepool::plan::{self, Listed, PoolView, Recorded, State};
+use theseus::nodepool::provider::{Owner, Provider};
+
+const TARGET: usize = 50;
+
+/// What the pool's status would hold.
+#[derive(Default)]
+struct Record {
+    instances: Vec<Recorded>,
+    next_launch: i64,
+}
+
+fn view(replicas: usize, next_launch: i64) -> PoolView {
+    PoolView {
+        replicas,
+        order: ScaleDownOrder::NewestFirst,
+        drain_timeout: Duration::from_secs(300),
+        drain_policy: DrainTimeoutPolicy::Wait,
+        join_timeout: Duration::from_secs(600),
+        grace: Duration::from_secs(600),
+        stale_after: Duration::from_secs(60),
+        next_launch,
+    }
+}
+
+/// One controller pass; returns whether it did anything.
+async fn pass(provider: &Ec2, record: &mut Record, replicas: usize) -> bool {
+    let listed = provider.list().await.expect("list");
+    let listed_view: Vec<Listed> = listed
+        .iter()
+        .map(|i| Listed {
+            id: i.id.clone(),
+            launched: i.launched,
+            launch_seq: i.launch_seq(),
+        })
+        .collect();
+    let pool = view(replicas, record.next_launch);
+    let decided = plan::plan(&plan::Input {
+        pool: &pool,
+        recorded: &record.instances,
+        listed: &listed_view,
+        nodes: &[],
+        drains: &BTreeMap::new(),
+        previous: &[],
+        now: Timestamp::now(),
+    });
+    let mut instances = decided.instances.clone();
+    let mut next_launch = decided.next_launch;
+    let victims: Vec<_> = listed
+        .iter()
+        .filter(|i| decided.terminate.contains(&i.id))
+        .cloned()
+        .collect();
+    if !victims.is_empty() {
+        provider.terminate(&victims).await.expect("terminate");
+        instances.retain(|i| i.state != State::Terminating);
+    }
+    if let Some(l) = &decided.launch {
+        let launched = provider.launch(l.first_seq, l.count).await.expect("launch");
+        instances.extend(launched.into_iter().map(|i| Recorded {
+            id: i.id,
+            node: None,
+            state: State::Pending,
+            launched: i.launched,
+            drain_started: None,
+        }));
+        next_launch = l.first_seq + l.count as i64;
+    }
+    let acted = !victims.is_empty() || decided.launch.is_some();
+    record.instances = instances;
+    record.next_launch = next_launch;
+    acted
+}
+
+fn snapshot(calls: &Calls) -> [u64; 4] {
+    [
+        calls.describe.load(Ordering::Relaxed),
+        calls.run.load(Ordering::Relaxed),
+        calls.terminate.load(Ordering::Relaxed),
+        calls.throttled.load(Ordering::Relaxed),
+    ]
+}
+
+async fn phase(provider: &Ec2, record: &mut Record, replicas: usize, minimum: u64) -> f64 {
+    let before = snapshot(&provider.calls);
+    let started = Instant::now();
+    let mut passes = 0;
+    while pass(provider, record, replicas).await {
+        passes += 1;
+        assert!(passes < 20, "no convergence to {replicas} after 20 passes");
+    }
+    passes += 1;
+    let after = snapshot(&provider.calls);
+    let [d, r, t, th] = [0, 1, 2, 3].map(|k| after[k] - before[k]);
+    let live = provider.list().await.expect("list").len();
+    assert_eq!(live, replicas, "the pool converged on {replicas}");
+    let made = d + r + t;
+    let ratio = made as f64 / minimum as f64;
+    println!(
+        "scale to {replicas:>3}: {passes} passes in {:>6.0} ms; EC2 calls: DescribeInstances {d}, RunInstances {r}, TerminateInstances {t} (throttled {th}) = {made}; minimum {minimum}; ratio {ratio:.2}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    ratio
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let Ok(endpoint) = std::env::var("THESEUS_EC2_ENDPOINT") else {
+        if full {
+            eprintln!(
+                "nodepool_scale: THESEUS_EC2_ENDPOINT is not set; run `eval \"$(testbed/testbed env)\"` (moto) first"
+            );
+            std::process::exit(2);
+        }
+        eprintln!("nodepool_scale: SKIPPED (THESEUS_EC2_ENDPOINT not set)");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let settings = AwsProvider {
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            instance_type: "t3.micro".into(),
+            endpoint: Some(endpoint),
+            ..Default::default()
+        };
+        let client = aws::client(&settings, None).await;
+        let images = client.describe_images().owners("amazon").send().await.expect("describe images");
+        let image = images.images().iter().find_map(|i| i.image_id()).expect("an AMI").to_owned();
+        let run = format!("{:08x}", rand::random::<u32>());
+        let owner = Owner {
+            pool: format!("bench-{run}"),
+            uid: format!("bench-uid-{run}"),
+            cluster: "theseus-bench".into(),
+        };
+        let settings = AwsProvider { image_id: image, ..settings };
+        let provider = Ec2::new(client, owner, settings, &BTreeMap::new());
+        let mut record = Record::default();
+        println!("nodepool_scale: {TARGET} instances against {}", std::env::var("THESEUS_EC2_ENDPOINT").unwrap());
+        let up = phase(&provider, &mut record, TARGET, 2).await;
+        // A later scale request: the listing cache has expired by then.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let down = phase(&provider, &mut record, 0, 2).await;
+        println!("worst ratio {:.2} (goal <= 1.20)", up.max(down));
+        println!(
+            "steady state: one DescribeInstances per reconcile, at most one per {}s when passes follow each other",
+            2
+        );
+    });
+}

@@ -1,0 +1,272 @@
+//! The local provider: each instance is a `theseus agent` child process
+//! with its own root under the pool's state directory. Pids are kept on disk
+//! (`STATE/SEQ/pid`), so a restarted operator adopts running agents rather
+//! than starting them twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+
+use super::provider::{self, CLUSTER_TAG, Instance, LAUNCH_TAG, Owner, POOL_TAG, Provider};
+
+/// How long an agent has to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the local provider.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state directory or an instance's files could not be used.
+    #[error(
+        "NodePool {pool}: {action} {path}: {source}; check that the operator can write its --state-dir"
+    )]
+    Io {
+        /// The pool.
+        pool: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An instance to terminate is not one of this pool's.
+    #[error("NodePool {pool}: refusing to stop {id}: it is not one of this pool's local instances")]
+    NotOwned {
+        /// The pool.
+        pool: String,
+        /// The instance.
+        id: String,
+    },
+}
+
+/// A pool's local agent processes.
+pub struct Local {
+    owner: Owner,
+    dir: PathBuf,
+    program: PathBuf,
+    labels: BTreeMap<String, String>,
+}
+
+impl Local {
+    /// Agents of `owner`'s pool under `dir`, run from `program` (the
+    /// operator's own binary) with the pool's node labels.
+    pub fn new(
+        owner: Owner,
+        dir: PathBuf,
+        program: PathBuf,
+        labels: BTreeMap<String, String>,
+    ) -> Local {
+        Local {
+            owner,
+            dir,
+            program,
+            labels,
+        }
+    }
+
+    fn io(&self, action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let (pool, path) = (self.owner.pool.clone(), path.to_owned());
+        move |source| Error::Io {
+            pool,
+            action,
+            path,
+            source,
+        }
+    }
+
+    fn id(&self, seq: i64) -> String {
+        format!("local-{}-{seq}", self.owner.pool)
+    }
+
+    fn instance(&self, seq: i64, launched: Timestamp) -> Instance {
+        let tags = BTreeMap::from([
+            (POOL_TAG.to_owned(), self.owner.pool.clone()),
+            (CLUSTER_TAG.to_owned(), self.owner.cluster.clone()),
+            (LAUNCH_TAG.to_owned(), seq.to_string()),
+        ]);
+        Instance {
+            id: self.id(seq),
+            launched,
+            tags,
+        }
+    }
+
+    /// The running agent of sequence `seq`: its pid and launch time.
+    fn running(&self, seq: i64) -> Option<(u32, Timestamp)> {
+        let dir = self.dir.join(seq.to_string());
+        let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let launched: i64 = std::fs::read_to_string(dir.join("launched"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let id = self.id(seq);
+        alive(pid, &id).then(|| {
+            (
+                pid,
+                Timestamp::from_second(launched).unwrap_or_else(|_| Timestamp::now()),
+            )
+        })
+    }
+
+    fn seqs(&self) -> Result<Vec<i64>, Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("cannot read", &self.dir)(e)),
+        };
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+
+    fn start(&self, seq: i64) -> Result<Instance, Error> {
+        if let Some((_, launched)) = self.running(seq) {
+            return Ok(self.instance(seq, launched));
+        }
+        let dir = self.dir.join(seq.to_string());
+        std::fs::create_dir_all(dir.join("root")).map_err(self.io("cannot create", &dir))?;
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path).map_err(self.io("cannot create", &log_path))?;
+        let err_log = log.try_clone().map_err(self.io("cannot open", &log_path))?;
+        let labels: Vec<String> = std::iter::once(format!("{POOL_TAG}={}", self.owner.pool))
+            .chain(self.labels.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("agent")
+            .args(["--node-name", &format!("{}-{seq}", self.owner.pool)])
+            .arg("--root")
+            .arg(dir.join("root"))
+            .args(["--labels", &labels.join(",")])
+            .args(["--instance-id", &self.id(seq)])
+            .args(["--listen", "127.0.0.1:0", "--heartbeat-seconds", "5"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log);
+        // Its own process group: a Ctrl-C meant for the operator does not
+        // take the pool's nodes down with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .spawn()
+            .map_err(self.io("cannot start an agent from", &self.program))?;
+        let pid = child.id();
+        let now = Timestamp::now();
+        write(&dir.join("launched"), &now.as_second().to_string())
+            .map_err(self.io("cannot write", &dir))?;
+        write(&dir.join("pid"), &pid.to_string()).map_err(self.io("cannot write", &dir))?;
+        // Reap it when it exits, so that a stopped agent is not a zombie.
+        std::thread::spawn(move || child.wait());
+        tracing::info!(pool = %self.owner.pool, seq, pid, "started a local agent");
+        Ok(self.instance(seq, now))
+    }
+
+    fn stop(&self, instance: &Instance) -> Result<(), Error> {
+        let seq = instance
+            .launch_seq()
+            .filter(|&s| self.owner.owns(&instance.tags) && instance.id == self.id(s))
+            .ok_or_else(|| Error::NotOwned {
+                pool: self.owner.pool.clone(),
+                id: instance.id.clone(),
+            })?;
+        if let Some((pid, _)) = self.running(seq) {
+            signal("TERM", pid);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while alive(pid, &instance.id) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if alive(pid, &instance.id) {
+                signal("KILL", pid);
+            }
+        }
+        let dir = self.dir.join(seq.to_string());
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.io("cannot remove", &dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Whether `pid` is a live (not zombie) agent process for `instance_id`.
+fn alive(pid: u32, instance_id: &str) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else {
+        return false;
+    };
+    let zombie = std::fs::read_to_string(proc.join("stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true);
+    let needle = format!("--instance-id\0{instance_id}\0");
+    !zombie
+        && cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+}
+
+fn signal(name: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+    if let Err(e) = status {
+        tracing::warn!(pid, signal = name, "cannot run kill: {e}");
+    }
+}
+
+impl Provider for Local {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, provider::Error>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for seq in self.seqs()? {
+                if let Some((_, launched)) = self.running(seq) {
+                    out.push(self.instance(seq, launched));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn launch(
+        &self,
+        first_seq: i64,
+        count: usize,
+    ) -> BoxFuture<'_, Result<Vec<Instance>, provider::Error>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for seq in first_seq..first_seq + count as i64 {
+                out.push(self.start(seq)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn terminate<'a>(
+        &'a self,
+        instances: &'a [Instance],
+    ) -> BoxFuture<'a, Result<(), provider::Error>> {
+        Box::pin(async move {
+            for i in instances {
+                let (this, i) = (self, i.clone());
+                // Stopping waits for the agent; keep the runtime free meanwhile.
+                tokio::task::block_in_place(|| this.stop(&i))?;
+            }
+            Ok(())
+        })
+    }
+}

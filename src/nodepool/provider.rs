@@ -1,0 +1,83 @@
+//! The provider trait: what the NodePool controller needs from a place that
+//! runs instances — list the pool's instances, launch a batch, terminate.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+
+/// The tag (EC2) or label naming the pool an instance belongs to.
+pub const POOL_TAG: &str = "theseus.dev/nodepool";
+/// The tag naming the cluster (operator `--cluster-name`) that owns it.
+pub const CLUSTER_TAG: &str = "theseus.dev/cluster";
+/// The tag holding the launch sequence an instance was started with.
+pub const LAUNCH_TAG: &str = "theseus.dev/launch";
+
+/// Who owns the instances a provider manages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The pool's name.
+    pub pool: String,
+    /// The pool's uid, for idempotency tokens.
+    pub uid: String,
+    /// The cluster's name.
+    pub cluster: String,
+}
+
+impl Owner {
+    /// Whether `tags` carry this owner's pool and cluster tags.
+    pub fn owns(&self, tags: &BTreeMap<String, String>) -> bool {
+        tags.get(POOL_TAG) == Some(&self.pool) && tags.get(CLUSTER_TAG) == Some(&self.cluster)
+    }
+
+    /// The idempotency token of the launch with sequence `seq`: at most 64
+    /// ASCII characters (a uid is 36).
+    pub fn token(&self, seq: i64) -> String {
+        let mut token = format!("{}-{seq}", self.uid);
+        token.truncate(64);
+        token
+    }
+}
+
+/// An instance as a provider lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    /// The provider's id.
+    pub id: String,
+    /// When it was launched.
+    pub launched: Timestamp,
+    /// Its tags (EC2) or the equivalent labels (local).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// The launch sequence it was started with, from its tag.
+    pub fn launch_seq(&self) -> Option<i64> {
+        self.tags.get(LAUNCH_TAG).and_then(|s| s.parse().ok())
+    }
+}
+
+/// Errors of any provider.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An EC2 call failed.
+    #[error(transparent)]
+    Aws(#[from] super::aws::Error),
+    /// A local agent process could not be started or stopped.
+    #[error(transparent)]
+    Local(#[from] super::local::Error),
+}
+
+/// A place that runs a pool's instances.
+pub trait Provider: Send + Sync {
+    /// The pool's live instances (never another pool's or cluster's).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, Error>>;
+
+    /// Launches `count` instances with sequences from `first_seq`, reusing
+    /// the sequence's idempotency token; returns them.
+    fn launch(&self, first_seq: i64, count: usize) -> BoxFuture<'_, Result<Vec<Instance>, Error>>;
+
+    /// Terminates instances previously returned by [`Provider::list`]; an
+    /// instance that does not carry the owner's tags is refused.
+    fn terminate<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), Error>>;
+}

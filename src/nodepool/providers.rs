@@ -1,0 +1,161 @@
+//! Building a pool's provider from its spec, and keeping it between passes
+//! (an EC2 client is worth reusing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::aws::{self, Ec2};
+use super::local::Local;
+use super::provider::{Owner, Provider};
+use crate::api::{NodePool, ProviderType, SecretReference};
+use crate::operator::Context;
+
+/// Providers by pool uid, with the settings they were built from.
+pub type Cache = Arc<Mutex<HashMap<String, (String, Arc<dyn Provider>)>>>;
+
+/// Errors of building a provider.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `spec.provider` names a provider whose settings are missing.
+    #[error(
+        "NodePool {pool}: spec.provider.type is {kind} but spec.provider.{field} is not set; set it"
+    )]
+    MissingSettings {
+        /// The pool.
+        pool: String,
+        /// The provider type.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// The credentials Secret cannot be used.
+    #[error("NodePool {pool}: credentials Secret {namespace}/{name}: {why}")]
+    Secret {
+        /// The pool.
+        pool: String,
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The operator cannot find its own binary to run local agents.
+    #[error("NodePool {pool}: cannot find the operator's binary to start local agents: {source}")]
+    Program {
+        /// The pool.
+        pool: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The provider of `pool`, built or reused.
+pub async fn get(
+    pool: &NodePool,
+    ctx: &Context,
+    cache: &Cache,
+) -> Result<Arc<dyn Provider>, Error> {
+    let name = pool.name_any();
+    let owner = Owner {
+        pool: name.clone(),
+        uid: pool.uid().unwrap_or_default(),
+        cluster: ctx.args.cluster_name.clone(),
+    };
+    let keys = match pool
+        .spec
+        .provider
+        .aws
+        .as_ref()
+        .and_then(|a| a.credentials_secret_ref.as_ref())
+    {
+        Some(r) => Some(secret_keys(ctx, &name, r).await?),
+        None => None,
+    };
+    let key = serde_json::to_string(&(&pool.spec.provider, &pool.spec.node_labels, &keys))
+        .unwrap_or_default();
+    if let Some((k, p)) = cache.lock().expect("provider cache").get(&owner.uid)
+        && *k == key
+    {
+        return Ok(p.clone());
+    }
+    let provider: Arc<dyn Provider> = match pool.spec.provider.type_ {
+        ProviderType::Aws => {
+            let settings = pool
+                .spec
+                .provider
+                .aws
+                .clone()
+                .ok_or(Error::MissingSettings {
+                    pool: name.clone(),
+                    kind: "Aws",
+                    field: "aws",
+                })?;
+            let client = aws::client(&settings, keys).await;
+            Arc::new(Ec2::new(
+                client,
+                owner.clone(),
+                settings,
+                &pool.spec.node_labels,
+            ))
+        }
+        ProviderType::Local => {
+            let dir = pool
+                .spec
+                .provider
+                .local
+                .as_ref()
+                .and_then(|l| l.state_dir.clone())
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| ctx.args.state_dir.join("nodepools").join(&name));
+            let program = std::env::current_exe().map_err(|source| Error::Program {
+                pool: name.clone(),
+                source,
+            })?;
+            let labels: BTreeMap<String, String> = pool.spec.node_labels.clone();
+            Arc::new(Local::new(owner.clone(), dir, program, labels))
+        }
+    };
+    cache
+        .lock()
+        .expect("provider cache")
+        .insert(owner.uid, (key, provider.clone()));
+    Ok(provider)
+}
+
+/// Drops a deleted pool's provider.
+pub fn forget(pool: &NodePool, cache: &Cache) {
+    cache
+        .lock()
+        .expect("provider cache")
+        .remove(&pool.uid().unwrap_or_default());
+}
+
+async fn secret_keys(
+    ctx: &Context,
+    pool: &str,
+    r: &SecretReference,
+) -> Result<(String, String), Error> {
+    let err = |why: String| Error::Secret {
+        pool: pool.to_owned(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        why,
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &r.namespace)
+        .get(&r.name)
+        .await
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| err(format!("it has no UTF-8 key {k}")))
+    };
+    Ok((get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?))
+}

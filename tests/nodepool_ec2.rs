@@ -1,0 +1,396 @@
+//! NodePools on EC2 end to end: a real `theseus operator` process against the
+//! testbed's API server and moto, behind a proxy that records (and on demand
+//! throttles) every EC2 call. Each test has its own run label, operator and
+//! cluster name, so tests never see each other's instances.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::Client as Ec2Client;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::ec2::{self, Ec2Proxy};
+use support::fleet::{Operator, RUN_LABEL};
+use support::{TestNamespace, TestbedEnv, eventually, repo_root};
+use theseus::api::NodePool;
+use theseus::api::conditions;
+
+struct Rig {
+    tb: TestbedEnv,
+    client: Client,
+    ns: TestNamespace,
+    run: String,
+    logs: std::path::PathBuf,
+    ec2: Ec2Client,
+    proxy: Ec2Proxy,
+    image: String,
+}
+
+impl Rig {
+    async fn new(tag: &str) -> Option<Rig> {
+        let tb = require_testbed!()?;
+        support::agents::apply_crds(&tb);
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/nodepools.theseus.dev",
+            "--timeout=60s",
+        ]);
+        let client = tb.client().await;
+        let ns = TestNamespace::create(&tb, &client, tag).await;
+        let run = ns.name.clone();
+        let logs = repo_root().join("target/test-logs").join(&run);
+        std::fs::create_dir_all(&logs).unwrap();
+        eprintln!("operator logs: {}", logs.display());
+        let ec2 = ec2::moto(tb.ec2_endpoint()).await;
+        let proxy = Ec2Proxy::start(tb.ec2_endpoint()).await;
+        let image = ec2::image(&ec2).await;
+        Some(Rig {
+            tb,
+            client,
+            ns,
+            run,
+            logs,
+            ec2,
+            proxy,
+            image,
+        })
+    }
+
+    /// An operator for this run; its cluster name is the run.
+    fn operator(&self, identity: &str, env: &[(&str, &str)]) -> Operator {
+        Operator::start_with(
+            &self.tb,
+            &self.ns.name,
+            &self.run,
+            identity,
+            &self.logs,
+            &["--cluster-name", &self.run],
+            env,
+        )
+    }
+
+    fn pools(&self) -> Api<NodePool> {
+        Api::all(self.client.clone())
+    }
+
+    async fn create_pool(&self, replicas: i32) {
+        let pool = json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodePool",
+            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
+            "spec": {
+                "replicas": replicas,
+                "provider": { "type": "Aws", "aws": {
+                    "region": "us-east-1", "instanceType": "t3.micro",
+                    "imageId": self.image, "endpoint": self.proxy.url,
+                    "tags": { "team": "theseus-tests" }
+                } },
+                "nodeLabels": { RUN_LABEL: self.run }
+            }
+        });
+        self.pools()
+            .patch(
+                &self.run,
+                &PatchParams::apply("nodepool-test").force(),
+                &Patch::Apply(&pool),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn scale(&self, replicas: i32) {
+        self.tb.kubectl_ok(&[
+            "scale",
+            &format!("nodepool/{}", self.run),
+            &format!("--replicas={replicas}"),
+        ]);
+    }
+
+    /// Our live instances in moto: id → tags.
+    async fn ours(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        ec2::live(
+            &self.ec2,
+            &[
+                ("theseus.dev/nodepool", &self.run),
+                ("theseus.dev/cluster", &self.run),
+            ],
+        )
+        .await
+    }
+
+    /// Waits until moto and the pool's status agree on `n` instances and the
+    /// pool is no longer scaling.
+    async fn converged(&self, n: usize, timeout: Duration) -> NodePool {
+        eventually(timeout, &format!("{n} instances, recorded and live"), || async {
+            let pool = self.pools().get(&self.run).await.map_err(|e| e.to_string())?;
+            let st = pool.status.clone().unwrap_or_default();
+            let recorded: Vec<String> = st.instances.iter().map(|i| i.id.clone()).collect();
+            let live: Vec<String> = self.ours().await.into_keys().collect();
+            let mut sorted = recorded.clone();
+            sorted.sort();
+            let scaling = conditions::find(&st.conditions, "Scaling").map(|c| c.status.clone());
+            if sorted == live && live.len() == n && st.replicas == n as i32 && scaling.as_deref() == Some("False") {
+                Ok(pool)
+            } else {
+                Err(format!("recorded {sorted:?}, live {live:?}, status.replicas {}, Scaling {scaling:?}", st.replicas))
+            }
+        })
+        .await
+    }
+
+    async fn delete_pool_and_wait(&self) {
+        let _ = self
+            .pools()
+            .delete(&self.run, &DeleteParams::default())
+            .await;
+        eventually(Duration::from_secs(60), "the pool is gone", || async {
+            match self.pools().get_opt(&self.run).await {
+                Ok(None) => Ok(()),
+                other => Err(format!(
+                    "{:?}",
+                    other.map(|p| p.map(|p| p.metadata.finalizers))
+                )),
+            }
+        })
+        .await;
+    }
+
+    fn assert_describes_filtered(&self) {
+        let log = self.proxy.log.lock().unwrap();
+        assert!(log.calls.get("DescribeInstances").copied().unwrap_or(0) > 0);
+        assert_eq!(
+            log.unfiltered_describes, 0,
+            "every DescribeInstances carries the owner tag filters"
+        );
+        eprintln!(
+            "EC2 calls through the proxy: {:?} (throttled {})",
+            log.calls, log.throttled
+        );
+    }
+}
+
+fn assert_owner_tags(run: &str, instances: &BTreeMap<String, BTreeMap<String, String>>) {
+    for (id, tags) in instances {
+        assert_eq!(
+            tags.get("theseus.dev/nodepool").map(String::as_str),
+            Some(run),
+            "{id}: {tags:?}"
+        );
+        assert_eq!(
+            tags.get("theseus.dev/cluster").map(String::as_str),
+            Some(run),
+            "{id}: {tags:?}"
+        );
+        assert!(tags.contains_key("theseus.dev/launch"), "{id}: {tags:?}");
+        assert_eq!(
+            tags.get("team").map(String::as_str),
+            Some("theseus-tests"),
+            "{id}: {tags:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_takes_an_ec2_pool_through_0_5_2_0() {
+    let Some(rig) = Rig::new("np-scale").await else {
+        return;
+    };
+    let _operator = rig.operator("a", &[]);
+    rig.create_pool(0).await;
+    rig.converged(0, Duration::from_secs(60)).await;
+    for n in [5, 2, 0] {
+        rig.scale(n);
+        let pool = rig.converged(n as usize, Duration::from_secs(90)).await;
+        assert_owner_tags(&rig.run, &rig.ours().await);
+        let st = pool.status.unwrap();
+        assert_eq!(
+            st.selector.as_deref(),
+            Some(format!("theseus.dev/nodepool={}", rig.run).as_str())
+        );
+        eprintln!(
+            "at {n}: nextLaunch {}, instances {:?}",
+            st.next_launch,
+            st.instances.iter().map(|i| &i.id).collect::<Vec<_>>()
+        );
+    }
+    let scale = rig.pools().get_scale(&rig.run).await.unwrap();
+    // The scale subresource reads through to spec and status (0 is omitted).
+    assert_eq!(scale.spec.and_then(|s| s.replicas).unwrap_or(0), 0);
+    assert_eq!(scale.status.map(|s| s.replicas), Some(0));
+    rig.assert_describes_filtered();
+    assert_eq!(
+        rig.proxy.calls("RunInstances"),
+        1,
+        "one batch launched the five"
+    );
+    rig.delete_pool_and_wait().await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_run_instances_and_the_record_never_launches_twice() {
+    let Some(rig) = Rig::new("np-crash").await else {
+        return;
+    };
+    let mut operator = rig.operator(
+        "a",
+        &[("THESEUS_FAILPOINT", "nodepool-after-run-instances")],
+    );
+    rig.create_pool(0).await;
+    let mut crashes = 0;
+    for n in [2, 4, 7] {
+        rig.scale(n);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match operator.try_wait() {
+                Some(status) => {
+                    assert_eq!(
+                        status.code(),
+                        Some(86),
+                        "the operator stops at the failpoint"
+                    );
+                    crashes += 1;
+                    operator.restart();
+                    break;
+                }
+                None if Instant::now() > deadline => {
+                    panic!("the failpoint was never reached scaling to {n}")
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        // The restarted operator adopts the launch instead of repeating it.
+        rig.converged(n as usize, Duration::from_secs(60)).await;
+        assert!(
+            operator.try_wait().is_none(),
+            "no second launch, so no second crash"
+        );
+    }
+    assert_eq!(crashes, 3);
+    let ours = rig.ours().await;
+    assert_eq!(ours.len(), 7);
+    let mut per_launch: BTreeMap<String, usize> = BTreeMap::new();
+    for tags in ours.values() {
+        *per_launch
+            .entry(tags["theseus.dev/launch"].clone())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_launch.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 3],
+        "{per_launch:?}"
+    );
+    assert_eq!(
+        rig.proxy.calls("RunInstances"),
+        3,
+        "one RunInstances per scale-up, none repeated"
+    );
+    rig.assert_describes_filtered();
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    rig.delete_pool_and_wait().await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_the_pool_does_not_own_or_did_not_record_are_never_terminated() {
+    let Some(rig) = Rig::new("np-foreign").await else {
+        return;
+    };
+    let untagged = ec2::plant(&rig.ec2, &rig.image, &[("team", "someone-else")]).await;
+    let other_cluster = ec2::plant(
+        &rig.ec2,
+        &rig.image,
+        &[
+            ("theseus.dev/nodepool", &rig.run),
+            ("theseus.dev/cluster", "another-cluster"),
+        ],
+    )
+    .await;
+    let young_ours = ec2::plant(
+        &rig.ec2,
+        &rig.image,
+        &[
+            ("theseus.dev/nodepool", &rig.run),
+            ("theseus.dev/cluster", &rig.run),
+        ],
+    )
+    .await;
+    let planted = [untagged, other_cluster, young_ours.clone()];
+    let _operator = rig.operator("a", &[]);
+    rig.create_pool(3).await;
+    // The young unrecorded instance is neither adopted nor counted.
+    eventually(
+        Duration::from_secs(60),
+        "three recorded instances",
+        || async {
+            let pool = rig.pools().get(&rig.run).await.map_err(|e| e.to_string())?;
+            let st = pool.status.unwrap_or_default();
+            let ids: Vec<&String> = st.instances.iter().map(|i| &i.id).collect();
+            (ids.len() == 3 && !ids.contains(&&young_ours))
+                .then_some(())
+                .ok_or(format!("{ids:?}"))
+        },
+    )
+    .await;
+    rig.scale(0);
+    eventually(
+        Duration::from_secs(60),
+        "the pool's own instances terminated",
+        || async {
+            let live: Vec<String> = rig.ours().await.into_keys().collect();
+            (live == vec![young_ours.clone()])
+                .then_some(())
+                .ok_or(format!("{live:?}"))
+        },
+    )
+    .await;
+    rig.delete_pool_and_wait().await;
+    for id in &planted {
+        assert_eq!(
+            ec2::state(&rig.ec2, id).await,
+            "running",
+            "{id} was touched"
+        );
+    }
+    rig.assert_describes_filtered();
+    ec2::terminate(&rig.ec2, &planted).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_calls_are_retried_with_backoff_and_the_pool_converges_without_duplicates() {
+    let Some(rig) = Rig::new("np-throttle").await else {
+        return;
+    };
+    let _operator = rig.operator("a", &[]);
+    rig.create_pool(0).await;
+    rig.converged(0, Duration::from_secs(60)).await;
+    rig.proxy.log.lock().unwrap().throttle_until = Some(Instant::now() + Duration::from_secs(4));
+    rig.scale(4);
+    rig.converged(4, Duration::from_secs(90)).await;
+    let (throttled, run_forwarded) = {
+        let log = rig.proxy.log.lock().unwrap();
+        (
+            log.throttled,
+            log.forwarded.get("RunInstances").copied().unwrap_or(0),
+        )
+    };
+    assert!(throttled > 0, "the proxy throttled something");
+    assert_eq!(run_forwarded, 1, "exactly one RunInstances reached EC2");
+    assert_eq!(rig.ours().await.len(), 4);
+    // Bounded: the operator gave up on no call for good, and never hammered.
+    let attempts: usize = rig.proxy.log.lock().unwrap().calls.values().sum();
+    assert!(
+        attempts < 200,
+        "{attempts} attempts in a 4-second throttle window"
+    );
+    rig.assert_describes_filtered();
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    rig.delete_pool_and_wait().await;
+    rig.ns.delete(&rig.client).await;
+}
