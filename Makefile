@@ -34,7 +34,7 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --no-fail-fast
 
 ## crds: regenerate crds/ from the API types (and the chart's copy)
 crds:

@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::status::{conflict_condition, invalid_conditions, set_status};
+use super::status::{REPOSITORY_NOT_READY, conflict_condition, invalid_conditions, set_status};
 use super::{ownership, plan, validate};
 use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
 use crate::operator::halt::HALT_CONFIGMAP;
@@ -223,7 +223,7 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
                     set.spec.repository
                 ),
             };
-            return write_invalid(set, sc, "RepositoryNotReady", vec![why], now).await;
+            return write_invalid(set, sc, REPOSITORY_NOT_READY, vec![why], now).await;
         }
     };
     let problems = validate::problems(&set.spec.packages, &set.spec.required, &index);
@@ -450,7 +450,7 @@ async fn write_invalid(
     }
     // A repository that is not ready yet is worth another look soon; an
     // invalid spec waits for a change (the watch brings it).
-    Ok(Some(if reason == "RepositoryNotReady" {
+    Ok(Some(if reason == REPOSITORY_NOT_READY {
         Action::requeue(Duration::from_secs(10))
     } else {
         Action::await_change()

@@ -42,17 +42,26 @@ pub fn conflict_condition(conflicts: &BTreeMap<String, String>) -> Observed<'sta
     )
 }
 
-/// The conditions of a set that cannot be rolled.
+/// The reason of a set whose repository has no index yet.
+pub const REPOSITORY_NOT_READY: &str = "RepositoryNotReady";
+
+/// The conditions of a set that cannot be rolled. A repository that is not
+/// ready yet only holds the rollout (it may sync any moment); an invalid
+/// spec degrades the set until someone changes it.
 pub fn invalid_conditions(reason: &'static str, problems: &[String]) -> Vec<Observed<'static>> {
     let message = problems.join("; ");
+    let progressing = Observed::new(
+        types::PROGRESSING,
+        false,
+        reason,
+        format!("not rolling: {message}"),
+    );
+    if reason == REPOSITORY_NOT_READY {
+        return vec![progressing];
+    }
     vec![
-        Observed::new(types::DEGRADED, true, reason, message.clone()),
-        Observed::new(
-            types::PROGRESSING,
-            false,
-            reason,
-            format!("not rolling: {message}"),
-        ),
+        Observed::new(types::DEGRADED, true, reason, message),
+        progressing,
     ]
 }
 

@@ -29,12 +29,17 @@ pub fn theseus() -> &'static str {
 }
 
 /// A free port on 127.0.0.1 (bound once, then released).
+///
+/// Ports come from 10000–19999, below the kernel's ephemeral range: a port
+/// handed out here and bound a few seconds later (a service's port) cannot
+/// meanwhile be given by the kernel to another test's `127.0.0.1:0` listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 10_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The repository root.
