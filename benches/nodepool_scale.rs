@@ -6,9 +6,13 @@
 //! then one RunInstances (scale-up, one batch) or one TerminateInstances
 //! (scale-down).
 //!
-//! `cargo bench --bench nodepool_scale` needs THESEUS_EC2_ENDPOINT
-//! (`eval "$(testbed/testbed env)"`). Without `--bench` (as `cargo test
-//! --all-targets` runs it) a missing endpoint skips it.
+//! `cargo bench --bench nodepool_scale` uses THESEUS_EC2_ENDPOINT and the
+//! AWS_* variables when set (`eval "$(testbed/testbed env)"`), and the
+//! testbed's moto otherwise. Without `--bench` (as `cargo test --all-targets`
+//! runs it) it does the same with 5 instances.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -122,18 +126,28 @@ async fn phase(provider: &Ec2, record: &mut Record, replicas: usize, minimum: u6
     ratio
 }
 
+/// The EC2 endpoint and credentials: from the environment, or the testbed's.
+fn ec2_target() -> (String, Option<(String, String)>) {
+    if let Ok(endpoint) = std::env::var("THESEUS_EC2_ENDPOINT") {
+        return (endpoint, None);
+    }
+    let Some(tb) = support::testbed() else {
+        eprintln!(
+            "nodepool_scale: set THESEUS_EC2_ENDPOINT or bring the testbed up (testbed/testbed up)"
+        );
+        std::process::exit(2);
+    };
+    let keys = (
+        tb.var("AWS_ACCESS_KEY_ID").to_owned(),
+        tb.var("AWS_SECRET_ACCESS_KEY").to_owned(),
+    );
+    (tb.ec2_endpoint().to_owned(), Some(keys))
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let Ok(endpoint) = std::env::var("THESEUS_EC2_ENDPOINT") else {
-        if full {
-            eprintln!(
-                "nodepool_scale: THESEUS_EC2_ENDPOINT is not set; run `eval \"$(testbed/testbed env)\"` (moto) first"
-            );
-            std::process::exit(2);
-        }
-        eprintln!("nodepool_scale: SKIPPED (THESEUS_EC2_ENDPOINT not set)");
-        return;
-    };
+    let target = if full { TARGET } else { 5 };
+    let (endpoint, keys) = ec2_target();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let settings = AwsProvider {
@@ -142,7 +156,7 @@ fn main() {
             endpoint: Some(endpoint),
             ..Default::default()
         };
-        let client = aws::client(&settings, None).await;
+        let client = aws::client(&settings, keys).await;
         let images = client.describe_images().owners("amazon").send().await.expect("describe images");
         let image = images.images().iter().find_map(|i| i.image_id()).expect("an AMI").to_owned();
         let run = format!("{:08x}", rand::random::<u32>());
@@ -151,11 +165,12 @@ fn main() {
             uid: format!("bench-uid-{run}"),
             cluster: "theseus-bench".into(),
         };
+        let shown = settings.endpoint.clone().unwrap_or_default();
         let settings = AwsProvider { image_id: image, ..settings };
         let provider = Ec2::new(client, owner, settings, &BTreeMap::new());
         let mut record = Record::default();
-        println!("nodepool_scale: {TARGET} instances against {}", std::env::var("THESEUS_EC2_ENDPOINT").unwrap());
-        let up = phase(&provider, &mut record, TARGET, 2).await;
+        println!("nodepool_scale: {target} instances against {shown}");
+        let up = phase(&provider, &mut record, target, 2).await;
         // A later scale request: the listing cache has expired by then.
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let down = phase(&provider, &mut record, 0, 2).await;
