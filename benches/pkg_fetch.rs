@@ -6,9 +6,12 @@
 //! `cargo bench --bench pkg_fetch` runs the full size. Without `--bench`
 //! (as `cargo test --all-targets` runs it) it is a quick smoke run.
 
-use std::io::{BufRead, BufReader, Write};
+#[path = "../tests/common/repo_server.rs"]
+mod repo_server;
+
+use repo_server::RepoServer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -75,7 +78,7 @@ fn main() {
         compressed(&repo) as f64 / 1e6
     );
     let bin = private_binary(work.path());
-    let server = Server::start(&bin, &repo);
+    let server = RepoServer::start(Command::new(&bin), &repo);
     let urls: Vec<String> = ids
         .iter()
         .map(|id| format!("{}/packages/{id}.tar.gz", server.url))
@@ -265,40 +268,6 @@ fn private_binary(work: &Path) -> PathBuf {
     let copy = work.join("theseus");
     std::fs::copy(env!("CARGO_BIN_EXE_theseus"), &copy).unwrap();
     copy
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path) -> Self {
-        let mut child = Command::new(bin)
-            .args(["repo", "serve"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Self {
-            child,
-            url: line.trim().to_owned(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::io::stdout().flush();
-    }
 }
 
 fn median(runs: &mut [Duration]) -> Duration {

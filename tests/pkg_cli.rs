@@ -246,7 +246,7 @@ fn bootstrap_refuses_a_root_that_already_has_an_active_set() {
         &[("a--1", &[("bin/a", "a\n")])],
         None,
     );
-    let server = RepoServer::start(&dir.path().join("repo"));
+    let server = RepoServer::start(theseus(), &dir.path().join("repo"));
     let root = dir.path().join("root");
     pkg(&root, &["bootstrap", "--repo", &server.url, "a--1"]).unwrap();
     let err = pkg(&root, &["bootstrap", "--repo", &server.url, "a--1"]).unwrap_err();

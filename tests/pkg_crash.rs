@@ -171,7 +171,7 @@ fn activation_killed_at_any_moment_leaves_the_old_set_or_the_new_one() {
         ],
         None,
     );
-    let server = RepoServer::start(&dir.path().join("repo"));
+    let server = RepoServer::start(theseus(), &dir.path().join("repo"));
     let template = dir.path().join("template");
     let out = pkg(&template)
         .arg("bootstrap")

@@ -278,7 +278,7 @@ fn served_repo(dir: &std::path::Path, key: Option<&ed25519_dalek::SigningKey>) -
         &[("tool--1", &[("bin/tool", "#!/bin/sh\necho tool\n")])],
         key,
     );
-    RepoServer::start(&dir.join("repo"))
+    RepoServer::start(theseus(), &dir.join("repo"))
 }
 
 fn run(root: &std::path::Path, args: &[&str]) -> (bool, String) {

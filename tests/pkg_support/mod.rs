@@ -3,9 +3,9 @@
 //! archives the `tar` crate's builder refuses to write.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use flate2::Compression;
@@ -80,45 +80,10 @@ pub fn make_repo(
     theseus::pkg::index::write(repo, None, key).unwrap();
 }
 
-/// A `theseus repo serve` child on an ephemeral port; killed on drop.
-pub struct RepoServer {
-    child: Child,
-    /// The base URL, e.g. `http://127.0.0.1:41234`.
-    pub url: String,
-}
-
-impl RepoServer {
-    /// Starts serving `dir`.
-    pub fn start(dir: &Path) -> Self {
-        let mut child = theseus()
-            .args(["repo", "serve"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("http://127.0.0.1:"),
-            "unexpected first line {line:?}"
-        );
-        Self {
-            child,
-            url: line.trim().to_owned(),
-        }
-    }
-}
-
-impl Drop for RepoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "../common/repo_server.rs"]
+mod repo_server;
+#[allow(unused_imports)] // not every test binary serves a repository
+pub use repo_server::RepoServer;
 
 /// A raw 512-byte ustar header.
 pub fn header(name: &str, size: u64, typeflag: u8, link: &str, mode: u32) -> [u8; 512] {

@@ -3,7 +3,6 @@
 //! binary with their own temporary roots, and the operator's side of a
 //! NodeInstall (writing `spec.target`, reading `status`).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -15,6 +14,7 @@ use theseus::pkg::{PackageId, set_hash};
 
 use super::{TestbedEnv, repo_root};
 
+use super::repo_server::RepoServer;
 use super::{free_port, theseus};
 
 /// Applies `crds/` once per test binary.
@@ -37,7 +37,7 @@ pub fn apply_crds(tb: &TestbedEnv) {
 pub struct Repo {
     /// Its base URL.
     pub url: String,
-    server: Child,
+    _server: RepoServer,
     _dir: tempfile::TempDir,
 }
 
@@ -51,36 +51,12 @@ impl Repo {
             .status()
             .unwrap();
         assert!(status.success(), "examples/build-repo.sh failed");
-        let mut server = Command::new(theseus())
-            .args(["repo", "serve"])
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("repo serve printed no URL: {line:?}"))
-            .trim_end_matches('/')
-            .to_owned();
+        let server = RepoServer::start(Command::new(theseus()), dir.path());
         Self {
-            url,
-            server,
+            url: server.url.clone(),
+            _server: server,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for Repo {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
     }
 }
 

@@ -10,6 +10,8 @@
 pub mod agents;
 pub mod ec2;
 pub mod fleet;
+#[path = "../common/repo_server.rs"]
+pub mod repo_server;
 
 use std::collections::HashMap;
 use std::future::Future;
