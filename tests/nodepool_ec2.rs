@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::Client as Ec2Client;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use support::ec2::{self, Ec2Proxy};
-use support::fleet::{Operator, RUN_LABEL};
+use support::fleet::Operator;
 use support::{TestNamespace, TestbedEnv, eventually, repo_root};
 use theseus::api::NodePool;
 use theseus::api::conditions;
@@ -78,35 +78,18 @@ impl Rig {
     }
 
     async fn create_pool(&self, replicas: i32) {
-        let pool = json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodePool",
-            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
-            "spec": {
-                "replicas": replicas,
-                "provider": { "type": "Aws", "aws": {
-                    "region": "us-east-1", "instanceType": "t3.micro",
-                    "imageId": self.image, "endpoint": self.proxy.url,
-                    "tags": { "team": "theseus-tests" }
-                } },
-                "nodeLabels": { RUN_LABEL: self.run }
-            }
+        let spec = json!({
+            "provider": { "type": "Aws", "aws": {
+                "region": "us-east-1", "instanceType": "t3.micro",
+                "imageId": self.image, "endpoint": self.proxy.url,
+                "tags": { "team": "theseus-tests" }
+            } }
         });
-        self.pools()
-            .patch(
-                &self.run,
-                &PatchParams::apply("nodepool-test").force(),
-                &Patch::Apply(&pool),
-            )
-            .await
-            .unwrap();
+        support::pools::apply(&self.pools(), &self.run, replicas, spec).await;
     }
 
     fn scale(&self, replicas: i32) {
-        self.tb.kubectl_ok(&[
-            "scale",
-            &format!("nodepool/{}", self.run),
-            &format!("--replicas={replicas}"),
-        ]);
+        support::pools::scale(&self.tb, &self.run, replicas);
     }
 
     /// Our live instances in moto: id → tags.

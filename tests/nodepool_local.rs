@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use support::fleet::{Operator, RUN_LABEL};
+use support::fleet::Operator;
 use support::{TestNamespace, TestbedEnv, eventually, repo_root};
 use theseus::api::conditions;
 use theseus::api::{NodeInstall, NodePool};
@@ -62,33 +62,16 @@ impl Rig {
     }
 
     async fn apply_pool(&self, replicas: i32, policy: &str) {
-        let pool = json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodePool",
-            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
-            "spec": {
-                "replicas": replicas,
-                "provider": { "type": "Local", "local": {} },
-                "nodeLabels": { RUN_LABEL: self.run },
-                "drainTimeoutSeconds": 5,
-                "drainTimeoutPolicy": policy,
-            }
+        let spec = json!({
+            "provider": { "type": "Local", "local": {} },
+            "drainTimeoutSeconds": 5,
+            "drainTimeoutPolicy": policy,
         });
-        self.pools()
-            .patch(
-                &self.run,
-                &PatchParams::apply("nodepool-test").force(),
-                &Patch::Apply(&pool),
-            )
-            .await
-            .unwrap();
+        support::pools::apply(&self.pools(), &self.run, replicas, spec).await;
     }
 
     fn scale(&self, replicas: i32) {
-        self.tb.kubectl_ok(&[
-            "scale",
-            &format!("nodepool/{}", self.run),
-            &format!("--replicas={replicas}"),
-        ]);
+        support::pools::scale(&self.tb, &self.run, replicas);
     }
 
     async fn node_installs(&self) -> Vec<NodeInstall> {

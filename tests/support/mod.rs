@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod ec2;
 pub mod fleet;
+pub mod pools;
 #[path = "../common/repo_server.rs"]
 pub mod repo_server;
 
