@@ -211,6 +211,13 @@ pub struct LocalProvider {
     /// `nodepools/POOL` directory under the operator's state directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+
+    /// When set, node N (the number in its name, `POOL-N`) is started with
+    /// `--env PORT=BASE+N`, so that the services of several local nodes on
+    /// one machine listen on distinct ports; packages read it as `${PORT}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65000))]
+    pub service_port_base: Option<i32>,
 }
 
 /// What the pool has.

@@ -33,6 +33,18 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// `servicePortBase` plus a node's number is not a port.
+    #[error(
+        "NodePool {pool}: node {seq} would get PORT={base}+{seq}, past 65535; lower spec.provider.local.servicePortBase"
+    )]
+    PortRange {
+        /// The pool.
+        pool: String,
+        /// The configured base.
+        base: i32,
+        /// The node's launch sequence.
+        seq: i64,
+    },
     /// An instance to terminate is not one of this pool's.
     #[error("NodePool {pool}: refusing to stop {id}: it is not one of this pool's local instances")]
     NotOwned {
@@ -49,22 +61,26 @@ pub struct Local {
     dir: PathBuf,
     program: PathBuf,
     labels: BTreeMap<String, String>,
+    port_base: Option<i32>,
 }
 
 impl Local {
     /// Agents of `owner`'s pool under `dir`, run from `program` (the
-    /// operator's own binary) with the pool's node labels.
+    /// operator's own binary) with the pool's node labels; with a
+    /// `port_base`, agent N sets `PORT=port_base+N` for its services.
     pub fn new(
         owner: Owner,
         dir: PathBuf,
         program: PathBuf,
         labels: BTreeMap<String, String>,
+        port_base: Option<i32>,
     ) -> Local {
         Local {
             owner,
             dir,
             program,
             labels,
+            port_base,
         }
     }
 
@@ -132,6 +148,7 @@ impl Local {
         if let Some((_, launched)) = self.running(seq) {
             return Ok(self.instance(seq, launched));
         }
+        let port = service_port(&self.owner.pool, self.port_base, seq)?;
         let dir = self.dir.join(seq.to_string());
         std::fs::create_dir_all(dir.join("root")).map_err(self.io("cannot create", &dir))?;
         let log_path = dir.join("agent.log");
@@ -148,6 +165,7 @@ impl Local {
             .args(["--labels", &labels.join(",")])
             .args(["--instance-id", &self.id(seq)])
             .args(["--listen", "127.0.0.1:0", "--heartbeat-seconds", "5"])
+            .args(port.map(|p| format!("--env=PORT={p}")))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log);
@@ -194,6 +212,22 @@ impl Local {
             _ => Ok(()),
         }
     }
+}
+
+/// The `PORT` of node `seq`'s services: `base + seq`, when a base is set.
+fn service_port(pool: &str, base: Option<i32>, seq: i64) -> Result<Option<u16>, Error> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    u16::try_from(i64::from(base) + seq)
+        .ok()
+        .filter(|&p| p > 0)
+        .map(Some)
+        .ok_or_else(|| Error::PortRange {
+            pool: pool.to_owned(),
+            base,
+            seq,
+        })
 }
 
 fn write(path: &Path, text: &str) -> std::io::Result<()> {
@@ -268,5 +302,23 @@ impl Provider for Local {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_n_gets_the_base_plus_n() {
+        assert_eq!(service_port("p", None, 7).unwrap(), None);
+        assert_eq!(service_port("p", Some(27100), 0).unwrap(), Some(27100));
+        assert_eq!(service_port("p", Some(27100), 4).unwrap(), Some(27104));
+        assert_eq!(service_port("p", Some(65000), 535).unwrap(), Some(65535));
+        let err = service_port("p", Some(65000), 536).unwrap_err().to_string();
+        assert!(
+            err.contains("NodePool p") && err.contains("servicePortBase"),
+            "{err}"
+        );
     }
 }

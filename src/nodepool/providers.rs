@@ -104,12 +104,9 @@ pub async fn get(
             ))
         }
         ProviderType::Local => {
-            let dir = pool
-                .spec
-                .provider
-                .local
-                .as_ref()
-                .and_then(|l| l.state_dir.clone())
+            let settings = pool.spec.provider.local.clone().unwrap_or_default();
+            let dir = settings
+                .state_dir
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| ctx.args.state_dir.join("nodepools").join(&name));
             let program = std::env::current_exe().map_err(|source| Error::Program {
@@ -117,7 +114,13 @@ pub async fn get(
                 source,
             })?;
             let labels: BTreeMap<String, String> = pool.spec.node_labels.clone();
-            Arc::new(Local::new(owner.clone(), dir, program, labels))
+            Arc::new(Local::new(
+                owner.clone(),
+                dir,
+                program,
+                labels,
+                settings.service_port_base,
+            ))
         }
     };
     cache
