@@ -51,6 +51,8 @@ pub struct Context {
     /// Only ServiceGroups (and their Deployments and pods) in this
     /// namespace; all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Only ServiceGroups whose labels match this selector; all when `None`.
+    pub selector: Option<String>,
 }
 
 impl Context {
@@ -68,6 +70,7 @@ impl Context {
             resync_interval: Duration::from_secs(60),
             write_concurrency: 4,
             namespace: None,
+            selector: None,
         }
     }
 
@@ -143,7 +146,11 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     let groups: Api<ServiceGroup> = ctx.api();
     crd_served(groups.clone()).await?;
     let labelled = watcher::Config::default().labels(NAME_LABEL);
-    let controller = Controller::new(groups.clone(), watcher::Config::default())
+    let scoped = match &ctx.selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    let controller = Controller::new(groups.clone(), scoped.clone())
         .owns(Api::<Deployment>::all(ctx.client.clone()), labelled.clone())
         .watches(
             Api::<Pod>::all(ctx.client.clone()),
@@ -157,9 +164,7 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     let same_path = store.clone();
     let (notify, notified) = futures::channel::mpsc::unbounded();
     let controller = controller
-        .watches(groups, watcher::Config::default(), move |sg| {
-            sharing_path(&same_path, &sg)
-        })
+        .watches(groups, scoped, move |sg| sharing_path(&same_path, &sg))
         .reconcile_on(notified);
 
     let (pod_store, pod_writer) = reflector::store();

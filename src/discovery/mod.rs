@@ -39,7 +39,8 @@ pub fn operator_controller(
         if ctx.args.no_discovery {
             return;
         }
-        let discovery = Context::new(ctx.client.clone(), ctx.args.discovery.config());
+        let mut discovery = Context::new(ctx.client.clone(), ctx.args.discovery.config());
+        discovery.selector = ctx.args.selector.clone();
         tokio::select! {
             result = run(discovery) => {
                 if let Err(err) = result {
