@@ -145,7 +145,12 @@ async fn a_target_goes_v1_then_v2_and_a_failing_v3_is_rolled_back() {
     assert_eq!(s.active_hash.as_deref(), Some(v2.as_str()));
     assert_eq!(agent.disk_hash().as_deref(), Some(v2.as_str()));
     assert!(s.message.unwrap_or_default().contains("not healthy"));
-    until_serving(&agent, "2.0.0").await;
+    // RolledBack is reported once the old set serves again.
+    assert_eq!(
+        agent.service_version().await.unwrap(),
+        "2.0.0",
+        "the old set serves as soon as RolledBack is reported"
+    );
     // The failed target is not retried while it stays the target.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = status(&api, &agent.node).await.unwrap();

@@ -218,7 +218,7 @@ impl Switcher {
                 clear_note(self.root.lock().await.path());
                 Outcome::Active
             }
-            Err(reason) => self.roll_back(new, reason).await,
+            Err(reason) => self.roll_back(new, reason, timeout).await,
         }
     }
 
@@ -282,7 +282,10 @@ impl Switcher {
         }
     }
 
-    async fn roll_back(&self, new: &[ServiceSpec], reason: String) -> Outcome {
+    /// Stops `new`, switches back to the previous set and waits (up to
+    /// `timeout`) for its services to be healthy again, so that RolledBack
+    /// means the old set is serving.
+    async fn roll_back(&self, new: &[ServiceSpec], reason: String, timeout: Duration) -> Outcome {
         tracing::warn!("rolling back: {reason}");
         if let Err(e) = self.stop_all(new).await {
             tracing::warn!("stopping the failed services: {e}");
@@ -296,21 +299,26 @@ impl Switcher {
                 "{reason}; there is no previous set to roll back to, so the failed set stays active with its services stopped"
             )),
             Err(e) => Outcome::Failed(format!("{reason}; rollback failed: {e}")),
-            Ok(_) => self.restart_old(reason).await,
+            Ok(_) => self.restart_old(reason, timeout).await,
         };
         clear_note(&root_path);
         result
     }
 
-    async fn restart_old(&self, reason: String) -> Outcome {
+    async fn restart_old(&self, reason: String, timeout: Duration) -> Outcome {
         let old = match self.active_services().await {
             Ok(old) => old,
             Err(e) => return Outcome::Failed(format!("{reason}; rolled back, but {e}")),
         };
-        match self.ensure_running(&old).await {
+        if let Err(e) = self.ensure_running(&old).await {
+            return Outcome::Failed(format!(
+                "{reason}; rolled back, but the old services do not start: {e}"
+            ));
+        }
+        match self.wait_healthy(&old, timeout).await {
             Ok(()) => Outcome::RolledBack(reason),
             Err(e) => Outcome::Failed(format!(
-                "{reason}; rolled back, but the old services do not start: {e}"
+                "{reason}; rolled back, but the old services are not healthy either ({e}); check the node's service logs"
             )),
         }
     }
