@@ -130,9 +130,17 @@ pub fn verdict(set: &PackageSet) -> Verdict {
     Verdict::Rolling
 }
 
-/// One line: a bar of updated nodes out of desired.
+/// One line: a bar of updated nodes out of desired, or what the operator
+/// has yet to see.
 pub fn progress_line(set: &PackageSet) -> String {
     let s = set.status.clone().unwrap_or_default();
+    let name = set.metadata.name.as_deref().unwrap_or_default();
+    if s.observed_generation != set.metadata.generation {
+        return format!(
+            "{name}: waiting for the operator to pick up generation {}",
+            set.metadata.generation.unwrap_or_default()
+        );
+    }
     let (done, total) = (
         s.updated_nodes.max(0) as usize,
         s.desired_nodes.max(0) as usize,
@@ -143,8 +151,7 @@ pub fn progress_line(set: &PackageSet) -> String {
         .unwrap_or(width)
         .min(width);
     format!(
-        "{} [{}{}] {done}/{total} updated, {} switching, {} failed",
-        set.metadata.name.as_deref().unwrap_or_default(),
+        "{name} [{}{}] {done}/{total} updated, {} switching, {} failed",
         "#".repeat(filled),
         "-".repeat(width - filled),
         s.in_progress_nodes,
@@ -193,5 +200,63 @@ async fn status(client: Client, args: StatusArgs) -> anyhow::Result<ExitCode> {
             return finish(format!("timed out after {}s", args.timeout), 2);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PackageSetSpec, PackageSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn set(generation: i64, observed: i64, updated: i32, available: &str) -> PackageSet {
+        let spec: PackageSetSpec = serde_json::from_value(serde_json::json!({
+            "repository": "stable", "packages": ["web--1.0.0"], "nodeSelector": {}
+        }))
+        .expect("a minimal spec");
+        let mut set = PackageSet::new("web", spec);
+        set.metadata.generation = Some(generation);
+        set.status = Some(PackageSetStatus {
+            observed_generation: Some(observed),
+            desired_nodes: 4,
+            updated_nodes: updated,
+            conditions: vec![Condition {
+                type_: types::AVAILABLE.into(),
+                status: available.into(),
+                reason: "Test".into(),
+                message: String::new(),
+                observed_generation: Some(observed),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+            }],
+            ..PackageSetStatus::default()
+        });
+        set
+    }
+
+    #[test]
+    fn a_status_of_an_older_generation_is_not_trusted() {
+        let stale = set(2, 1, 4, "True");
+        assert_eq!(verdict(&stale), Verdict::Rolling);
+        assert_eq!(
+            progress_line(&stale),
+            "web: waiting for the operator to pick up generation 2"
+        );
+    }
+
+    #[test]
+    fn a_current_status_shows_its_bar_and_verdict() {
+        let half = set(3, 3, 2, "False");
+        assert_eq!(verdict(&half), Verdict::Rolling);
+        assert_eq!(
+            progress_line(&half),
+            format!(
+                "web [{}{}] 2/4 updated, 0 switching, 0 failed",
+                "#".repeat(15),
+                "-".repeat(15)
+            )
+        );
+        assert_eq!(verdict(&set(3, 3, 4, "True")), Verdict::Available);
     }
 }

@@ -391,12 +391,23 @@ fn node_views(
                 active_hash: status.active_hash,
                 phase: status.phase,
                 failed_hash: status.failed_hash,
-                heartbeat: status.heartbeat.map(|t| t.0),
+                heartbeat: last_sign_of_life(n),
                 ready_since: ready,
                 reserved: reserved.contains(&n.name_any()),
             }
         })
         .collect()
+}
+
+/// A node's last heartbeat or, before its first, when it registered: a
+/// node that has just joined gets `--stale-after-seconds` to report instead
+/// of degrading every set it matches until its first status write.
+fn last_sign_of_life(node: &NodeInstall) -> Option<Timestamp> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.heartbeat.as_ref())
+        .or(node.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0)
 }
 
 async fn write_status(
@@ -481,4 +492,26 @@ async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NodeInstallSpec, NodeInstallStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_node_is_alive_from_its_registration_until_its_first_heartbeat() {
+        let registered = Timestamp::from_second(1_000).unwrap();
+        let beat = Timestamp::from_second(2_000).unwrap();
+        let mut node = NodeInstall::new("n0", NodeInstallSpec::default());
+        assert_eq!(last_sign_of_life(&node), None, "never heard of");
+        node.metadata.creation_timestamp = Some(Time(registered));
+        assert_eq!(last_sign_of_life(&node), Some(registered));
+        node.status = Some(NodeInstallStatus {
+            heartbeat: Some(Time(beat)),
+            ..NodeInstallStatus::default()
+        });
+        assert_eq!(last_sign_of_life(&node), Some(beat));
+    }
 }
