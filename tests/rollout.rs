@@ -406,7 +406,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     };
     let first = eventually(Duration::from_secs(20), "a leader is elected", holder).await;
     assert_eq!(first, "a");
-    let _b = rig.operator("b");
+    let mut b = rig.operator("b");
     rig.apply_set(&[V1], json!(1)).await;
     rig.wait_condition("Available", "True", Duration::from_secs(60))
         .await;
@@ -433,6 +433,22 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     rig.apply_set(&[V2], json!(1)).await;
     rig.wait_condition("Available", "True", Duration::from_secs(60))
         .await;
+
+    // A leader stopped with SIGTERM releases the lease on its way out.
+    let _c = rig.operator("c");
+    b.terminate();
+    let after = holder().await;
+    assert!(
+        after.as_deref() != Ok("b"),
+        "b still holds the lease after exiting: {after:?}"
+    );
+    eventually(Duration::from_secs(15), "c takes over", || async {
+        match holder().await {
+            Ok(h) if h == "c" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     rig.clean_up(fleet).await;
 }
 
@@ -566,10 +582,11 @@ async fn six_real_agents_roll_v1_v2_and_roll_back_a_failing_v3() {
         2,
         "only the first batch tried v3: {touched:?}"
     );
+    // Stopped first: a running agent would register its NodeInstall again.
+    drop(agents);
     for name in &names {
         let _ = api.delete(name, &DeleteParams::default()).await;
     }
-    drop(agents);
     let _ = rig.sets().delete(&rig.run, &DeleteParams::default()).await;
     let _ = Api::<PackageRepository>::all(rig.client.clone())
         .delete(&rig.run, &DeleteParams::default())

@@ -62,6 +62,7 @@ pub struct LeaseConfig {
 }
 
 /// Campaigns for the lease and reports leadership on a watch channel.
+#[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
@@ -149,6 +150,32 @@ impl Elector {
         match write {
             Ok(_) => Ok(true),
             // Another candidate wrote first: we follow until the next round.
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Gives the lease up if we hold it (on shutdown, after the controllers
+    /// have stopped), so that a standby takes over on its next round rather
+    /// than after the lease expires. Returns whether we held it.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        // The read's resourceVersion makes this a compare-and-swap: a lease
+        // someone else took meanwhile is left alone.
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(err) => Err(err),
         }

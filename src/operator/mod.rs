@@ -73,9 +73,10 @@ pub struct OperatorArgs {
     #[arg(long, default_value_t = 60)]
     pub stale_after_seconds: u64,
 
-    /// Only manage PackageSets, PackageRepositories and NodeInstalls whose
-    /// labels match this selector (e.g. `fleet=eu`), so that several operators
-    /// can share a cluster, each with its own objects.
+    /// Only manage PackageSets, PackageRepositories, NodeInstalls, NodePools
+    /// and ServiceGroups whose labels match this selector (e.g. `fleet=eu`),
+    /// so that several operators can share a cluster, each with its own
+    /// objects.
     #[arg(long, env = "THESEUS_SELECTOR")]
     pub selector: Option<String>,
 
@@ -193,20 +194,44 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
             duration: Duration::from_secs(args.lease_seconds),
         },
     );
-    tokio::spawn(elector.run(leading_tx));
-    tokio::select! {
-        () = lead(ctx, leading, controllers) => Ok(()),
-        () = shutdown_signal() => {
-            info!("shutting down");
-            Ok(())
+    let campaign = tokio::spawn(elector.clone().run(leading_tx));
+    let shutdown = CancellationToken::new();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        signalled.cancel();
+    });
+    lead(ctx, leading, controllers, shutdown).await;
+    // The controllers have stopped: hand the lease over at once.
+    campaign.abort();
+    match elector.release().await {
+        Ok(true) => info!("released the leader lease"),
+        Ok(false) => {}
+        Err(err) => {
+            warn!(error = %err, "cannot release the leader lease; a standby takes over when it expires")
         }
     }
+    Ok(())
 }
 
-/// Runs the controllers while we lead, and stops them when we do not.
-async fn lead(ctx: Context, mut leading: watch::Receiver<bool>, controllers: &[ControllerFn]) {
+/// How long stopping controllers may take before they are aborted.
+const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the controllers while we lead, and stops them when we do not;
+/// returns, with every controller stopped, once `shutdown` is cancelled.
+async fn lead(
+    ctx: Context,
+    mut leading: watch::Receiver<bool>,
+    controllers: &[ControllerFn],
+    shutdown: CancellationToken,
+) {
     loop {
-        if leading.wait_for(|l| *l).await.is_err() {
+        let elected = tokio::select! {
+            r = leading.wait_for(|l| *l) => r.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if !elected {
             return;
         }
         info!("leading: starting controllers");
@@ -215,13 +240,24 @@ async fn lead(ctx: Context, mut leading: watch::Receiver<bool>, controllers: &[C
             .iter()
             .map(|c| tokio::spawn(c(ctx.clone(), stop.child_token())))
             .collect();
-        if leading.wait_for(|l| !*l).await.is_err() {
-            return;
+        let deposed = tokio::select! {
+            r = leading.wait_for(|l| !*l) => r.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if deposed {
+            warn!("lost leadership: stopping controllers");
         }
-        warn!("lost leadership: stopping controllers");
         stop.cancel();
+        let deadline = tokio::time::Instant::now() + CONTROLLER_STOP_GRACE;
         for task in tasks {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!("a controller did not stop within {CONTROLLER_STOP_GRACE:?}; aborting it");
+                abort.abort();
+            }
+        }
+        if !deposed {
+            return;
         }
     }
 }

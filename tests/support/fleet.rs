@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,23 @@ impl Operator {
     /// Kills the process with SIGKILL (no clean-up of any kind).
     pub fn kill(&mut self) {
         self.child = None;
+    }
+
+    /// Stops the process with SIGTERM, as Kubernetes does, and waits for it
+    /// to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut guard) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &guard.0.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "the operator was running");
+            let exit = guard.0.wait().expect("the operator exits");
+            assert!(
+                exit.success(),
+                "the operator exits cleanly on SIGTERM: {exit}"
+            );
+        }
     }
 
     /// Starts the process again (after [`Operator::kill`]).
