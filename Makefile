@@ -3,7 +3,7 @@
 CARGO   ?= cargo
 THESEUS ?= target/debug/theseus
 
-.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint dockerfile-lint setup demo clean testbed-up testbed-down
+.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint dockerfile-lint setup demo demo-down clean testbed-up testbed-down
 
 all: build
 
@@ -61,9 +61,13 @@ dockerfile-lint:
 chart-lint:
 	@eval "$$(testbed/testbed env)" && helm lint charts/theseus && helm lint --strict charts/theseus
 
-## demo: bring up the testbed, install the CRDs and the examples, show them
-demo: setup testbed-up
-	@scripts/demo
+## demo: testbed (or KUBECONFIG), CRDs, operator, package repository, examples/quickstart/, a rollout
+demo: setup
+	@scripts/demo up
+
+## demo-down: delete the demo's objects and stop the processes it started
+demo-down:
+	@scripts/demo down
 
 clean:
 	$(CARGO) clean

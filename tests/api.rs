@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 use theseus::api::{self, NodeInstall, NodePool, PackageRepository, PackageSet, ServiceGroup};
@@ -293,7 +294,14 @@ fn every_spec_field_has_a_description() {
 #[test]
 fn every_example_parses_into_its_type() {
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir(repo_path("examples")).unwrap() {
+    let quickstart: Vec<_> = std::fs::read_dir(repo_path("examples/quickstart"))
+        .unwrap()
+        .collect();
+    assert!(quickstart.len() >= 5, "examples/quickstart/ has the demo");
+    for entry in std::fs::read_dir(repo_path("examples"))
+        .unwrap()
+        .chain(quickstart)
+    {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
@@ -309,6 +317,7 @@ fn every_example_parses_into_its_type() {
             "NodeInstall" => serde_yaml::from_str::<NodeInstall>(&text).map(drop),
             "ServiceGroup" => serde_yaml::from_str::<ServiceGroup>(&text).map(drop),
             "NodePool" => serde_yaml::from_str::<NodePool>(&text).map(drop),
+            "Namespace" => serde_yaml::from_str::<Namespace>(&text).map(drop),
             other => panic!("{}: unknown kind {other}", path.display()),
         };
         parsed.unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
@@ -316,7 +325,7 @@ fn every_example_parses_into_its_type() {
     }
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 5, "examples cover every kind: {seen:?}");
+    assert_eq!(seen.len(), 6, "examples cover every kind: {seen:?}");
 }
 
 fn tempdir(tag: &str) -> PathBuf {
