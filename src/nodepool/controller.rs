@@ -227,33 +227,8 @@ async fn apply(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     }
     status::publish(&pc.recorder, &pool.object_ref(&()), &changed).await;
 
-    let mut instances = decided.instances.clone();
-    let mut next_launch = decided.next_launch;
-    let acted = !decided.terminate.is_empty() || decided.launch.is_some();
-    if !decided.terminate.is_empty() {
-        terminate(pool, pc, provider.as_ref(), &listed, &decided).await?;
-        instances.retain(|i| i.state != State::Terminating);
-    }
-    if let Some(launch) = &decided.launch {
-        let launched = match provider.launch(launch.first_seq, launch.count).await {
-            Ok(l) => l,
-            Err(e) => {
-                report_failure(pool, pc, "LaunchFailed", e.to_string()).await;
-                return Err(e.into());
-            }
-        };
-        failpoint::hit(AFTER_RUN_INSTANCES);
-        info!(nodepool = %name, seq = launch.first_seq, ids = ?launched.iter().map(|i| &i.id).collect::<Vec<_>>(), "launched");
-        instances.extend(launched.into_iter().map(|i| Recorded {
-            id: i.id,
-            node: None,
-            state: State::Pending,
-            launched: i.launched,
-            drain_started: None,
-        }));
-        next_launch = launch.first_seq + launch.count as i64;
-    }
-    if acted {
+    if !decided.terminate.is_empty() || decided.launch.is_some() {
+        let (instances, next_launch) = act(pool, pc, provider.as_ref(), &listed, &decided).await?;
         let mut after = next.clone();
         fill_status(
             pool,
@@ -275,6 +250,43 @@ async fn apply(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(decided.requeue_after))
+}
+
+/// Carries out the plan's terminations and launch (already recorded);
+/// returns the instances and the next launch sequence to record after.
+async fn act(
+    pool: &NodePool,
+    pc: &PoolContext,
+    provider: &dyn Provider,
+    listed: &[Instance],
+    decided: &plan::Plan,
+) -> Result<(Vec<Recorded>, i64), Error> {
+    let mut instances = decided.instances.clone();
+    let mut next_launch = decided.next_launch;
+    if !decided.terminate.is_empty() {
+        terminate(pool, pc, provider, listed, decided).await?;
+        instances.retain(|i| i.state != State::Terminating);
+    }
+    if let Some(launch) = &decided.launch {
+        let launched = match provider.launch(launch.first_seq, launch.count).await {
+            Ok(l) => l,
+            Err(e) => {
+                report_failure(pool, pc, "LaunchFailed", e.to_string()).await;
+                return Err(e.into());
+            }
+        };
+        failpoint::hit(AFTER_RUN_INSTANCES);
+        info!(nodepool = %pool.name_any(), seq = launch.first_seq, ids = ?launched.iter().map(|i| &i.id).collect::<Vec<_>>(), "launched");
+        instances.extend(launched.into_iter().map(|i| Recorded {
+            id: i.id,
+            node: None,
+            state: State::Pending,
+            launched: i.launched,
+            drain_started: None,
+        }));
+        next_launch = launch.first_seq + launch.count as i64;
+    }
+    Ok((instances, next_launch))
 }
 
 async fn terminate(
