@@ -8,6 +8,8 @@
 
 #[path = "../tests/common/repo_server.rs"]
 mod repo_server;
+#[path = "../tests/common/run.rs"]
+mod run;
 
 use repo_server::RepoServer;
 use std::path::{Path, PathBuf};
@@ -204,18 +206,13 @@ fn baseline(urls: &[String], dest: &Path) -> Duration {
 /// generation holds only `seed--1`.
 fn theseus_activate(bin: &Path, url: &str, ids: &[String], root: &Path) -> Duration {
     let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .arg("pkg")
-            .arg("--root")
-            .arg(root)
-            .args(args)
-            .args(["--repo", url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run::stdout_ok(
+            Command::new(bin)
+                .arg("pkg")
+                .arg("--root")
+                .arg(root)
+                .args(args)
+                .args(["--repo", url]),
         );
     };
     run(&["bootstrap", "seed--1"]);

@@ -20,21 +20,19 @@ fn chart() -> String {
     chart_dir().to_str().unwrap().to_owned()
 }
 
-fn helm(tb: &TestbedEnv, args: &[&str]) -> Output {
+fn helm_command(tb: &TestbedEnv, args: &[&str]) -> Command {
     let helm = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
-    tb.command(helm).args(args).output().expect("helm runs")
+    let mut cmd = tb.command(helm);
+    cmd.args(args);
+    cmd
+}
+
+fn helm(tb: &TestbedEnv, args: &[&str]) -> Output {
+    helm_command(tb, args).output().expect("helm runs")
 }
 
 fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
-    let out = helm(tb, args);
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("helm prints UTF-8")
+    support::run::stdout_ok(&mut helm_command(tb, args))
 }
 
 /// Applies `crds/` once per test binary (the chart's templates use none of
@@ -491,14 +489,9 @@ fn chart_crds_are_the_generated_crds_byte_for_byte() {
 fn crds_check_covers_the_chart_copy() {
     // `theseus crds --check` takes several directories; `make crds-check`
     // passes both.
-    let out = Command::new(support::theseus())
-        .args(["crds", "--check", "crds", "--check", "charts/theseus/crds"])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run::stdout_ok(
+        Command::new(support::theseus())
+            .args(["crds", "--check", "crds", "--check", "charts/theseus/crds"])
+            .current_dir(repo_root()),
     );
 }

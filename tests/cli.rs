@@ -9,18 +9,7 @@ use std::process::Command;
 use support::theseus;
 
 fn help(path: &[String]) -> String {
-    let out = Command::new(theseus())
-        .args(path)
-        .arg("--help")
-        .output()
-        .expect("theseus runs");
-    assert!(
-        out.status.success(),
-        "theseus {} --help failed: {}",
-        path.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::run::stdout_ok(Command::new(theseus()).args(path).arg("--help"))
 }
 
 /// The subcommand names under "Commands:" in a help text (without `help`).
@@ -79,16 +68,7 @@ fn completions_print_a_script_for_each_shell() {
         ("zsh", "#compdef theseus"),
         ("fish", "complete -c theseus"),
     ] {
-        let out = Command::new(theseus())
-            .args(["completions", shell])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let script = String::from_utf8(out.stdout).unwrap();
+        let script = support::run::stdout_ok(Command::new(theseus()).args(["completions", shell]));
         assert!(
             script.contains(marker),
             "{shell}: no {marker:?} in the script"

@@ -56,33 +56,28 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One of the printed next commands, run in bash after sourcing the env
-/// file; it must appear verbatim in the demo's output.
-fn next(printed: &str, command: &str) -> Output {
+/// One of the printed next commands, as bash running it after sourcing the
+/// env file; it must appear verbatim in the demo's output.
+fn suggested(printed: &str, command: &str) -> Command {
     assert!(
         printed.contains(command),
         "the demo no longer suggests `{command}`"
     );
     let env = demo_dir().join("env");
-    Command::new("bash")
-        .arg("-c")
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
         .arg(format!(". '{}' && {command}", env.display()))
         .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("bash runs")
+        .stdin(Stdio::null());
+    bash
+}
+
+fn next(printed: &str, command: &str) -> Output {
+    suggested(printed, command).output().expect("bash runs")
 }
 
 fn ok(printed: &str, command: &str) -> String {
-    let out = next(printed, command);
-    assert!(
-        out.status.success(),
-        "`{command}` failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::run::stdout_ok(&mut suggested(printed, command))
 }
 
 fn halted(tb: &TestbedEnv) -> String {

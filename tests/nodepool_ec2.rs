@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::Client as Ec2Client;
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use serde_json::json;
 use support::ec2::{self, Ec2Proxy};
 use support::fleet::Operator;
@@ -124,23 +124,6 @@ impl Rig {
         .await
     }
 
-    async fn delete_pool_and_wait(&self) {
-        let _ = self
-            .pools()
-            .delete(&self.run, &DeleteParams::default())
-            .await;
-        eventually(Duration::from_secs(60), "the pool is gone", || async {
-            match self.pools().get_opt(&self.run).await {
-                Ok(None) => Ok(()),
-                other => Err(format!(
-                    "{:?}",
-                    other.map(|p| p.map(|p| p.metadata.finalizers))
-                )),
-            }
-        })
-        .await;
-    }
-
     fn assert_describes_filtered(&self) {
         let log = self.proxy.log.lock().unwrap();
         assert!(log.calls.get("DescribeInstances").copied().unwrap_or(0) > 0);
@@ -209,7 +192,7 @@ async fn kubectl_scale_takes_an_ec2_pool_through_0_5_2_0() {
         1,
         "one batch launched the five"
     );
-    rig.delete_pool_and_wait().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     rig.ns.delete(&rig.client).await;
 }
 
@@ -274,7 +257,7 @@ async fn a_crash_between_run_instances_and_the_record_never_launches_twice() {
     rig.assert_describes_filtered();
     rig.scale(0);
     rig.converged(0, Duration::from_secs(60)).await;
-    rig.delete_pool_and_wait().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     rig.ns.delete(&rig.client).await;
 }
 
@@ -331,7 +314,7 @@ async fn instances_the_pool_does_not_own_or_did_not_record_are_never_terminated(
         },
     )
     .await;
-    rig.delete_pool_and_wait().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     for id in &planted {
         assert_eq!(
             ec2::state(&rig.ec2, id).await,
@@ -374,6 +357,6 @@ async fn throttled_calls_are_retried_with_backoff_and_the_pool_converges_without
     rig.assert_describes_filtered();
     rig.scale(0);
     rig.converged(0, Duration::from_secs(60)).await;
-    rig.delete_pool_and_wait().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     rig.ns.delete(&rig.client).await;
 }

@@ -138,20 +138,6 @@ impl Rig {
         })
         .await
     }
-
-    async fn delete_pool(&self) {
-        let _ = self
-            .pools()
-            .delete(&self.run, &DeleteParams::default())
-            .await;
-        eventually(Duration::from_secs(60), "the pool is gone", || async {
-            match self.pools().get_opt(&self.run).await {
-                Ok(None) => Ok(()),
-                other => Err(format!("{:?}", other.map(|p| p.is_some()))),
-            }
-        })
-        .await;
-    }
 }
 
 /// The pids of the pool's running agents, from the provider's pid files.
@@ -211,7 +197,7 @@ async fn local_agents_join_as_the_pool_scales_up_and_leave_as_it_scales_down() {
         Some(format!("{}-0", rig.run).as_str())
     );
 
-    rig.delete_pool().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     assert!(
         agent_pids(rig.state.path(), &rig.run).is_empty(),
         "deleting the pool stops its agents"
@@ -342,7 +328,7 @@ async fn a_disruption_budget_holds_the_removal_until_the_timeout_then_the_policy
     assert!(c.message.contains("Force"), "{}", c.message);
     assert!(agent_pids(rig.state.path(), &rig.run).is_empty());
 
-    rig.delete_pool().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     let _ = Api::<Node>::all(rig.client.clone())
         .delete(&node_name, &DeleteParams::default())
         .await;
@@ -394,7 +380,7 @@ async fn node_add_grows_the_pool_and_node_remove_takes_out_the_named_node() {
     let pool = rig.pools().get(&rig.run).await.unwrap();
     assert_eq!(pool.spec.replicas, 2);
 
-    rig.delete_pool().await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     assert!(agent_pids(rig.state.path(), &rig.run).is_empty());
     rig.ns.delete(&rig.client).await;
 }

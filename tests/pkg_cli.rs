@@ -35,22 +35,14 @@ fn json(text: &str) -> Value {
 }
 
 fn build(dir: &Path, out: &Path) -> String {
-    let out = theseus()
-        .args(["pkg", "--format", "json", "build"])
-        .arg(dir)
-        .arg("-o")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = pkg_support::run::stdout_ok(
+        theseus()
+            .args(["pkg", "--format", "json", "build"])
+            .arg(dir)
+            .arg("-o")
+            .arg(out),
     );
-    json(&String::from_utf8_lossy(&out.stdout))["path"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    json(&stdout)["path"].as_str().unwrap().to_owned()
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub fn make_repo(
 
 #[path = "../common/repo_server.rs"]
 mod repo_server;
+#[path = "../common/run.rs"]
+pub mod run;
 #[allow(unused_imports)] // not every test binary serves a repository
 pub use repo_server::RepoServer;
 

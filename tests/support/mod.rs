@@ -13,6 +13,8 @@ pub mod fleet;
 pub mod pools;
 #[path = "../common/repo_server.rs"]
 pub mod repo_server;
+#[path = "../common/run.rs"]
+pub mod run;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -91,26 +93,23 @@ impl TestbedEnv {
         cmd
     }
 
+    /// `kubectl ARGS…` against the testbed, not yet run.
+    fn kubectl_command(&self, args: &[&str]) -> Command {
+        let kubectl = Path::new(self.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
+        let mut cmd = self.command(kubectl);
+        cmd.args(args);
+        cmd
+    }
+
     /// Runs `kubectl ARGS…` against the testbed.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        let kubectl = Path::new(self.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
-        self.command(kubectl)
-            .args(args)
-            .output()
-            .expect("kubectl runs")
+        self.kubectl_command(args).output().expect("kubectl runs")
     }
 
     /// Runs `kubectl ARGS…` and returns its stdout, failing the test on a
     /// non-zero exit with kubectl's stderr.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("kubectl prints UTF-8")
+        run::stdout_ok(&mut self.kubectl_command(args))
     }
 
     /// A kube-rs client for the testbed's API server.
