@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use support::agents::{Agent, Repo, apply_crds, demo_set, set_target, status};
-use theseus::api::{NodeInstall, NodePhase, conditions};
+use theseus::api::{NodeInstall, NodeInstallStatus, NodePhase, conditions};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -65,6 +65,17 @@ async fn until_active(api: &Api<NodeInstall>, agent: &Agent, hash: &str) {
 }
 
 /// Waits until the demo-web service answers `version`.
+async fn until_rolled_back(api: &Api<NodeInstall>, agent: &Agent, what: &str) -> NodeInstallStatus {
+    support::eventually(WAIT, what, || async {
+        let s = status(api, &agent.node).await?;
+        match s.phase {
+            NodePhase::RolledBack => Ok(s),
+            other => Err(format!("{other:?} {:?}", s.message)),
+        }
+    })
+    .await
+}
+
 async fn until_serving(agent: &Agent, version: &str) {
     support::eventually(WAIT, "the service answers its version", || async {
         let got = agent.service_version().await?;
@@ -82,7 +93,7 @@ async fn until_serving(agent: &Agent, version: &str) {
 async fn phases_until(
     api: &Api<NodeInstall>,
     node: &str,
-    done: impl Fn(&theseus::api::NodeInstallStatus) -> bool,
+    done: impl Fn(&NodeInstallStatus) -> bool,
 ) -> Vec<NodePhase> {
     use futures::StreamExt;
     use kube::runtime::watcher;
@@ -133,14 +144,7 @@ async fn a_target_goes_v1_then_v2_and_a_failing_v3_is_rolled_back() {
     until_serving(&agent, "2.0.0").await;
 
     let v3 = set_target(&api, &agent.node, &demo_set("3.0.0"), &repo.url, 4).await;
-    let s = support::eventually(WAIT, "v3 is rolled back", || async {
-        let s = status(&api, &agent.node).await?;
-        match s.phase {
-            NodePhase::RolledBack => Ok(s),
-            other => Err(format!("{other:?} {:?}", s.message)),
-        }
-    })
-    .await;
+    let s = until_rolled_back(&api, &agent, "v3 is rolled back").await;
     assert_eq!(s.failed_hash.as_deref(), Some(v3.as_str()));
     assert_eq!(s.active_hash.as_deref(), Some(v2.as_str()));
     assert_eq!(agent.disk_hash().as_deref(), Some(v2.as_str()));
@@ -198,14 +202,7 @@ async fn an_agent_killed_mid_switch_recovers_and_reports_the_disk() {
     agent.kill9();
     assert_eq!(agent.disk_hash().as_deref(), Some(v3.as_str()));
     agent.spawn(&tb, "pool=web", None);
-    let s = support::eventually(WAIT, "v3 is rolled back after the restart", || async {
-        let s = status(&api, &agent.node).await?;
-        match s.phase {
-            NodePhase::RolledBack => Ok(s),
-            other => Err(format!("{other:?} {:?}", s.message)),
-        }
-    })
-    .await;
+    let s = until_rolled_back(&api, &agent, "v3 is rolled back after the restart").await;
     assert_eq!(s.failed_hash.as_deref(), Some(v3.as_str()));
     assert_eq!(s.active_hash.as_deref(), Some(v2.as_str()));
     assert_eq!(agent.disk_hash(), s.active_hash);
