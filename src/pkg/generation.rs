@@ -312,20 +312,9 @@ pub fn verify(dir: &Path, set: &SetFile, members: &[Member]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pkg::pkginfo::PkgInfo;
 
     fn member(id: &str, files: &[&str]) -> Member {
-        let info = PkgInfo {
-            id: id.parse().unwrap(),
-            requires: vec![],
-            service: None,
-            systemd_units: vec![],
-            state_directory: false,
-        };
-        Member {
-            info,
-            files: files.iter().map(|s| s.to_string()).collect(),
-        }
+        crate::pkg::set::tests::member(id, &[], files)
     }
 
     #[test]

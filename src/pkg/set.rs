@@ -141,10 +141,11 @@ fn conflict(path: &str, a: &PackageId, b: &PackageId) -> SetError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(id: &str, requires: &[&str], files: &[&str]) -> Member {
+    /// A member without a service, for tests here and in `generation`.
+    pub(crate) fn member(id: &str, requires: &[&str], files: &[&str]) -> Member {
         let info = PkgInfo {
             id: id.parse().unwrap(),
             requires: requires.iter().map(|s| s.to_string()).collect(),
