@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use support::agents::{Agent, Repo, apply_crds, demo_set, set_target, status};
+use support::agents::{Agent, Repo, demo_set, set_target, status};
+use support::apply_crds;
 use theseus::api::{NodeInstall, NodeInstallStatus, NodePhase, conditions};
 
 const WAIT: Duration = Duration::from_secs(90);

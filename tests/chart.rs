@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use support::{TestNamespace, TestbedEnv, repo_root};
-use tokio::sync::OnceCell;
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/theseus")
@@ -33,29 +32,6 @@ fn helm(tb: &TestbedEnv, args: &[&str]) -> Output {
 
 fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
     support::run::stdout_ok(&mut helm_command(tb, args))
-}
-
-/// Applies `crds/` once per test binary (the chart's templates use none of
-/// them, but a server-side dry run of examples and `kubectl get theseus`
-/// do, and an install must not depend on helm's first-install CRD step).
-async fn with_crds() -> Option<TestbedEnv> {
-    static APPLIED: OnceCell<()> = OnceCell::const_new();
-    let tb = require_testbed!()?;
-    APPLIED
-        .get_or_init(|| async {
-            let crds = repo_root().join("crds");
-            tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-            let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-            let names: Vec<String> = std::fs::read_dir(&crds)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter_map(|f| f.strip_suffix(".yaml").map(|n| format!("crd/{n}")))
-                .collect();
-            args.extend(names.iter().map(String::as_str));
-            tb.kubectl_ok(&args);
-        })
-        .await;
-    Some(tb)
 }
 
 /// Pipes `yaml` into `kubectl ARGS… -f -`.
@@ -128,7 +104,9 @@ fn values_schema_rejects_wrong_values_naming_the_key() {
 
 #[tokio::test]
 async fn rendered_chart_passes_server_side_dry_run() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "chart-dry").await;
     let variants: [&[&str]; 3] = [
@@ -221,7 +199,9 @@ fn can_i(tb: &TestbedEnv, ns: &str, sa: &str, verb: &str, what: &str, args: &[&s
 
 #[tokio::test]
 async fn helm_install_creates_every_object_with_least_privilege_rbac() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "chart").await;
     // The namespace name contains "theseus": it is also the objects' prefix.

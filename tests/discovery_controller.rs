@@ -107,7 +107,7 @@ async fn condition(api: &Api<ServiceGroup>, name: &str, type_: &str) -> Option<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_is_published_scaled_unreadied_and_removed_with_its_keys() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "disc").await;
     let etcd = ds::config(tb.discovery_etcd());
@@ -216,7 +216,7 @@ async fn a_group_is_published_scaled_unreadied_and_removed_with_its_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_groups_on_one_path_the_newer_gets_a_conflict_and_overwrites_nothing() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "conflict").await;
     let etcd = ds::config(tb.discovery_etcd());
@@ -284,7 +284,7 @@ async fn of_two_groups_on_one_path_the_newer_gets_a_conflict_and_overwrites_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_key_planted_by_hand_is_removed_at_the_next_resync() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "stale").await;
     let etcd = ds::config(tb.discovery_etcd());
@@ -330,7 +330,7 @@ async fn a_stale_key_planted_by_hand_is_removed_at_the_next_resync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_operator_leaves_entries_until_the_lease_expires_and_a_new_one_republishes() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "lease").await;
     let etcd = ds::config(tb.discovery_etcd()).with_lease_ttl(6);
@@ -367,7 +367,7 @@ async fn a_killed_operator_leaves_entries_until_the_lease_expires_and_a_new_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_etcd_restarts_mid_way_the_tree_converges() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "restart").await;
     let mut own = ds::OwnEtcd::start().await;
@@ -407,7 +407,7 @@ async fn after_etcd_restarts_mid_way_the_tree_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_labels_moves_the_group_to_its_new_path() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "move").await;
     let etcd = ds::config(tb.discovery_etcd());

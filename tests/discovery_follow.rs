@@ -128,7 +128,7 @@ fn wait_for_lines(rx: &mpsc::Receiver<String>, sign: char, count: usize, seen: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discover_watch_prints_the_adds_and_removes_of_a_scale_up_and_down() {
     let Some(tb) = support::testbed() else { return };
-    ds::with_crds(&tb).await;
+    support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "watch").await;
     let etcd = ds::config(tb.discovery_etcd());

@@ -32,7 +32,7 @@ struct Rig {
 impl Rig {
     async fn new(tag: &str) -> Option<Rig> {
         let tb = require_testbed!()?;
-        support::agents::apply_crds(&tb);
+        support::apply_crds(&tb);
         tb.kubectl_ok(&[
             "wait",
             "--for=condition=Established",

@@ -27,7 +27,7 @@ struct Rig {
 impl Rig {
     async fn new(tag: &str) -> Option<Rig> {
         let tb = require_testbed!()?;
-        support::agents::apply_crds(&tb);
+        support::apply_crds(&tb);
         let client = tb.client().await;
         let ns = TestNamespace::create(&tb, &client, tag).await;
         let run = ns.name.clone();
@@ -270,10 +270,6 @@ async fn a_disruption_budget_holds_the_removal_until_the_timeout_then_the_policy
     rig.apply_pool(1, "Wait").await;
     rig.joined(1).await;
 
-    // The testbed is shared: make sure the CRD knows status.instances[].drainStarted.
-    let crds = repo_root().join("crds");
-    rig.tb
-        .kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
     rig.scale(0);
     let pool = rig
         .condition("Degraded", "DrainTimeout", Duration::from_secs(60))

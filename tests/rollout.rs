@@ -46,8 +46,7 @@ struct Rig {
 impl Rig {
     async fn new(tag: &str) -> Option<Rig> {
         let tb = require_testbed!()?;
-        let crds = repo_root().join("crds");
-        tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        support::apply_crds(&tb);
         let client = tb.client().await;
         let ns = TestNamespace::create(&tb, &client, tag).await;
         let run = ns.name.clone();

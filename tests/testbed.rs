@@ -12,12 +12,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::json;
-use support::{TestNamespace, TestbedEnv, eventually, repo_root};
+use support::{TestNamespace, eventually, repo_root};
 use theseus::api::conditions::{self, Observed, types};
 use theseus::api::{
     NodeInstall, NodePool, PackageRepository, PackageSet, PackageSetStatus, ServiceGroup,
 };
-use tokio::sync::OnceCell;
 
 const KINDS: [&str; 5] = [
     "packagerepositories.theseus.dev",
@@ -27,31 +26,15 @@ const KINDS: [&str; 5] = [
     "nodepools.theseus.dev",
 ];
 
-/// Applies `crds/` once per test binary and waits until every CRD is
-/// Established.
-async fn with_crds() -> Option<TestbedEnv> {
-    static APPLIED: OnceCell<()> = OnceCell::const_new();
-    let tb = require_testbed!()?;
-    APPLIED
-        .get_or_init(|| async {
-            let crds = repo_root().join("crds");
-            tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-            let names: Vec<String> = KINDS.iter().map(|k| format!("crd/{k}")).collect();
-            let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-            args.extend(names.iter().map(String::as_str));
-            tb.kubectl_ok(&args);
-        })
-        .await;
-    Some(tb)
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
 #[tokio::test]
 async fn crds_apply_list_explain_and_join_the_theseus_category() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let listed = tb.kubectl_ok(&["get", "crds", "-o", "name"]);
     for kind in KINDS {
         assert!(
@@ -75,7 +58,9 @@ async fn crds_apply_list_explain_and_join_the_theseus_category() {
 
 #[tokio::test]
 async fn every_example_passes_server_side_dry_run() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let examples = repo_root().join("examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
@@ -91,7 +76,9 @@ async fn every_example_passes_server_side_dry_run() {
 
 #[tokio::test]
 async fn invalid_manifests_are_rejected_naming_the_field() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let dir = repo_root().join("tests/invalid");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -116,7 +103,9 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
 
 #[tokio::test]
 async fn kubectl_scale_changes_a_nodepool_spec_replicas() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let client = tb.client().await;
     let name = unique("scale");
     let pools: Api<NodePool> = Api::all(client);
@@ -135,7 +124,9 @@ async fn kubectl_scale_changes_a_nodepool_spec_replicas() {
 
 #[tokio::test]
 async fn one_object_of_each_kind_round_trips_through_kube_rs() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "roundtrip").await;
     let suffix = unique("rt");
@@ -216,7 +207,9 @@ async fn write_available(api: &Api<PackageSet>, name: &str, available: bool) {
 
 #[tokio::test]
 async fn kubectl_wait_returns_only_once_available_is_true() {
-    let Some(tb) = with_crds().await else { return };
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
     let client = tb.client().await;
     let name = unique("wait");
     let sets: Api<PackageSet> = Api::all(client.clone());

@@ -152,24 +152,6 @@ impl Drop for OwnEtcd {
     }
 }
 
-/// Applies the ServiceGroup CRD from `crds/` once per test binary and waits until the ServiceGroup
-/// CRD is Established.
-pub async fn with_crds(tb: &support::TestbedEnv) {
-    static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    APPLIED
-        .get_or_init(|| async {
-            let crd = support::repo_root().join("crds/servicegroups.theseus.dev.yaml");
-            tb.kubectl_ok(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
-            tb.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/servicegroups.theseus.dev",
-            ]);
-        })
-        .await;
-}
-
 /// Deletes every ServiceGroup of `groups` and waits until they are gone
 /// (their finalizers need the operator, so call this before stopping it).
 pub async fn delete_groups(groups: &kube::Api<theseus::api::ServiceGroup>) {

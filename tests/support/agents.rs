@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
@@ -16,21 +15,6 @@ use super::{TestbedEnv, repo_root};
 
 use super::repo_server::RepoServer;
 use super::{free_port, theseus};
-
-/// Applies `crds/` once per test binary.
-pub fn apply_crds(tb: &TestbedEnv) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let crds = repo_root().join("crds");
-        tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-        tb.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/nodeinstalls.theseus.dev",
-            "--timeout=60s",
-        ]);
-    });
-}
 
 /// The demo repository, built with `examples/build-repo.sh` into a temporary
 /// directory and served by `theseus repo serve` on an ephemeral port.

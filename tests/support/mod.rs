@@ -122,6 +122,32 @@ impl TestbedEnv {
     }
 }
 
+/// Applies `crds/` (server-side) once per test binary and waits until every
+/// CRD is Established.
+pub fn apply_crds(tb: &TestbedEnv) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = repo_root().join("crds");
+        tb.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        let names: Vec<String> = std::fs::read_dir(&crds)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|f| f.strip_suffix(".yaml").map(|n| format!("crd/{n}")))
+            .collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(names.iter().map(String::as_str));
+        tb.kubectl_ok(&args);
+    });
+}
+
+/// The running testbed with `crds/` applied ([`apply_crds`]), or `None` as
+/// [`testbed`] says.
+pub fn with_crds() -> Option<TestbedEnv> {
+    let tb = testbed()?;
+    apply_crds(&tb);
+    Some(tb)
+}
+
 /// The running testbed, or `None` (after printing why) when it is not up and
 /// `CI` is not set. With `CI` set, a missing testbed fails the test.
 pub fn testbed() -> Option<TestbedEnv> {
