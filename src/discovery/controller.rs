@@ -146,10 +146,7 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     let groups: Api<ServiceGroup> = ctx.api();
     crd_served(groups.clone()).await?;
     let labelled = watcher::Config::default().labels(NAME_LABEL);
-    let scoped = match &ctx.selector {
-        Some(selector) => watcher::Config::default().labels(selector),
-        None => watcher::Config::default(),
-    };
+    let scoped = crate::operator::scoped(ctx.selector.as_deref());
     let controller = Controller::new(groups.clone(), scoped.clone())
         .owns(Api::<Deployment>::all(ctx.client.clone()), labelled.clone())
         .watches(

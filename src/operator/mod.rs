@@ -131,11 +131,16 @@ pub struct Context {
 impl Context {
     /// The watcher configuration for the objects this operator manages.
     pub fn watch_config(&self) -> kube::runtime::watcher::Config {
-        let config = kube::runtime::watcher::Config::default();
-        match &self.args.selector {
-            Some(selector) => config.labels(selector),
-            None => config,
-        }
+        scoped(self.args.selector.as_deref())
+    }
+}
+
+/// A watcher configuration limited to objects matching `selector`, if any.
+pub fn scoped(selector: Option<&str>) -> kube::runtime::watcher::Config {
+    let config = kube::runtime::watcher::Config::default();
+    match selector {
+        Some(selector) => config.labels(selector),
+        None => config,
     }
 }
 
