@@ -4,13 +4,22 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use theseus::cli;
 use theseus::logging::{self, LogFormat};
+use theseus::operator::Controller;
+
+/// The version `--version` prints; a build with failpoints says so, so that
+/// one is never mistaken for a release.
+const VERSION: &str = if theseus::pkg::failpoint::ENABLED {
+    concat!(env!("CARGO_PKG_VERSION"), " (test build with failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
 
 /// Theseus keeps a fleet converged on declared package sets, service groups
 /// and node pools.
 #[derive(Parser, Debug)]
 #[command(
     name = "theseus",
-    version,
+    version = VERSION,
     about,
     long_about = None,
     after_help = "Examples:\n  \
@@ -70,11 +79,23 @@ enum Command {
 }
 
 /// The controllers `theseus operator` runs while it leads.
-const CONTROLLERS: &[theseus::operator::ControllerFn] = &[
-    theseus::rollout::repository::run,
-    theseus::rollout::controller::run,
-    theseus::discovery::operator_controller,
-    theseus::nodepool::controller::run,
+const CONTROLLERS: &[Controller] = &[
+    Controller {
+        name: "packagerepository",
+        run: theseus::rollout::repository::run,
+    },
+    Controller {
+        name: "packageset",
+        run: theseus::rollout::controller::run,
+    },
+    Controller {
+        name: "servicegroup",
+        run: theseus::discovery::operator_controller,
+    },
+    Controller {
+        name: "nodepool",
+        run: theseus::nodepool::controller::run,
+    },
 ];
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -210,13 +210,13 @@ impl HealthCheck {
         {
             return Err((field("http"), format!("{url:?} is not an http(s) URL")));
         }
-        if let Some(addr) = &self.tcp {
-            let port_ok = addr
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err((field("tcp"), format!("{addr:?} is not HOST:PORT")));
-            }
+        if let Some(addr) = &self.tcp
+            && !is_tcp_address(addr)
+        {
+            return Err((
+                field("tcp"),
+                format!("{addr:?} is not HOST:PORT (the port may be a variable: HOST:${{PORT}})"),
+            ));
         }
         if let Some(argv) = &self.exec
             && argv.first().is_none_or(|a| a.is_empty())
@@ -228,6 +228,23 @@ impl HealthCheck {
         }
         Ok(())
     }
+}
+
+/// Whether `addr` has the shape `HOST:PORT`. The agent substitutes `${KEY}`
+/// variables in health checks when it starts the service, so the port (or
+/// the whole address) may be one placeholder whose value is known only then.
+fn is_tcp_address(addr: &str) -> bool {
+    is_placeholder(addr)
+        || addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && (port.parse::<u16>().is_ok() || is_placeholder(port))
+        })
+}
+
+/// Whether `text` is exactly one `${KEY}` placeholder.
+fn is_placeholder(text: &str) -> bool {
+    text.strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|key| !key.is_empty() && !key.contains(['$', '{', '}', '=', '\0']))
 }
 
 fn is_plain_file_name(name: &str) -> bool {
@@ -258,6 +275,33 @@ mod tests {
             Some("127.0.0.1:80")
         );
         assert!(info.state_directory);
+    }
+
+    #[test]
+    fn a_tcp_check_may_take_its_port_or_address_from_a_variable() {
+        let check = |tcp: &str| {
+            parse(&format!(
+                r#"{{"id":"a--1","service":{{"start":["x"],"healthCheck":{{"tcp":{tcp:?}}}}}}}"#
+            ))
+        };
+        for ok in [
+            "127.0.0.1:${PORT}",
+            "${HOST}:${PORT}",
+            "${ADDRESS}",
+            "localhost:80",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
+        }
+        for bad in [
+            "127.0.0.1:${}",
+            "127.0.0.1:${PORT",
+            "127.0.0.1:x${PORT}",
+            ":80",
+            "nope",
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.contains("is not HOST:PORT"), "{bad}: {err}");
+        }
     }
 
     #[test]
