@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::status::{REPOSITORY_NOT_READY, conflict_condition, invalid_conditions, set_status};
+use super::target::{TargetError, put_target};
 use super::{ownership, plan, validate};
 use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
 use crate::operator::halt::HALT_CONFIGMAP;
@@ -47,12 +48,23 @@ pub enum Error {
         /// The cause.
         source: kube::Error,
     },
+    /// A node's target could not be written: the node kept changing.
+    #[error(
+        "PackageSet {set}: the target of NodeInstall {node} was not written: it changed under every attempt (an agent or another writer is updating it); retrying"
+    )]
+    TargetConflict {
+        /// The set.
+        set: String,
+        /// The node.
+        node: String,
+    },
 }
 
 impl Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "Kube",
+            Error::TargetConflict { .. } => "TargetConflict",
         }
     }
 }
@@ -108,7 +120,7 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let (by_halt, by_repo) = (sets.clone(), sets.clone());
         let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.args.namespace);
         let halt_config =
-            watcher::Config::default().fields(&format!("metadata.name={HALT_CONFIGMAP}"));
+            crate::operator::scoped(None).fields(&format!("metadata.name={HALT_CONFIGMAP}"));
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
         let shared = Arc::new(SetContext {
             ctx,
@@ -290,8 +302,7 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
             .into_iter()
             .map(|node| write_target(sc, node, &target)),
     )
-    .await
-    .map_err(kube_err)?;
+    .await?;
     Ok(Some(Action::requeue(
         decided.requeue_after.unwrap_or(Duration::from_secs(300)),
     )))
@@ -468,30 +479,22 @@ async fn write_invalid(
     }))
 }
 
-/// Writes a node's target. The patch carries the node's resourceVersion; on
-/// a conflict (the agent wrote its status meanwhile) it re-reads the node and
-/// tries once more unless the target is already there.
-async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Result<(), kube::Error> {
+/// Writes a node's target (see [`put_target`]), from the store's copy.
+async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Result<(), Error> {
     let api: Api<NodeInstall> = Api::all(sc.ctx.client.clone());
-    let mut current = match sc.nodes.get(&ObjectRef::new(node)) {
-        Some(n) => (*n).clone(),
-        None => api.get(node).await?,
-    };
-    for _ in 0..3 {
-        if current.spec.target.as_ref() == Some(target) {
-            return Ok(());
-        }
-        let patch = json!({ "metadata": { "resourceVersion": current.resource_version() }, "spec": { "target": target } });
-        match api
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => current = api.get(node).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    let cached = sc.nodes.get(&ObjectRef::new(node)).map(|n| (*n).clone());
+    put_target(&api, cached, node, target)
+        .await
+        .map_err(|e| match e {
+            TargetError::Kube(source) => Error::Kube {
+                set: target.package_set.clone(),
+                source,
+            },
+            TargetError::Conflicts => Error::TargetConflict {
+                set: target.package_set.clone(),
+                node: node.to_owned(),
+            },
+        })
 }
 
 #[cfg(test)]

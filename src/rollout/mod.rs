@@ -6,4 +6,5 @@ pub mod plan;
 pub mod repository;
 pub mod selector;
 pub mod status;
+pub mod target;
 pub mod validate;

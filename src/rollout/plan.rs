@@ -95,9 +95,13 @@ pub struct Plan {
     /// Nodes to give the set as their target now, in order.
     pub start: Vec<String>,
     /// Nodes already running the set whose target only needs recording; this
-    /// costs no budget.
+    /// costs no budget and changes nothing on the node, so it goes on while
+    /// the set is held.
     pub adopt: Vec<String>,
-    /// Nodes reserved earlier whose target write did not happen: write it now.
+    /// Nodes reserved earlier whose target write did not happen: write it
+    /// now. Always empty while the set is held (halted, at its failure
+    /// threshold, or paused): a held set gives no node a target it did not
+    /// already have.
     pub retarget: Vec<String>,
     /// Nodes switching, sorted by name.
     pub in_progress: Vec<String>,
@@ -124,16 +128,27 @@ enum Standing {
     Pending,
 }
 
-fn standing(node: &NodeView, hash: &str) -> Standing {
+/// Whether the node rolled back from (or failed) the set.
+fn failed_the_set(node: &NodeView, hash: &str) -> bool {
+    node.failed_hash.as_deref() == Some(hash) && node.active_hash.as_deref() != Some(hash)
+}
+
+/// How `node` stands. A reservation (a target about to be written) makes a
+/// node switching only while new targets may go out (`held` is false), and
+/// never for a node whose last switch failed: its reservation is left over
+/// from a run that never wrote the target, and honouring it would give the
+/// node a target it does not have while the set is halted.
+fn standing(node: &NodeView, hash: &str, held: bool) -> Standing {
     let active = node.active_hash.as_deref() == Some(hash);
     let targeted = node.target_hash.as_deref() == Some(hash);
-    if node.failed_hash.as_deref() == Some(hash) && !active {
+    let rolled_back = matches!(node.phase, NodePhase::RolledBack | NodePhase::Failed);
+    if failed_the_set(node, hash) {
         Standing::Failed
     } else if active && node.phase == NodePhase::Active {
         Standing::Done
     } else if active && targeted {
         Standing::Verifying
-    } else if targeted || node.reserved {
+    } else if targeted || (node.reserved && !held && !rolled_back) {
         Standing::Switching
     } else {
         Standing::Pending
@@ -167,12 +182,18 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let mut nodes: Vec<&NodeView> = input.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
 
+    // What holds the rollout is known before any standing: the failures
+    // count nodes that rolled back from the set, whatever else they are.
+    let failed = nodes.iter().filter(|n| failed_the_set(n, hash)).count();
+    let threshold_reached = failed >= set.failure_threshold.max(1) as usize;
+    let hold = hold_reason(input, threshold_reached);
+
     let standings: Vec<(&NodeView, Standing, bool)> = nodes
         .iter()
         .map(|n| {
             (
                 *n,
-                standing(n, hash),
+                standing(n, hash, hold.is_some()),
                 is_stale(n, input.stale_after, input.now),
             )
         })
@@ -209,6 +230,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .filter(|(n, s, _)| *s == Standing::Done && n.target_hash.as_deref() != Some(hash))
         .map(|(n, _, _)| n.name.clone())
         .collect();
+    // Only a reservation makes a node switching without its target, and a
+    // hold voids reservations: a held set retargets nothing.
     let retarget: Vec<String> = standings
         .iter()
         .filter(|(n, s, _)| *s == Standing::Switching && n.target_hash.as_deref() != Some(hash))
@@ -220,8 +243,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .map(|(n, _, _)| *n)
         .collect();
 
-    let threshold_reached = counts.failed >= set.failure_threshold.max(1) as usize;
-    let hold = hold_reason(input, threshold_reached);
     let wait_left = wait_left(input, &standings, !in_progress.is_empty());
 
     let start: Vec<String> = if hold.is_some() || wait_left.is_some() {

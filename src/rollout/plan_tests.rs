@@ -296,3 +296,130 @@ fn a_reservation_of_a_node_that_finished_is_dropped() {
     assert!(plan.in_progress.is_empty());
     assert_eq!(plan.start, ["n1"]);
 }
+
+/// A node reserved for the set whose target write never happened.
+fn reserved(node: NodeView) -> NodeView {
+    NodeView {
+        reserved: true,
+        ..node
+    }
+}
+
+/// A node that rolled back from an earlier set (`failed`) and is back on
+/// the old one.
+fn rolled_back_from(name: &str, failed: &str) -> NodeView {
+    NodeView {
+        target_hash: Some(failed.into()),
+        failed_hash: Some(failed.into()),
+        phase: NodePhase::RolledBack,
+        ..old(name)
+    }
+}
+
+#[test]
+fn halted_set_retargets_no_reserved_node_after_spec_change() {
+    // Halted by the threshold on "bad", then halted fleet-wide, then the
+    // spec changed to NEW: n0 still carries a reservation.
+    let nodes = [
+        reserved(rolled_back_from("n0", "bad")),
+        rolled_back_from("n1", "bad"),
+        old("n2"),
+    ];
+    let plan = run(
+        &set(IntOrString::Int(2)),
+        &nodes,
+        Some("error budget spent"),
+    );
+    assert!(plan.retarget.is_empty(), "{plan:?}");
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert!(
+        plan.in_progress.is_empty(),
+        "nothing is switching: {plan:?}"
+    );
+}
+
+#[test]
+fn a_rolled_back_nodes_reservation_does_not_make_it_switching() {
+    let nodes = [reserved(rolled_back_from("n0", "bad")), old("n1")];
+    let plan = run(&set(IntOrString::Int(1)), &nodes, None);
+    assert!(plan.retarget.is_empty(), "{plan:?}");
+    assert!(plan.in_progress.is_empty(), "{plan:?}");
+    assert_eq!(plan.counts.in_progress, 0);
+    assert_eq!(plan.start, ["n0"], "it is pending like any other node");
+}
+
+#[test]
+fn a_set_at_its_failure_threshold_retargets_no_reserved_node() {
+    let nodes = [rolled_back("n0"), reserved(old("n1")), old("n2")];
+    let plan = run(&set(IntOrString::Int(2)), &nodes, None);
+    assert_eq!(condition(&plan, "Halted").reason, "FailureThreshold");
+    assert!(plan.retarget.is_empty(), "{plan:?}");
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert!(plan.in_progress.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_fleet_halt_retargets_no_reserved_node() {
+    let nodes = [reserved(old("n0")), switching("n1"), old("n2")];
+    let plan = run(&set(IntOrString::Int(3)), &nodes, Some("maintenance"));
+    assert!(plan.retarget.is_empty(), "{plan:?}");
+    assert!(plan.start.is_empty(), "{plan:?}");
+    assert_eq!(plan.in_progress, ["n1"], "a node with its target finishes");
+}
+
+#[test]
+fn a_paused_set_retargets_no_reserved_node() {
+    let mut s = set(IntOrString::Int(3));
+    s.paused = true;
+    let plan = run(&s, &[reserved(old("n0")), old("n1")], None);
+    assert!(plan.retarget.is_empty(), "{plan:?}");
+    assert!(plan.start.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_held_set_still_records_the_target_of_a_node_already_running_it() {
+    let already = NodeView {
+        target_hash: None,
+        ..done("n0", 100)
+    };
+    let plan = run(
+        &set(IntOrString::Int(1)),
+        &[already, old("n1")],
+        Some("halt"),
+    );
+    assert_eq!(plan.adopt, ["n0"], "adoption changes nothing on the node");
+    assert!(plan.start.is_empty());
+}
+
+#[test]
+fn no_held_set_gives_any_node_a_target_it_did_not_have_whatever_the_mix() {
+    // Every combination of five node states over four nodes, each reserved
+    // or not, under each kind of hold.
+    let makers: [fn(&str) -> NodeView; 5] = [
+        old,
+        switching,
+        |n| done(n, 100),
+        rolled_back,
+        |n| rolled_back_from(n, "bad"),
+    ];
+    for code in 0..10usize.pow(4) {
+        let nodes: Vec<NodeView> = (0..4)
+            .map(|i| {
+                let digit = (code / 10usize.pow(i)) % 10;
+                NodeView {
+                    reserved: digit >= 5,
+                    ..makers[digit % 5](&format!("n{i}"))
+                }
+            })
+            .collect();
+        let mut paused = set(IntOrString::Int(4));
+        paused.paused = true;
+        for (s, halt) in [(set(IntOrString::Int(4)), Some("halt")), (paused, None)] {
+            let plan = run(&s, &nodes, halt);
+            assert!(
+                plan.start.is_empty() && plan.retarget.is_empty(),
+                "{nodes:?}: {plan:?}"
+            );
+        }
+    }
+}
