@@ -37,6 +37,8 @@ pub fn operator_controller(
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(async move {
         if ctx.args.no_discovery {
+            // Disabled: idle until stopped (ending early would mean it died).
+            stop.cancelled().await;
             return;
         }
         let mut discovery = Context::new(ctx.client.clone(), ctx.args.discovery.config());

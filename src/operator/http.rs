@@ -1,9 +1,9 @@
 //! The operator's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the
 //! SLA monitor's `POST /halt` and `POST /resume` (bearer token).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +25,39 @@ pub struct HttpState {
     pub token: Option<Arc<str>>,
     /// The metrics registry.
     pub metrics: Metrics,
-    /// Set once the operator has reached the API server.
-    pub ready: Arc<AtomicBool>,
+    /// Whether the replica is ready, and why not.
+    pub readiness: Readiness,
+}
+
+/// Whether `/readyz` answers 200: not before the operator has reached the
+/// API server, and never again once one of its controllers has died.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    problem: Arc<Mutex<Option<String>>>,
+}
+
+impl Readiness {
+    /// Not ready, because of `why`.
+    pub fn not_yet(why: &str) -> Self {
+        Self {
+            problem: Arc::new(Mutex::new(Some(why.to_owned()))),
+        }
+    }
+
+    /// Ready.
+    pub fn ready(&self) {
+        *self.problem.lock().expect("readiness lock") = None;
+    }
+
+    /// Not ready (any more), because of `why`.
+    pub fn fail(&self, why: &str) {
+        *self.problem.lock().expect("readiness lock") = Some(why.to_owned());
+    }
+
+    /// Why the replica is not ready, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().expect("readiness lock").clone()
+    }
 }
 
 /// The router.
@@ -40,14 +71,10 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the API server yet\n",
-        )
+async fn readyz(State(state): State<HttpState>) -> Response {
+    match state.readiness.problem() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -116,15 +143,32 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Denied> {
     }
 }
 
-async fn halt(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    body: Option<Json<HaltRequest>>,
-) -> Response {
+/// Reads the body of `POST /halt` as JSON whatever its declared content
+/// type (`curl -d` declares a form), or an empty body as no fields at all.
+fn halt_request(body: &[u8]) -> Result<HaltRequest, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(HaltRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the body is not a JSON object like {{\"reason\": \"…\", \"by\": \"…\"}}: {e}"
+            ),
+        )
+    })
+}
+
+/// `POST /halt`. The token is checked before the body is looked at, so an
+/// unauthenticated caller learns nothing but 401, whatever it sends.
+async fn halt(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(denied) = authorize(&state, &headers) {
         return denied.into_response();
     }
-    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let request = match halt_request(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
     if request.reason.trim().is_empty() {
         return error(
             StatusCode::BAD_REQUEST,

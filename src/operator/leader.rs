@@ -3,6 +3,8 @@
 //! writes the Lease with optimistic concurrency, so two candidates that race
 //! for an expired lease cannot both win.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -11,6 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// What a candidate should do with the lease it read.
@@ -61,11 +64,48 @@ pub struct LeaseConfig {
     pub duration: Duration,
 }
 
+/// This replica's right to act as leader, by the local monotonic clock: it
+/// lasts from a successful renewal until the lease, as written then, could
+/// be taken by another candidate (less a margin for clock differences). A
+/// process frozen past that point finds it expired when it resumes, before
+/// any of its writes go out (see [`crate::operator::fence`]).
+#[derive(Clone, Debug, Default)]
+pub struct Leadership {
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// Whether we may act as leader now.
+    pub fn is_valid(&self) -> bool {
+        self.until().is_some_and(|until| Instant::now() < until)
+    }
+
+    /// When the right to lead ends, if we hold it.
+    pub fn until(&self) -> Option<Instant> {
+        *self.until.lock().expect("leadership lock")
+    }
+
+    fn hold_until(&self, until: Instant) {
+        *self.until.lock().expect("leadership lock") = Some(until);
+    }
+
+    fn end(&self) {
+        *self.until.lock().expect("leadership lock") = None;
+    }
+
+    /// Holds the right to lead for `valid` from now (tests only).
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self, valid: Duration) {
+        self.hold_until(Instant::now() + valid);
+    }
+}
+
 /// Campaigns for the lease and reports leadership on a watch channel.
 #[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
+    leadership: Leadership,
 }
 
 impl Elector {
@@ -74,34 +114,78 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
+            leadership: Leadership::default(),
         }
     }
 
+    /// The right to lead this elector grants and takes away.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// How long after the start of a successful round we may act: the lease
+    /// duration less a margin (a fifth of it, at least half a second) for
+    /// the clocks of the candidates, which compare the lease's renew time
+    /// with their own.
+    fn valid_for(&self) -> Duration {
+        let margin = (self.config.duration / 5).max(Duration::from_millis(500));
+        self.config.duration.saturating_sub(margin)
+    }
+
     /// Runs forever: every third of the lease duration, reads the lease and
-    /// acquires or renews it, sending `true` while we lead. A failed renewal
-    /// that lasts past the lease duration sends `false`, so a leader cut off
-    /// from the API server stops acting before another can take over.
+    /// acquires or renews it, sending `true` while we lead. Each round may
+    /// take at most that third; a round that hangs is abandoned. The moment
+    /// the time since the last successful renewal reaches [`Self::valid_for`]
+    /// (even in the middle of a hung round) it sends `false`, so a leader cut
+    /// off from the API server stops acting before another can take over.
     pub async fn run(self, leading: watch::Sender<bool>) {
         let tick = self.config.duration / 3;
-        let mut last_success = tokio::time::Instant::now();
         loop {
-            match self.try_once().await {
-                Ok(lead) => {
-                    last_success = tokio::time::Instant::now();
-                    if *leading.borrow() != lead {
-                        info!(identity = %self.config.identity, lead, "leadership changed");
-                    }
-                    leading.send_replace(lead);
+            let started = Instant::now();
+            let round = tokio::time::timeout(tick, self.try_once());
+            match self.while_valid(round, &leading).await {
+                Ok(Ok(true)) => {
+                    self.leadership.hold_until(started + self.valid_for());
+                    self.announce(&leading, true);
                 }
-                Err(err) => {
+                Ok(Ok(false)) => {
+                    self.leadership.end();
+                    self.announce(&leading, false);
+                }
+                Ok(Err(err)) => {
                     warn!(error = %err, lease = %self.config.name, "cannot read or renew the leader lease");
-                    if last_success.elapsed() >= self.config.duration - tick {
-                        leading.send_replace(false);
-                    }
+                }
+                Err(_) => {
+                    warn!(lease = %self.config.name, "reading or renewing the leader lease took over {tick:?}; abandoned the attempt");
                 }
             }
-            tokio::time::sleep(tick).await;
+            let next = tokio::time::sleep_until(started + tick);
+            self.while_valid(next, &leading).await;
         }
+    }
+
+    /// Awaits `work`; should our right to lead expire meanwhile, steps down
+    /// at that moment rather than when `work` is done.
+    async fn while_valid<F: Future>(&self, work: F, leading: &watch::Sender<bool>) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            let expiry = self.leadership.until();
+            tokio::select! {
+                out = &mut work => return out,
+                () = sleep_until_or_never(expiry) => {
+                    warn!(identity = %self.config.identity, "no lease renewal for {:?}: stepping down", self.valid_for());
+                    self.leadership.end();
+                    self.announce(leading, false);
+                }
+            }
+        }
+    }
+
+    fn announce(&self, leading: &watch::Sender<bool>, lead: bool) {
+        if *leading.borrow() != lead {
+            info!(identity = %self.config.identity, lead, "leadership changed");
+        }
+        leading.send_replace(lead);
     }
 
     /// One round: returns whether we lead afterwards.
@@ -159,6 +243,7 @@ impl Elector {
     /// have stopped), so that a standby takes over on its next round rather
     /// than after the lease expires. Returns whether we held it.
     pub async fn release(&self) -> Result<bool, kube::Error> {
+        self.leadership.end();
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             return Ok(false);
         };
@@ -201,6 +286,14 @@ impl Elector {
                 ..Default::default()
             }),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -249,5 +342,67 @@ mod tests {
         for (name, spec, expected) in cases {
             assert_eq!(decide(spec.as_ref(), "me", at(100)), expected, "{name}");
         }
+    }
+
+    /// An API server that answers the first lease read (none) and create,
+    /// then never answers again: a leader cut off mid-request.
+    fn answers_twice_then_hangs() -> Client {
+        use axum::http::{Request, Response, StatusCode};
+        use kube::client::Body;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let (status, body) = match call {
+                    0 => (
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "NotFound", "code": 404, "message": "not found"}),
+                    ),
+                    1 => {
+                        let bytes = axum::body::to_bytes(
+                            axum::body::Body::new(request.into_body()),
+                            1 << 20,
+                        )
+                        .await
+                        .unwrap();
+                        (StatusCode::CREATED, serde_json::from_slice(&bytes).unwrap())
+                    }
+                    _ => std::future::pending().await,
+                };
+                let body = Body::from(serde_json::to_vec(&body).unwrap());
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder().status(status).body(body).unwrap(),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_renewal_hangs_steps_down_before_its_lease_expires() {
+        let duration = Duration::from_secs(3);
+        let elector = Elector::new(
+            answers_twice_then_hangs(),
+            LeaseConfig {
+                namespace: "default".into(),
+                name: "theseus-operator".into(),
+                identity: "me".into(),
+                duration,
+            },
+        );
+        let leadership = elector.leadership();
+        let (tx, mut leading) = watch::channel(false);
+        let campaign = tokio::spawn(elector.run(tx));
+        leading.wait_for(|l| *l).await.unwrap();
+        let elected = Instant::now();
+        assert!(leadership.is_valid());
+        tokio::time::timeout(duration, leading.wait_for(|l| !*l))
+            .await
+            .expect("still leading when the lease expired")
+            .unwrap();
+        assert!(elected.elapsed() < duration, "{:?}", elected.elapsed());
+        assert!(!leadership.is_valid());
+        campaign.abort();
     }
 }

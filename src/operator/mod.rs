@@ -1,8 +1,10 @@
 //! `theseus operator`: starts the controllers under leader election and
 //! serves the HTTP endpoints.
 
+pub mod fence;
 pub mod halt;
 pub mod http;
+mod lead;
 pub mod leader;
 pub mod metrics;
 pub mod status;
@@ -10,7 +12,6 @@ pub mod status;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -135,29 +136,66 @@ impl Context {
     }
 }
 
-/// A watcher configuration limited to objects matching `selector`, if any.
+/// How long one watch call may stay open: the API server ends it after this
+/// many seconds and the watcher resumes from the last resourceVersion. A
+/// watch that goes quiet without an error (a stalled connection, a watch on
+/// storage the API server replaced) is noticed within this time plus a few
+/// seconds, instead of kube's default of nearly five minutes.
+pub const WATCH_TIMEOUT_SECONDS: u32 = 20;
+
+/// A watcher configuration limited to objects matching `selector`, if any,
+/// with watch calls bounded by [`WATCH_TIMEOUT_SECONDS`].
 pub fn scoped(selector: Option<&str>) -> kube::runtime::watcher::Config {
-    let config = kube::runtime::watcher::Config::default();
+    let config = kube::runtime::watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
     match selector {
         Some(selector) => config.labels(selector),
         None => config,
     }
 }
 
-/// A controller: runs until `stop` is cancelled.
+/// A controller: runs until `stop` is cancelled. Ending (or panicking)
+/// before that means it died: the operator then exits non-zero.
 pub type ControllerFn = fn(Context, CancellationToken) -> BoxFuture<'static, ()>;
 
-/// Runs the operator until SIGINT or SIGTERM.
-pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Result<()> {
-    let client = Client::try_default()
+/// A controller and its name (in logs and `/readyz`).
+#[derive(Clone, Copy, Debug)]
+pub struct Controller {
+    /// e.g. `packageset`.
+    pub name: &'static str,
+    /// Runs it.
+    pub run: ControllerFn,
+}
+
+/// Runs the operator until SIGINT or SIGTERM, or until one of its
+/// controllers dies (an error: the process exits non-zero and is restarted).
+pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
+    // The elector and the halt endpoints write whether or not we lead.
+    let client = Client::try_from(config.clone())
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let elector = Elector::new(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_seconds),
+        },
+    );
+    // The controllers write only while the lease is ours.
+    let fenced = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?
+        .with_layer(&fence::FenceLayer(elector.leadership()))
+        .build();
     let token = halt_token(&client, &args).await?;
+    let halt = HaltStore::new(client.clone(), &args.namespace);
     let ctx = Context {
-        client: client.clone(),
+        client: fenced,
         metrics: Metrics::default(),
-        halt: HaltStore::new(client.clone(), &args.namespace),
+        halt: halt.clone(),
         reporter: Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.clone()),
@@ -166,12 +204,12 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
         indexes: Default::default(),
     };
 
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = http::Readiness::not_yet("not connected to the API server yet");
     let state = http::HttpState {
-        halt: ctx.halt.clone(),
+        halt,
         token,
         metrics: ctx.metrics.clone(),
-        ready: ready.clone(),
+        readiness: readiness.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -187,18 +225,9 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
         .apiserver_version()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
-    ready.store(true, Ordering::Relaxed);
+    readiness.ready();
 
     let (leading_tx, leading) = watch::channel(false);
-    let elector = Elector::new(
-        client,
-        LeaseConfig {
-            namespace: args.namespace.clone(),
-            name: args.lease_name.clone(),
-            identity,
-            duration: Duration::from_secs(args.lease_seconds),
-        },
-    );
     let campaign = tokio::spawn(elector.clone().run(leading_tx));
     let shutdown = CancellationToken::new();
     let signalled = shutdown.clone();
@@ -207,7 +236,13 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
         info!("shutting down");
         signalled.cancel();
     });
-    lead(ctx, leading, controllers, shutdown).await;
+    let spawn = |stop: &CancellationToken| -> Vec<(&'static str, BoxFuture<'static, ()>)> {
+        controllers
+            .iter()
+            .map(|c| (c.name, guarded(c, ctx.clone(), stop.child_token())))
+            .collect()
+    };
+    let outcome = lead::lead(leading, spawn, &readiness, shutdown).await;
     // The controllers have stopped: hand the lease over at once.
     campaign.abort();
     match elector.release().await {
@@ -217,54 +252,22 @@ pub async fn run(args: OperatorArgs, controllers: &[ControllerFn]) -> anyhow::Re
             warn!(error = %err, "cannot release the leader lease; a standby takes over when it expires")
         }
     }
-    Ok(())
+    outcome.map_err(|died| anyhow::anyhow!("{died}; exiting so that the operator is restarted"))
 }
 
-/// How long stopping controllers may take before they are aborted.
-const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Runs the controllers while we lead, and stops them when we do not;
-/// returns, with every controller stopped, once `shutdown` is cancelled.
-async fn lead(
-    ctx: Context,
-    mut leading: watch::Receiver<bool>,
-    controllers: &[ControllerFn],
-    shutdown: CancellationToken,
-) {
-    loop {
-        let elected = tokio::select! {
-            r = leading.wait_for(|l| *l) => r.is_ok(),
-            () = shutdown.cancelled() => false,
-        };
-        if !elected {
-            return;
+/// The controller's future, with the test-only failpoint
+/// `NAME-controller-panics` (a build with failpoints panics it two seconds
+/// after it starts).
+fn guarded(c: &Controller, ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    let work = (c.run)(ctx, stop);
+    let step = format!("{}-controller-panics", c.name);
+    Box::pin(async move {
+        if crate::pkg::failpoint::armed(&step) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            panic!("failpoint {step} reached");
         }
-        info!("leading: starting controllers");
-        let stop = CancellationToken::new();
-        let tasks: Vec<_> = controllers
-            .iter()
-            .map(|c| tokio::spawn(c(ctx.clone(), stop.child_token())))
-            .collect();
-        let deposed = tokio::select! {
-            r = leading.wait_for(|l| !*l) => r.is_ok(),
-            () = shutdown.cancelled() => false,
-        };
-        if deposed {
-            warn!("lost leadership: stopping controllers");
-        }
-        stop.cancel();
-        let deadline = tokio::time::Instant::now() + CONTROLLER_STOP_GRACE;
-        for task in tasks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                warn!("a controller did not stop within {CONTROLLER_STOP_GRACE:?}; aborting it");
-                abort.abort();
-            }
-        }
-        if !deposed {
-            return;
-        }
-    }
+        work.await;
+    })
 }
 
 async fn halt_token(client: &Client, args: &OperatorArgs) -> anyhow::Result<Option<Arc<str>>> {
