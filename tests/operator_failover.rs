@@ -41,7 +41,7 @@ fn refuse_writes_of(rig: &Rig, name: &str, user: &str) {
             "failurePolicy": "Fail",
             "matchConstraints": { "resourceRules": [{
                 "apiGroups": ["", "theseus.dev", "events.k8s.io"], "apiVersions": ["*"],
-                "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["*", "*/*"]
+                "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["*/*"]
             }]},
             "matchConditions": [{ "name": "frozen-operator",
                 "expression": format!("request.userInfo.username == '{user}'") }],
