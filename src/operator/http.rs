@@ -145,17 +145,12 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Denied> {
 
 /// Reads the body of `POST /halt` as JSON whatever its declared content
 /// type (`curl -d` declares a form), or an empty body as no fields at all.
-fn halt_request(body: &[u8]) -> Result<HaltRequest, Response> {
+fn halt_request(body: &[u8]) -> Result<HaltRequest, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(HaltRequest::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "the body is not a JSON object like {{\"reason\": \"…\", \"by\": \"…\"}}: {e}"
-            ),
-        )
+        format!("the body is not a JSON object like {{\"reason\": \"…\", \"by\": \"…\"}}: {e}")
     })
 }
 
@@ -167,7 +162,7 @@ async fn halt(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -
     }
     let request = match halt_request(&body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     if request.reason.trim().is_empty() {
         return error(
