@@ -9,14 +9,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::Client as Ec2Client;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::ec2::{self, Ec2Proxy};
-use support::fleet::Operator;
+use support::fleet::{Operator, RUN_LABEL};
 use support::{TestNamespace, TestbedEnv, eventually, repo_root};
-use theseus::api::NodePool;
 use theseus::api::conditions;
+use theseus::api::{NodeInstall, NodePool};
 
 struct Rig {
     tb: TestbedEnv,
@@ -78,14 +79,29 @@ impl Rig {
     }
 
     async fn create_pool(&self, replicas: i32) {
-        let spec = json!({
-            "provider": { "type": "Aws", "aws": {
-                "region": "us-east-1", "instanceType": "t3.micro",
-                "imageId": self.image, "endpoint": self.proxy.url,
-                "tags": { "team": "theseus-tests" }
-            } }
+        self.create_pool_with(replicas, json!({})).await;
+    }
+
+    /// Creates the pool with `extra` merged into `spec.provider.aws`.
+    async fn create_pool_with(&self, replicas: i32, extra: serde_json::Value) {
+        let mut aws = json!({
+            "region": "us-east-1", "instanceType": "t3.micro",
+            "imageId": self.image, "endpoint": self.proxy.url,
+            "tags": { "team": "theseus-tests" }
         });
+        for (k, v) in extra.as_object().unwrap() {
+            aws[k] = v.clone();
+        }
+        let spec = json!({ "provider": { "type": "Aws", "aws": aws } });
         support::pools::apply(&self.pools(), &self.run, replicas, spec).await;
+    }
+
+    /// The pool's `type_` condition as (status, reason, message).
+    async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
+        let pool = self.pools().get(&self.run).await.ok()?;
+        let st = pool.status.unwrap_or_default();
+        conditions::find(&st.conditions, type_)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     }
 
     fn scale(&self, replicas: i32) {
@@ -357,6 +373,154 @@ async fn throttled_calls_are_retried_with_backoff_and_the_pool_converges_without
     rig.assert_describes_filtered();
     rig.scale(0);
     rig.converged(0, Duration::from_secs(60)).await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ec2_endpoint_that_never_answers_degrades_the_pool_instead_of_wedging_it() {
+    let Some(rig) = Rig::new("np-silent").await else {
+        return;
+    };
+    let _operator = rig.operator("a", &[]);
+    rig.create_pool_with(1, json!({ "timeoutSeconds": 3 }))
+        .await;
+    rig.converged(1, Duration::from_secs(90)).await;
+
+    rig.proxy.log.lock().unwrap().silent = true;
+    let start = Instant::now();
+    rig.scale(2);
+    let message = eventually(
+        Duration::from_secs(60),
+        "Degraded=True, reason ProviderTimeout",
+        || async {
+            match rig.condition("Degraded").await {
+                Some((s, r, m)) if s == "True" && r == "ProviderTimeout" => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let took = start.elapsed();
+    assert!(message.contains(&rig.proxy.url), "{message}");
+    assert!(message.contains("within 3s"), "{message}");
+    assert!(rig.proxy.log.lock().unwrap().unanswered > 0);
+
+    // Answers again: the pool converges and is no longer degraded.
+    rig.proxy.log.lock().unwrap().silent = false;
+    rig.converged(2, Duration::from_secs(90)).await;
+    let healed = eventually(Duration::from_secs(30), "Degraded=False", || async {
+        match rig.condition("Degraded").await {
+            Some((s, _, _)) if s == "False" => Ok(start.elapsed()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "a silent endpoint with a 3 s call deadline: Degraded (ProviderTimeout) {took:?} after the scale; converged and healthy {healed:?} after it"
+    );
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+/// `theseus_reconciles_total{controller="nodepool"}` of `operator`.
+async fn pool_reconciles(operator: &Operator) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"theseus_reconciles_total{controller="nodepool"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `status.heartbeat` (and, first, the instance id) of NodeInstall `name`.
+async fn beat(api: &Api<NodeInstall>, name: &str, instance: &str) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+    let patch = json!({ "status": { "instanceId": instance, "heartbeat": now } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_do_not_wake_the_pool_but_a_removal_request_does() {
+    let Some(rig) = Rig::new("np-beats").await else {
+        return;
+    };
+    let operator = rig.operator("a", &[]);
+    rig.create_pool(2).await;
+    let pool = rig.converged(2, Duration::from_secs(90)).await;
+    let api: Api<NodeInstall> = Api::all(rig.client.clone());
+    let mut nodes = Vec::new();
+    for (k, i) in pool.status.unwrap().instances.iter().enumerate() {
+        let name = format!("{}-n{k}", rig.run);
+        let ni: NodeInstall = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+            "metadata": { "name": name, "labels": {
+                RUN_LABEL: rig.run, "theseus.dev/nodepool": rig.run } },
+            "spec": {}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &ni).await.unwrap();
+        beat(&api, &name, &i.id).await;
+        nodes.push((name, i.id.clone()));
+    }
+    eventually(Duration::from_secs(60), "2 ready replicas", || async {
+        let st = rig.pools().get(&rig.run).await.unwrap().status.unwrap();
+        (st.ready_replicas == 2)
+            .then_some(())
+            .ok_or(format!("{}", st.ready_replicas))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // our own writes settle
+
+    let (reconciles, describes) = (
+        pool_reconciles(&operator).await,
+        rig.proxy.calls("DescribeInstances"),
+    );
+    let start = Instant::now();
+    let mut beats = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        for (name, id) in &nodes {
+            beat(&api, name, id).await;
+            beats += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let woken = pool_reconciles(&operator).await - reconciles;
+    let listed = rig.proxy.calls("DescribeInstances") - describes;
+    eprintln!(
+        "{beats} heartbeats in 12 s: {woken} NodePool reconcile(s), {listed} DescribeInstances"
+    );
+    assert!(woken <= 1, "{beats} heartbeats woke the pool {woken} times");
+    assert!(listed <= 1, "{beats} heartbeats caused {listed} listings");
+
+    // A change the planner reads does wake it (so the count above can move).
+    let ask = json!({ "metadata": { "annotations": { "theseus.dev/remove": "true" } } });
+    api.patch(&nodes[0].0, &PatchParams::default(), &Patch::Merge(&ask))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a reconcile for the removal request",
+        || async {
+            let n = pool_reconciles(&operator).await;
+            (n > reconciles + woken).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    for (name, _) in &nodes {
+        let _ = api.delete(name, &Default::default()).await;
+    }
     support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     rig.ns.delete(&rig.client).await;
 }

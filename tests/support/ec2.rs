@@ -1,5 +1,5 @@
-//! EC2 helpers for NodePool tests: a recording (and, on demand, throttling)
-//! proxy in front of moto, and a direct moto client to plant and inspect
+//! EC2 helpers for NodePool tests: a recording (and, on demand, throttling
+//! or silent) proxy in front of moto, and a direct moto client to plant and inspect
 //! instances.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,10 @@ pub struct ProxyLog {
     pub throttled: usize,
     /// Throttle every request until this instant.
     pub throttle_until: Option<Instant>,
+    /// While set, accept every request and never answer it.
+    pub silent: bool,
+    /// Requests left unanswered because the proxy was silent.
+    pub unanswered: usize,
 }
 
 /// A proxy on 127.0.0.1 in front of moto.
@@ -107,6 +111,17 @@ async fn forward(State(st): State<ProxyState>, headers: HeaderMap, body: Bytes) 
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    let silent = {
+        let mut log = st.log.lock().unwrap();
+        if log.silent {
+            log.unanswered += 1;
+        }
+        log.silent
+    };
+    if silent {
+        // An endpoint that accepted the connection and never answers.
+        std::future::pending::<()>().await;
+    }
     {
         let mut log = st.log.lock().unwrap();
         *log.calls.entry(action.clone()).or_default() += 1;
