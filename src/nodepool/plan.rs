@@ -29,7 +29,10 @@ use crate::api::{DrainTimeoutPolicy, ScaleDownOrder};
 
 #[path = "plan_conditions.rs"]
 mod conditions;
+#[path = "plan_listing.rs"]
+mod listing;
 use conditions::conditions;
+use listing::reconcile_listing;
 
 /// Where an instance is in its life, as recorded in `status.instances`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -277,77 +280,6 @@ fn age(now: Timestamp, since: Timestamp) -> Duration {
 
 fn is_live(i: &Recorded) -> bool {
     matches!(i.state, State::Pending | State::Running)
-}
-
-/// The record joined with the listing.
-struct Seen {
-    instances: Vec<Recorded>,
-    next_launch: i64,
-    orphans: Vec<String>,
-    strays: Vec<String>,
-    first_seen: BTreeMap<String, Timestamp>,
-}
-
-/// Joins the record with the listing: adopts in-flight launches, forgets
-/// vanished instances, finds orphans and strays.
-fn reconcile_listing(input: &Input<'_>) -> Seen {
-    let pool = input.pool;
-    let listed: BTreeMap<&str, &Listed> = input.listed.iter().map(|l| (l.id.as_str(), l)).collect();
-    let instances: Vec<Recorded> = input
-        .recorded
-        .iter()
-        .filter(|r| {
-            listed.contains_key(r.id.as_str())
-                || (r.state != State::Terminating && age(input.now, r.launched) < pool.grace)
-        })
-        .cloned()
-        .collect();
-    let recorded: BTreeSet<&str> = input.recorded.iter().map(|r| r.id.as_str()).collect();
-    let mut seen = Seen {
-        instances,
-        next_launch: pool.next_launch,
-        orphans: Vec::new(),
-        strays: Vec::new(),
-        first_seen: BTreeMap::new(),
-    };
-    for l in input
-        .listed
-        .iter()
-        .filter(|l| !recorded.contains(l.id.as_str()))
-    {
-        let launched = launched_or_first_seen(l, input, &mut seen.first_seen);
-        match l.launch_seq {
-            Some(seq) if seq >= pool.next_launch => {
-                seen.next_launch = seen.next_launch.max(seq + 1);
-                seen.first_seen.remove(&l.id);
-                seen.instances.push(Recorded {
-                    id: l.id.clone(),
-                    node: None,
-                    state: State::Pending,
-                    launched,
-                    drain_started: None,
-                });
-            }
-            _ if age(input.now, launched) < pool.grace => seen.strays.push(l.id.clone()),
-            _ => seen.orphans.push(l.id.clone()),
-        }
-    }
-    seen
-}
-
-/// The launch time of a listed instance; without one, when the pool first
-/// saw it (recorded in `first_seen` for the status).
-fn launched_or_first_seen(
-    l: &Listed,
-    input: &Input<'_>,
-    first_seen: &mut BTreeMap<String, Timestamp>,
-) -> Timestamp {
-    if let Some(at) = l.launched {
-        return at;
-    }
-    let at = input.first_seen.get(&l.id).copied().unwrap_or(input.now);
-    first_seen.insert(l.id.clone(), at);
-    at
 }
 
 /// Links instances to the NodeInstalls their agents registered, and marks
