@@ -65,6 +65,7 @@ async fn pass(provider: &Ec2, record: &mut Record, replicas: usize) -> bool {
         nodes: &[],
         drains: &BTreeMap::new(),
         previous: &[],
+        first_seen: &BTreeMap::new(),
         now: Timestamp::now(),
     });
     let mut instances = decided.instances.clone();
@@ -84,7 +85,7 @@ async fn pass(provider: &Ec2, record: &mut Record, replicas: usize) -> bool {
             id: i.id,
             node: None,
             state: State::Pending,
-            launched: i.launched,
+            launched: i.launched.unwrap_or_else(Timestamp::now),
             drain_started: None,
         }));
         next_launch = l.first_seq + l.count as i64;

@@ -8,135 +8,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::Client as Ec2Client;
-use kube::Client;
-use kube::api::Api;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::ec2::{self, Ec2Proxy};
-use support::fleet::Operator;
-use support::{TestNamespace, TestbedEnv, eventually, repo_root};
-use theseus::api::NodePool;
-use theseus::api::conditions;
-
-struct Rig {
-    tb: TestbedEnv,
-    client: Client,
-    ns: TestNamespace,
-    run: String,
-    logs: std::path::PathBuf,
-    ec2: Ec2Client,
-    proxy: Ec2Proxy,
-    image: String,
-}
-
-impl Rig {
-    async fn new(tag: &str) -> Option<Rig> {
-        let tb = require_testbed!()?;
-        support::apply_crds(&tb);
-        tb.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/nodepools.theseus.dev",
-            "--timeout=60s",
-        ]);
-        let client = tb.client().await;
-        let ns = TestNamespace::create(&tb, &client, tag).await;
-        let run = ns.name.clone();
-        let logs = repo_root().join("target/test-logs").join(&run);
-        std::fs::create_dir_all(&logs).unwrap();
-        eprintln!("operator logs: {}", logs.display());
-        let ec2 = ec2::moto(tb.ec2_endpoint()).await;
-        let proxy = Ec2Proxy::start(tb.ec2_endpoint()).await;
-        let image = ec2::image(&ec2).await;
-        Some(Rig {
-            tb,
-            client,
-            ns,
-            run,
-            logs,
-            ec2,
-            proxy,
-            image,
-        })
-    }
-
-    /// An operator for this run; its cluster name is the run.
-    fn operator(&self, identity: &str, env: &[(&str, &str)]) -> Operator {
-        Operator::start_with(
-            &self.tb,
-            &self.ns.name,
-            &self.run,
-            identity,
-            &self.logs,
-            &["--cluster-name", &self.run],
-            env,
-        )
-    }
-
-    fn pools(&self) -> Api<NodePool> {
-        Api::all(self.client.clone())
-    }
-
-    async fn create_pool(&self, replicas: i32) {
-        let spec = json!({
-            "provider": { "type": "Aws", "aws": {
-                "region": "us-east-1", "instanceType": "t3.micro",
-                "imageId": self.image, "endpoint": self.proxy.url,
-                "tags": { "team": "theseus-tests" }
-            } }
-        });
-        support::pools::apply(&self.pools(), &self.run, replicas, spec).await;
-    }
-
-    fn scale(&self, replicas: i32) {
-        support::pools::scale(&self.tb, &self.run, replicas);
-    }
-
-    /// Our live instances in moto: id → tags.
-    async fn ours(&self) -> BTreeMap<String, BTreeMap<String, String>> {
-        ec2::live(
-            &self.ec2,
-            &[
-                ("theseus.dev/nodepool", &self.run),
-                ("theseus.dev/cluster", &self.run),
-            ],
-        )
-        .await
-    }
-
-    /// Waits until moto and the pool's status agree on `n` instances and the
-    /// pool is no longer scaling.
-    async fn converged(&self, n: usize, timeout: Duration) -> NodePool {
-        eventually(timeout, &format!("{n} instances, recorded and live"), || async {
-            let pool = self.pools().get(&self.run).await.map_err(|e| e.to_string())?;
-            let st = pool.status.clone().unwrap_or_default();
-            let recorded: Vec<String> = st.instances.iter().map(|i| i.id.clone()).collect();
-            let live: Vec<String> = self.ours().await.into_keys().collect();
-            let mut sorted = recorded.clone();
-            sorted.sort();
-            let scaling = conditions::find(&st.conditions, "Scaling").map(|c| c.status.clone());
-            if sorted == live && live.len() == n && st.replicas == n as i32 && scaling.as_deref() == Some("False") {
-                Ok(pool)
-            } else {
-                Err(format!("recorded {sorted:?}, live {live:?}, status.replicas {}, Scaling {scaling:?}", st.replicas))
-            }
-        })
-        .await
-    }
-
-    fn assert_describes_filtered(&self) {
-        let log = self.proxy.log.lock().unwrap();
-        assert!(log.calls.get("DescribeInstances").copied().unwrap_or(0) > 0);
-        assert_eq!(
-            log.unfiltered_describes, 0,
-            "every DescribeInstances carries the owner tag filters"
-        );
-        eprintln!(
-            "EC2 calls through the proxy: {:?} (throttled {})",
-            log.calls, log.throttled
-        );
-    }
-}
+use support::ec2::{self, Ec2Rig as Rig};
+use support::eventually;
+use support::fleet::{Operator, RUN_LABEL};
+use theseus::api::NodeInstall;
 
 fn assert_owner_tags(run: &str, instances: &BTreeMap<String, BTreeMap<String, String>>) {
     for (id, tags) in instances {
@@ -357,6 +235,154 @@ async fn throttled_calls_are_retried_with_backoff_and_the_pool_converges_without
     rig.assert_describes_filtered();
     rig.scale(0);
     rig.converged(0, Duration::from_secs(60)).await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ec2_endpoint_that_never_answers_degrades_the_pool_instead_of_wedging_it() {
+    let Some(rig) = Rig::new("np-silent").await else {
+        return;
+    };
+    let _operator = rig.operator("a", &[]);
+    rig.create_pool_with(1, json!({ "timeoutSeconds": 3 }))
+        .await;
+    rig.converged(1, Duration::from_secs(90)).await;
+
+    rig.proxy.log.lock().unwrap().silent = true;
+    let start = Instant::now();
+    rig.scale(2);
+    let message = eventually(
+        Duration::from_secs(60),
+        "Degraded=True, reason ProviderTimeout",
+        || async {
+            match rig.condition("Degraded").await {
+                Some((s, r, m)) if s == "True" && r == "ProviderTimeout" => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let took = start.elapsed();
+    assert!(message.contains(&rig.proxy.url), "{message}");
+    assert!(message.contains("within 3s"), "{message}");
+    assert!(rig.proxy.log.lock().unwrap().unanswered > 0);
+
+    // Answers again: the pool converges and is no longer degraded.
+    rig.proxy.log.lock().unwrap().silent = false;
+    rig.converged(2, Duration::from_secs(90)).await;
+    let healed = eventually(Duration::from_secs(30), "Degraded=False", || async {
+        match rig.condition("Degraded").await {
+            Some((s, _, _)) if s == "False" => Ok(start.elapsed()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "a silent endpoint with a 3 s call deadline: Degraded (ProviderTimeout) {took:?} after the scale; converged and healthy {healed:?} after it"
+    );
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+/// `theseus_reconciles_total{controller="nodepool"}` of `operator`.
+async fn pool_reconciles(operator: &Operator) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"theseus_reconciles_total{controller="nodepool"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `status.heartbeat` (and, first, the instance id) of NodeInstall `name`.
+async fn beat(api: &Api<NodeInstall>, name: &str, instance: &str) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+    let patch = json!({ "status": { "instanceId": instance, "heartbeat": now } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_do_not_wake_the_pool_but_a_removal_request_does() {
+    let Some(rig) = Rig::new("np-beats").await else {
+        return;
+    };
+    let operator = rig.operator("a", &[]);
+    rig.create_pool(2).await;
+    let pool = rig.converged(2, Duration::from_secs(90)).await;
+    let api: Api<NodeInstall> = Api::all(rig.client.clone());
+    let mut nodes = Vec::new();
+    for (k, i) in pool.status.unwrap().instances.iter().enumerate() {
+        let name = format!("{}-n{k}", rig.run);
+        let ni: NodeInstall = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+            "metadata": { "name": name, "labels": {
+                RUN_LABEL: rig.run, "theseus.dev/nodepool": rig.run } },
+            "spec": {}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &ni).await.unwrap();
+        beat(&api, &name, &i.id).await;
+        nodes.push((name, i.id.clone()));
+    }
+    eventually(Duration::from_secs(60), "2 ready replicas", || async {
+        let st = rig.pools().get(&rig.run).await.unwrap().status.unwrap();
+        (st.ready_replicas == 2)
+            .then_some(())
+            .ok_or(format!("{}", st.ready_replicas))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // our own writes settle
+
+    let (reconciles, describes) = (
+        pool_reconciles(&operator).await,
+        rig.proxy.calls("DescribeInstances"),
+    );
+    let start = Instant::now();
+    let mut beats = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        for (name, id) in &nodes {
+            beat(&api, name, id).await;
+            beats += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let woken = pool_reconciles(&operator).await - reconciles;
+    let listed = rig.proxy.calls("DescribeInstances") - describes;
+    eprintln!(
+        "{beats} heartbeats in 12 s: {woken} NodePool reconcile(s), {listed} DescribeInstances"
+    );
+    assert!(woken <= 1, "{beats} heartbeats woke the pool {woken} times");
+    assert!(listed <= 1, "{beats} heartbeats caused {listed} listings");
+
+    // A change the planner reads does wake it (so the count above can move).
+    let ask = json!({ "metadata": { "annotations": { "theseus.dev/remove": "true" } } });
+    api.patch(&nodes[0].0, &PatchParams::default(), &Patch::Merge(&ask))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a reconcile for the removal request",
+        || async {
+            let n = pool_reconciles(&operator).await;
+            (n > reconciles + woken).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+
+    rig.scale(0);
+    rig.converged(0, Duration::from_secs(60)).await;
+    for (name, _) in &nodes {
+        let _ = api.delete(name, &Default::default()).await;
+    }
     support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
     rig.ns.delete(&rig.client).await;
 }

@@ -8,155 +8,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use support::fleet::Operator;
-use support::{TestNamespace, TestbedEnv, eventually, repo_root};
+use support::eventually;
+use support::pools::{LocalRig as Rig, agent_pids, fake_node};
 use theseus::api::conditions;
-use theseus::api::{NodeInstall, NodePool};
-
-struct Rig {
-    tb: TestbedEnv,
-    client: Client,
-    ns: TestNamespace,
-    run: String,
-    logs: std::path::PathBuf,
-    state: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn new(tag: &str) -> Option<Rig> {
-        let tb = require_testbed!()?;
-        support::apply_crds(&tb);
-        let client = tb.client().await;
-        let ns = TestNamespace::create(&tb, &client, tag).await;
-        let run = ns.name.clone();
-        let logs = repo_root().join("target/test-logs").join(&run);
-        std::fs::create_dir_all(&logs).unwrap();
-        eprintln!("operator logs: {}", logs.display());
-        Some(Rig {
-            tb,
-            client,
-            ns,
-            run,
-            logs,
-            state: tempfile::tempdir().unwrap(),
-        })
-    }
-
-    fn operator(&self) -> Operator {
-        let state = self.state.path().to_str().unwrap().to_owned();
-        Operator::start_with(
-            &self.tb,
-            &self.ns.name,
-            &self.run,
-            "a",
-            &self.logs,
-            &["--cluster-name", &self.run, "--state-dir", &state],
-            &[],
-        )
-    }
-
-    fn pools(&self) -> Api<NodePool> {
-        Api::all(self.client.clone())
-    }
-
-    async fn apply_pool(&self, replicas: i32, policy: &str) {
-        let spec = json!({
-            "provider": { "type": "Local", "local": {} },
-            "drainTimeoutSeconds": 5,
-            "drainTimeoutPolicy": policy,
-        });
-        support::pools::apply(&self.pools(), &self.run, replicas, spec).await;
-    }
-
-    fn scale(&self, replicas: i32) {
-        support::pools::scale(&self.tb, &self.run, replicas);
-    }
-
-    async fn node_installs(&self) -> Vec<NodeInstall> {
-        Api::<NodeInstall>::all(self.client.clone())
-            .list(&ListParams::default().labels(&format!("theseus.dev/nodepool={}", self.run)))
-            .await
-            .unwrap()
-            .items
-    }
-
-    /// Waits for `n` registered agents, each NodeInstall naming its instance,
-    /// and `n` ready replicas.
-    async fn joined(&self, n: usize) -> NodePool {
-        eventually(
-            Duration::from_secs(90),
-            &format!("{n} local nodes joined"),
-            || async {
-                let nodes = self.node_installs().await;
-                let with_ids = nodes
-                    .iter()
-                    .filter(|n| {
-                        n.status
-                            .as_ref()
-                            .and_then(|s| s.instance_id.as_deref())
-                            .is_some_and(|id| id.starts_with("local-"))
-                    })
-                    .count();
-                let pool = self
-                    .pools()
-                    .get(&self.run)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let st = pool.status.clone().unwrap_or_default();
-                if nodes.len() == n
-                    && with_ids == n
-                    && st.ready_replicas == n as i32
-                    && st.replicas == n as i32
-                {
-                    Ok(pool)
-                } else {
-                    Err(format!(
-                        "{} NodeInstalls ({with_ids} with ids), status {:?}",
-                        nodes.len(),
-                        (st.replicas, st.ready_replicas)
-                    ))
-                }
-            },
-        )
-        .await
-    }
-
-    async fn condition(&self, type_: &str, reason: &str, timeout: Duration) -> NodePool {
-        eventually(timeout, &format!("{type_} reason {reason}"), || async {
-            let pool = self
-                .pools()
-                .get(&self.run)
-                .await
-                .map_err(|e| e.to_string())?;
-            let st = pool.status.clone().unwrap_or_default();
-            match conditions::find(&st.conditions, type_) {
-                Some(c) if c.reason == reason => Ok(pool),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await
-    }
-}
-
-/// The pids of the pool's running agents, from the provider's pid files.
-fn agent_pids(state: &std::path::Path, pool: &str) -> Vec<u32> {
-    let dir = state.join("nodepools").join(pool);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| {
-            std::fs::read_to_string(e.ok()?.path().join("pid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .filter(|pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_agents_join_as_the_pool_scales_up_and_leave_as_it_scales_down() {
@@ -204,20 +60,6 @@ async fn local_agents_join_as_the_pool_scales_up_and_leave_as_it_scales_down() {
     );
     assert!(rig.node_installs().await.is_empty());
     rig.ns.delete(&rig.client).await;
-}
-
-async fn fake_node(client: &Client, name: &str) {
-    let node: Node = serde_json::from_value(json!({
-        "metadata": { "name": name, "annotations": { "kwok.x-k8s.io/node": "fake" },
-                      "labels": { "type": "kwok", "kubernetes.io/hostname": name } },
-        "status": { "allocatable": { "cpu": "8", "memory": "32Gi", "pods": "110" },
-                    "capacity": { "cpu": "8", "memory": "32Gi", "pods": "110" } }
-    }))
-    .unwrap();
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
 }
 
 async fn protected_pod(client: &Client, ns: &str, node: &str) {

@@ -189,6 +189,12 @@ pub struct AwsProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub endpoint: Option<String>,
+
+    /// Seconds one EC2 call may take before it counts as failed and the
+    /// pool reports Degraded (reason ProviderTimeout). Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: Option<i32>,
 }
 
 /// A reference to a Secret by namespace and name.
@@ -251,10 +257,29 @@ pub struct NodePoolStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub instances: Vec<PoolInstance>,
 
+    /// Instances the provider lists without a launch time and the pool has
+    /// not recorded, with when the pool first saw each: their age (for the
+    /// grace period before an unrecorded instance counts as an orphan)
+    /// counts from then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub first_seen: Vec<FirstSeen>,
+
     /// Ready, Scaling, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// When the pool first saw an instance whose launch time is unknown.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FirstSeen {
+    /// The provider's id.
+    pub id: String,
+
+    /// When a listing first showed it.
+    pub time: Time,
 }
 
 /// One instance of a pool.

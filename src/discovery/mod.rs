@@ -7,6 +7,7 @@
 //! - [`diff`]: desired against actual keys, as transactions (pure);
 //! - [`projection`]: pods and ServiceGroups to tree contents (pure);
 //! - [`publisher`]: writes groups into the tree under a lease;
+//! - [`lease`]: keeps that lease alive from a task of its own;
 //! - [`controller`]: the ServiceGroup controller and [`run`];
 //! - [`follow`]: what an application uses to follow a group.
 
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod deployment;
 pub mod diff;
 pub mod follow;
+pub mod lease;
 pub mod model;
 pub mod paths;
 pub mod projection;

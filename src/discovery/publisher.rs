@@ -1,18 +1,19 @@
 //! The publisher: writes what groups should look like into the tree, as
 //! the difference against what etcd holds, in transactions of at most
-//! [`MAX_TXN_OPS`] operations. Container entries hang on a lease that the
-//! publisher keeps alive; when the lease is lost, a fresh one is granted
-//! and the caller re-publishes in full.
+//! [`MAX_TXN_OPS`] operations. Container entries hang on a lease that a
+//! task of the publisher's own keeps alive ([`lease`](super::lease)); when
+//! the lease is lost, a fresh one is granted and announced through
+//! [`Publisher::lease_changes`], and the caller re-publishes in full.
 //!
 //! This part knows nothing of Kubernetes: [`sync`](super::sync) feeds it
 //! [`GroupState`]s built from ServiceGroups and their ready pods.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use futures::{StreamExt, TryStreamExt};
 use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::diff::{self, MAX_TXN_OPS, Op, Want};
 use super::model::{ContainerInfo, GroupConfig};
@@ -60,100 +61,57 @@ pub struct PublishReport {
     pub transactions: usize,
 }
 
-/// Whether a keep-alive kept the lease or had to replace it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseRenewal {
-    /// The lease lives on.
-    Kept,
-    /// The lease had expired and a new one was granted: every container
-    /// entry must be written again.
-    Replaced,
-}
-
-/// Publishes groups into one tree under one lease.
+/// Publishes groups into one tree under one lease. Dropping it stops the
+/// renewals (the entries stay until the lease expires).
 pub struct Publisher {
     tree: Tree,
-    ttl: i64,
-    lease: i64,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    lease: watch::Receiver<i64>,
+    keeper: JoinHandle<()>,
     concurrency: usize,
 }
 
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
 impl Publisher {
-    /// Grants a lease of the tree config's TTL and returns a publisher that
-    /// writes with `concurrency` transactions in flight.
+    /// Grants a lease of the tree config's TTL, starts renewing it on a
+    /// connection of its own, and returns a publisher that writes with
+    /// `concurrency` transactions in flight.
     pub async fn new(tree: Tree, concurrency: usize) -> Result<Self, PublishError> {
         let ttl = tree.config().lease_ttl;
+        let lease_client = Tree::lease_client(tree.config()).await?;
         let lease = grant(&tree, ttl).await?;
+        let (announce, lease) = watch::channel(lease);
+        let keeper = tokio::spawn(super::lease::keep_alive(
+            tree.config().clone(),
+            lease_client,
+            announce,
+        ));
         Ok(Self {
             tree,
-            ttl,
             lease,
-            keeper: None,
+            keeper,
             concurrency: concurrency.max(1),
         })
     }
 
-    /// The lease container entries hang on.
+    /// The lease container entries hang on now.
     pub fn lease(&self) -> i64 {
-        self.lease
+        *self.lease.borrow()
+    }
+
+    /// Changes when the lease expired and a new one replaced it: every
+    /// container entry must then be written again.
+    pub fn lease_changes(&self) -> watch::Receiver<i64> {
+        self.lease.clone()
     }
 
     /// The tree written to.
     pub fn tree(&self) -> &Tree {
         &self.tree
-    }
-
-    /// How often [`keep_alive`](Self::keep_alive) should run: a third of
-    /// the TTL, so two missed renewals still keep the lease.
-    pub fn keep_alive_interval(&self) -> Duration {
-        Duration::from_millis((self.ttl.max(1) as u64) * 1000 / 3)
-    }
-
-    /// Renews the lease, or grants a new one when it expired.
-    pub async fn keep_alive(&mut self) -> Result<LeaseRenewal, PublishError> {
-        match self.renew().await {
-            Ok(ttl) if ttl > 0 => return Ok(LeaseRenewal::Kept),
-            Ok(_) => tracing::warn!(
-                lease = self.lease,
-                "discovery lease expired; granting a new one"
-            ),
-            Err(error) => {
-                self.keeper = None;
-                return Err(error.into());
-            }
-        }
-        self.keeper = None;
-        self.lease = grant(&self.tree, self.ttl).await?;
-        Ok(LeaseRenewal::Replaced)
-    }
-
-    async fn renew(&mut self) -> Result<i64, TreeError> {
-        if self.keeper.is_none() {
-            let lease = self.lease;
-            let pair = self
-                .tree
-                .call("keep lease alive", |mut c| async move {
-                    c.lease_keep_alive(lease).await
-                })
-                .await?;
-            self.keeper = Some(pair);
-        }
-        let Some((keeper, stream)) = self.keeper.as_mut() else {
-            return Ok(0);
-        };
-        let timeout = self.tree.config().request_timeout;
-        let answer = tokio::time::timeout(timeout, async {
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await;
-        match answer {
-            Ok(Ok(Some(response))) => Ok(response.ttl()),
-            Ok(Ok(None)) => Err(unavailable(&self.tree, "lease keep-alive stream ended")),
-            Ok(Err(error)) => Err(unavailable(&self.tree, &error.to_string())),
-            Err(_) => Err(unavailable(&self.tree, "no keep-alive answer in time")),
-        }
     }
 
     /// Makes the tree hold exactly `groups` under their group prefixes:
@@ -168,7 +126,7 @@ impl Publisher {
                 self.tree.clone(),
                 prefix,
                 self.desired(group),
-                self.lease,
+                self.lease(),
             ));
         }
         let ops: Vec<Vec<Op>> = futures::stream::iter(reads)
@@ -193,7 +151,7 @@ impl Publisher {
         let mut writes = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let tree = self.tree.clone();
-            let lease = self.lease;
+            let lease = self.lease();
             writes.push(async move { tree.apply(&chunk, lease).await });
         }
         futures::stream::iter(writes)
@@ -243,13 +201,4 @@ async fn grant(tree: &Tree, ttl: i64) -> Result<i64, PublishError> {
         });
     }
     Ok(response.id())
-}
-
-fn unavailable(tree: &Tree, last: &str) -> TreeError {
-    TreeError::Unavailable {
-        endpoints: tree.config().endpoints_text(),
-        what: "keep lease alive".into(),
-        attempts: 1,
-        last: last.to_owned(),
-    }
 }

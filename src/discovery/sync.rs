@@ -14,14 +14,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::NAME_LABEL;
 use super::config::EtcdConfig;
 use super::paths::Layout;
 use super::projection;
-use super::publisher::{GroupState, LeaseRenewal, PublishError, Publisher};
+use super::publisher::{GroupState, PublishError, Publisher};
 use super::status::Published;
 use super::tree::{Tree, backoff};
 use crate::api::ServiceGroup;
@@ -93,10 +93,15 @@ pub(crate) async fn run(
     .fuse();
     let mut is_ready = false;
     let mut resync = tokio::time::interval(resync_every);
-    let mut keep_alive = tokio::time::interval(Duration::from_secs(1));
+    // The lease is renewed by the publisher's own task; this loop only
+    // hears when it was replaced, and then publishes everything again.
+    let mut lease_changes: Option<watch::Receiver<i64>> = None;
     loop {
         if is_ready {
             state.flush_if_due().await;
+        }
+        if lease_changes.is_none() {
+            lease_changes = state.publisher.as_ref().map(Publisher::lease_changes);
         }
         let retry_at = state.retry_at;
         tokio::select! {
@@ -112,9 +117,17 @@ pub(crate) async fn run(
                 }
             }
             _ = resync.tick() => state.full = true,
-            _ = keep_alive.tick() => state.keep_alive(&mut keep_alive).await,
+            Some(()) = lease_replaced(&mut lease_changes) => state.full = true,
             () = sleep_until(retry_at), if retry_at.is_some() => state.retry_at = None,
         }
+    }
+}
+
+/// Resolves when the lease was replaced; never without a publisher.
+async fn lease_replaced(changes: &mut Option<watch::Receiver<i64>>) -> Option<()> {
+    match changes {
+        Some(changes) => changes.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -186,21 +199,6 @@ impl Loop {
             }
         };
         Ok(self.publisher.insert(publisher))
-    }
-
-    async fn keep_alive(&mut self, timer: &mut tokio::time::Interval) {
-        let Some(publisher) = self.publisher.as_mut() else {
-            return;
-        };
-        let period = publisher.keep_alive_interval();
-        if timer.period() != period {
-            *timer = tokio::time::interval_at(Instant::now() + period, period);
-        }
-        match publisher.keep_alive().await {
-            Ok(LeaseRenewal::Kept) => {}
-            Ok(LeaseRenewal::Replaced) => self.full = true,
-            Err(error) => tracing::warn!(%error, "cannot renew the discovery lease; retrying"),
-        }
     }
 
     async fn flush_if_due(&mut self) {

@@ -24,6 +24,15 @@ mod retry;
 pub use kv::{Entry, Range, prefix_end};
 pub use retry::is_transient;
 
+async fn connect_client(config: &EtcdConfig, pings: bool) -> Result<Client, TreeError> {
+    let options = connect::options(config, pings)?;
+    let endpoints = config.endpoints.clone();
+    retry::with_backoff(config, "connect", || {
+        Client::connect(endpoints.clone(), Some(options.clone()))
+    })
+    .await
+}
+
 /// Keys read per range request, so a large tree never exceeds gRPC's
 /// message limit.
 const PAGE: i64 = 1000;
@@ -129,19 +138,21 @@ impl Tree {
     /// so needs etcd to answer (retried with backoff); otherwise the
     /// connection is made by the first request.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, TreeError> {
-        let options = connect::options(config)?;
-        let endpoints = config.endpoints.clone();
+        let client = connect_client(config, true).await?;
         let config = config.clone();
-        let client = retry::with_backoff(&config, "connect", || {
-            Client::connect(endpoints.clone(), Some(options.clone()))
-        })
-        .await?;
         let layout = Layout::new(&config.prefix);
         Ok(Self {
             client,
             layout,
             config,
         })
+    }
+
+    /// A client on a connection of its own, without HTTP/2 pings, for the
+    /// lease keeper: renewals never queue behind the tree's requests, and a
+    /// late answer does not close the connection that carries them.
+    pub(crate) async fn lease_client(config: &EtcdConfig) -> Result<Client, TreeError> {
+        connect_client(config, false).await
     }
 
     /// The key layout.

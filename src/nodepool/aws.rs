@@ -1,6 +1,8 @@
 //! The EC2 provider: RunInstances with an idempotency token and owner tags,
 //! DescribeInstances filtered by those tags, TerminateInstances only for
-//! instances that carry them; throttling retried with jittered backoff.
+//! instances that carry them; throttling retried with jittered backoff, and
+//! every call bounded by a deadline so that an endpoint that stops
+//! answering fails the pass (and degrades the pool) instead of wedging it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
@@ -38,6 +41,14 @@ const THROTTLE_CODES: &[&str] = &[
 /// applied to it, so only outside changes can wait this long.
 const LIST_TTL: Duration = Duration::from_secs(2);
 
+/// How long a connection to the endpoint may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline of one EC2 call when `spec.provider.aws.timeoutSeconds` is
+/// not set: generous for a 1000-instance DescribeInstances page, short
+/// enough that a pool whose endpoint stopped answering says so quickly.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Instance states that count as existing.
 const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
 
@@ -57,6 +68,21 @@ pub enum Error {
         attempts: u32,
         /// What EC2 said.
         message: String,
+    },
+    /// An EC2 call got no answer before its deadline.
+    #[error(
+        "NodePool {pool}: EC2 {op} at {endpoint} did not answer within {}s (timeout); check that the endpoint is reachable and answering, or raise spec.provider.aws.timeoutSeconds",
+        .after.as_secs()
+    )]
+    Timeout {
+        /// The pool.
+        pool: String,
+        /// The EC2 operation.
+        op: &'static str,
+        /// The endpoint called.
+        endpoint: String,
+        /// The deadline that passed.
+        after: Duration,
     },
     /// An instance to terminate lacks the owner tags.
     #[error(
@@ -123,13 +149,41 @@ impl Retry {
     }
 }
 
+/// The deadline of one call for `settings`.
+pub fn call_timeout(settings: &AwsProvider) -> Duration {
+    settings
+        .timeout_seconds
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_CALL_TIMEOUT, |s| Duration::from_secs(s as u64))
+}
+
+/// The endpoint calls go to, for messages.
+pub fn endpoint(settings: &AwsProvider) -> String {
+    settings
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", settings.region))
+}
+
+/// The SDK's timeouts for `settings`: the SDK makes one attempt per
+/// operation (retries are ours), so both deadlines are the call's.
+fn timeouts(settings: &AwsProvider) -> TimeoutConfig {
+    let call = call_timeout(settings);
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(call))
+        .operation_attempt_timeout(call)
+        .operation_timeout(call)
+        .build()
+}
+
 /// Builds an EC2 client for `settings`: credentials from `static_keys` or
-/// the standard chain, the endpoint override, and no SDK retries (ours
-/// count every attempt).
+/// the standard chain, the endpoint override, deadlines on every call, and
+/// no SDK retries (ours count every attempt).
 pub async fn client(settings: &AwsProvider, static_keys: Option<(String, String)>) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
-        .retry_config(RetryConfig::disabled());
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts(settings));
     if let Some(endpoint) = &settings.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
@@ -201,6 +255,14 @@ impl Ec2 {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            if is_timeout(&err) {
+                return Err(Error::Timeout {
+                    pool: self.owner.pool.clone(),
+                    op,
+                    endpoint: endpoint(&self.settings),
+                    after: call_timeout(&self.settings),
+                });
+            }
             if is_throttle(&err) {
                 self.calls.throttled.fetch_add(1, Ordering::Relaxed);
                 if attempt < self.retry.attempts {
@@ -373,11 +435,21 @@ fn is_throttle<E: ProvideErrorMetadata>(
         .is_some_and(|r| matches!(r.status().as_u16(), 429 | 503))
 }
 
+fn is_timeout<E>(err: &SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(failure) => failure.is_timeout(),
+        _ => false,
+    }
+}
+
+/// An EC2 instance as the provider trait lists it. A missing launch time
+/// stays missing: the planner ages such an instance from when it first saw
+/// it (defaulting to "now" here would keep it young forever).
 fn convert(i: &aws_sdk_ec2::types::Instance) -> Instance {
     let launched = i
         .launch_time()
-        .and_then(|t| Timestamp::from_second(t.secs()).ok())
-        .unwrap_or_else(Timestamp::now);
+        .and_then(|t| Timestamp::from_second(t.secs()).ok());
     Instance {
         id: i.instance_id().unwrap_or_default().to_owned(),
         launched,
@@ -424,27 +496,5 @@ impl Provider for Ec2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_stays_under_its_ceiling_and_cap() {
-        let retry = Retry::default();
-        for n in 0..20 {
-            let ceiling = (retry.base * 2u32.pow(n.min(16))).min(retry.cap);
-            assert!(retry.backoff(n) <= ceiling);
-        }
-    }
-
-    #[test]
-    fn the_token_names_the_pool_uid_and_sequence_within_64_characters() {
-        let owner = Owner {
-            pool: "web".into(),
-            uid: "0e2b7f3c-1d2a-4c5b-9f00-123456789abc".into(),
-            cluster: "c".into(),
-        };
-        let token = owner.token(i64::MAX);
-        assert!(token.len() <= 64 && token.is_ascii());
-        assert!(token.starts_with("0e2b7f3c-1d2a-4c5b-9f00-123456789abc-"));
-    }
-}
+#[path = "aws_tests.rs"]
+mod tests;

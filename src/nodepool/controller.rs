@@ -1,7 +1,11 @@
 //! The NodePool controller. Each pass: list the pool's instances from its
 //! provider, read its NodeInstalls, drain the instances being removed, plan
 //! (pure), record the plan in status (with the pool's resourceVersion), then
-//! terminate, launch, and record the result.
+//! terminate, launch, uncordon the nodes whose removal was cancelled, and
+//! record the result.
+//!
+//! A deleted pool is scaled to zero by the same passes (drained with the
+//! same policy and timeout) before its finalizer lets it go.
 //!
 //! The launch sequence is in status before RunInstances is called and is
 //! advanced only after the launched instances are recorded: a crash in
@@ -14,23 +18,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::plan::{self, DrainOutcome, Recorded, State};
+use super::pool_status::{self, Fill, report_failure};
 use super::provider::{Instance, POOL_TAG, Provider};
-use super::{drain, providers};
-use crate::api::conditions::{Observed, types};
-use crate::api::{NodeInstall, NodePool, NodePoolStatus, PoolInstance};
+use super::{drain, providers, triggers};
+use crate::api::{NodeInstall, NodePool, NodePoolStatus};
 use crate::operator::{Context, status};
 use crate::pkg::failpoint;
 
@@ -114,12 +115,11 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
             providers: Arc::new(Mutex::new(HashMap::new())),
             evictions,
         });
-        Controller::new(Api::<NodePool>::all(client.clone()), config.clone())
-            .watches(Api::<NodeInstall>::all(client), config, |ni| {
-                ni.labels()
-                    .get(POOL_TAG)
-                    .map(|p| ObjectRef::<NodePool>::new(p))
-            })
+        // NodeInstall changes wake their pool, heartbeats excepted.
+        let woken =
+            triggers::pools_to_wake(Api::<NodeInstall>::all(client.clone()), config.clone());
+        Controller::new(Api::<NodePool>::all(client), config)
+            .reconcile_on(woken)
             .graceful_shutdown_on(async move { stop.cancelled().await })
             .run(reconcile, error_policy, shared)
             .for_each(|_| async {})
@@ -135,10 +135,22 @@ fn error_policy(pool: Arc<NodePool>, err: &Error, pc: Arc<PoolContext>) -> Actio
 
 async fn reconcile(pool: Arc<NodePool>, pc: Arc<PoolContext>) -> Result<Action, Error> {
     pc.ctx.metrics.reconciled(NAME);
+    if pool.metadata.deletion_timestamp.is_some()
+        && pool.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        // Scale to zero, draining as usual, before the finalizer's cleanup.
+        let removal = pass(&pool, &pc, 0).await?;
+        if removal.remaining > 0 {
+            return Ok(removal.action);
+        }
+    }
     let api: Api<NodePool> = Api::all(pc.ctx.client.clone());
     finalizer(&api, FINALIZER, pool, |event| async {
         match event {
-            Event::Apply(pool) => apply(&pool, &pc).await,
+            Event::Apply(pool) => {
+                let replicas = pool.spec.replicas.max(0) as usize;
+                Ok(pass(&pool, &pc, replicas).await?.action)
+            }
             Event::Cleanup(pool) => cleanup(&pool, &pc).await,
         }
     })
@@ -154,28 +166,42 @@ fn kube_err(pool: &NodePool) -> impl Fn(kube::Error) -> Error {
     }
 }
 
-async fn apply(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
+/// How a pass ended.
+struct Pass {
+    action: Action,
+    /// Recorded instances left (for a deleted pool: not yet gone).
+    remaining: usize,
+}
+
+/// One pass towards `replicas` instances (zero for a deleted pool).
+async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass, Error> {
     let name = pool.name_any();
+    let client = &pc.ctx.client;
+    let status = pool.status.clone().unwrap_or_default();
     let provider = match providers::get(pool, &pc.ctx, &pc.providers).await {
         Ok(p) => p,
         Err(e) => {
-            report_failure(pool, pc, "InvalidProvider", e.to_string()).await;
-            return Ok(Action::await_change());
+            report_failure(client, &pc.recorder, pool, "InvalidProvider", e.to_string()).await;
+            // Nothing can have been launched with settings that do not work.
+            return Ok(Pass {
+                action: Action::await_change(),
+                remaining: 0,
+            });
         }
     };
     let listed = match provider.list().await {
         Ok(l) => l,
         Err(e) => {
-            report_failure(pool, pc, "ProviderError", e.to_string()).await;
+            report_failure(client, &pc.recorder, pool, e.reason(), e.to_string()).await;
             return Err(e.into());
         }
     };
     let nodes = pool_nodes(pool, pc).await?;
-    let status = pool.status.clone().unwrap_or_default();
-    let recorded = recorded(&status);
-    let drains = drain_pass(pool, pc, &recorded).await?;
     let now = Timestamp::now();
-    let view = pool_view(pool, pc, &status);
+    let recorded = pool_status::recorded(&status, now);
+    let first_seen = pool_status::first_seen(&status);
+    let drains = drain_pass(pool, pc, &recorded).await?;
+    let view = pool_view(pool, pc, &status, replicas);
     let listed_view: Vec<plan::Listed> = listed
         .iter()
         .map(|i| plan::Listed {
@@ -191,65 +217,82 @@ async fn apply(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         nodes: &nodes,
         drains: &drains,
         previous: &status.conditions,
+        first_seen: &first_seen,
         now,
     });
-    tracing::debug!(
-        nodepool = %name,
-        launch = ?decided.launch,
-        terminate = ?decided.terminate,
-        instances = decided.instances.len(),
-        "planned"
-    );
+    tracing::debug!(nodepool = %name, launch = ?decided.launch, terminate = ?decided.terminate, instances = decided.instances.len(), "planned");
     if !decided.strays.is_empty() {
         info!(nodepool = %name, strays = ?decided.strays, "leaving unrecorded young instances alone");
+    }
+    if !decided.cancelled.is_empty() {
+        info!(nodepool = %name, nodes = ?decided.cancelled, "the pool grew again: removal cancelled");
     }
 
     // Record the plan (and the launch sequence) before acting on it.
     let mut next = status.clone();
-    let changed = fill_status(
+    let changed = pool_status::fill(
         pool,
         &mut next,
-        &decided.instances,
-        decided.next_launch,
-        decided.ready,
-        decided.conditions.clone(),
+        fill(&decided, &decided.instances, decided.next_launch),
         now,
     );
     let mut version = pool.resource_version();
     if next != status || decided.launch.is_some() {
-        match write_status(pool, pc, &next, version.as_deref()).await {
+        match pool_status::write(client, pool, &next, version.as_deref()).await {
             Ok(v) => version = v,
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(retry_soon()),
             Err(e) => return Err(kube_err(pool)(e)),
         }
     }
     status::publish(&pc.recorder, &pool.object_ref(&()), &changed).await;
+    let staying: BTreeSet<String> = decided
+        .instances
+        .iter()
+        .filter(|i| matches!(i.state, State::Pending | State::Running))
+        .filter_map(|i| i.node.clone())
+        .collect();
+    drain::uncordon(&pc.evictions, &name, &staying).await?;
 
+    let mut remaining = decided.instances.len();
     if !decided.terminate.is_empty() || decided.launch.is_some() {
         let (instances, next_launch) = act(pool, pc, provider.as_ref(), &listed, &decided).await?;
+        remaining = instances.len();
         let mut after = next.clone();
-        fill_status(
+        pool_status::fill(
             pool,
             &mut after,
-            &instances,
-            next_launch,
-            decided.ready,
-            decided.conditions.clone(),
+            fill(&decided, &instances, next_launch),
             now,
         );
-        match write_status(pool, pc, &after, version.as_deref()).await {
-            Ok(_) => {
-                tracing::debug!(nodepool = %name, next_launch, instances = instances.len(), "recorded")
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
+        match pool_status::write(client, pool, &after, version.as_deref()).await {
+            Ok(_) => tracing::debug!(nodepool = %name, next_launch, remaining, "recorded"),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(retry_soon()),
             Err(e) => return Err(kube_err(pool)(e)),
         }
     }
-    Ok(Action::requeue(decided.requeue_after))
+    Ok(Pass {
+        action: Action::requeue(decided.requeue_after),
+        remaining,
+    })
+}
+
+/// What to write into status for `decided`, with these instances.
+fn fill<'a>(decided: &'a plan::Plan, instances: &'a [Recorded], next_launch: i64) -> Fill<'a> {
+    Fill {
+        instances,
+        next_launch,
+        ready: decided.ready,
+        first_seen: &decided.first_seen,
+        observed: decided.conditions.clone(),
+    }
+}
+
+/// Another writer changed the pool meanwhile: plan again from what it wrote.
+fn retry_soon() -> Pass {
+    Pass {
+        action: Action::requeue(Duration::from_millis(200)),
+        remaining: usize::MAX,
+    }
 }
 
 /// Carries out the plan's terminations and launch (already recorded);
@@ -271,17 +314,23 @@ async fn act(
         let launched = match provider.launch(launch.first_seq, launch.count).await {
             Ok(l) => l,
             Err(e) => {
-                report_failure(pool, pc, "LaunchFailed", e.to_string()).await;
+                let reason = match e.reason() {
+                    "ProviderTimeout" => "ProviderTimeout",
+                    _ => "LaunchFailed",
+                };
+                report_failure(&pc.ctx.client, &pc.recorder, pool, reason, e.to_string()).await;
                 return Err(e.into());
             }
         };
         failpoint::hit(AFTER_RUN_INSTANCES);
         info!(nodepool = %pool.name_any(), seq = launch.first_seq, ids = ?launched.iter().map(|i| &i.id).collect::<Vec<_>>(), "launched");
+        // Without a launch time from the provider, now is its first sight.
+        let now = Timestamp::now();
         instances.extend(launched.into_iter().map(|i| Recorded {
             id: i.id,
             node: None,
             state: State::Pending,
-            launched: i.launched,
+            launched: i.launched.unwrap_or(now),
             drain_started: None,
         }));
         next_launch = launch.first_seq + launch.count as i64;
@@ -315,6 +364,9 @@ async fn terminate(
     Ok(())
 }
 
+/// The finalizer's last step, once the removal passes have drained and
+/// terminated every recorded instance: terminate old unrecorded instances
+/// carrying the pool's tags, and remove the pool's NodeInstalls.
 async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     let name = pool.name_any();
     let Ok(provider) = providers::get(pool, &pc.ctx, &pc.providers).await else {
@@ -322,15 +374,14 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         return Ok(Action::await_change());
     };
     let listed = provider.list().await?;
-    let recorded: BTreeSet<String> = recorded(&pool.status.clone().unwrap_or_default())
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    let grace = Duration::from_secs(pc.ctx.args.instance_grace_seconds);
+    let status = pool.status.clone().unwrap_or_default();
+    let first_seen = pool_status::first_seen(&status);
+    let grace = pc.ctx.args.instance_grace_seconds as i64;
     let now = Timestamp::now();
     let (victims, young): (Vec<Instance>, Vec<Instance>) = listed.into_iter().partition(|i| {
-        recorded.contains(&i.id)
-            || now.duration_since(i.launched).as_secs() >= grace.as_secs() as i64
+        // No launch time and never seen: young, as far as anyone knows.
+        let since = i.launched.or_else(|| first_seen.get(&i.id).copied());
+        since.is_some_and(|t| now.duration_since(t).as_secs() >= grace)
     });
     if !young.is_empty() {
         warn!(nodepool = %name, ids = ?young.iter().map(|i| &i.id).collect::<Vec<_>>(), "pool deleted: leaving unrecorded young instances alone");
@@ -342,7 +393,7 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         let _ = api.delete(&ni.name_any(), &DeleteParams::default()).await;
     }
     providers::forget(pool, &pc.providers);
-    info!(nodepool = %name, terminated = victims.len(), "pool deleted: instances terminated");
+    info!(nodepool = %name, orphans = victims.len(), "pool deleted: its instances drained and terminated");
     Ok(Action::await_change())
 }
 
@@ -383,10 +434,15 @@ async fn drain_pass(
     Ok(out)
 }
 
-fn pool_view(pool: &NodePool, pc: &PoolContext, status: &NodePoolStatus) -> plan::PoolView {
+fn pool_view(
+    pool: &NodePool,
+    pc: &PoolContext,
+    status: &NodePoolStatus,
+    replicas: usize,
+) -> plan::PoolView {
     let secs = |s: i32| Duration::from_secs(s.max(0) as u64);
     plan::PoolView {
-        replicas: pool.spec.replicas.max(0) as usize,
+        replicas,
         order: pool.spec.scale_down_order,
         drain_timeout: secs(pool.spec.drain_timeout_seconds),
         drain_policy: pool.spec.drain_timeout_policy,
@@ -395,107 +451,4 @@ fn pool_view(pool: &NodePool, pc: &PoolContext, status: &NodePoolStatus) -> plan
         stale_after: Duration::from_secs(pc.ctx.args.stale_after_seconds),
         next_launch: status.next_launch,
     }
-}
-
-fn recorded(status: &NodePoolStatus) -> Vec<Recorded> {
-    status
-        .instances
-        .iter()
-        .map(|i| Recorded {
-            id: i.id.clone(),
-            node: i.node.clone(),
-            state: State::parse(i.state.as_deref()),
-            launched: i
-                .launched
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(Timestamp::now),
-            drain_started: i.drain_started.as_ref().map(|t| t.0),
-        })
-        .collect()
-}
-
-/// Fills `status` from the plan; returns the conditions whose status changed.
-fn fill_status(
-    pool: &NodePool,
-    status: &mut NodePoolStatus,
-    instances: &[Recorded],
-    next_launch: i64,
-    ready: usize,
-    observed: Vec<Observed<'static>>,
-    now: Timestamp,
-) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    status.observed_generation = pool.metadata.generation;
-    status.selector = Some(format!("{POOL_TAG}={}", pool.name_any()));
-    status.next_launch = next_launch;
-    status.replicas = instances
-        .iter()
-        .filter(|i| i.state != State::Terminating)
-        .count() as i32;
-    status.ready_replicas = ready as i32;
-    status.instances = instances
-        .iter()
-        .map(|i| PoolInstance {
-            id: i.id.clone(),
-            node: i.node.clone(),
-            state: Some(i.state.as_str().into()),
-            launched: Some(Time(i.launched)),
-            drain_started: i.drain_started.map(Time),
-        })
-        .collect();
-    status::merge(
-        &mut status.conditions,
-        observed,
-        pool.metadata.generation,
-        now,
-    )
-}
-
-/// Writes status with the given resourceVersion as a precondition; returns
-/// the new resourceVersion.
-async fn write_status(
-    pool: &NodePool,
-    pc: &PoolContext,
-    status: &NodePoolStatus,
-    version: Option<&str>,
-) -> Result<Option<String>, kube::Error> {
-    let mut status_json = serde_json::to_value(status).unwrap_or_default();
-    // An empty list is left out when serialised; a merge patch must say it.
-    status_json["instances"] = json!(status.instances);
-    let patch = json!({ "metadata": { "resourceVersion": version }, "status": status_json });
-    let written = Api::<NodePool>::all(pc.ctx.client.clone())
-        .patch_status(
-            &pool.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(written.resource_version())
-}
-
-/// Best effort: a Degraded condition that says what failed.
-async fn report_failure(pool: &NodePool, pc: &PoolContext, reason: &'static str, message: String) {
-    let mut status = pool.status.clone().unwrap_or_default();
-    let changed = status::merge(
-        &mut status.conditions,
-        vec![Observed::new(types::DEGRADED, true, reason, message)],
-        pool.metadata.generation,
-        Timestamp::now(),
-    );
-    if changed.is_empty() && pool.status.as_ref() == Some(&status) {
-        return;
-    }
-    let patch = json!({ "status": { "conditions": status.conditions } });
-    let api = Api::<NodePool>::all(pc.ctx.client.clone());
-    if let Err(e) = api
-        .patch_status(
-            &pool.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        warn!(nodepool = %pool.name_any(), error = %e, "cannot report a failure in status");
-    }
-    status::publish(&pc.recorder, &pool.object_ref(&()), &changed).await;
 }

@@ -106,7 +106,7 @@ impl Local {
         ]);
         Instance {
             id: self.id(seq),
-            launched,
+            launched: Some(launched),
             tags,
         }
     }

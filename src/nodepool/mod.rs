@@ -7,8 +7,10 @@ pub mod controller;
 pub mod drain;
 pub mod local;
 pub mod plan;
+pub mod pool_status;
 pub mod provider;
 pub mod providers;
+pub mod triggers;
 pub mod userdata;
 
 /// The NodeInstall annotation `theseus node remove` sets: the node goes

@@ -11,6 +11,12 @@
 //!   record it) and is an orphan to terminate after;
 //! - a recorded instance the provider does not list is kept while it is
 //!   younger than the grace period, and forgotten after.
+//!
+//! An instance the provider lists without a launch time is aged from when
+//! the pool first saw it (kept in status), never from "now".
+//!
+//! When the pool grows while instances are draining, their removal is
+//! cancelled before anything new is launched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,12 +24,15 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::conditions::{Observed, types};
+use crate::api::conditions::Observed;
 use crate::api::{DrainTimeoutPolicy, ScaleDownOrder};
 
-/// How long a `DrainForced` Degraded condition stays up after the forced
-/// removal, so that people (and `kubectl wait`) get to see it.
-const FORCED_NOTICE: Duration = Duration::from_secs(600);
+#[path = "plan_conditions.rs"]
+mod conditions;
+#[path = "plan_listing.rs"]
+mod listing;
+use conditions::conditions;
+use listing::reconcile_listing;
 
 /// Where an instance is in its life, as recorded in `status.instances`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,8 +110,8 @@ pub struct Recorded {
 pub struct Listed {
     /// The provider's id.
     pub id: String,
-    /// When it was launched.
-    pub launched: Timestamp,
+    /// When it was launched, when the provider says.
+    pub launched: Option<Timestamp>,
     /// The launch sequence it was started with, from its tag.
     pub launch_seq: Option<i64>,
 }
@@ -123,9 +132,11 @@ pub struct NodeView {
 /// How one drain pass went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// No pods are left to evict.
+    /// No pod that had to go is left on the node (evicted pods included:
+    /// they are gone, not merely terminating).
     Done,
-    /// Pods are left: `why` names them and what blocks them.
+    /// Pods are left: `why` names them and what holds them (a
+    /// PodDisruptionBudget, or a grace period or finalizer still running).
     Blocked {
         /// Pods still on the node.
         pods: usize,
@@ -149,6 +160,9 @@ pub struct Input<'a> {
     pub drains: &'a BTreeMap<String, DrainOutcome>,
     /// The pool's current conditions.
     pub previous: &'a [Condition],
+    /// `status.firstSeen`: when listed instances without a launch time were
+    /// first seen, by id.
+    pub first_seen: &'a BTreeMap<String, Timestamp>,
     /// The time of this pass.
     pub now: Timestamp,
 }
@@ -177,6 +191,11 @@ pub struct Plan {
     pub remove_nodes: Vec<String>,
     /// Unrecorded instances left alone because they are young.
     pub strays: Vec<String>,
+    /// `status.firstSeen` to record: unrecorded listed instances without a
+    /// launch time, by id.
+    pub first_seen: BTreeMap<String, Timestamp>,
+    /// Nodes whose removal was cancelled because the pool grew again.
+    pub cancelled: Vec<String>,
     /// `status.replicas`: instances that exist and are not being terminated.
     pub replicas: usize,
     /// `status.readyReplicas`.
@@ -190,9 +209,14 @@ pub struct Plan {
 /// Decides the next step of a pool.
 pub fn plan(input: &Input<'_>) -> Plan {
     let pool = input.pool;
-    let (mut instances, next_launch, orphans, strays) = reconcile_listing(input);
+    let seen = reconcile_listing(input);
+    let (mut instances, next_launch) = (seen.instances, seen.next_launch);
     let mut notes = Notes::default();
     join_nodes(&mut instances, input, &mut notes);
+    let live = instances.iter().filter(|i| is_live(i)).count();
+    if live < pool.replicas {
+        cancel_drains(&mut instances, pool.replicas - live, input, &mut notes);
+    }
     advance_drains(&mut instances, input, &mut notes);
     let live = instances.iter().filter(|i| is_live(i)).count();
     if live > pool.replicas {
@@ -210,7 +234,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let terminate = terminating
         .iter()
         .map(|i| i.id.clone())
-        .chain(orphans)
+        .chain(seen.orphans)
         .collect();
     let remove_nodes = terminating.iter().filter_map(|i| i.node.clone()).collect();
     let replicas = instances
@@ -219,14 +243,16 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .count();
     let ready = count_ready(&instances, input);
     let conditions = conditions(input, &instances, launch.as_ref(), ready, &notes);
-    let requeue_after = requeue(&instances, launch.as_ref(), &notes);
+    let requeue_after = requeue(&instances, launch.as_ref(), &notes, ready);
     Plan {
         instances,
         next_launch,
         launch,
         terminate,
         remove_nodes,
-        strays,
+        strays: seen.strays,
+        first_seen: seen.first_seen,
+        cancelled: notes.cancelled,
         replicas,
         ready,
         conditions,
@@ -240,6 +266,7 @@ struct Notes {
     waiting: Vec<String>,
     forced: Vec<String>,
     replaced: Vec<String>,
+    cancelled: Vec<String>,
 }
 
 fn age(now: Timestamp, since: Timestamp) -> Duration {
@@ -253,46 +280,6 @@ fn age(now: Timestamp, since: Timestamp) -> Duration {
 
 fn is_live(i: &Recorded) -> bool {
     matches!(i.state, State::Pending | State::Running)
-}
-
-/// Joins the record with the listing: adopts in-flight launches, forgets
-/// vanished instances, finds orphans and strays.
-fn reconcile_listing(input: &Input<'_>) -> (Vec<Recorded>, i64, Vec<String>, Vec<String>) {
-    let pool = input.pool;
-    let listed: BTreeMap<&str, &Listed> = input.listed.iter().map(|l| (l.id.as_str(), l)).collect();
-    let mut instances: Vec<Recorded> = input
-        .recorded
-        .iter()
-        .filter(|r| {
-            listed.contains_key(r.id.as_str())
-                || (r.state != State::Terminating && age(input.now, r.launched) < pool.grace)
-        })
-        .cloned()
-        .collect();
-    let recorded: BTreeSet<&str> = input.recorded.iter().map(|r| r.id.as_str()).collect();
-    let mut next_launch = pool.next_launch;
-    let (mut orphans, mut strays) = (Vec::new(), Vec::new());
-    for l in input
-        .listed
-        .iter()
-        .filter(|l| !recorded.contains(l.id.as_str()))
-    {
-        match l.launch_seq {
-            Some(seq) if seq >= pool.next_launch => {
-                next_launch = next_launch.max(seq + 1);
-                instances.push(Recorded {
-                    id: l.id.clone(),
-                    node: None,
-                    state: State::Pending,
-                    launched: l.launched,
-                    drain_started: None,
-                });
-            }
-            _ if age(input.now, l.launched) < pool.grace => strays.push(l.id.clone()),
-            _ => orphans.push(l.id.clone()),
-        }
-    }
-    (instances, next_launch, orphans, strays)
 }
 
 /// Links instances to the NodeInstalls their agents registered, and marks
@@ -316,6 +303,32 @@ fn join_nodes(instances: &mut [Recorded], input: &Input<'_>, notes: &mut Notes) 
             i.state = State::Terminating;
             notes.replaced.push(i.id.clone());
         }
+    }
+}
+
+/// Cancels the removal of up to `count` draining instances because the pool
+/// needs them again (those `theseus node remove` named stay on their way
+/// out); their nodes are uncordoned by the controller.
+fn cancel_drains(instances: &mut [Recorded], count: usize, input: &Input<'_>, notes: &mut Notes) {
+    let requested: BTreeSet<&str> = input
+        .nodes
+        .iter()
+        .filter(|n| n.remove_requested)
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut draining: Vec<&mut Recorded> = instances
+        .iter_mut()
+        .filter(|i| i.state == State::Draining)
+        .filter(|i| !i.node.as_deref().is_some_and(|n| requested.contains(n)))
+        .collect();
+    // The most recently started drains have disturbed the least.
+    draining.sort_by(|a, b| b.drain_started.cmp(&a.drain_started).then(a.id.cmp(&b.id)));
+    for i in draining.into_iter().take(count) {
+        i.state = State::Running;
+        i.drain_started = None;
+        notes
+            .cancelled
+            .push(i.node.clone().unwrap_or_else(|| i.id.clone()));
     }
 }
 
@@ -400,97 +413,25 @@ fn count_ready(instances: &[Recorded], input: &Input<'_>) -> usize {
         .count()
 }
 
-fn conditions(
-    input: &Input<'_>,
+/// When to look again. NodeInstall heartbeats do not wake the controller,
+/// so a pool with a node that is not ready looks again soon, to see it
+/// recover.
+fn requeue(
     instances: &[Recorded],
     launch: Option<&Launch>,
-    ready: usize,
     notes: &Notes,
-) -> Vec<Observed<'static>> {
-    let desired = input.pool.replicas;
-    let removing = instances
-        .iter()
-        .filter(|i| matches!(i.state, State::Draining | State::Terminating))
-        .count();
-    let ready_c = if ready >= desired && removing == 0 && launch.is_none() {
-        Observed::new(
-            types::READY,
-            true,
-            "AllReady",
-            format!("{ready} of {desired} nodes ready"),
-        )
-    } else {
-        Observed::new(
-            types::READY,
-            false,
-            "NotReady",
-            format!("{ready} of {desired} nodes ready"),
-        )
-    };
-    let scaling = match (launch, removing) {
-        (_, _) if !notes.replaced.is_empty() => Observed::new(
-            types::SCALING,
-            true,
-            "Replacing",
-            format!(
-                "replacing instances that did not join within {}s: {}",
-                input.pool.join_timeout.as_secs(),
-                notes.replaced.join(", ")
-            ),
-        ),
-        (Some(l), _) => Observed::new(
-            types::SCALING,
-            true,
-            "ScalingUp",
-            format!("launching {} instance(s) towards {desired}", l.count),
-        ),
-        (None, n) if n > 0 => Observed::new(
-            types::SCALING,
-            true,
-            "ScalingDown",
-            format!("draining or terminating {n} instance(s) towards {desired}"),
-        ),
-        _ => Observed::new(
-            types::SCALING,
-            false,
-            "Stable",
-            format!("{desired} instance(s) as declared"),
-        ),
-    };
-    vec![ready_c, scaling, degraded(input, notes)]
-}
-
-fn degraded(input: &Input<'_>, notes: &Notes) -> Observed<'static> {
-    if !notes.forced.is_empty() {
-        let msg = format!(
-            "{}; removed anyway (drainTimeoutPolicy Force)",
-            notes.forced.join("; ")
-        );
-        return Observed::new(types::DEGRADED, true, "DrainForced", msg);
-    }
-    if !notes.waiting.is_empty() {
-        let msg = format!(
-            "{}; waiting (drainTimeoutPolicy Wait)",
-            notes.waiting.join("; ")
-        );
-        return Observed::new(types::DEGRADED, true, "DrainTimeout", msg);
-    }
-    let recent_force = crate::api::conditions::find(input.previous, types::DEGRADED)
-        .filter(|c| c.status == "True" && c.reason == "DrainForced")
-        .filter(|c| age(input.now, c.last_transition_time.0) < FORCED_NOTICE);
-    match recent_force {
-        Some(c) => Observed::new(types::DEGRADED, true, "DrainForced", c.message.clone()),
-        None => Observed::new(types::DEGRADED, false, "AsExpected", "no drain is stuck"),
-    }
-}
-
-fn requeue(instances: &[Recorded], launch: Option<&Launch>, notes: &Notes) -> Duration {
+    ready: usize,
+) -> Duration {
     let busy = instances
         .iter()
         .any(|i| matches!(i.state, State::Draining | State::Terminating));
+    let running = instances
+        .iter()
+        .filter(|i| i.state == State::Running)
+        .count();
     if launch.is_some() || busy || !notes.waiting.is_empty() {
         Duration::from_secs(2)
-    } else if instances.iter().any(|i| i.state == State::Pending) {
+    } else if ready < running || instances.iter().any(|i| i.state == State::Pending) {
         Duration::from_secs(10)
     } else {
         Duration::from_secs(60)

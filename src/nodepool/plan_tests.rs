@@ -46,8 +46,16 @@ fn pending(id: &str, age: i64) -> Recorded {
 fn listed(id: &str, age: i64, seq: Option<i64>) -> Listed {
     Listed {
         id: id.into(),
-        launched: ago(age),
+        launched: Some(ago(age)),
         launch_seq: seq,
+    }
+}
+
+/// Listed with no launch time, as some EC2-compatible endpoints list.
+fn timeless(id: &str, seq: Option<i64>) -> Listed {
+    Listed {
+        launched: None,
+        ..listed(id, 0, seq)
     }
 }
 
@@ -56,7 +64,7 @@ fn listing(recorded: &[Recorded]) -> Vec<Listed> {
         .iter()
         .map(|r| Listed {
             id: r.id.clone(),
-            launched: r.launched,
+            launched: Some(r.launched),
             launch_seq: Some(1),
         })
         .collect()
@@ -78,6 +86,7 @@ struct World {
     nodes: Vec<NodeView>,
     drains: BTreeMap<String, DrainOutcome>,
     previous: Vec<Condition>,
+    first_seen: BTreeMap<String, Timestamp>,
 }
 
 impl World {
@@ -95,6 +104,7 @@ impl World {
             nodes,
             drains: BTreeMap::new(),
             previous: Vec::new(),
+            first_seen: BTreeMap::new(),
         }
     }
 
@@ -106,6 +116,7 @@ impl World {
             nodes: &self.nodes,
             drains: &self.drains,
             previous: &self.previous,
+            first_seen: &self.first_seen,
             now: now(),
         })
     }
@@ -353,11 +364,33 @@ fn a_terminating_instance_that_is_gone_is_dropped_from_the_record() {
 }
 
 #[test]
-fn scaling_up_while_draining_launches_without_cancelling_the_drain() {
+fn scaling_up_while_draining_cancels_the_removal_instead_of_launching() {
     let mut w = World::new(pool(2), vec![joined("a", 100), joined("b", 50)]);
     w.recorded[1].state = State::Draining;
+    w.recorded[1].drain_started = Some(ago(5));
+    w.drains.insert(
+        "b".into(),
+        DrainOutcome::Blocked {
+            pods: 1,
+            why: "web/p: terminating".into(),
+        },
+    );
+    let p = w.plan();
+    assert_eq!(state_of(&p, "b"), Some(State::Running));
+    assert_eq!(p.instances[1].drain_started, None);
+    assert_eq!(p.launch, None);
+    assert_eq!(p.cancelled, vec!["n-b".to_string()]);
+    assert_eq!(condition(&p, "Scaling").reason, "Stable");
+}
+
+#[test]
+fn a_node_named_by_node_remove_stays_on_its_way_out_when_the_pool_grows() {
+    let mut w = World::new(pool(2), vec![joined("a", 100), joined("b", 50)]);
+    w.recorded[1].state = State::Draining;
+    w.nodes[1].remove_requested = true;
     let p = w.plan();
     assert_eq!(state_of(&p, "b"), Some(State::Draining));
+    assert!(p.cancelled.is_empty());
     assert_eq!(
         p.launch,
         Some(Launch {
@@ -365,4 +398,68 @@ fn scaling_up_while_draining_launches_without_cancelling_the_drain() {
             count: 1
         })
     );
+}
+
+#[test]
+fn a_drain_waiting_for_a_terminating_pod_keeps_the_instance() {
+    let mut w = World::new(pool(0), vec![joined("a", 100)]);
+    w.recorded[0].state = State::Draining;
+    w.recorded[0].drain_started = Some(ago(5));
+    let why = "web/p: terminating".to_string();
+    w.drains
+        .insert("a".into(), DrainOutcome::Blocked { pods: 1, why });
+    let p = w.plan();
+    assert_eq!(state_of(&p, "a"), Some(State::Draining));
+    assert!(p.terminate.is_empty());
+}
+
+#[test]
+fn an_unrecorded_instance_without_a_launch_time_is_young_at_first_sight() {
+    let mut w = World::new(pool(0), vec![]);
+    w.listed = vec![timeless("x", None)];
+    let p = w.plan();
+    assert_eq!(p.strays, vec!["x".to_string()]);
+    assert!(p.terminate.is_empty());
+    assert_eq!(p.first_seen.get("x"), Some(&now()), "first sight recorded");
+}
+
+#[test]
+fn an_unrecorded_instance_without_a_launch_time_ages_from_its_first_sight() {
+    let mut w = World::new(pool(0), vec![]);
+    w.listed = vec![timeless("x", None)];
+    w.first_seen.insert("x".into(), ago(100));
+    let p = w.plan();
+    assert_eq!(p.strays, vec!["x".to_string()]);
+    assert_eq!(p.first_seen.get("x"), Some(&ago(100)), "not reset to now");
+    w.first_seen.insert("x".into(), ago(301));
+    let p = w.plan();
+    assert_eq!(p.terminate, vec!["x".to_string()], "an orphan after grace");
+}
+
+#[test]
+fn an_adopted_instance_without_a_launch_time_is_recorded_as_launched_at_first_sight() {
+    let mut w = World::new(pool(1), vec![]);
+    w.listed = vec![timeless("x", Some(10))];
+    w.first_seen.insert("x".into(), ago(50));
+    let p = w.plan();
+    assert_eq!(p.instances[0].launched, ago(50));
+    assert!(
+        p.first_seen.is_empty(),
+        "recorded instances carry their time"
+    );
+}
+
+#[test]
+fn first_sightings_of_instances_no_longer_listed_are_dropped() {
+    let mut w = World::new(pool(0), vec![]);
+    w.first_seen.insert("gone".into(), ago(10));
+    assert!(w.plan().first_seen.is_empty());
+}
+
+#[test]
+fn a_pool_with_a_node_not_ready_looks_again_soon() {
+    let mut w = World::new(pool(1), vec![joined("a", 100)]);
+    assert_eq!(w.plan().requeue_after, Duration::from_secs(60));
+    w.nodes[0].heartbeat = Some(ago(120));
+    assert_eq!(w.plan().requeue_after, Duration::from_secs(10));
 }

@@ -44,8 +44,8 @@ impl Owner {
 pub struct Instance {
     /// The provider's id.
     pub id: String,
-    /// When it was launched.
-    pub launched: Timestamp,
+    /// When it was launched, when the provider says.
+    pub launched: Option<Timestamp>,
     /// Its tags (EC2) or the equivalent labels (local).
     pub tags: BTreeMap<String, String>,
 }
@@ -66,6 +66,17 @@ pub enum Error {
     /// A local agent process could not be started or stopped.
     #[error(transparent)]
     Local(#[from] super::local::Error),
+}
+
+impl Error {
+    /// The reason of the pool's Degraded condition: `ProviderTimeout` when
+    /// the provider did not answer in time, else `ProviderError`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Aws(super::aws::Error::Timeout { .. }) => "ProviderTimeout",
+            _ => "ProviderError",
+        }
+    }
 }
 
 /// A place that runs a pool's instances.

@@ -1,7 +1,9 @@
 //! Support for the discovery tests: the discovery etcd endpoint, a tree
 //! under a prefix of its own per test, and an etcd process a test can kill
-//! and restart.
+//! and restart, and a proxy that holds back etcd's answers.
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod delay;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,10 +1,10 @@
-//! EC2 helpers for NodePool tests: a recording (and, on demand, throttling)
-//! proxy in front of moto, and a direct moto client to plant and inspect
+//! EC2 helpers for NodePool tests: a recording (and, on demand, throttling
+//! or silent) proxy in front of moto, and a direct moto client to plant and inspect
 //! instances.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
@@ -12,7 +12,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use theseus::api::AwsProvider;
+use kube::Api;
+use serde_json::json;
+use theseus::api::conditions;
+use theseus::api::{AwsProvider, NodePool};
+
+use super::fleet::Operator;
+use super::{TestNamespace, TestbedEnv, eventually, repo_root};
 
 /// What the proxy saw.
 #[derive(Debug, Default)]
@@ -27,6 +33,10 @@ pub struct ProxyLog {
     pub throttled: usize,
     /// Throttle every request until this instant.
     pub throttle_until: Option<Instant>,
+    /// While set, accept every request and never answer it.
+    pub silent: bool,
+    /// Requests left unanswered because the proxy was silent.
+    pub unanswered: usize,
 }
 
 /// A proxy on 127.0.0.1 in front of moto.
@@ -107,6 +117,17 @@ async fn forward(State(st): State<ProxyState>, headers: HeaderMap, body: Bytes) 
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    let silent = {
+        let mut log = st.log.lock().unwrap();
+        if log.silent {
+            log.unanswered += 1;
+        }
+        log.silent
+    };
+    if silent {
+        // An endpoint that accepted the connection and never answers.
+        std::future::pending::<()>().await;
+    }
     {
         let mut log = st.log.lock().unwrap();
         *log.calls.entry(action.clone()).or_default() += 1;
@@ -279,5 +300,156 @@ pub async fn terminate(client: &Client, ids: &[String]) {
             .set_instance_ids(Some(ids.to_vec()))
             .send()
             .await;
+    }
+}
+
+/// A test's own operator and EC2 pool (moto behind a recording proxy),
+/// named after its namespace.
+pub struct Ec2Rig {
+    /// The testbed.
+    pub tb: TestbedEnv,
+    /// A client for it.
+    pub client: kube::Client,
+    /// The test's namespace.
+    pub ns: TestNamespace,
+    /// The run label, pool name and cluster name (the namespace's name).
+    pub run: String,
+    /// Where the operator logs.
+    pub logs: std::path::PathBuf,
+    /// A client straight to moto.
+    pub ec2: Client,
+    /// The proxy the pool calls EC2 through.
+    pub proxy: Ec2Proxy,
+    /// An AMI moto knows.
+    pub image: String,
+}
+
+impl Ec2Rig {
+    /// A fresh namespace (and run) tagged `tag`, or `None` without a testbed
+    /// outside CI.
+    pub async fn new(tag: &str) -> Option<Ec2Rig> {
+        let tb = super::testbed()?;
+        super::apply_crds(&tb);
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/nodepools.theseus.dev",
+            "--timeout=60s",
+        ]);
+        let client = tb.client().await;
+        let ns = TestNamespace::create(&tb, &client, tag).await;
+        let run = ns.name.clone();
+        let logs = repo_root().join("target/test-logs").join(&run);
+        std::fs::create_dir_all(&logs).unwrap();
+        eprintln!("operator logs: {}", logs.display());
+        let ec2 = moto(tb.ec2_endpoint()).await;
+        let proxy = Ec2Proxy::start(tb.ec2_endpoint()).await;
+        let image = image(&ec2).await;
+        Some(Ec2Rig {
+            tb,
+            client,
+            ns,
+            run,
+            logs,
+            ec2,
+            proxy,
+            image,
+        })
+    }
+
+    /// An operator for this run; its cluster name is the run.
+    pub fn operator(&self, identity: &str, env: &[(&str, &str)]) -> Operator {
+        Operator::start_with(
+            &self.tb,
+            &self.ns.name,
+            &self.run,
+            identity,
+            &self.logs,
+            &["--cluster-name", &self.run],
+            env,
+        )
+    }
+
+    /// The NodePool API.
+    pub fn pools(&self) -> Api<NodePool> {
+        Api::all(self.client.clone())
+    }
+
+    /// Creates the run's pool with `replicas`.
+    pub async fn create_pool(&self, replicas: i32) {
+        self.create_pool_with(replicas, json!({})).await;
+    }
+
+    /// Creates the pool with `extra` merged into `spec.provider.aws`.
+    pub async fn create_pool_with(&self, replicas: i32, extra: serde_json::Value) {
+        let mut aws = json!({
+            "region": "us-east-1", "instanceType": "t3.micro",
+            "imageId": self.image, "endpoint": self.proxy.url,
+            "tags": { "team": "theseus-tests" }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            aws[k] = v.clone();
+        }
+        let spec = json!({ "provider": { "type": "Aws", "aws": aws } });
+        super::pools::apply(&self.pools(), &self.run, replicas, spec).await;
+    }
+
+    /// The pool's `type_` condition as (status, reason, message).
+    pub async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
+        let pool = self.pools().get(&self.run).await.ok()?;
+        let st = pool.status.unwrap_or_default();
+        conditions::find(&st.conditions, type_)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    /// `kubectl scale` the run's pool.
+    pub fn scale(&self, replicas: i32) {
+        super::pools::scale(&self.tb, &self.run, replicas);
+    }
+
+    /// Our live instances in moto: id → tags.
+    pub async fn ours(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        live(
+            &self.ec2,
+            &[
+                ("theseus.dev/nodepool", &self.run),
+                ("theseus.dev/cluster", &self.run),
+            ],
+        )
+        .await
+    }
+
+    /// Waits until moto and the pool's status agree on `n` instances and the
+    /// pool is no longer scaling.
+    pub async fn converged(&self, n: usize, timeout: Duration) -> NodePool {
+        eventually(timeout, &format!("{n} instances, recorded and live"), || async {
+            let pool = self.pools().get(&self.run).await.map_err(|e| e.to_string())?;
+            let st = pool.status.clone().unwrap_or_default();
+            let recorded: Vec<String> = st.instances.iter().map(|i| i.id.clone()).collect();
+            let live: Vec<String> = self.ours().await.into_keys().collect();
+            let mut sorted = recorded.clone();
+            sorted.sort();
+            let scaling = conditions::find(&st.conditions, "Scaling").map(|c| c.status.clone());
+            if sorted == live && live.len() == n && st.replicas == n as i32 && scaling.as_deref() == Some("False") {
+                Ok(pool)
+            } else {
+                Err(format!("recorded {sorted:?}, live {live:?}, status.replicas {}, Scaling {scaling:?}", st.replicas))
+            }
+        })
+        .await
+    }
+
+    /// Asserts every DescribeInstances carried the owner filters.
+    pub fn assert_describes_filtered(&self) {
+        let log = self.proxy.log.lock().unwrap();
+        assert!(log.calls.get("DescribeInstances").copied().unwrap_or(0) > 0);
+        assert_eq!(
+            log.unfiltered_describes, 0,
+            "every DescribeInstances carries the owner tag filters"
+        );
+        eprintln!(
+            "EC2 calls through the proxy: {:?} (throttled {})",
+            log.calls, log.throttled
+        );
     }
 }

@@ -8,18 +8,23 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use super::TreeError;
 use crate::discovery::config::EtcdConfig;
 
-/// The etcd-client options for `config`.
-pub(super) fn options(config: &EtcdConfig) -> Result<ConnectOptions, TreeError> {
+/// The etcd-client options for `config`. With `pings`, HTTP/2 pings close a
+/// connection whose peer stops answering; the lease connection goes
+/// without, because an answer that is merely late must not cut off the
+/// renewals it carries (the lease keeper reconnects on its own terms).
+pub(super) fn options(config: &EtcdConfig, pings: bool) -> Result<ConnectOptions, TreeError> {
     if config.endpoints.is_empty() {
         return Err(TreeError::Setup(
             "no discovery etcd endpoint; pass --discovery-etcd URL".into(),
         ));
     }
-    let mut options = ConnectOptions::new()
-        .with_timeout(config.request_timeout)
-        .with_connect_timeout(config.request_timeout)
-        .with_keep_alive(Duration::from_secs(10), config.request_timeout)
-        .with_keep_alive_while_idle(true);
+    let mut options = ConnectOptions::new().with_connect_timeout(config.request_timeout);
+    if pings {
+        options = options
+            .with_timeout(config.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), config.request_timeout)
+            .with_keep_alive_while_idle(true);
+    }
     if let Some((user, password)) = &config.user {
         options = options.with_user(user.clone(), password.clone());
     }
@@ -62,7 +67,7 @@ mod tests {
     #[test]
     fn no_endpoint_is_a_clear_error() {
         let config = EtcdConfig::new(Vec::<String>::new());
-        let err = options(&config).err().map(|e| e.to_string());
+        let err = options(&config, true).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--discovery-etcd")));
     }
 
@@ -70,7 +75,7 @@ mod tests {
     fn a_missing_ca_file_names_the_file_and_the_option() {
         let mut config = EtcdConfig::new(["https://127.0.0.1:1"]);
         config.ca = Some("/nonexistent/ca.pem".into());
-        let err = options(&config).err().map(|e| e.to_string());
+        let err = options(&config, true).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("/nonexistent/ca.pem") && e.contains("--etcd-ca")));
     }
 }

@@ -1,0 +1,202 @@
+//! Which NodeInstall changes wake a NodePool. Agents write their heartbeat
+//! every few seconds; waking the pool for each would run a reconcile (and a
+//! provider listing) per heartbeat per node. Only what the planner reads
+//! from a NodeInstall wakes its pool: the pool label, the instance id, the
+//! removal request, the object's arrival and departure. A stale heartbeat is
+//! found by time (the planner looks again soon while a node is not ready).
+
+use std::collections::{HashMap, HashSet};
+
+use futures::{Stream, StreamExt, stream};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::REMOVE_ANNOTATION;
+use super::provider::POOL_TAG;
+use crate::api::{NodeInstall, NodePool};
+
+/// What the NodePool planner reads from one NodeInstall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relevant {
+    /// The pool it belongs to (its `theseus.dev/nodepool` label).
+    pub pool: Option<String>,
+    /// `status.instanceId`.
+    pub instance_id: Option<String>,
+    /// Whether `theseus node remove` asked for it to go.
+    pub remove_requested: bool,
+    /// Whether it is being deleted.
+    pub deleting: bool,
+}
+
+impl Relevant {
+    /// The parts of `ni` the planner reads.
+    pub fn of(ni: &NodeInstall) -> Relevant {
+        Relevant {
+            pool: ni.labels().get(POOL_TAG).cloned(),
+            instance_id: ni.status.as_ref().and_then(|s| s.instance_id.clone()),
+            remove_requested: ni.annotations().contains_key(REMOVE_ANNOTATION),
+            deleting: ni.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// Remembers what was last seen of each NodeInstall and says which pools a
+/// watch event concerns.
+#[derive(Debug, Default)]
+pub struct Filter {
+    seen: HashMap<String, Relevant>,
+    relisted: HashSet<String>,
+}
+
+impl Filter {
+    /// The pools to wake for `event` (none for a heartbeat-only change).
+    pub fn wake(&mut self, event: watcher::Event<NodeInstall>) -> Vec<ObjectRef<NodePool>> {
+        let pools = match event {
+            watcher::Event::Apply(ni) => self.update(&ni),
+            watcher::Event::InitApply(ni) => {
+                self.relisted.insert(ni.name_any());
+                self.update(&ni)
+            }
+            watcher::Event::Delete(ni) => self
+                .seen
+                .remove(&ni.name_any())
+                .and_then(|r| r.pool)
+                .into_iter()
+                .chain(Relevant::of(&ni).pool)
+                .collect(),
+            watcher::Event::Init => {
+                self.relisted.clear();
+                Vec::new()
+            }
+            // Objects missing from a re-list were deleted meanwhile.
+            watcher::Event::InitDone => {
+                let relisted = std::mem::take(&mut self.relisted);
+                let gone: Vec<String> = self
+                    .seen
+                    .keys()
+                    .filter(|name| !relisted.contains(*name))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|name| self.seen.remove(name).and_then(|r| r.pool))
+                    .collect()
+            }
+        };
+        let mut pools = pools;
+        pools.sort();
+        pools.dedup();
+        pools.iter().map(|p| ObjectRef::new(p)).collect()
+    }
+
+    fn update(&mut self, ni: &NodeInstall) -> Vec<String> {
+        let now = Relevant::of(ni);
+        match self.seen.insert(ni.name_any(), now.clone()) {
+            Some(before) if before == now => Vec::new(),
+            // A node that moved between pools concerns both.
+            Some(before) => before.pool.into_iter().chain(now.pool).collect(),
+            None => now.pool.into_iter().collect(),
+        }
+    }
+}
+
+/// The pools to reconcile, from a watch of NodeInstalls filtered by
+/// [`Filter`].
+pub fn pools_to_wake(
+    api: Api<NodeInstall>,
+    config: watcher::Config,
+) -> impl Stream<Item = ObjectRef<NodePool>> + Send + 'static {
+    let mut filter = Filter::default();
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(|event| async move {
+            event
+                .map_err(|e| tracing::warn!(error = %e, "watching NodeInstalls failed; retrying"))
+                .ok()
+        })
+        .flat_map(move |event| stream::iter(filter.wake(event)))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(pool: &str, instance: Option<&str>, beat: i64) -> NodeInstall {
+        let mut ni: NodeInstall = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+            "metadata": { "name": "n1", "labels": { POOL_TAG: pool } },
+            "spec": {}
+        }))
+        .unwrap();
+        let mut status = ni.status.clone().unwrap_or_default();
+        status.instance_id = instance.map(str::to_owned);
+        status.heartbeat = Some(Time(Timestamp::from_second(beat).unwrap()));
+        ni.status = Some(status);
+        ni
+    }
+
+    fn woken(filter: &mut Filter, event: watcher::Event<NodeInstall>) -> Vec<String> {
+        filter.wake(event).into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn a_heartbeat_only_change_wakes_no_pool() {
+        let mut f = Filter::default();
+        let first = node("web", Some("i-1"), 100);
+        assert_eq!(woken(&mut f, watcher::Event::Apply(first)), vec!["web"]);
+        let beat = node("web", Some("i-1"), 110);
+        assert!(woken(&mut f, watcher::Event::Apply(beat)).is_empty());
+    }
+
+    #[test]
+    fn an_instance_id_or_a_removal_request_wakes_the_pool() {
+        let mut f = Filter::default();
+        woken(&mut f, watcher::Event::Apply(node("web", None, 100)));
+        let joined = node("web", Some("i-1"), 100);
+        assert_eq!(
+            woken(&mut f, watcher::Event::Apply(joined.clone())),
+            vec!["web"]
+        );
+        let mut asked = joined;
+        asked
+            .annotations_mut()
+            .insert(REMOVE_ANNOTATION.into(), "true".into());
+        assert_eq!(woken(&mut f, watcher::Event::Apply(asked)), vec!["web"]);
+    }
+
+    #[test]
+    fn a_node_moving_pools_wakes_both_and_a_deletion_wakes_its_pool() {
+        let mut f = Filter::default();
+        woken(&mut f, watcher::Event::Apply(node("a", Some("i-1"), 1)));
+        assert_eq!(
+            woken(&mut f, watcher::Event::Apply(node("b", Some("i-1"), 1))),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            woken(&mut f, watcher::Event::Delete(node("b", Some("i-1"), 2))),
+            vec!["b"]
+        );
+    }
+
+    #[test]
+    fn a_node_missing_from_a_relist_wakes_its_pool_and_an_unchanged_one_does_not() {
+        let mut f = Filter::default();
+        woken(&mut f, watcher::Event::Apply(node("web", Some("i-1"), 1)));
+        woken(&mut f, watcher::Event::Init);
+        assert!(
+            woken(
+                &mut f,
+                watcher::Event::InitApply(node("web", Some("i-1"), 5))
+            )
+            .is_empty()
+        );
+        assert!(woken(&mut f, watcher::Event::InitDone).is_empty());
+        woken(&mut f, watcher::Event::Init);
+        assert_eq!(woken(&mut f, watcher::Event::InitDone), vec!["web"]);
+    }
+}
