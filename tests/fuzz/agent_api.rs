@@ -75,8 +75,10 @@ fn local_only(input: &[u8]) -> bool {
 fn urls_local(text: &str) -> bool {
     text.match_indices("://").all(|(at, _)| {
         let start = text[..at]
-            .rfind(|c: char| !c.is_ascii_alphanumeric())
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !c.is_ascii_alphanumeric())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = text[at..]
             .find(['"', ' ', '\n', '\\'])
             .map_or(text.len(), |i| at + i);
@@ -270,7 +272,7 @@ pub fn generate(rng: &mut StdRng, corpus: &[Vec<u8>]) -> Vec<u8> {
         2 => {
             head = head.replace(
                 "application/json",
-                *pick(
+                pick::<&str>(
                     rng,
                     &[
                         "application/x-www-form-urlencoded",

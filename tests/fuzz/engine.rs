@@ -24,6 +24,10 @@ use rand::{Rng, SeedableRng};
 /// Longest one input may run before it counts as a hang.
 const HANG: Duration = Duration::from_secs(20);
 
+/// Generated inputs larger than this are skipped: huge inputs are slow in a
+/// debug build and find little that a small one does not.
+const MAX_INPUT: usize = 256 << 10;
+
 /// Failures collected before a target stops early.
 const MAX_FAILURES: usize = 5;
 
@@ -75,25 +79,73 @@ pub struct Stats {
     pub slowest: Duration,
 }
 
-/// Runs `target`: replays its corpus, then generated inputs. `make_check`
-/// builds the checker on the worker thread (it may hold a runtime or a
-/// sandbox); it is built again after a panic. `generate` makes an input from
-/// the corpus; an empty input counts as declined.
-pub fn run<C, M, G>(target: &str, make_check: M, mut generate: G) -> Stats
+/// How long and how hard one target runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time for generated inputs (the corpus always runs in full).
+    pub time: Duration,
+    /// Most generated inputs.
+    pub runs: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// Longest one input may run.
+    pub hang: Duration,
+}
+
+impl Settings {
+    /// The settings from the environment (see the module documentation).
+    pub fn from_env() -> Settings {
+        Settings {
+            time: Duration::from_secs(env_u64("THESEUS_FUZZ_SECONDS").unwrap_or(2)),
+            runs: env_u64("THESEUS_FUZZ_RUNS").unwrap_or(u64::MAX),
+            seed: env_u64("THESEUS_FUZZ_SEED").unwrap_or(1),
+            hang: HANG,
+        }
+    }
+}
+
+/// Runs `target` with its corpus and the settings from the environment,
+/// prints its figures and fails on any finding. `make_check` builds the
+/// checker on the worker thread (it may hold a runtime or a sandbox); it is
+/// built again after a panic. `generate` makes an input from the corpus; an
+/// empty (or huge) input counts as declined.
+pub fn run<C, M, G>(target: &str, make_check: M, generate: G) -> Stats
 where
     C: FnMut(&[u8]) -> Verdict,
     M: Fn() -> C + Send + 'static,
     G: FnMut(&mut StdRng, &[Vec<u8>]) -> Vec<u8>,
 {
-    let seconds = env_u64("THESEUS_FUZZ_SECONDS").unwrap_or(2);
-    let max_runs = env_u64("THESEUS_FUZZ_RUNS").unwrap_or(u64::MAX);
-    let seed = env_u64("THESEUS_FUZZ_SEED").unwrap_or(1);
-    let mut rng = StdRng::seed_from_u64(seed ^ hash_name(target));
     let seeds = corpus(target);
     assert!(!seeds.is_empty(), "the {target} corpus is empty");
-    let inputs: Vec<Vec<u8>> = seeds.iter().map(|(_, b)| b.clone()).collect();
+    let settings = Settings::from_env();
+    let (stats, failures) = fuzz(target, &seeds, &settings, make_check, generate);
+    assert!(
+        failures.is_empty(),
+        "fuzz {target} (THESEUS_FUZZ_SEED={}) found:\n{}\nCopy a saved input into {} to keep it as a regression.",
+        settings.seed,
+        failures.join("\n"),
+        corpus_dir(target).display()
+    );
+    stats
+}
 
-    let worker = Worker::start(make_check);
+/// Runs `seeds`, then generated inputs; returns the figures and the
+/// failures (each with where its input was saved).
+pub fn fuzz<C, M, G>(
+    target: &str,
+    seeds: &[(String, Vec<u8>)],
+    settings: &Settings,
+    make_check: M,
+    mut generate: G,
+) -> (Stats, Vec<String>)
+where
+    C: FnMut(&[u8]) -> Verdict,
+    M: Fn() -> C + Send + 'static,
+    G: FnMut(&mut StdRng, &[Vec<u8>]) -> Vec<u8>,
+{
+    let mut rng = StdRng::seed_from_u64(settings.seed ^ hash_name(target));
+    let inputs: Vec<Vec<u8>> = seeds.iter().map(|(_, b)| b.clone()).collect();
+    let worker = Worker::start(make_check, settings.hang);
     let mut stats = Stats::default();
     let mut failures: Vec<String> = Vec::new();
     let started = Instant::now();
@@ -110,7 +162,7 @@ where
             ));
         }
     };
-    for (name, bytes) in &seeds {
+    for (name, bytes) in seeds {
         exec(
             bytes.clone(),
             &format!("corpus {name}"),
@@ -118,12 +170,15 @@ where
             &mut failures,
         );
     }
-    let deadline = Duration::from_secs(seconds);
     let mut generated = 0u64;
-    while started.elapsed() < deadline && generated < max_runs && failures.len() < MAX_FAILURES {
+    while started.elapsed() < settings.time
+        && generated < settings.runs
+        && failures.len() < MAX_FAILURES
+        && !worker.hung.get()
+    {
         generated += 1;
         let input = generate(&mut rng, &inputs);
-        if input.is_empty() {
+        if input.is_empty() || input.len() > MAX_INPUT {
             stats.skipped += 1;
             continue;
         }
@@ -133,27 +188,19 @@ where
             &mut stats,
             &mut failures,
         );
-        if worker.hung.get() {
-            break;
-        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "fuzz {target}: {} inputs ({} corpus, {} skipped) in {secs:.1} s, {:.0}/s, slowest {} ms, seed {seed}, {} failure(s)",
+        "fuzz {target}: {} inputs ({} corpus, {} skipped) in {secs:.1} s, {:.0}/s, slowest {} ms, seed {}, {} failure(s)",
         stats.execs,
         seeds.len(),
         stats.skipped,
         stats.execs as f64 / secs.max(0.001),
         stats.slowest.as_millis(),
+        settings.seed,
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "fuzz {target} (THESEUS_FUZZ_SEED={seed}) found:\n{}\nCopy a saved input into {} to keep it as a regression.",
-        failures.join("\n"),
-        corpus_dir(target).display()
-    );
-    stats
+    (stats, failures)
 }
 
 fn hash_name(name: &str) -> u64 {
@@ -184,10 +231,11 @@ struct Worker {
     inputs: mpsc::Sender<Vec<u8>>,
     verdicts: mpsc::Receiver<Verdict>,
     hung: Cell<bool>,
+    hang: Duration,
 }
 
 impl Worker {
-    fn start<C, M>(make_check: M) -> Worker
+    fn start<C, M>(make_check: M, hang: Duration) -> Worker
     where
         C: FnMut(&[u8]) -> Verdict,
         M: Fn() -> C + Send + 'static,
@@ -213,6 +261,7 @@ impl Worker {
             inputs: tx_in,
             verdicts: rx_out,
             hung: Cell::new(false),
+            hang,
         }
     }
 
@@ -221,12 +270,15 @@ impl Worker {
             return Err("not run: an earlier input hung the worker".into());
         }
         self.inputs.send(input).expect("the fuzz worker stopped");
-        match self.verdicts.recv_timeout(HANG) {
+        match self.verdicts.recv_timeout(self.hang) {
             Ok(v) => v,
             Err(_) => {
                 // The worker is stuck for good; later inputs are not run.
                 self.hung.set(true);
-                Err(format!("hang: no answer within {} s", HANG.as_secs()))
+                Err(format!(
+                    "hang: no answer within {} ms",
+                    self.hang.as_millis()
+                ))
             }
         }
     }

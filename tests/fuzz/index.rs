@@ -111,7 +111,7 @@ fn signature(bytes: &[u8], sig: &[u8]) -> Verdict {
     if index::verify(bytes, &text, &[], "o").is_ok() {
         return Err("verified with no key".into());
     }
-    if bytes.len() % 16 == 0
+    if bytes.len().is_multiple_of(16)
         && index::verify(bytes, &index::sign(bytes, &key), &[public], "s").is_err()
     {
         return Err("a fresh signature does not verify".into());

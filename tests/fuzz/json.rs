@@ -46,7 +46,7 @@ pub fn value(rng: &mut StdRng, strings: &[&str]) -> Value {
     match rng.gen_range(0..12) {
         0 => Value::Null,
         1 => Value::Bool(rng.r#gen()),
-        2 => serde_json::from_str(*pick(rng, NUMBERS)).unwrap_or(json!(u64::MAX)),
+        2 => serde_json::from_str(pick::<&str>(rng, NUMBERS)).unwrap_or(json!(u64::MAX)),
         3 => json!(rng.r#gen::<i64>()),
         4 => json!([]),
         5 => json!({}),
