@@ -3,7 +3,7 @@
 CARGO   ?= cargo
 THESEUS ?= target/debug/theseus
 
-.PHONY: all build test check fmt fmt-check clippy unit crds crds-check chart-crds chart-lint dockerfile-lint setup demo demo-down clean testbed-up testbed-down
+.PHONY: all build test check fmt fmt-check clippy unit fuzz crds crds-check chart-crds chart-lint dockerfile-lint setup demo demo-down clean testbed-up testbed-down
 
 all: build
 
@@ -15,7 +15,7 @@ build: setup
 	$(CARGO) build
 
 ## test: formatting, clippy, CRD drift, then every test against the testbed
-test: setup fmt-check clippy crds-check testbed-up unit
+test: setup fmt-check clippy crds-check testbed-up unit fuzz
 
 ## testbed-up / testbed-down: the local control plane, etcd and EC2 (testbed/)
 testbed-up:
@@ -38,6 +38,14 @@ clippy:
 
 unit:
 	$(CARGO) test --all-targets --features failpoints --no-fail-fast
+
+## fuzz: a bounded pass (FUZZ_SECONDS per target, four targets) of tests/fuzz/
+## over its corpus and fresh inputs; FUZZ_SEED reproduces a run
+FUZZ_SECONDS ?= 15
+FUZZ_SEED    ?= $(shell date +%s)
+fuzz:
+	THESEUS_FUZZ_SECONDS=$(FUZZ_SECONDS) THESEUS_FUZZ_SEED=$(FUZZ_SEED) \
+		$(CARGO) test --test fuzz -- --test-threads=1 --nocapture
 
 ## crds: regenerate crds/ from the API types (and the chart's copy)
 crds:

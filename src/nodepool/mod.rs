@@ -16,3 +16,5 @@ pub mod userdata;
 /// The NodeInstall annotation `theseus node remove` sets: the node goes
 /// first when its pool shrinks.
 pub const REMOVE_ANNOTATION: &str = "theseus.dev/remove";
+#[cfg(test)]
+mod plan_props;

@@ -221,16 +221,29 @@ impl Fetcher {
         entry: &IndexEntry,
         dest: &Path,
     ) -> Result<Fetched, FetchError> {
-        if entry.path.contains("..") || entry.path.contains("://") {
+        let url = self.url(&entry.path);
+        if entry.path.contains("..") || entry.path.contains("://") || !self.contains(&url) {
             return Err(FetchError::Index(IndexError::BadIndex {
                 origin: self.url(index::INDEX),
                 message: format!("package path {:?} leaves the repository", entry.path),
             }));
         }
-        let url = self.url(&entry.path);
         let expect = Some((entry.sha256.as_str(), entry.size));
         self.fetch_url(&url, expect, dest, &entry.id.to_string())
             .await
+    }
+
+    /// Whether `url` stays under the repository as the HTTP client will
+    /// request it: URLs are normalized first, and `%2e%2e` is `..` there.
+    fn contains(&self, url: &str) -> bool {
+        match (
+            reqwest::Url::parse(&format!("{}/", self.base)),
+            reqwest::Url::parse(url),
+        ) {
+            (Ok(base), Ok(url)) => url.as_str().starts_with(base.as_str()),
+            // A URL that does not parse fails on its own when fetched.
+            _ => true,
+        }
     }
 
     /// Downloads `url` and unpacks it into `dest`; checks sha256 and size

@@ -3,6 +3,8 @@
 pub mod controller;
 pub mod ownership;
 pub mod plan;
+#[cfg(test)]
+mod plan_props;
 pub mod repository;
 pub mod selector;
 pub mod status;
