@@ -17,7 +17,9 @@ use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::accepted::AcceptedVersions;
 use super::index::{self, Index, IndexEntry, IndexError};
+use super::trust::{self, Grant, Stale};
 use super::unpack::{self, Limits, UnpackError, UnpackStats};
 
 /// Largest `index.json` accepted.
@@ -101,6 +103,14 @@ pub enum FetchError {
         /// The signature URL.
         url: String,
     },
+    /// The index verified but is older than one accepted before, or expired.
+    #[error("{url}: {stale}")]
+    Stale {
+        /// The index URL.
+        url: String,
+        /// What is wrong with it.
+        stale: Stale,
+    },
     /// The archive was refused.
     #[error(transparent)]
     Unpack(#[from] UnpackError),
@@ -112,6 +122,20 @@ pub enum FetchError {
         /// What went wrong.
         source: io::Error,
     },
+}
+
+impl FetchError {
+    /// Whether the repository's index was refused as untrusted: unsigned,
+    /// signed by no expected key, rolled back or expired. Nothing but the
+    /// index (and its signature) was downloaded.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Unsigned { .. }
+                | FetchError::Stale { .. }
+                | FetchError::Index(IndexError::BadSignature { .. } | IndexError::BadKey { .. })
+        )
+    }
 }
 
 /// How hard the fetcher tries.
@@ -161,6 +185,8 @@ pub struct Fetcher {
     base: String,
     client: reqwest::Client,
     keys: Vec<VerifyingKey>,
+    require_signature: bool,
+    versions: Option<(AcceptedVersions, String)>,
     options: FetchOptions,
 }
 
@@ -181,9 +207,26 @@ impl Fetcher {
         Self {
             base: base_url.trim_end_matches('/').to_owned(),
             client,
+            require_signature: !keys.is_empty(),
             keys,
+            versions: None,
             options,
         }
+    }
+
+    /// A client for a repository a trust decision granted: its index must
+    /// verify as the grant says, and, with `versions`, a verified index
+    /// older than the one accepted before or expired is refused, and a newer
+    /// one recorded.
+    pub fn granted(
+        grant: &Grant,
+        options: FetchOptions,
+        versions: Option<AcceptedVersions>,
+    ) -> Self {
+        let mut fetcher = Self::new(&grant.repository, grant.keys.clone(), options);
+        fetcher.require_signature = grant.require_signature;
+        fetcher.versions = versions.map(|v| (v, grant.repository.clone()));
+        fetcher
     }
 
     /// The options in use.
@@ -196,21 +239,45 @@ impl Fetcher {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
 
-    /// Fetches `index.json` and, when keys are configured, checks
-    /// `index.json.sig` against them.
+    /// Fetches `index.json` and checks `index.json.sig` against the keys:
+    /// required when the fetcher requires a signature, else checked when
+    /// present. A verified index is checked against the accepted versions.
     pub async fn index(&self) -> Result<Index, FetchError> {
         let url = self.url(index::INDEX);
         let bytes = self.get_small(&url).await?;
-        if !self.keys.is_empty() {
-            let sig_url = self.url(index::SIGNATURE);
-            let sig = match self.get_small(&sig_url).await {
-                Err(FetchError::NotFound { url }) => return Err(FetchError::Unsigned { url }),
-                other => other?,
+        let verified = self.verify_signature(&bytes).await?;
+        let index = Index::parse(&bytes, &url)?;
+        if let (true, Some((versions, repository))) = (verified, &self.versions) {
+            let io = |source| FetchError::Io {
+                path: versions.path().to_owned(),
+                source,
             };
-            let sig = String::from_utf8_lossy(&sig);
-            index::verify(&bytes, &sig, &self.keys, &sig_url)?;
+            let accepted = versions.get(repository).map_err(io)?;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            trust::check_index(index.version, index.expires, accepted, now)
+                .map_err(|stale| FetchError::Stale { url, stale })?;
+            versions.record(repository, index.version).map_err(io)?;
         }
-        Ok(Index::parse(&bytes, &url)?)
+        Ok(index)
+    }
+
+    /// Whether the index's signature verified; an error when it is required
+    /// and missing, or present and wrong.
+    async fn verify_signature(&self, bytes: &[u8]) -> Result<bool, FetchError> {
+        if self.keys.is_empty() && !self.require_signature {
+            return Ok(false);
+        }
+        let sig_url = self.url(index::SIGNATURE);
+        let sig = match self.get_small(&sig_url).await {
+            Err(FetchError::NotFound { url }) if self.require_signature => {
+                return Err(FetchError::Unsigned { url });
+            }
+            Err(FetchError::NotFound { .. }) => return Ok(false),
+            other => other?,
+        };
+        let sig = String::from_utf8_lossy(&sig);
+        index::verify(bytes, &sig, &self.keys, &sig_url)?;
+        Ok(true)
     }
 
     /// Downloads the package `entry` and unpacks it into `dest` (which must

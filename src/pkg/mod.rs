@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accepted;
 mod activation;
 pub mod build;
 mod check;
@@ -36,6 +37,7 @@ mod root;
 pub mod serve;
 pub mod set;
 mod stream;
+pub mod trust;
 pub mod unpack;
 
 pub use activation::{ActivateOptions, Activation, GcReport, id_from_archive_name};
