@@ -303,18 +303,27 @@ async fn add_follows_the_trust_rules_and_contacts_no_untrusted_repository() {
     let (status, body) = call(&trusting, "POST", "/add", Some(add), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let error = untrusted(&body);
-    assert!(error.contains(&elsewhere) && error.contains(&key), "{error}");
+    assert!(
+        error.contains(&elsewhere) && error.contains(&key),
+        "{error}"
+    );
 
     let by_url = json!({"url": format!("{elsewhere}/packages/demo-config--1.0.0.tar.gz")});
     let (status, body) = call(&trusting, "POST", "/add", Some(by_url), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(untrusted(&body).contains("no signed index"), "{body}");
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "no request");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request"
+    );
 
     // The allowed repository, but signed with a key this node does not trust.
     let foreign = TrustConfig {
         trusted_keys: vec![theseus::pkg::index::encode_key(
-            theseus::pkg::index::generate_key().verifying_key().as_bytes(),
+            theseus::pkg::index::generate_key()
+                .verifying_key()
+                .as_bytes(),
         )],
         ..trust.clone()
     };
@@ -322,7 +331,10 @@ async fn add_follows_the_trust_rules_and_contacts_no_untrusted_repository() {
     let add = json!({"id": "demo-config--1.0.0", "repository": repo});
     let (status, body) = call(&distrusting, "POST", "/add", Some(add.clone()), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(untrusted(&body).contains("signature does not match"), "{body}");
+    assert!(
+        untrusted(&body).contains("signature does not match"),
+        "{body}"
+    );
 
     // Trusting nothing refuses everything.
     let nothing = TrustConfig {
@@ -337,5 +349,9 @@ async fn add_follows_the_trust_rules_and_contacts_no_untrusted_repository() {
     assert_eq!(body, json!({"packages": []}), "nothing was installed");
 
     let (status, body) = call(&trusting, "POST", "/add", Some(add), None).await;
-    assert_eq!(status, StatusCode::OK, "the trusted key and repository: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the trusted key and repository: {body}"
+    );
 }

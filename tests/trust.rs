@@ -79,7 +79,10 @@ async fn a_foreign_repository_or_key_is_refused_with_nothing_downloaded() {
         message(&s).contains(&not_allowed) && message(&s).contains(&repo.key),
         "names the repository and the key expected: {s:?}"
     );
-    assert!(s.conditions.iter().any(|c| c.reason == "Untrusted"), "{s:?}");
+    assert!(
+        s.conditions.iter().any(|c| c.reason == "Untrusted"),
+        "{s:?}"
+    );
 
     // A target naming a key the agent does not trust, for a repository it
     // allows: refused before the index is read.
@@ -90,8 +93,16 @@ async fn a_foreign_repository_or_key_is_refused_with_nothing_downloaded() {
         message(&s).contains(&other.key) && message(&s).contains(&repo.key),
         "{s:?}"
     );
-    assert_eq!(other.server.requests(), Vec::<String>::new(), "nothing fetched");
-    assert_eq!(repo.server.requests(), Vec::<String>::new(), "nothing fetched");
+    assert_eq!(
+        other.server.requests(),
+        Vec::<String>::new(),
+        "nothing fetched"
+    );
+    assert_eq!(
+        repo.server.requests(),
+        Vec::<String>::new(),
+        "nothing fetched"
+    );
 
     // The allowed repository signed by an untrusted key, with the target
     // naming no key: the index is read, its signature refused, and no
@@ -157,7 +168,10 @@ async fn an_index_rolled_back_or_expired_is_refused_even_after_a_restart() {
         "{s:?}"
     );
     let fetched = repo.server.package_requests();
-    assert!(!fetched.iter().any(|p| p.contains("demo-web--2.0.0")), "{fetched:?}");
+    assert!(
+        !fetched.iter().any(|p| p.contains("demo-web--2.0.0")),
+        "{fetched:?}"
+    );
 
     // A newer index that has expired (a frozen mirror) is refused too.
     repo.reindex(&["--version", "3", "--expires-in", "1s"]);
@@ -166,7 +180,10 @@ async fn an_index_rolled_back_or_expired_is_refused_even_after_a_restart() {
     let s = until_refused(&api, &node, &hash).await;
     assert!(message(&s).contains("index version 3 expired at"), "{s:?}");
     let fetched = repo.server.package_requests();
-    assert!(!fetched.iter().any(|p| p.contains("demo-web--3.0.0")), "{fetched:?}");
+    assert!(
+        !fetched.iter().any(|p| p.contains("demo-web--3.0.0")),
+        "{fetched:?}"
+    );
 
     // Re-signed with time to spare, the repository is trusted again.
     repo.reindex(&["--expires-in", "1h"]);
@@ -203,10 +220,16 @@ async fn the_local_activate_follows_the_same_rules() {
     assert_eq!(code, 403, "{body}");
     assert_eq!(body["reason"], json!("Untrusted"), "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains(&other.url) && error.contains(&repo.key), "{error}");
+    assert!(
+        error.contains(&other.url) && error.contains(&repo.key),
+        "{error}"
+    );
     assert_eq!(other.server.requests(), Vec::<String>::new());
     let s = status(&api, &agent.node).await.unwrap();
-    assert_eq!((s.phase, s.reason.as_deref()), (NodePhase::Failed, Some("Untrusted")));
+    assert_eq!(
+        (s.phase, s.reason.as_deref()),
+        (NodePhase::Failed, Some("Untrusted"))
+    );
 
     let (code, body) = activate(&repo.url).await;
     assert_eq!(code, 200, "{body}");
@@ -241,21 +264,43 @@ fn theseus_pkg_follows_the_same_rules() {
     let config = ["demo-config--1.0.0"];
 
     // No key and no --allow-unsigned: nothing is trusted, nothing fetched.
-    let (ok, err) = pkg(&root, &[&["add"], &config[..], &["--repo", &repo.url]].concat());
+    let (ok, err) = pkg(
+        &root,
+        &[&["add"], &config[..], &["--repo", &repo.url]].concat(),
+    );
     assert!(!ok && err.contains("trusts no signing key"), "{err}");
     // A foreign key: the index is read and refused, no package fetched.
-    let args = [&["add"], &config[..], &["--repo", &other.url, "--key", &repo.key]].concat();
+    let args = [
+        &["add"],
+        &config[..],
+        &["--repo", &other.url, "--key", &repo.key],
+    ]
+    .concat();
     let (ok, err) = pkg(&root, &args);
-    assert!(!ok && err.contains("signature does not match") && err.contains(&repo.key), "{err}");
+    assert!(
+        !ok && err.contains("signature does not match") && err.contains(&repo.key),
+        "{err}"
+    );
     assert_eq!(other.server.package_requests(), Vec::<String>::new());
     // A repository outside the node's trust configuration.
     let trust = dir.path().join("trust.yaml");
-    let yaml = format!("trustedKeys: [\"{}\"]\nallowedRepositories: [\"{}\"]\n", repo.key, repo.url);
+    let yaml = format!(
+        "trustedKeys: [\"{}\"]\nallowedRepositories: [\"{}\"]\n",
+        repo.key, repo.url
+    );
     std::fs::write(&trust, yaml).unwrap();
     let trust_flag = trust.to_str().unwrap();
-    let args = [&["add"], &config[..], &["--repo", &other.url, "--trust-config", trust_flag]].concat();
+    let args = [
+        &["add"],
+        &config[..],
+        &["--repo", &other.url, "--trust-config", trust_flag],
+    ]
+    .concat();
     let (ok, err) = pkg(&root, &args);
-    assert!(!ok && err.contains("not under an allowed repository"), "{err}");
+    assert!(
+        !ok && err.contains("not under an allowed repository"),
+        "{err}"
+    );
     assert_eq!(other.server.requests(), Vec::<String>::new());
     // A package by URL has no signed index.
     let url = format!("{}/packages/demo-config--1.0.0.tar.gz", repo.url);
@@ -267,14 +312,35 @@ fn theseus_pkg_follows_the_same_rules() {
     // is then refused.
     let version_1 = snapshot(&repo);
     repo.reindex(&[]);
-    let args = [&["add"], &config[..], &["--repo", &repo.url, "--trust-config", trust_flag]].concat();
+    let args = [
+        &["add"],
+        &config[..],
+        &["--repo", &repo.url, "--trust-config", trust_flag],
+    ]
+    .concat();
     let (ok, err) = pkg(&root, &args);
     assert!(ok, "{err}");
     replay(&repo, &version_1);
-    let args = ["add", "demo-web--1.0.0", "--repo", &repo.url, "--key", &repo.key];
+    let args = [
+        "add",
+        "demo-web--1.0.0",
+        "--repo",
+        &repo.url,
+        "--key",
+        &repo.key,
+    ];
     let (ok, err) = pkg(&root, &args);
-    assert!(!ok && err.contains("served version 1 is older than accepted version 2"), "{err}");
-    assert!(!repo.server.package_requests().iter().any(|p| p.contains("demo-web")));
+    assert!(
+        !ok && err.contains("served version 1 is older than accepted version 2"),
+        "{err}"
+    );
+    assert!(
+        !repo
+            .server
+            .package_requests()
+            .iter()
+            .any(|p| p.contains("demo-web"))
+    );
 }
 
 #[tokio::test]
@@ -307,8 +373,14 @@ async fn the_package_repository_reports_a_rollback_naming_both_versions() {
             async move {
                 let r = repos.get(&run).await.map_err(|e| e.to_string())?;
                 let s = r.status.clone().ok_or("no status")?;
-                let c = s.conditions.iter().find(|c| c.type_ == "Ready").ok_or("no Ready")?;
-                (c.reason == reason).then_some(s.clone()).ok_or(format!("{s:?}"))
+                let c = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .ok_or("no Ready")?;
+                (c.reason == reason)
+                    .then_some(s.clone())
+                    .ok_or(format!("{s:?}"))
             }
         }
     };
@@ -320,7 +392,8 @@ async fn the_package_repository_reports_a_rollback_naming_both_versions() {
     let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(c.status, "False");
     assert!(
-        c.message.contains("served version 1 is older than accepted version 2"),
+        c.message
+            .contains("served version 1 is older than accepted version 2"),
         "{c:?}"
     );
     assert_eq!(s.accepted_index_version, Some(2), "never lowered");
@@ -330,4 +403,102 @@ async fn the_package_repository_reports_a_rollback_naming_both_versions() {
     assert_eq!(s.index_version, Some(3));
     let _ = repos.delete(&run, &Default::default()).await;
     ns.delete(&client).await;
+}
+
+/// `helm template` of the chart with `sets`, as JSON documents.
+fn render_chart(tb: &support::TestbedEnv, sets: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let helm = std::path::PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
+    let chart = repo_root().join("charts/theseus");
+    let mut cmd = tb.command(helm);
+    cmd.args(["template", "t"]).arg(chart);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = cmd.output().expect("helm runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .filter(|v: &serde_json::Value| v.is_object())
+        .collect())
+}
+
+#[test]
+fn the_chart_gives_every_agent_its_trust_configuration() {
+    let Some(tb) = require_testbed!() else { return };
+    let key = theseus::pkg::index::encode_key(
+        theseus::pkg::index::generate_key()
+            .verifying_key()
+            .as_bytes(),
+    );
+    let docs = render_chart(
+        &tb,
+        &[
+            &format!("agent.trust.trustedKeys[0]={key}"),
+            "agent.trust.allowedRepositories[0]=http://packages.example/stable/",
+        ],
+    )
+    .unwrap();
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("agent")
+            })
+            .unwrap_or_else(|| panic!("no agent {kind}"))
+    };
+    let config_map = find("ConfigMap");
+    let file = config_map["data"]["trust.yaml"].as_str().unwrap();
+    let config: theseus::pkg::trust::TrustConfig = serde_yaml::from_str(file).unwrap();
+    let policy = config.policy("chart").unwrap();
+    assert_eq!(policy.trusted_keys(), vec![key.clone()]);
+    assert!(!policy.allow_unsigned());
+    let granted = theseus::pkg::trust::decide(&policy, "http://packages.example/stable/", &[]);
+    assert!(granted.is_ok(), "{granted:?}");
+    let elsewhere = theseus::pkg::trust::decide(&policy, "http://mirror.example/", &[]);
+    assert!(elsewhere.is_err());
+
+    let pod = &find("DaemonSet")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    let path = env
+        .iter()
+        .find(|e| e["name"] == "THESEUS_TRUST_CONFIG")
+        .and_then(|e| e["value"].as_str())
+        .expect("THESEUS_TRUST_CONFIG is set");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(m["mountPath"].as_str().unwrap_or("-")) && m["mountPath"] != "/")
+        .expect("the file's directory is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
+    assert!(path.ends_with("/trust.yaml"), "{path}");
+
+    // The default trusts nothing (every target is refused), and the schema
+    // refuses a key that is not one.
+    let docs = render_chart(&tb, &[]).unwrap();
+    let file = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["trust.yaml"].is_string())
+        .map(|d| d["data"]["trust.yaml"].as_str().unwrap().to_owned())
+        .unwrap();
+    let policy = serde_yaml::from_str::<theseus::pkg::trust::TrustConfig>(&file)
+        .unwrap()
+        .policy("chart")
+        .unwrap();
+    assert!(theseus::pkg::trust::decide(&policy, "http://packages.example/", &[]).is_err());
+    let err = render_chart(&tb, &["agent.trust.trustedKeys[0]=not-a-key"]).unwrap_err();
+    assert!(err.contains("trustedKeys"), "{err}");
 }

@@ -267,9 +267,8 @@ impl Switcher {
             old: old.to_vec(),
             refused: false,
         };
-        let fetcher = grant.map(|g| {
-            Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone()))
-        });
+        let fetcher =
+            grant.map(|g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone())));
         let root = self.root.lock().await;
         let mut activation = root
             .begin_activation(&req.ids, ActivateOptions::default())

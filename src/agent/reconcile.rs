@@ -214,6 +214,7 @@ impl Agent {
             }));
             return;
         }
+        self.reason = None;
         let mut ids = req.ids.clone();
         ids.sort();
         let hash = set_hash(&ids);

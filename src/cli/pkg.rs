@@ -377,7 +377,8 @@ fn add(args: &PkgArgs, source: &str, repo: &RepoOpts) -> anyhow::Result<()> {
             let fetcher = trusted
                 .fetcher()
                 .ok_or_else(|| pkg::RootError::NotCached(id.clone()))?;
-            let fetched = runtime()?.block_on(root.fetch_packages(std::slice::from_ref(&id), fetcher));
+            let fetched =
+                runtime()?.block_on(root.fetch_packages(std::slice::from_ref(&id), fetcher));
             trusted.explain(fetched)?;
             None
         }

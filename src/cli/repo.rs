@@ -205,7 +205,11 @@ mod tests {
             ("", None),
         ];
         for (text, secs) in cases {
-            assert_eq!(parse_duration(text).ok().map(|d| d.as_secs()), *secs, "{text}");
+            assert_eq!(
+                parse_duration(text).ok().map(|d| d.as_secs()),
+                *secs,
+                "{text}"
+            );
         }
     }
 }

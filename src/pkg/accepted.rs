@@ -66,11 +66,7 @@ impl AcceptedVersions {
 
     /// The highest version accepted from `repository` (a normalized URL).
     pub fn get(&self, repository: &str) -> io::Result<Option<u64>> {
-        Ok(self
-            .load()?
-            .repositories
-            .get(repository)
-            .map(|a| a.version))
+        Ok(self.load()?.repositories.get(repository).map(|a| a.version))
     }
 
     /// Records `version` for `repository` when it is higher than the one

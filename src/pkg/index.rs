@@ -382,25 +382,43 @@ mod tests {
         let old = br#"{"version": 4, "packages": []}"#;
         let index = Index::parse(old, "t").unwrap();
         assert_eq!((index.version, index.expires), (4, None));
-        assert!(!String::from_utf8(index.to_bytes()).unwrap().contains("expires"));
+        assert!(
+            !String::from_utf8(index.to_bytes())
+                .unwrap()
+                .contains("expires")
+        );
         let with = Index {
             expires: Some("2030-01-02T03:04:05Z".parse().unwrap()),
             ..index
         };
         let text = String::from_utf8(with.to_bytes()).unwrap();
-        assert!(text.contains(r#""expires": "2030-01-02T03:04:05Z""#), "{text}");
+        assert!(
+            text.contains(r#""expires": "2030-01-02T03:04:05Z""#),
+            "{text}"
+        );
         assert_eq!(Index::parse(text.as_bytes(), "t").unwrap(), with);
         let bad = br#"{"version": 4, "expires": "next week", "packages": []}"#;
-        let err = Index::parse(bad, "http://r/index.json").unwrap_err().to_string();
-        assert!(err.contains("next week") && err.contains("RFC 3339"), "{err}");
+        let err = Index::parse(bad, "http://r/index.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("next week") && err.contains("RFC 3339"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_written_version_only_grows() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(PACKAGES_DIR)).unwrap();
-        assert_eq!(write(dir.path(), WriteOptions::default()).unwrap().version, 1);
-        assert_eq!(write(dir.path(), WriteOptions::default()).unwrap().version, 2);
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            1
+        );
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            2
+        );
         let at = |v| WriteOptions {
             version: Some(v),
             ..Default::default()
@@ -409,7 +427,10 @@ mod tests {
         let err = write(dir.path(), at(7)).unwrap_err().to_string();
         assert!(err.contains("not above the current version 7"), "{err}");
         assert!(write(dir.path(), at(3)).is_err());
-        assert_eq!(write(dir.path(), WriteOptions::default()).unwrap().version, 8);
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            8
+        );
     }
 
     #[test]

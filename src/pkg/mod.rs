@@ -26,6 +26,7 @@ mod check;
 pub mod disk;
 pub mod failpoint;
 pub mod fetch;
+mod fetch_error;
 pub mod generation;
 pub mod id;
 pub mod index;

@@ -245,7 +245,8 @@ pub enum Refusal {
     /// The repository is not under any allowed prefix.
     #[error(
         "refusing repository {repository}: it is not under an allowed repository ({}); expected an index signed by {}; add it with --allowed-repository or point the PackageRepository at an allowed one",
-        list(allowed), list(expected)
+        list(allowed),
+        list(expected)
     )]
     NotAllowed {
         /// The repository.
@@ -258,7 +259,8 @@ pub enum Refusal {
     /// The target names keys of which the node trusts none.
     #[error(
         "refusing repository {repository}: the target names key(s) {} of which this node trusts none; expected {}; fix PackageRepository.spec.publicKeys or add the key to the node's --trusted-key",
-        list(named), list(expected)
+        list(named),
+        list(expected)
     )]
     ForeignKeys {
         /// The repository.
@@ -318,13 +320,17 @@ pub fn decide(policy: &Policy, repository: &str, target_keys: &[String]) -> Resu
             repository: repository.to_owned(),
         });
     }
-    let normalized =
-        normalize_repository(repository).map_err(|reason| Refusal::BadRepository {
-            repository: repository.to_owned(),
-            reason,
-        })?;
+    let normalized = normalize_repository(repository).map_err(|reason| Refusal::BadRepository {
+        repository: repository.to_owned(),
+        reason,
+    })?;
     let open = policy.repositories.is_empty() && policy.allow_unsigned;
-    if !open && !policy.repositories.iter().any(|p| normalized.starts_with(p)) {
+    if !open
+        && !policy
+            .repositories
+            .iter()
+            .any(|p| normalized.starts_with(p))
+    {
         return Err(Refusal::NotAllowed {
             repository: repository.to_owned(),
             allowed: policy.repositories.clone(),

@@ -94,7 +94,10 @@ fn trusted_keys_with_allow_unsigned_check_a_signature_only_when_asked() {
     assert_eq!(grant.expected, vec![k.clone()]);
     assert!(!grant.require_signature);
     assert!(decide(&p, REPO, &[k]).unwrap().require_signature);
-    assert!(decide(&p, REPO, &[key()]).is_err(), "foreign keys stay refused");
+    assert!(
+        decide(&p, REPO, &[key()]).is_err(),
+        "foreign keys stay refused"
+    );
 }
 
 #[test]
@@ -133,7 +136,10 @@ fn a_configuration_file_is_yaml_or_json_and_merges_with_flags() {
     let typo = dir.path().join("typo.yaml");
     std::fs::write(&typo, "trustedKey: [x]\n").unwrap();
     let err = TrustConfig::read(&typo).unwrap_err().to_string();
-    assert!(err.contains("typo.yaml") && err.contains("trustedKey"), "{err}");
+    assert!(
+        err.contains("typo.yaml") && err.contains("trustedKey"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -145,10 +151,28 @@ fn an_index_older_than_the_accepted_one_or_expired_is_refused() {
         ("first index", 3, None, None, None),
         ("same version again", 5, None, Some(5), None),
         ("newer version", 6, Some(later), Some(5), None),
-        ("older version", 3, None, Some(5), Some("older than accepted version 5")),
+        (
+            "older version",
+            3,
+            None,
+            Some(5),
+            Some("older than accepted version 5"),
+        ),
         ("expired", 6, Some(earlier), Some(5), Some("expired at")),
-        ("expires exactly now", 6, Some(now), None, Some("expired at")),
-        ("a rollback is named first", 3, Some(earlier), Some(5), Some("version 3")),
+        (
+            "expires exactly now",
+            6,
+            Some(now),
+            None,
+            Some("expired at"),
+        ),
+        (
+            "a rollback is named first",
+            3,
+            Some(earlier),
+            Some(5),
+            Some("version 3"),
+        ),
     ];
     for (name, version, expires, accepted, refused) in cases {
         let got = check_index(*version, *expires, *accepted, now);

@@ -249,9 +249,14 @@ mod tests {
         assert_eq!(status.accepted_index_version, Some(5));
 
         let (ready, cache) = observe_index(&mut status, &index(3, None), true, now);
-        assert_eq!((ready.status, ready.reason, cache), (Status::False, "IndexRollback", Cache::Keep));
+        assert_eq!(
+            (ready.status, ready.reason, cache),
+            (Status::False, "IndexRollback", Cache::Keep)
+        );
         assert!(
-            ready.message.contains("served version 3 is older than accepted version 5"),
+            ready
+                .message
+                .contains("served version 3 is older than accepted version 5"),
             "{}",
             ready.message
         );
@@ -261,10 +266,19 @@ mod tests {
         let expired = index(6, Some("2026-05-31T00:00:00Z"));
         let (ready, cache) = observe_index(&mut status, &expired, true, now);
         assert_eq!((ready.reason, cache), ("IndexExpired", Cache::Remove));
-        assert!(ready.message.contains("expired at 2026-05-31T00:00:00Z"), "{}", ready.message);
+        assert!(
+            ready.message.contains("expired at 2026-05-31T00:00:00Z"),
+            "{}",
+            ready.message
+        );
         assert_eq!(status.accepted_index_version, Some(5));
 
-        let (ready, _) = observe_index(&mut status, &index(7, Some("2026-06-08T00:00:00Z")), true, now);
+        let (ready, _) = observe_index(
+            &mut status,
+            &index(7, Some("2026-06-08T00:00:00Z")),
+            true,
+            now,
+        );
         assert_eq!(ready.status, Status::True);
         assert_eq!(status.accepted_index_version, Some(7));
     }
