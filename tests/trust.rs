@@ -68,7 +68,8 @@ async fn a_foreign_repository_or_key_is_refused_with_nothing_downloaded() {
     .concat();
     let agent = Agent::start(&tb, "trust", "pool=trust", &trust);
     eventually(WAIT, "registered", || status(&api, &agent.node)).await;
-    let node = agent.node.as_str();
+    let node = agent.node.clone();
+    let node = node.as_str();
 
     // A repository that is not allowed: the same server under another host
     // name. Not one request reaches it.
@@ -152,8 +153,14 @@ async fn an_index_rolled_back_or_expired_is_refused_even_after_a_restart() {
     repo.reindex(&[]);
     let mut agent = Agent::start(&tb, "rollback", "pool=trust", &repo.trust_args());
     let node = agent.node.clone();
+    eventually(WAIT, "registered", || status(&api, &node)).await;
     let hash = set_target(&api, &node, &demo_set("1.0.0"), &repo.url, 20).await;
     until_active(&api, &node, &hash).await;
+    let fetched = repo.server.package_requests();
+    assert!(
+        fetched.iter().any(|p| p.contains("demo-web--1.0.0")),
+        "{fetched:?}"
+    );
     let record = std::fs::read_to_string(agent.root.join("repositories.json")).unwrap();
     assert!(record.contains("\"version\": 2"), "{record}");
 
@@ -208,12 +215,17 @@ async fn the_local_activate_follows_the_same_rules() {
         async move {
             let response = reqwest::Client::new()
                 .post(url)
-                .json(&body)
+                .header("content-type", "application/json")
+                .body(body.to_string())
                 .send()
                 .await
                 .unwrap();
             let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            )
         }
     };
     let (code, body) = activate(&other.url).await;
@@ -225,15 +237,19 @@ async fn the_local_activate_follows_the_same_rules() {
         "{error}"
     );
     assert_eq!(other.server.requests(), Vec::<String>::new());
-    let s = status(&api, &agent.node).await.unwrap();
-    assert_eq!(
-        (s.phase, s.reason.as_deref()),
-        (NodePhase::Failed, Some("Untrusted"))
+    assert!(
+        !agent.root.join("packages/demo-web--1.0.0").exists(),
+        "nothing was installed"
     );
 
     let (code, body) = activate(&repo.url).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["phase"], json!("Active"));
+    assert_eq!(
+        repo.server.package_requests().len(),
+        2,
+        "both packages fetched"
+    );
     let node = agent.node.clone();
     drop(agent);
     support::agents::delete(&api, &node).await;
@@ -296,12 +312,13 @@ fn theseus_pkg_follows_the_same_rules() {
         &["--repo", &other.url, "--trust-config", trust_flag],
     ]
     .concat();
+    let seen = other.server.requests().len();
     let (ok, err) = pkg(&root, &args);
     assert!(
         !ok && err.contains("not under an allowed repository"),
         "{err}"
     );
-    assert_eq!(other.server.requests(), Vec::<String>::new());
+    assert_eq!(other.server.requests().len(), seen, "no request");
     // A package by URL has no signed index.
     let url = format!("{}/packages/demo-config--1.0.0.tar.gz", repo.url);
     let (ok, err) = pkg(&root, &["add", &url]);
@@ -320,6 +337,10 @@ fn theseus_pkg_follows_the_same_rules() {
     .concat();
     let (ok, err) = pkg(&root, &args);
     assert!(ok, "{err}");
+    assert_eq!(
+        repo.server.package_requests(),
+        ["/packages/demo-config--1.0.0.tar.gz"]
+    );
     replay(&repo, &version_1);
     let args = [
         "add",

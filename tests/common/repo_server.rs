@@ -25,7 +25,7 @@ impl RepoServer {
         let log_dir = tempfile::tempdir().expect("a temporary directory");
         let log = log_dir.path().join("access.log");
         let mut child = program
-            .args(["repo", "serve"])
+            .args(["--log-format", "json", "repo", "serve"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn,theseus::pkg::serve=info")
@@ -56,9 +56,8 @@ impl RepoServer {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
-                line.split_whitespace()
-                    .find_map(|field| field.strip_prefix("path="))
-                    .map(str::to_owned)
+                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+                entry["fields"]["path"].as_str().map(str::to_owned)
             })
             .collect()
     }

@@ -289,6 +289,9 @@ pub async fn set_target_with_keys(
         public_keys: keys.to_vec(),
         health_timeout_seconds: Some(health_timeout),
     };
+    let mut target = serde_json::to_value(&target).unwrap();
+    // A merge patch leaves out what is absent: clear keys set before.
+    target["publicKeys"] = serde_json::json!(keys);
     let patch = serde_json::json!({ "spec": { "target": target } });
     api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await
