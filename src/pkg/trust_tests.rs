@@ -147,7 +147,15 @@ fn an_index_older_than_the_accepted_one_or_expired_is_refused() {
     let now: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
     let later: Timestamp = "2026-06-08T12:00:00Z".parse().unwrap();
     let earlier: Timestamp = "2026-05-31T12:00:00Z".parse().unwrap();
-    let cases: &[(&str, u64, Option<Timestamp>, Option<u64>, Option<&str>)] = &[
+    /// name, served version, expires, accepted version → refusal text
+    type Case<'a> = (
+        &'a str,
+        u64,
+        Option<Timestamp>,
+        Option<u64>,
+        Option<&'a str>,
+    );
+    let cases: &[Case<'_>] = &[
         ("first index", 3, None, None, None),
         ("same version again", 5, None, Some(5), None),
         ("newer version", 6, Some(later), Some(5), None),
