@@ -154,8 +154,19 @@ fn generate(repo: &Path, work: &Path, size: &Size) -> (Vec<String>, u64, usize) 
     std::fs::create_dir_all(&seed).unwrap();
     std::fs::write(seed.join("pkginfo.json"), "{\"id\":\"seed--1\"}").unwrap();
     pkg::build::build(&seed, &repo.join("packages")).unwrap();
-    pkg::index::write(repo, None, None).unwrap();
+    let key = signing_key();
+    let options = pkg::index::WriteOptions {
+        key: Some(&key),
+        ..Default::default()
+    };
+    pkg::index::write(repo, options).unwrap();
     (ids, bytes, files)
+}
+
+/// The repository's signing key: fixed, so that the agent's side of the
+/// measurement includes verifying the index as a node does.
+fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
 }
 
 fn text(rng: &mut StdRng, len: usize) -> Vec<u8> {
@@ -205,6 +216,7 @@ fn baseline(urls: &[String], dest: &Path) -> Duration {
 /// `theseus pkg activate` of the whole set onto a root whose current
 /// generation holds only `seed--1`.
 fn theseus_activate(bin: &Path, url: &str, ids: &[String], root: &Path) -> Duration {
+    let key = pkg::index::encode_key(signing_key().verifying_key().as_bytes());
     let run = |args: &[&str]| {
         run::stdout_ok(
             Command::new(bin)
@@ -212,7 +224,7 @@ fn theseus_activate(bin: &Path, url: &str, ids: &[String], root: &Path) -> Durat
                 .arg("--root")
                 .arg(root)
                 .args(args)
-                .args(["--repo", url]),
+                .args(["--repo", url, "--key", &key]),
         );
     };
     run(&["bootstrap", "seed--1"]);

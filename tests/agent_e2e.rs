@@ -20,7 +20,7 @@ async fn an_agent_registers_its_labels_and_heartbeats() {
     let Some(tb) = require_testbed!() else { return };
     apply_crds(&tb);
     let api = Api::<NodeInstall>::all(tb.client().await);
-    let agent = Agent::start(&tb, "reg", "pool=web,theseus.dev/zone=a");
+    let agent = Agent::start(&tb, "reg", "pool=web,theseus.dev/zone=a", &[]);
     let node = agent.node.clone();
     let first = support::eventually(WAIT, "the NodeInstall reports a heartbeat", || async {
         let ni = api.get_opt(&node).await.map_err(|e| e.to_string())?;
@@ -124,7 +124,7 @@ async fn a_target_goes_v1_then_v2_and_a_failing_v3_is_rolled_back() {
     apply_crds(&tb);
     let api = Api::<NodeInstall>::all(tb.client().await);
     let repo = Repo::demo();
-    let agent = Agent::start(&tb, "roll", "pool=web");
+    let agent = Agent::start(&tb, "roll", "pool=web", &repo.trust_args());
     support::eventually(WAIT, "registered", || status(&api, &agent.node)).await;
 
     let v1 = set_target(&api, &agent.node, &demo_set("1.0.0"), &repo.url, 20).await;
@@ -172,7 +172,7 @@ async fn an_agent_killed_mid_switch_recovers_and_reports_the_disk() {
     apply_crds(&tb);
     let api = Api::<NodeInstall>::all(tb.client().await);
     let repo = Repo::demo();
-    let mut agent = Agent::start(&tb, "crash", "pool=web");
+    let mut agent = Agent::start(&tb, "crash", "pool=web", &repo.trust_args());
     support::eventually(WAIT, "registered", || status(&api, &agent.node)).await;
     let v1 = set_target(&api, &agent.node, &demo_set("1.0.0"), &repo.url, 20).await;
     until_active(&api, &agent, &v1).await;

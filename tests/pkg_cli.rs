@@ -240,8 +240,28 @@ fn bootstrap_refuses_a_root_that_already_has_an_active_set() {
     );
     let server = RepoServer::start(theseus(), &dir.path().join("repo"));
     let root = dir.path().join("root");
-    pkg(&root, &["bootstrap", "--repo", &server.url, "a--1"]).unwrap();
-    let err = pkg(&root, &["bootstrap", "--repo", &server.url, "a--1"]).unwrap_err();
+    pkg(
+        &root,
+        &[
+            "bootstrap",
+            "--repo",
+            &server.url,
+            "--allow-unsigned",
+            "a--1",
+        ],
+    )
+    .unwrap();
+    let err = pkg(
+        &root,
+        &[
+            "bootstrap",
+            "--repo",
+            &server.url,
+            "--allow-unsigned",
+            "a--1",
+        ],
+    )
+    .unwrap_err();
     assert!(err.contains("already has an active set"), "{err}");
     let active = json(&pkg(&root, &["--format", "json", "active"]).unwrap());
     assert_eq!(active["generation"].as_u64(), Some(1));

@@ -95,7 +95,7 @@ fn activate_new(root: &Path, url: &str) -> Command {
     let mut cmd = pkg(root);
     cmd.args(["--keep", "0", "activate"])
         .args(NEW)
-        .args(["--repo", url]);
+        .args(["--repo", url, "--allow-unsigned"]);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     cmd
@@ -173,12 +173,11 @@ fn activation_killed_at_any_moment_leaves_the_old_set_or_the_new_one() {
     );
     let server = RepoServer::start(theseus(), &dir.path().join("repo"));
     let template = dir.path().join("template");
-    pkg_support::run::stdout_ok(
-        pkg(&template)
-            .arg("bootstrap")
-            .args(OLD)
-            .args(["--repo", &server.url]),
-    );
+    pkg_support::run::stdout_ok(pkg(&template).arg("bootstrap").args(OLD).args([
+        "--repo",
+        &server.url,
+        "--allow-unsigned",
+    ]));
 
     // One undisturbed run tells how long an activation takes here.
     let timing_root = dir.path().join("timing");

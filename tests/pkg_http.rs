@@ -349,7 +349,10 @@ fn a_package_missing_on_the_server_fails_with_404() {
     let server = served_repo(dir.path(), None);
     std::fs::remove_file(dir.path().join("repo/packages/tool--1.tar.gz")).unwrap();
     let root = dir.path().join("root");
-    let (ok, err) = run(&root, &["add", "tool--1", "--repo", &server.url]);
+    let (ok, err) = run(
+        &root,
+        &["add", "tool--1", "--repo", &server.url, "--allow-unsigned"],
+    );
     assert!(
         !ok && err.contains("404") && err.contains("tool--1.tar.gz"),
         "{err}"
@@ -367,7 +370,16 @@ fn a_wrong_sha256_is_refused_and_nothing_is_installed() {
     index["packages"][0]["sha256"] = "0".repeat(64).into();
     std::fs::write(&index_path, index.to_string()).unwrap();
     let root = dir.path().join("root");
-    let (ok, err) = run(&root, &["activate", "tool--1", "--repo", &server.url]);
+    let (ok, err) = run(
+        &root,
+        &[
+            "activate",
+            "tool--1",
+            "--repo",
+            &server.url,
+            "--allow-unsigned",
+        ],
+    );
     assert!(
         !ok && err.contains("sha256 is") && err.contains(&"0".repeat(64)),
         "{err}"
@@ -383,7 +395,10 @@ fn a_truncated_download_is_refused_and_nothing_is_installed() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 40]).unwrap();
     let root = dir.path().join("root");
-    let (ok, err) = run(&root, &["add", "tool--1", "--repo", &server.url]);
+    let (ok, err) = run(
+        &root,
+        &["add", "tool--1", "--repo", &server.url, "--allow-unsigned"],
+    );
     assert!(!ok && err.contains("the index says"), "{err}");
     nothing_installed(&root);
 }

@@ -505,7 +505,10 @@ async fn six_real_agents_roll_v1_v2_and_roll_back_a_failing_v3() {
     };
     let labels = format!("{RUN_LABEL}={}", rig.run);
     let agents: Vec<Agent> = (0..6)
-        .map(|i| Agent::start(&rig.tb, &format!("{}-{i}", &rig.run[13..]), &labels))
+        .map(|i| {
+            let tag = format!("{}-{i}", &rig.run[13..]);
+            Agent::start(&rig.tb, &tag, &labels, &rig.repo.trust_args())
+        })
         .collect();
     let names: Vec<String> = agents.iter().map(|a| a.node.clone()).collect();
     let _operator = rig.operator("a");

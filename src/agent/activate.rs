@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::api::NodePhase;
+use crate::pkg::accepted::AcceptedVersions;
+use crate::pkg::trust::{self, Grant, Policy};
 use crate::pkg::{ActivateOptions, FetchOptions, Fetcher, PackageId, Root, RootError};
 
 use super::service::{AgentEnv, ServiceSpec, services_of};
@@ -62,6 +64,9 @@ pub enum Outcome {
     RolledBack(String),
     /// The target failed and there was nothing (or no way) to go back to.
     Failed(String),
+    /// The target's repository or index is not trusted; nothing changed
+    /// and no package was downloaded.
+    Refused(String),
 }
 
 /// Reports a phase and message as the switch goes; implemented by the agent
@@ -82,6 +87,10 @@ pub struct Switcher {
     pub env: AgentEnv,
     /// How to fetch packages.
     pub fetch: FetchOptions,
+    /// What the agent trusts.
+    pub policy: Arc<Policy>,
+    /// The highest index version accepted from each repository.
+    pub versions: AcceptedVersions,
 }
 
 /// One switch request.
@@ -93,6 +102,9 @@ pub struct Request {
     pub hash: String,
     /// The repository, if packages may need fetching.
     pub repository: Option<String>,
+    /// Keys the target names (`NodeTarget.publicKeys`); they can only
+    /// narrow the agent's trusted keys.
+    pub keys: Vec<String>,
     /// Time the new services have to become healthy.
     pub health_timeout: Duration,
 }
@@ -177,18 +189,39 @@ impl Switcher {
         }
     }
 
-    /// Switches to `req`, reporting each phase to `sink`.
+    /// The trust decision for `req`'s repository, before any download.
+    pub fn grant(&self, req: &Request) -> Result<Option<Grant>, String> {
+        req.repository
+            .as_deref()
+            .map(|url| trust::decide(&self.policy, url, &req.keys))
+            .transpose()
+            .map_err(|refusal| refusal.to_string())
+    }
+
+    /// Switches to `req`, reporting each phase to `sink`. A repository the
+    /// agent does not trust is refused before the first phase.
     pub async fn switch(&self, req: &Request, sink: &dyn PhaseSink) -> Outcome {
+        let grant = match self.grant(req) {
+            Ok(grant) => grant,
+            Err(reason) => return Outcome::Refused(reason),
+        };
         let fetching = match &req.repository {
             Some(url) => format!("fetching set {} from {url}", req.hash),
             None => format!("checking the cache for set {}", req.hash),
         };
         sink.phase(NodePhase::Fetching, fetching).await;
-        let new = match self.prepare_and_switch(req, sink).await {
+        let new = match self.prepare_and_switch(req, grant.as_ref(), sink).await {
             Ok(new) => new,
-            Err(Early { reason, old }) => {
+            Err(Early {
+                reason,
+                old,
+                refused,
+            }) => {
                 if let Err(e) = self.ensure_running(&old).await {
                     return Outcome::Failed(format!("{reason}; restarting the old services: {e}"));
+                }
+                if refused {
+                    return Outcome::Refused(reason);
                 }
                 return Outcome::RolledBack(reason);
             }
@@ -225,24 +258,31 @@ impl Switcher {
     async fn prepare_and_switch(
         &self,
         req: &Request,
+        grant: Option<&Grant>,
         sink: &dyn PhaseSink,
     ) -> Result<Vec<ServiceSpec>, Early> {
         let old = self.active_services().await.unwrap_or_default();
         let early = |reason: String, old: &[ServiceSpec]| Early {
             reason,
             old: old.to_vec(),
+            refused: false,
         };
-        let fetcher = req
-            .repository
-            .as_deref()
-            .map(|url| Fetcher::new(url, vec![], self.fetch.clone()));
+        let fetcher =
+            grant.map(|g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone())));
         let root = self.root.lock().await;
         let mut activation = root
             .begin_activation(&req.ids, ActivateOptions::default())
             .map_err(|e| early(e.to_string(), &old))?;
         if let Err(e) = activation.fetch(fetcher.as_ref()).await {
             let _ = activation.abort();
-            return Err(early(format!("fetch failed: {e}"), &old));
+            return Err(match (&e, grant) {
+                (RootError::Fetch(f), Some(grant)) if f.is_untrusted() => Early {
+                    reason: grant.refusing(&e),
+                    old,
+                    refused: true,
+                },
+                _ => early(format!("fetch failed: {e}"), &old),
+            });
         }
         sink.phase(
             NodePhase::Activating,
@@ -328,4 +368,6 @@ impl Switcher {
 struct Early {
     reason: String,
     old: Vec<ServiceSpec>,
+    /// The index was refused as untrusted.
+    refused: bool,
 }

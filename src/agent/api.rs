@@ -2,6 +2,9 @@
 //! `GET /list.json`, `GET /active.json`, `POST /add`, `POST /remove`,
 //! `POST /activate`. It binds 127.0.0.1 by default and requires a bearer
 //! token when bound elsewhere; it calls the same library as `theseus pkg`.
+//! `/add` and `/activate` follow the agent's trust configuration like a
+//! target does: an untrusted repository or index answers 403 with reason
+//! `Untrusted`, and nothing is downloaded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +20,11 @@ use serde_json::json;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::api::NodePhase;
+use crate::pkg::accepted::AcceptedVersions;
+use crate::pkg::trust::{self, Policy};
 use crate::pkg::{FetchOptions, Fetcher, PackageId, Root, RootError};
+
+use super::trust::UNTRUSTED;
 
 /// Errors of the local API's set-up.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,11 @@ pub enum ActivateRefusal {
         /// The PackageSet targeting it.
         package_set: String,
     },
+    /// The repository or its index is not trusted; nothing was fetched.
+    Untrusted {
+        /// Why, naming the repository and the keys expected.
+        message: String,
+    },
     /// The switch failed (and was rolled back when possible).
     Failed {
         /// RolledBack or Failed.
@@ -100,6 +112,10 @@ pub struct ApiState {
     pub activate: mpsc::Sender<ActivateRequest>,
     /// Options for fetching packages.
     pub fetch: FetchOptions,
+    /// What the agent trusts; `/add` is checked against it.
+    pub policy: Arc<Policy>,
+    /// The highest index version accepted from each repository.
+    pub versions: AcceptedVersions,
 }
 
 /// The router.
@@ -171,6 +187,14 @@ fn failure(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+fn untrusted(message: String) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "error": message, "reason": UNTRUSTED })),
+    )
+        .into_response()
+}
+
 fn root_failure(e: RootError) -> Response {
     let status = match &e {
         RootError::NotCached(_) => StatusCode::NOT_FOUND,
@@ -212,13 +236,26 @@ async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Respon
     let root = state.root.lock().await;
     let result = match (&body.id, &body.url, &body.repository) {
         (None, Some(url), _) => {
+            if let Err(refusal) = trust::decide_archive(&state.policy, url) {
+                return untrusted(refusal.to_string());
+            }
             let fetcher = Fetcher::new(url, vec![], state.fetch.clone());
             root.add_url(url, &fetcher).await.map(|_| ())
         }
         (Some(id), None, Some(repo)) => {
-            let fetcher = Fetcher::new(repo, vec![], state.fetch.clone());
+            let grant = match trust::decide(&state.policy, repo, &[]) {
+                Ok(grant) => grant,
+                Err(refusal) => return untrusted(refusal.to_string()),
+            };
+            let versions = Some(state.versions.clone());
+            let fetcher = Fetcher::granted(&grant, state.fetch.clone(), versions);
             let missing = root.missing(std::slice::from_ref(id));
-            root.fetch_packages(&missing, &fetcher).await.map(|_| ())
+            match root.fetch_packages(&missing, &fetcher).await {
+                Err(RootError::Fetch(e)) if e.is_untrusted() => {
+                    return untrusted(grant.refusing(&e));
+                }
+                other => other.map(|_| ()),
+            }
         }
         (Some(id), None, None) if root.missing(std::slice::from_ref(id)).is_empty() => Ok(()),
         (Some(id), None, None) => Err(RootError::NotCached(id.clone())),
@@ -278,6 +315,7 @@ async fn activate(State(state): State<ApiState>, Json(body): Json<ActivateBody>)
                 "node {node} follows PackageSet {package_set}; change the PackageSet (or remove the node from its selector) instead of activating locally"
             ),
         ),
+        Ok(Err(ActivateRefusal::Untrusted { message })) => untrusted(message),
         Ok(Err(ActivateRefusal::Failed { phase, message })) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "error": message, "phase": phase })),

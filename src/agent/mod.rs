@@ -11,6 +11,7 @@ pub mod register;
 pub mod service;
 pub mod state;
 pub mod supervisor;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::NodeInstallStatus;
+use crate::pkg::accepted::AcceptedVersions;
 use crate::pkg::{FetchOptions, Root};
 
 use self::activate::Switcher;
@@ -42,8 +44,13 @@ pub enum SupervisorKind {
 /// Run the node agent.
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:\n  \
-    theseus agent --node-name node-1 --labels pool=web,theseus.dev/zone=a\n  \
-    theseus agent --node-name dev-1 --root /tmp/dev-1 --listen 127.0.0.1:7071 --env PORT=8081")]
+    theseus agent --node-name node-1 --labels pool=web,theseus.dev/zone=a \\\n      \
+    --trusted-key \"$(cat repo.key.pub)\" --allowed-repository http://packages.example/stable/\n  \
+    theseus agent --node-name node-1 --trust-config /etc/theseus/trust.yaml\n  \
+    theseus agent --node-name dev-1 --root /tmp/dev-1 --listen 127.0.0.1:7071 --env PORT=8081 \\\n      \
+    --allow-unsigned   # development only\n\n\
+    An agent refuses every target until it trusts a key (--trusted-key) and the target's\n\
+    repository is allowed (--allowed-repository); --allow-unsigned is for development only.")]
 pub struct AgentArgs {
     /// The node's name; also the name of its NodeInstall.
     #[arg(long, env = "THESEUS_NODE_NAME")]
@@ -84,6 +91,9 @@ pub struct AgentArgs {
     #[arg(long, env = "THESEUS_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    #[command(flatten)]
+    pub trust: trust::TrustArgs,
+
     /// The systemctl program, for --supervisor systemd.
     #[arg(long, default_value = "systemctl", hide = true)]
     pub systemctl: PathBuf,
@@ -101,6 +111,13 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     api::check_bind(args.listen, args.api_token.as_deref())?;
     let labels = register::parse_labels(&args.labels)?;
+    let policy = Arc::new(args.trust.policy()?);
+    if policy.trusted_keys().is_empty() && !policy.allow_unsigned() {
+        tracing::warn!(
+            "this agent trusts no signing key and will refuse every target: pass --trusted-key (or --trust-config)"
+        );
+    }
+    tracing::info!("{}", policy.summary());
     let listener = api::bind(args.listen).await?;
     let root_path = args.root.clone();
     let root = tokio::task::spawn_blocking(move || Root::open(&root_path)).await??;
@@ -121,6 +138,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (activate_tx, activate_rx) = mpsc::channel(4);
     let root = Arc::new(Mutex::new(root));
     let fetch = FetchOptions::default();
+    let versions = AcceptedVersions::under(root.lock().await.path());
     let env = AgentEnv::new(&args.node_name, root.lock().await.path(), &args.env);
     let run_dir = root.lock().await.path().join("run");
     let supervisor: Arc<dyn Supervisor> = match args.supervisor {
@@ -132,6 +150,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         token: args.api_token.clone(),
         activate: activate_tx,
         fetch: fetch.clone(),
+        policy: policy.clone(),
+        versions: versions.clone(),
     });
     let tick = Duration::from_secs(args.heartbeat_seconds);
     let agent = reconcile::Agent {
@@ -141,9 +161,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             supervisor: supervisor.clone(),
             env,
             fetch,
+            policy,
+            versions,
         },
         reporter: reporter.clone(),
-        failed: ni.status.and_then(|s| s.failed_hash),
+        // A target refused as untrusted is tried again after a restart,
+        // which is how a changed trust configuration takes effect.
+        failed: ni
+            .status
+            .as_ref()
+            .filter(|s| s.reason.as_deref() != Some(trust::UNTRUSTED))
+            .and_then(|s| s.failed_hash.clone()),
+        reason: None,
         desired: desired_rx,
         requests: activate_rx,
         tick,

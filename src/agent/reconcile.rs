@@ -18,6 +18,7 @@ use super::activate::{DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, Switc
 use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
 use super::register::{Desired, Reporter};
 use super::state::{self, Action, Facts};
+use super::trust::UNTRUSTED;
 
 /// Health probes of a supervision pass before the services count as unhealthy.
 const SUPERVISE_RETRIES: u32 = 2;
@@ -38,6 +39,9 @@ pub struct Agent {
     pub requests: mpsc::Receiver<ActivateRequest>,
     /// Time between supervision passes.
     pub tick: Duration,
+    /// The machine-readable reason of the last verdict (`Untrusted`), kept
+    /// while the agent holds it.
+    pub reason: Option<&'static str>,
 }
 
 /// The active set as the status shows it.
@@ -103,6 +107,7 @@ impl Agent {
         };
         match (state::decide(facts), target) {
             (Action::Activate, Some(t)) => {
+                self.reason = None;
                 let req = request(t);
                 let computed = set_hash(&req.ids);
                 if computed != t.set_hash || req.ids.len() != t.packages.len() {
@@ -154,6 +159,9 @@ impl Agent {
             health = self.switcher.ensure_running(&services).await;
         }
         let previous = self.reporter.snapshot().await;
+        if action != Action::HoldFailed {
+            self.reason = None;
+        }
         let (phase, message) = match action {
             Action::InSync => (NodePhase::Active, "the target set is active".to_owned()),
             Action::HoldFailed => (previous.phase, previous.message.clone().unwrap_or_default()),
@@ -186,6 +194,13 @@ impl Agent {
                     false,
                 )
             }
+            Outcome::Refused(reason) => {
+                self.failed = Some(hash.to_owned());
+                self.reason = Some(UNTRUSTED);
+                let message = format!("set {hash} refused: {reason}");
+                tracing::warn!(node = %self.node, "{message}");
+                (NodePhase::Failed, message, false)
+            }
         };
         tracing::info!(node = %self.node, ?phase, "{message}");
         self.report(phase, message, healthy, desired).await;
@@ -199,6 +214,7 @@ impl Agent {
             }));
             return;
         }
+        self.reason = None;
         let mut ids = req.ids.clone();
         ids.sort();
         let hash = set_hash(&ids);
@@ -206,18 +222,20 @@ impl Agent {
             ids,
             hash: hash.clone(),
             repository: req.repository.clone(),
+            keys: vec![],
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
         };
         let outcome = self.switcher.switch(&request, &self.sink(desired)).await;
         let phase = match &outcome {
             Outcome::Active => NodePhase::Idle,
             Outcome::RolledBack(_) => NodePhase::RolledBack,
-            Outcome::Failed(_) => NodePhase::Failed,
+            Outcome::Failed(_) | Outcome::Refused(_) => NodePhase::Failed,
         };
         let message = match &outcome {
             Outcome::Active => format!("set {hash} activated locally"),
-            Outcome::RolledBack(r) | Outcome::Failed(r) => r.clone(),
+            Outcome::RolledBack(r) | Outcome::Failed(r) | Outcome::Refused(r) => r.clone(),
         };
+        self.reason = matches!(outcome, Outcome::Refused(_)).then_some(UNTRUSTED);
         let healthy = outcome == Outcome::Active;
         self.report(phase, message.clone(), healthy, desired).await;
         let reply = match outcome {
@@ -226,6 +244,7 @@ impl Agent {
                 phase: NodePhase::Active,
                 message,
             }),
+            Outcome::Refused(_) => Err(ActivateRefusal::Untrusted { message }),
             _ => Err(ActivateRefusal::Failed { phase, message }),
         };
         let _ = req.reply.send(reply);
@@ -259,8 +278,13 @@ impl Agent {
         desired: &Desired,
     ) {
         let target = desired.target.as_ref().map(|t| t.set_hash.as_str());
-        let ready = state::readiness(target, active.hash.as_deref(), healthy);
+        let mut ready = state::readiness(target, active.hash.as_deref(), healthy);
+        if let (Some(reason), false) = (self.reason, ready.ready) {
+            ready.reason = reason;
+            ready.message = message.clone();
+        }
         let failed = self.failed.clone();
+        let reason = self.reason.map(str::to_owned);
         self.reporter
             .update(|s| {
                 s.observed_generation = desired.generation;
@@ -269,6 +293,7 @@ impl Agent {
                 s.cached = active.cached;
                 s.phase = phase;
                 s.message = Some(message);
+                s.reason = reason;
                 s.failed_hash = failed;
                 let observed =
                     Observed::new(types::READY, ready.ready, ready.reason, ready.message);
@@ -312,6 +337,7 @@ fn request(target: &NodeTarget) -> Request {
         ids,
         hash: target.set_hash.clone(),
         repository: Some(target.repository_url.clone()),
+        keys: target.public_keys.clone(),
         health_timeout: timeout,
     }
 }

@@ -58,8 +58,10 @@ pub struct NodeTarget {
     #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
     pub repository_url: String,
 
-    /// Ed25519 keys the repository index must be signed with (base64); empty
-    /// when the repository is unsigned.
+    /// Ed25519 keys the repository index must be signed with (base64). They
+    /// can only narrow the keys the agent itself trusts (its
+    /// `--trusted-key`), never widen them: a target naming no key the agent
+    /// trusts is refused. Empty: the agent's trusted keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub public_keys: Vec<String>,
@@ -114,6 +116,13 @@ pub struct NodeInstallStatus {
     /// What the agent is doing or why it stopped, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Why the phase is what it is, for machines: `Untrusted` when the
+    /// agent refused the target because its repository is not allowed or
+    /// its index is not signed by a key the agent trusts (or is older than
+    /// one it accepted, or expired). Nothing was downloaded then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 
     /// The set hash of the last target that failed and was rolled back; the
     /// operator does not retry it until the target changes.

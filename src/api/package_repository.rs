@@ -43,7 +43,10 @@ pub struct PackageRepositorySpec {
     /// Ed25519 public keys (base64 of the 32 raw key bytes, as
     /// `theseus repo keygen` prints them). When any are listed, `index.json`
     /// must carry a valid `index.json.sig` made by one of them, or the
-    /// repository is not Ready and nothing is fetched from it.
+    /// repository is not Ready and nothing is fetched from it; its version
+    /// must not fall below `status.acceptedIndexVersion` and it must not be
+    /// past its `expires`. They go into each node's target, where they can
+    /// only narrow the keys the node's agent trusts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = r"^[A-Za-z0-9+/]{43}=$")))]
     pub public_keys: Vec<String>,
@@ -74,12 +77,25 @@ pub struct PackageRepositoryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_version: Option<i64>,
 
+    /// The highest signed index version the operator accepted from this
+    /// repository. A lower one served later is refused (Ready False, reason
+    /// IndexRollback). To start over at lower versions, recreate the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_index_version: Option<i64>,
+
+    /// When the last index read expires (its `expires`, RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_expires: Option<Time>,
+
     /// When the index was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<Time>,
 
     /// `Ready` is True when the index was fetched (and its signature verified,
-    /// when keys are configured) at the last sync.
+    /// when keys are configured) at the last sync. False with reason
+    /// IndexRollback when a signed index is older than the accepted one, or
+    /// IndexExpired when it is past its `expires`; the message names both
+    /// versions or the expiry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

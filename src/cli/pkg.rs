@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::pkg::accepted::AcceptedVersions;
+use crate::pkg::trust::{self, Grant, TrustConfig};
 use crate::pkg::{self, ActivateOptions, FetchOptions, Fetcher, PackageId, Root};
 
 /// Output format.
@@ -50,6 +52,13 @@ struct RepoOpts {
     /// A public key (base64 of 32 bytes); index.json.sig must verify with one. Repeatable.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,
+    /// DEVELOPMENT ONLY: accept an unsigned index, and packages by URL.
+    #[arg(long, env = "THESEUS_ALLOW_UNSIGNED")]
+    allow_unsigned: bool,
+    /// The node's trust configuration (as `theseus agent --trust-config`):
+    /// its keys are trusted too, and --repo must be under its allowedRepositories.
+    #[arg(long, value_name = "PATH", env = "THESEUS_TRUST_CONFIG")]
+    trust_config: Option<PathBuf>,
     /// Retries per download after the first attempt.
     #[arg(long, default_value_t = 4)]
     retries: u32,
@@ -75,8 +84,8 @@ enum PkgCommand {
     Active,
     /// Add a package to the cache from a repository (ID), a URL or a local file.
     #[command(after_help = "Examples:\n  \
-        theseus pkg add nginx--1.25.3 --repo http://repo.example/\n  \
-        theseus pkg add http://repo.example/packages/nginx--1.25.3.tar.gz\n  \
+        theseus pkg add nginx--1.25.3 --repo http://repo.example/ --key \"$(cat repo.key.pub)\"\n  \
+        theseus pkg add http://repo.example/packages/nginx--1.25.3.tar.gz --allow-unsigned   # no index: development only\n  \
         theseus pkg add ./nginx--1.25.3.tar.gz")]
     Add {
         /// ID, http(s) URL or file path of an ID.tar.gz.
@@ -92,7 +101,9 @@ enum PkgCommand {
     },
     /// Make exactly these ids the active set, fetching what is missing.
     #[command(
-        after_help = "Example:\n  theseus pkg activate nginx--1.25.3 openssl--3.0.13 --repo http://repo.example/"
+        after_help = "Example:\n  theseus pkg activate nginx--1.25.3 openssl--3.0.13 --repo http://repo.example/ --key \"$(cat repo.key.pub)\"\n\n\
+        A repository's index must be signed by a --key (or a key of --trust-config), unless\n\
+        --allow-unsigned (development only)."
     )]
     Activate {
         /// The package ids of the new set.
@@ -119,7 +130,7 @@ enum PkgCommand {
     Recover,
     /// First activation on a fresh machine, with no cluster.
     #[command(
-        after_help = "Example:\n  theseus pkg bootstrap --repo http://repo.example/ theseus-agent--0.1.0 runc--1.1.12"
+        after_help = "Example:\n  theseus pkg bootstrap --repo http://repo.example/ --key \"$(cat repo.key.pub)\" theseus-agent--0.1.0 runc--1.1.12"
     )]
     Bootstrap {
         /// The package ids of the first set.
@@ -225,26 +236,29 @@ pub fn run(args: &PkgArgs) -> anyhow::Result<()> {
             required,
             repo,
         } => {
-            let fetcher = fetcher(repo)?;
             let root = open(args)?;
+            let fetcher = fetcher(repo, &root)?;
             let options = ActivateOptions {
                 required: required.clone(),
             };
-            let switched = runtime()?.block_on(root.activate(ids, fetcher.as_ref(), options))?;
-            emit_switched(args.format, &switched)
+            let activated = runtime()?.block_on(root.activate(ids, fetcher.fetcher(), options));
+            emit_switched(args.format, &fetcher.explain(activated)?)
         }
         PkgCommand::Bootstrap { ids, repo } => {
-            let fetcher = fetcher(repo)?.context("bootstrap needs --repo URL (or THESEUS_REPO)")?;
             let root = open(args)?;
+            let fetcher = fetcher(repo, &root)?;
+            if fetcher.fetcher().is_none() {
+                anyhow::bail!("bootstrap needs --repo URL (or THESEUS_REPO)");
+            }
             if let Some(n) = root.current() {
                 return Err(pkg::RootError::AlreadyBootstrapped(root.path().to_owned(), n).into());
             }
-            let switched = runtime()?.block_on(root.activate(
+            let activated = runtime()?.block_on(root.activate(
                 ids,
-                Some(&fetcher),
+                fetcher.fetcher(),
                 ActivateOptions::default(),
-            ))?;
-            emit_switched(args.format, &switched)
+            ));
+            emit_switched(args.format, &fetcher.explain(activated)?)
         }
     }
 }
@@ -259,23 +273,70 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn fetcher(repo: &RepoOpts) -> anyhow::Result<Option<Fetcher>> {
-    let Some(url) = &repo.repo else {
-        return Ok(None);
+/// A fetcher for `--repo`, granted by the trust rules, with the grant to
+/// explain a refused index.
+struct Trusted(Option<(Fetcher, Grant)>);
+
+impl Trusted {
+    fn fetcher(&self) -> Option<&Fetcher> {
+        self.0.as_ref().map(|(f, _)| f)
+    }
+
+    /// Turns an index refused as untrusted into a message naming the
+    /// repository and the keys expected.
+    fn explain<T>(&self, result: Result<T, pkg::RootError>) -> anyhow::Result<T> {
+        match (result, &self.0) {
+            (Err(pkg::RootError::Fetch(e)), Some((_, grant))) if e.is_untrusted() => {
+                Err(anyhow::anyhow!(grant.refusing(&e)))
+            }
+            (result, _) => Ok(result?),
+        }
+    }
+}
+
+/// The trust configuration of the command line: `--key`s,
+/// `--allow-unsigned` and the `--trust-config` file. `--repo` is allowed
+/// when the file lists no allowed repositories.
+fn trust_config(repo: &RepoOpts) -> anyhow::Result<TrustConfig> {
+    let flags = TrustConfig {
+        trusted_keys: repo.keys.clone(),
+        allowed_repositories: vec![],
+        allow_unsigned: repo.allow_unsigned,
     };
-    let keys = repo
-        .keys
-        .iter()
-        .map(|k| pkg::index::parse_public_key(k, "--key"))
-        .collect::<Result<Vec<_>, _>>()?;
+    flags.policy("--key")?;
+    let mut config = match &repo.trust_config {
+        Some(path) => {
+            let file = TrustConfig::read(path)?;
+            file.policy(&format!("--trust-config {}", path.display()))?;
+            flags.merged(file)
+        }
+        None => flags,
+    };
+    if let (true, Some(url)) = (config.allowed_repositories.is_empty(), &repo.repo) {
+        config.allowed_repositories.push(url.clone());
+    }
+    Ok(config)
+}
+
+fn fetch_options(repo: &RepoOpts) -> FetchOptions {
     let defaults = FetchOptions::default();
-    let options = FetchOptions {
+    FetchOptions {
         retries: repo.retries,
         backoff: std::time::Duration::from_millis(repo.backoff_ms),
         concurrency: repo.jobs.unwrap_or(defaults.concurrency).max(1),
         ..defaults
+    }
+}
+
+fn fetcher(repo: &RepoOpts, root: &Root) -> anyhow::Result<Trusted> {
+    let Some(url) = &repo.repo else {
+        return Ok(Trusted(None));
     };
-    Ok(Some(Fetcher::new(url, keys, options)))
+    let policy = trust_config(repo)?.policy("--repo")?;
+    let grant = trust::decide(&policy, url, &[])?;
+    let versions = AcceptedVersions::under(root.path());
+    let fetcher = Fetcher::granted(&grant, fetch_options(repo), Some(versions));
+    Ok(Trusted(Some((fetcher, grant))))
 }
 
 fn check(args: &PkgArgs) -> anyhow::Result<()> {
@@ -300,8 +361,8 @@ fn add(args: &PkgArgs, source: &str, repo: &RepoOpts) -> anyhow::Result<()> {
     let root = open(args)?;
     let is_url = source.starts_with("http://") || source.starts_with("https://");
     let fetched = if is_url {
-        let fetcher =
-            fetcher(repo)?.unwrap_or_else(|| Fetcher::new(source, vec![], FetchOptions::default()));
+        trust::decide_archive(&trust_config(repo)?.policy("--repo")?, source)?;
+        let fetcher = Fetcher::new(source, vec![], fetch_options(repo));
         Some(runtime()?.block_on(root.add_url(source, &fetcher))?)
     } else if std::path::Path::new(source).is_file() {
         Some(root.add_file(source.as_ref())?)
@@ -312,8 +373,13 @@ fn add(args: &PkgArgs, source: &str, repo: &RepoOpts) -> anyhow::Result<()> {
         if root.missing(std::slice::from_ref(&id)).is_empty() {
             None
         } else {
-            let fetcher = fetcher(repo)?.ok_or_else(|| pkg::RootError::NotCached(id.clone()))?;
-            runtime()?.block_on(root.fetch_packages(std::slice::from_ref(&id), &fetcher))?;
+            let trusted = fetcher(repo, &root)?;
+            let fetcher = trusted
+                .fetcher()
+                .ok_or_else(|| pkg::RootError::NotCached(id.clone()))?;
+            let fetched =
+                runtime()?.block_on(root.fetch_packages(std::slice::from_ref(&id), fetcher));
+            trusted.explain(fetched)?;
             None
         }
     };

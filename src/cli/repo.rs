@@ -4,8 +4,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::pkg::{index, serve};
 
@@ -21,17 +24,24 @@ enum RepoCommand {
     /// Write DIR/index.json for DIR/packages/*.tar.gz (and index.json.sig with a key).
     #[command(after_help = "Examples:\n  \
         theseus pkg build ./nginx -o repo/packages\n  \
-        theseus repo index repo --sign-key repo.key\n\n\
-        The version is --version, or the previous index's version plus one.")]
+        theseus repo index repo --sign-key repo.key --expires-in 7d\n\n\
+        The version is --version, or the previous index's version plus one; it only grows.\n\
+        Nodes keep the highest version they accepted from a repository and refuse an older\n\
+        one (a rollback), and refuse an index past its expiry (a freeze): re-sign before then.\n\
+        Agents refuse an unsigned index unless started with --allow-unsigned (development only).")]
     Index {
         /// The repository directory.
         dir: PathBuf,
         /// A secret key file from `theseus repo keygen`; signs index.json.
         #[arg(long, value_name = "KEY")]
         sign_key: Option<PathBuf>,
-        /// The index version to write.
+        /// The index version to write; must be above the current one.
         #[arg(long)]
         version: Option<u64>,
+        /// Make the index expire this long from now: a number and a unit
+        /// (s, m, h, d, w), several allowed, e.g. 7d, 24h, 1d12h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// Make an ed25519 key pair for signing indexes.
     #[command(after_help = "Examples:\n  \
@@ -63,19 +73,33 @@ pub fn run(args: &RepoArgs) -> anyhow::Result<()> {
             dir,
             sign_key,
             version,
+            expires_in,
         } => {
             let key = sign_key
                 .as_deref()
                 .map(index::read_secret_key)
                 .transpose()?;
-            let written = index::write(dir, *version, key.as_ref())?;
+            let expires = expires_in
+                .map(|d| Timestamp::now().checked_add(d))
+                .transpose()
+                .context("--expires-in is too far in the future")?;
+            let options = index::WriteOptions {
+                version: *version,
+                key: key.as_ref(),
+                expires,
+            };
+            let written = index::write(dir, options)?;
             let signed = if key.is_some() {
                 " and index.json.sig"
             } else {
-                ""
+                " (unsigned: agents refuse it unless started with --allow-unsigned)"
             };
+            let expiry = written
+                .expires
+                .map(|t| format!(", expires {t}"))
+                .unwrap_or_default();
             eprintln!(
-                "wrote {}/index.json{signed}: version {}, {} packages",
+                "wrote {}/index.json{signed}: version {}, {} packages{expiry}",
                 dir.display(),
                 written.version,
                 written.packages.len()
@@ -128,4 +152,64 @@ fn serve_dir(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
         serve::serve(dir, listener).await?;
         Ok(())
     })
+}
+
+/// Parses a duration such as `7d`, `24h`, `90m` or `1d12h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 7d, 24h, 90m or 1d12h");
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_numbers_with_units() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("7d", Some(604_800)),
+            ("24h", Some(86_400)),
+            ("90m", Some(5_400)),
+            ("1d12h", Some(129_600)),
+            ("2w", Some(1_209_600)),
+            ("30s", Some(30)),
+            ("7", None),
+            ("d", None),
+            ("0h", None),
+            ("1y", None),
+            ("", None),
+        ];
+        for (text, secs) in cases {
+            assert_eq!(
+                parse_duration(text).ok().map(|d| d.as_secs()),
+                *secs,
+                "{text}"
+            );
+        }
+    }
 }

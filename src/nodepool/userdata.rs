@@ -38,6 +38,11 @@ if ! command -v theseus >/dev/null 2>&1; then
   curl -fsSL "${{THESEUS_AGENT_URL:?set THESEUS_AGENT_URL in the pool's userData or bake theseus into the image}}" -o /usr/local/bin/theseus
   chmod 0755 /usr/local/bin/theseus
 fi
+# The agent trusts the keys and repositories of /etc/theseus/trust.yaml
+# (write it in the pool's userData); without it, it refuses every target.
+TRUST=/etc/theseus/trust.yaml
+TRUST_ENV="; no $TRUST: the agent trusts no key and refuses every target"
+[ -f "$TRUST" ] && TRUST_ENV="Environment=THESEUS_TRUST_CONFIG=$TRUST"
 IMDS_TOKEN=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
 INSTANCE_ID=$(curl -fsS -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" http://169.254.169.254/latest/meta-data/instance-id)
 cat >/etc/systemd/system/theseus-agent.service <<UNIT
@@ -46,6 +51,7 @@ Description=Theseus node agent
 After=network-online.target
 [Service]
 Environment=KUBECONFIG=/etc/theseus/kubeconfig
+$TRUST_ENV
 ExecStart=$(command -v theseus) agent --node-name $(hostname) --labels {labels} --instance-id $INSTANCE_ID
 Restart=always
 [Install]
@@ -83,6 +89,9 @@ mod tests {
         assert!(script.contains("--labels 'theseus.dev/nodepool=web,tier=web'"));
         assert!(script.contains("--instance-id $INSTANCE_ID"));
         assert!(script.find("echo hello") < script.find("theseus-agent.service"));
+        // The pool's userData (run first) may write the trust configuration.
+        assert!(script.find("echo hello") < script.find("[ -f \"$TRUST\" ]"));
+        assert!(script.contains("Environment=THESEUS_TRUST_CONFIG=$TRUST"));
     }
 
     #[test]

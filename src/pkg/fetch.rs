@@ -6,8 +6,7 @@
 //! resumes with a `Range` request and keeps feeding the same unpacker, so
 //! a resumed package is still hashed and unpacked in one pass.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,102 +16,15 @@ use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::accepted::AcceptedVersions;
 use super::index::{self, Index, IndexEntry, IndexError};
-use super::unpack::{self, Limits, UnpackError, UnpackStats};
+use super::trust::{self, Grant};
+use super::unpack::{self, Limits, UnpackStats};
+
+pub use super::fetch_error::FetchError;
 
 /// Largest `index.json` accepted.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
-
-/// Errors from talking to a repository.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The host did not answer.
-    #[error("cannot reach {url}: {message}; check the repository URL and that the server is up")]
-    Unreachable {
-        /// The URL.
-        url: String,
-        /// The transport error.
-        message: String,
-    },
-    /// The server has no such file.
-    #[error("{url} not found (HTTP 404); check the package id and the repository's index.json")]
-    NotFound {
-        /// The URL.
-        url: String,
-    },
-    /// The server answered with an error status.
-    #[error("{url}: server answered HTTP {status}")]
-    Status {
-        /// The URL.
-        url: String,
-        /// The status code.
-        status: u16,
-    },
-    /// The connection dropped and retries ran out.
-    #[error("{url}: download interrupted after {got} bytes: {message}")]
-    Interrupted {
-        /// The URL.
-        url: String,
-        /// Bytes received in all.
-        got: u64,
-        /// The last transport error.
-        message: String,
-    },
-    /// The body is shorter or longer than the index says.
-    #[error(
-        "{url}: got {got} bytes, the index says {expected}; the repository is inconsistent, re-run `theseus repo index`"
-    )]
-    WrongSize {
-        /// The URL.
-        url: String,
-        /// Bytes received (or about to be).
-        got: u64,
-        /// The size in the index.
-        expected: u64,
-    },
-    /// The sha256 does not match the index.
-    #[error(
-        "{url}: sha256 is {actual}, the index says {expected}; the package was altered or the index is stale"
-    )]
-    WrongHash {
-        /// The URL.
-        url: String,
-        /// The hash from the index.
-        expected: String,
-        /// The hash of what arrived.
-        actual: String,
-    },
-    /// The index lists no such package.
-    #[error("{id} is not in the index at {url}; check the id or publish the package")]
-    NotInIndex {
-        /// The package id.
-        id: String,
-        /// The index URL.
-        url: String,
-    },
-    /// The index or its signature is bad.
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    /// Keys are configured but the repository is unsigned.
-    #[error(
-        "{url} not found, but public keys are configured: the repository must be signed (`theseus repo index --sign-key`)"
-    )]
-    Unsigned {
-        /// The signature URL.
-        url: String,
-    },
-    /// The archive was refused.
-    #[error(transparent)]
-    Unpack(#[from] UnpackError),
-    /// A local file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        source: io::Error,
-    },
-}
 
 /// How hard the fetcher tries.
 #[derive(Debug, Clone)]
@@ -161,6 +73,8 @@ pub struct Fetcher {
     base: String,
     client: reqwest::Client,
     keys: Vec<VerifyingKey>,
+    require_signature: bool,
+    versions: Option<(AcceptedVersions, String)>,
     options: FetchOptions,
 }
 
@@ -181,9 +95,26 @@ impl Fetcher {
         Self {
             base: base_url.trim_end_matches('/').to_owned(),
             client,
+            require_signature: !keys.is_empty(),
             keys,
+            versions: None,
             options,
         }
+    }
+
+    /// A client for a repository a trust decision granted: its index must
+    /// verify as the grant says, and, with `versions`, a verified index
+    /// older than the one accepted before or expired is refused, and a newer
+    /// one recorded.
+    pub fn granted(
+        grant: &Grant,
+        options: FetchOptions,
+        versions: Option<AcceptedVersions>,
+    ) -> Self {
+        let mut fetcher = Self::new(&grant.repository, grant.keys.clone(), options);
+        fetcher.require_signature = grant.require_signature;
+        fetcher.versions = versions.map(|v| (v, grant.repository.clone()));
+        fetcher
     }
 
     /// The options in use.
@@ -196,21 +127,45 @@ impl Fetcher {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
 
-    /// Fetches `index.json` and, when keys are configured, checks
-    /// `index.json.sig` against them.
+    /// Fetches `index.json` and checks `index.json.sig` against the keys:
+    /// required when the fetcher requires a signature, else checked when
+    /// present. A verified index is checked against the accepted versions.
     pub async fn index(&self) -> Result<Index, FetchError> {
         let url = self.url(index::INDEX);
         let bytes = self.get_small(&url).await?;
-        if !self.keys.is_empty() {
-            let sig_url = self.url(index::SIGNATURE);
-            let sig = match self.get_small(&sig_url).await {
-                Err(FetchError::NotFound { url }) => return Err(FetchError::Unsigned { url }),
-                other => other?,
+        let verified = self.verify_signature(&bytes).await?;
+        let index = Index::parse(&bytes, &url)?;
+        if let (true, Some((versions, repository))) = (verified, &self.versions) {
+            let io = |source| FetchError::Io {
+                path: versions.path().to_owned(),
+                source,
             };
-            let sig = String::from_utf8_lossy(&sig);
-            index::verify(&bytes, &sig, &self.keys, &sig_url)?;
+            let accepted = versions.get(repository).map_err(io)?;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            trust::check_index(index.version, index.expires, accepted, now)
+                .map_err(|stale| FetchError::Stale { url, stale })?;
+            versions.record(repository, index.version).map_err(io)?;
         }
-        Ok(Index::parse(&bytes, &url)?)
+        Ok(index)
+    }
+
+    /// Whether the index's signature verified; an error when it is required
+    /// and missing, or present and wrong.
+    async fn verify_signature(&self, bytes: &[u8]) -> Result<bool, FetchError> {
+        if self.keys.is_empty() && !self.require_signature {
+            return Ok(false);
+        }
+        let sig_url = self.url(index::SIGNATURE);
+        let sig = match self.get_small(&sig_url).await {
+            Err(FetchError::NotFound { url }) if self.require_signature => {
+                return Err(FetchError::Unsigned { url });
+            }
+            Err(FetchError::NotFound { .. }) => return Ok(false),
+            other => other?,
+        };
+        let sig = String::from_utf8_lossy(&sig);
+        index::verify(bytes, &sig, &self.keys, &sig_url)?;
+        Ok(true)
     }
 
     /// Downloads the package `entry` and unpacks it into `dest` (which must

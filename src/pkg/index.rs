@@ -6,6 +6,11 @@
 //! public key is the 32 raw bytes (44 characters, what the
 //! PackageRepository CRD's `publicKeys` accept); a secret key file holds the
 //! 32-byte seed.
+//!
+//! The signed bytes include the index's `version`, which only ever grows,
+//! and an optional `expires` (RFC 3339): a node keeps the highest version
+//! it accepted from each repository and refuses an older one (a rollback)
+//! or an expired one (a freeze), see [`super::trust::check_index`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -70,6 +76,18 @@ pub enum IndexError {
         /// The file or flag that held the key.
         origin: String,
     },
+    /// `--version` does not increase the version of the index it replaces.
+    #[error(
+        "{path}: version {requested} is not above the current version {current}; an index's version only grows (nodes refuse an older one as a rollback): pass a higher --version or omit it"
+    )]
+    VersionNotIncreasing {
+        /// The index file.
+        path: PathBuf,
+        /// The version asked for.
+        requested: u64,
+        /// The version of the index on disk.
+        current: u64,
+    },
     /// The signature does not verify with any configured key.
     #[error(
         "{origin}: signature does not match any configured public key; the index was altered or signed with another key"
@@ -83,8 +101,13 @@ pub enum IndexError {
 /// A repository index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
-    /// Increases with every published change.
+    /// Increases with every published change; nodes and the operator refuse
+    /// a version lower than the highest they accepted (a rollback).
     pub version: u64,
+    /// When the index stops being valid (RFC 3339); nodes and the operator
+    /// refuse it afterwards (a freeze). Absent in indexes that never expire.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339")]
+    pub expires: Option<Timestamp>,
     /// The packages, sorted by id.
     pub packages: Vec<IndexEntry>,
 }
@@ -125,6 +148,28 @@ impl Index {
         let mut bytes = serde_json::to_vec_pretty(self).expect("an index always serializes");
         bytes.push(b'\n');
         bytes
+    }
+}
+
+/// `expires` as an RFC 3339 string.
+mod rfc3339 {
+    use k8s_openapi::jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&t.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| D::Error::custom(format!("expires {text:?} is not RFC 3339: {e}")))
+            })
+            .transpose()
     }
 }
 
@@ -213,22 +258,43 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// What [`write`] puts in an index besides the packages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions<'a> {
+    /// The version; default the previous index's version plus one (1 for
+    /// the first). It must be above the previous one.
+    pub version: Option<u64>,
+    /// Signs `index.json` into `index.json.sig`; without it the signature
+    /// file is removed.
+    pub key: Option<&'a SigningKey>,
+    /// When the index expires.
+    pub expires: Option<Timestamp>,
+}
+
 /// Writes `dir/index.json` (and, with a key, `dir/index.json.sig`).
-/// The version is `version`, or the previous index's version plus one.
-pub fn write(
-    dir: &Path,
-    version: Option<u64>,
-    key: Option<&SigningKey>,
-) -> Result<Index, IndexError> {
+pub fn write(dir: &Path, options: WriteOptions<'_>) -> Result<Index, IndexError> {
     let index_path = dir.join(INDEX);
     let previous = match std::fs::read(&index_path) {
         Ok(bytes) => Some(Index::parse(&bytes, &index_path.display().to_string())?.version),
         Err(_) => None,
     };
+    let version = match (options.version, previous) {
+        (Some(requested), Some(current)) if requested <= current => {
+            return Err(IndexError::VersionNotIncreasing {
+                path: index_path,
+                requested,
+                current,
+            });
+        }
+        (Some(v), _) => v,
+        (None, previous) => previous.map_or(1, |v| v + 1),
+    };
     let index = Index {
-        version: version.unwrap_or(previous.map_or(1, |v| v + 1)),
+        version,
+        expires: options.expires,
         packages: scan(dir)?,
     };
+    let key = options.key;
     let bytes = index.to_bytes();
     write_atomic(&index_path, &bytes)?;
     let sig_path = dir.join(SIGNATURE);
@@ -310,6 +376,62 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expires_round_trips_and_old_indexes_without_it_still_parse() {
+        let old = br#"{"version": 4, "packages": []}"#;
+        let index = Index::parse(old, "t").unwrap();
+        assert_eq!((index.version, index.expires), (4, None));
+        assert!(
+            !String::from_utf8(index.to_bytes())
+                .unwrap()
+                .contains("expires")
+        );
+        let with = Index {
+            expires: Some("2030-01-02T03:04:05Z".parse().unwrap()),
+            ..index
+        };
+        let text = String::from_utf8(with.to_bytes()).unwrap();
+        assert!(
+            text.contains(r#""expires": "2030-01-02T03:04:05Z""#),
+            "{text}"
+        );
+        assert_eq!(Index::parse(text.as_bytes(), "t").unwrap(), with);
+        let bad = br#"{"version": 4, "expires": "next week", "packages": []}"#;
+        let err = Index::parse(bad, "http://r/index.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("next week") && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_written_version_only_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(PACKAGES_DIR)).unwrap();
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            1
+        );
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            2
+        );
+        let at = |v| WriteOptions {
+            version: Some(v),
+            ..Default::default()
+        };
+        assert_eq!(write(dir.path(), at(7)).unwrap().version, 7);
+        let err = write(dir.path(), at(7)).unwrap_err().to_string();
+        assert!(err.contains("not above the current version 7"), "{err}");
+        assert!(write(dir.path(), at(3)).is_err());
+        assert_eq!(
+            write(dir.path(), WriteOptions::default()).unwrap().version,
+            8
+        );
+    }
 
     #[test]
     fn a_signature_verifies_only_with_its_key_and_bytes() {

@@ -19,12 +19,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accepted;
 mod activation;
 pub mod build;
 mod check;
 pub mod disk;
 pub mod failpoint;
 pub mod fetch;
+mod fetch_error;
 pub mod generation;
 pub mod id;
 pub mod index;
@@ -36,6 +38,7 @@ mod root;
 pub mod serve;
 pub mod set;
 mod stream;
+pub mod trust;
 pub mod unpack;
 
 pub use activation::{ActivateOptions, Activation, GcReport, id_from_archive_name};

@@ -1,5 +1,7 @@
 //! `theseus repo serve`: a static file server for development, with the
-//! single-range `Range` support the fetcher uses to resume downloads.
+//! single-range `Range` support the fetcher uses to resume downloads. It
+//! logs every request (method, path, status) at info level: the access log
+//! shows what a node fetched, and what it did not.
 
 use std::io::SeekFrom;
 use std::path::{Component, Path, PathBuf};
@@ -28,10 +30,21 @@ async fn file(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if method != Method::GET && method != Method::HEAD {
+    let response = respond(&dir, &method, &uri, &headers).await;
+    tracing::info!(
+        method = %method,
+        path = %uri.path(),
+        status = response.status().as_u16(),
+        "request"
+    );
+    response
+}
+
+async fn respond(dir: &Path, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
+    if *method != Method::GET && *method != Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
-    let Some(path) = safe_join(&dir, uri.path()) else {
+    let Some(path) = safe_join(dir, uri.path()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let mut file = match tokio::fs::File::open(&path).await {
@@ -54,11 +67,10 @@ async fn file(
             return response;
         }
     };
-    tracing::debug!(path = %uri.path(), ?range, "serving");
     if file.seek(SeekFrom::Start(start)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let body = if method == Method::HEAD {
+    let body = if *method == Method::HEAD {
         Body::empty()
     } else {
         Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 << 10))

@@ -1,6 +1,8 @@
 //! The PackageRepository controller: reads each repository's index,
-//! verifies its signature, reports Ready and the package count, and keeps
-//! the last good index in memory for the PackageSet controller.
+//! verifies its signature, refuses a signed index older than the highest
+//! version it accepted (kept in status) or past its expiry, reports Ready
+//! and the package count, and keeps the last good index in memory for the
+//! PackageSet controller.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,6 +24,7 @@ use crate::api::conditions::{Observed, types};
 use crate::api::{PackageRepository, PackageRepositoryStatus};
 use crate::operator::{Context, MANAGER, status};
 use crate::pkg::index::{Index, parse_public_key};
+use crate::pkg::trust::{self, Stale};
 use crate::pkg::{FetchError, FetchOptions, Fetcher};
 
 /// The last good index of each repository, by name.
@@ -75,20 +78,19 @@ async fn reconcile(
     let mut status: PackageRepositoryStatus = repo.status.clone().unwrap_or_default();
 
     let ready = match sync(&repo).await {
-        Ok(index) => {
-            status.package_count = Some(index.packages.len() as i64);
-            status.index_version = Some(index.version as i64);
-            status.last_sync = Some(Time(now));
-            let message = format!(
-                "index version {} lists {} packages",
-                index.version,
-                index.packages.len()
-            );
-            ctx.indexes
-                .write()
-                .expect("index cache lock")
-                .insert(name.clone(), Arc::new(index));
-            Observed::new(types::READY, true, "Synced", message)
+        Ok((index, signed)) => {
+            let (observed, cache) = observe_index(&mut status, &index, signed, now);
+            let mut indexes = ctx.indexes.write().expect("index cache lock");
+            match cache {
+                Cache::Replace => {
+                    indexes.insert(name.clone(), Arc::new(index));
+                }
+                Cache::Remove => {
+                    indexes.remove(&name);
+                }
+                Cache::Keep => {}
+            }
+            observed
         }
         Err(SyncError::InvalidKey(message)) => {
             ctx.indexes.write().expect("index cache lock").remove(&name);
@@ -140,12 +142,71 @@ async fn reconcile(
     }))
 }
 
+/// What to do with the cached index after a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// The new index replaces it.
+    Replace,
+    /// The last good one stays (the new one is a rollback).
+    Keep,
+    /// No index may be used (the new one expired).
+    Remove,
+}
+
+/// Pure: the status and Ready condition after reading `index` at `now`. A
+/// `signed` index must not be older than `status.acceptedIndexVersion` nor
+/// expired, and raises the accepted version.
+fn observe_index(
+    status: &mut PackageRepositoryStatus,
+    index: &Index,
+    signed: bool,
+    now: Timestamp,
+) -> (Observed<'static>, Cache) {
+    status.index_version = Some(index.version as i64);
+    status.index_expires = index.expires.map(Time);
+    let accepted = status
+        .accepted_index_version
+        .and_then(|v| u64::try_from(v).ok());
+    let checked = match signed {
+        true => trust::check_index(index.version, index.expires, accepted, now),
+        false => Ok(()),
+    };
+    match checked {
+        Ok(()) => {
+            if signed {
+                let highest = accepted.unwrap_or(0).max(index.version);
+                status.accepted_index_version = Some(highest as i64);
+            }
+            status.package_count = Some(index.packages.len() as i64);
+            status.last_sync = Some(Time(now));
+            let message = format!(
+                "index version {} lists {} packages",
+                index.version,
+                index.packages.len()
+            );
+            (
+                Observed::new(types::READY, true, "Synced", message),
+                Cache::Replace,
+            )
+        }
+        Err(stale @ Stale::Rollback { .. }) => (
+            Observed::new(types::READY, false, "IndexRollback", stale.to_string()),
+            Cache::Keep,
+        ),
+        Err(stale @ Stale::Expired { .. }) => (
+            Observed::new(types::READY, false, "IndexExpired", stale.to_string()),
+            Cache::Remove,
+        ),
+    }
+}
+
 enum SyncError {
     InvalidKey(String),
     Fetch(FetchError),
 }
 
-async fn sync(repo: &PackageRepository) -> Result<Index, SyncError> {
+/// Reads the index; also says whether its signature was verified.
+async fn sync(repo: &PackageRepository) -> Result<(Index, bool), SyncError> {
     let keys = repo
         .spec
         .public_keys
@@ -158,8 +219,79 @@ async fn sync(repo: &PackageRepository) -> Result<Index, SyncError> {
         retries: 1,
         ..FetchOptions::default()
     };
+    let signed = !keys.is_empty();
     Fetcher::new(&repo.spec.url, keys, options)
         .index()
         .await
+        .map(|index| (index, signed))
         .map_err(SyncError::Fetch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::Status;
+
+    fn index(version: u64, expires: Option<&str>) -> Index {
+        Index {
+            version,
+            expires: expires.map(|e| e.parse().unwrap()),
+            packages: vec![],
+        }
+    }
+
+    #[test]
+    fn a_signed_index_older_than_the_accepted_one_or_expired_is_refused() {
+        let now: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        let mut status = PackageRepositoryStatus::default();
+        let (ready, cache) = observe_index(&mut status, &index(5, None), true, now);
+        assert_eq!((ready.status, cache), (Status::True, Cache::Replace));
+        assert_eq!(status.accepted_index_version, Some(5));
+
+        let (ready, cache) = observe_index(&mut status, &index(3, None), true, now);
+        assert_eq!(
+            (ready.status, ready.reason, cache),
+            (Status::False, "IndexRollback", Cache::Keep)
+        );
+        assert!(
+            ready
+                .message
+                .contains("served version 3 is older than accepted version 5"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.accepted_index_version, Some(5), "never lowered");
+        assert_eq!(status.index_version, Some(3), "the served one is shown");
+
+        let expired = index(6, Some("2026-05-31T00:00:00Z"));
+        let (ready, cache) = observe_index(&mut status, &expired, true, now);
+        assert_eq!((ready.reason, cache), ("IndexExpired", Cache::Remove));
+        assert!(
+            ready.message.contains("expired at 2026-05-31T00:00:00Z"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.accepted_index_version, Some(5));
+
+        let (ready, _) = observe_index(
+            &mut status,
+            &index(7, Some("2026-06-08T00:00:00Z")),
+            true,
+            now,
+        );
+        assert_eq!(ready.status, Status::True);
+        assert_eq!(status.accepted_index_version, Some(7));
+    }
+
+    #[test]
+    fn an_unsigned_index_is_read_without_version_checks() {
+        let now = Timestamp::now();
+        let mut status = PackageRepositoryStatus {
+            accepted_index_version: Some(9),
+            ..Default::default()
+        };
+        let (ready, _) = observe_index(&mut status, &index(2, None), false, now);
+        assert_eq!(ready.status, Status::True);
+        assert_eq!(status.accepted_index_version, Some(9));
+    }
 }

@@ -60,6 +60,7 @@ mod tests {
     fn index(entries: &[(&str, &[&str])]) -> Index {
         Index {
             version: 1,
+            expires: None,
             packages: entries
                 .iter()
                 .map(|(id, requires)| IndexEntry {

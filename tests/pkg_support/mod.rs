@@ -46,7 +46,9 @@ pub fn theseus() -> Command {
     let mut cmd = Command::new(binary());
     cmd.env_remove("THESEUS_FAILPOINT")
         .env_remove("THESEUS_ROOT")
-        .env_remove("THESEUS_REPO");
+        .env_remove("THESEUS_REPO")
+        .env_remove("THESEUS_ALLOW_UNSIGNED")
+        .env_remove("THESEUS_TRUST_CONFIG");
     cmd
 }
 
@@ -77,7 +79,11 @@ pub fn make_repo(
         let dir = package_dir(repo.parent().unwrap(), id, &[], files);
         theseus::pkg::build::build(&dir, &out).unwrap();
     }
-    theseus::pkg::index::write(repo, None, key).unwrap();
+    let options = theseus::pkg::index::WriteOptions {
+        key,
+        ..Default::default()
+    };
+    theseus::pkg::index::write(repo, options).unwrap();
 }
 
 #[path = "../common/repo_server.rs"]

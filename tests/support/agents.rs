@@ -17,30 +17,72 @@ use super::repo_server::RepoServer;
 use super::{free_port, theseus};
 
 /// The demo repository, built with `examples/build-repo.sh` into a temporary
-/// directory and served by `theseus repo serve` on an ephemeral port.
+/// directory, signed with a fresh key, and served by `theseus repo serve` on
+/// an ephemeral port.
 pub struct Repo {
     /// Its base URL.
     pub url: String,
-    _server: RepoServer,
+    /// Its public key (base64).
+    pub key: String,
+    /// The server, with its request log.
+    pub server: RepoServer,
+    /// The repository directory (`index.json`, `packages/`).
+    pub dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Repo {
-    /// Builds and serves the demo packages.
+    /// Builds, signs and serves the demo packages.
     pub fn demo() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("repo");
+        let secret = tmp.path().join("repo.key");
+        let key = super::run::stdout_ok(
+            Command::new(theseus())
+                .args(["repo", "keygen", "--out"])
+                .arg(&secret),
+        )
+        .trim()
+        .to_owned();
         let status = Command::new(repo_root().join("examples/build-repo.sh"))
-            .arg(dir.path())
+            .arg(&dir)
             .env("THESEUS", theseus())
+            .env("SIGN_KEY", &secret)
             .status()
             .unwrap();
         assert!(status.success(), "examples/build-repo.sh failed");
-        let server = RepoServer::start(Command::new(theseus()), dir.path());
+        let server = RepoServer::start(Command::new(theseus()), &dir);
         Self {
             url: server.url.clone(),
-            _server: server,
-            _dir: dir,
+            key,
+            server,
+            dir,
+            _dir: tmp,
         }
+    }
+
+    /// The agent flags that trust this repository: its key, its URL.
+    pub fn trust_args(&self) -> Vec<String> {
+        vec![
+            "--trusted-key".into(),
+            self.key.clone(),
+            "--allowed-repository".into(),
+            self.url.clone(),
+        ]
+    }
+
+    /// Re-indexes the repository (`theseus repo index` with its key and
+    /// `extra` flags, e.g. `--expires-in`).
+    pub fn reindex(&self, extra: &[&str]) {
+        let secret = self._dir.path().join("repo.key");
+        super::run::stdout_ok(
+            Command::new(theseus())
+                .args(["repo", "index"])
+                .arg(&self.dir)
+                .arg("--sign-key")
+                .arg(&secret)
+                .args(extra),
+        );
     }
 }
 
@@ -54,19 +96,24 @@ pub struct Agent {
     pub port: u16,
     /// The port of its local API.
     pub api_port: u16,
+    /// The agent's trust flags (see [`Repo::trust_args`]).
+    pub trust: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
-    /// Starts `theseus agent` for a fresh node named `tag-<random>`.
-    pub fn start(tb: &TestbedEnv, tag: &str, labels: &str) -> Self {
+    /// Starts `theseus agent` for a fresh node named `tag-<random>`, with
+    /// the trust flags `trust` (e.g. [`Repo::trust_args`]; none: it trusts
+    /// nothing).
+    pub fn start(tb: &TestbedEnv, tag: &str, labels: &str, trust: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut agent = Self {
             node: format!("agent-test-{tag}-{:06x}", rand::random::<u32>() & 0xff_ffff),
             root: dir.path().join("root"),
             port: free_port(),
             api_port: free_port(),
+            trust: trust.to_vec(),
             child: None,
             _dir: dir,
         };
@@ -94,7 +141,12 @@ impl Agent {
         .args(["--listen", &format!("127.0.0.1:{}", self.api_port)])
         .args(["--env", &format!("PORT={}", self.port)])
         .args(["--labels", labels])
+        .args(&self.trust)
         .env_remove("THESEUS_FAILPOINT")
+        .env_remove("THESEUS_TRUST_CONFIG")
+        .env_remove("THESEUS_TRUSTED_KEYS")
+        .env_remove("THESEUS_ALLOWED_REPOSITORIES")
+        .env_remove("THESEUS_ALLOW_UNSIGNED")
         .stdout(log.try_clone().unwrap())
         .stderr(log);
         if let Some(fp) = failpoint {
@@ -216,15 +268,30 @@ pub async fn set_target(
     repo: &str,
     health_timeout: i32,
 ) -> String {
+    set_target_with_keys(api, node, ids, repo, &[], health_timeout).await
+}
+
+/// Writes `spec.target` naming `keys` (`NodeTarget.publicKeys`).
+pub async fn set_target_with_keys(
+    api: &Api<NodeInstall>,
+    node: &str,
+    ids: &[PackageId],
+    repo: &str,
+    keys: &[String],
+    health_timeout: i32,
+) -> String {
     let hash = set_hash(ids);
     let target = NodeTarget {
         package_set: "demo".into(),
         set_hash: hash.clone(),
         packages: ids.iter().map(|i| i.to_string()).collect(),
         repository_url: repo.into(),
-        public_keys: vec![],
+        public_keys: keys.to_vec(),
         health_timeout_seconds: Some(health_timeout),
     };
+    let mut target = serde_json::to_value(&target).unwrap();
+    // A merge patch leaves out what is absent: clear keys set before.
+    target["publicKeys"] = serde_json::json!(keys);
     let patch = serde_json::json!({ "spec": { "target": target } });
     api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await
