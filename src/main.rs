@@ -15,6 +15,7 @@ use theseus::logging::{self, LogFormat};
     long_about = None,
     after_help = "Examples:\n  \
         theseus crds | kubectl apply --server-side -f -\n  \
+        theseus policy | kubectl apply -f -\n  \
         theseus rollout status web-tier\n  \
         theseus pkg list --format json\n  \
         theseus completions bash > /etc/bash_completion.d/theseus\n\n\
@@ -37,6 +38,9 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Print the admission policy that confines each node agent to its own
+    /// NodeInstall (the chart installs it; this is for installs without Helm).
+    Policy(cli::policy::PolicyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli::completions::CompletionsArgs),
     /// Run the operator: the PackageSet, PackageRepository, ServiceGroup and
@@ -88,6 +92,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
     let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
         Command::Crds(args) => ok(cli::crds::run(&args)),
+        Command::Policy(args) => ok(cli::policy::run(&args)),
         Command::Completions(args) => ok(cli::completions::run(&args, &mut Cli::command())),
         Command::Operator(args) => {
             ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
