@@ -92,7 +92,10 @@ fn values_schema_rejects_wrong_values_naming_the_key() {
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("halt.createSecret=false", "secretName"),
         ("agent.identity.userPrefix=a'b", "userPrefix"),
-        ("admissionPolicy.validationActions={Block}", "validationActions"),
+        (
+            "admissionPolicy.validationActions={Block}",
+            "validationActions",
+        ),
     ] {
         let out = helm(&tb, &["template", "t", &chart(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -363,7 +366,14 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         &["--as=system:serviceaccount:theseus-nodes:theseus-node-n1"][..],
     ] {
         let can = |verb: &str, what: &str, args: &[&str]| can_i_as(&tb, who, verb, what, args);
-        assert!(can("patch", "nodeinstalls.theseus.dev", &["--subresource=status"]), "{who:?}");
+        assert!(
+            can(
+                "patch",
+                "nodeinstalls.theseus.dev",
+                &["--subresource=status"]
+            ),
+            "{who:?}"
+        );
         assert!(can("create", "nodeinstalls.theseus.dev", &[]), "{who:?}");
         assert!(!can("update", "nodeinstalls.theseus.dev", &[]), "{who:?}");
         assert!(!can("patch", "packagesets.theseus.dev", &[]), "{who:?}");

@@ -16,7 +16,11 @@ use support::{TestNamespace, TestbedEnv, repo_root};
 const NODE_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 fn chart() -> String {
-    repo_root().join("charts/theseus").to_str().unwrap().to_owned()
+    repo_root()
+        .join("charts/theseus")
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
@@ -235,7 +239,12 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
     );
 
     let agent_user = format!("--as=system:serviceaccount:{0}:{0}-agent", ns.name);
-    let agent_of = |node: &str| vec![agent_user.clone(), format!("--as-user-extra={NODE_EXTRA}={node}")];
+    let agent_of = |node: &str| {
+        vec![
+            agent_user.clone(),
+            format!("--as-user-extra={NODE_EXTRA}={node}"),
+        ]
+    };
     let agent_a = agent_of(&a);
     let labels = r#"{"metadata":{"labels":{"zone":"z1"}}}"#;
     wait_in_force(&policy, "own-node", || {
@@ -247,7 +256,10 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
         &create_as(&tb, &agent_a, &node_install(&a, false), &[]),
         "agent A creating A",
     );
-    assert_allowed(&patch(&tb, &agent_a, &a, labels, &[]), "agent A labelling A");
+    assert_allowed(
+        &patch(&tb, &agent_a, &a, labels, &[]),
+        "agent A labelling A",
+    );
     let status = r#"{"status":{"phase":"Idle","message":"policy test"}}"#;
     assert_allowed(
         &patch(&tb, &agent_a, &a, status, &["--subresource=status"]),
@@ -258,7 +270,12 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
 
     // Never a spec, not even its own, and nothing else of its metadata.
     let spec = format!(r#"{{"spec":{{"target":{}}}}}"#, target_json());
-    assert_refused(&patch(&tb, &agent_a, &a, &spec, &[]), &policy, "no-spec", "agent A setting A's target");
+    assert_refused(
+        &patch(&tb, &agent_a, &a, &spec, &[]),
+        &policy,
+        "no-spec",
+        "agent A setting A's target",
+    );
     assert_refused(
         &create_as(&tb, &agent_of(&c), &node_install(&c, true), &[]),
         &policy,
@@ -277,7 +294,9 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
     let out = patch(&tb, &agent_a, &b, labels, &[]);
     assert_refused(&out, &policy, "own-node", "agent A labelling B");
     assert!(
-        text(&out).contains(&format!("the agent of node {a} may write only NodeInstall {a}, not {b}")),
+        text(&out).contains(&format!(
+            "the agent of node {a} may write only NodeInstall {a}, not {b}"
+        )),
         "{}",
         text(&out)
     );
@@ -296,13 +315,32 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
     );
     // Deleting is not in the agent's RBAC.
     let out = as_who(&tb, &agent_a, &["delete", "nodeinstall", &a]);
-    assert!(!out.status.success() && text(&out).contains("forbidden"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("forbidden"),
+        "{}",
+        text(&out)
+    );
 
     // The operator writes spec; the admin is not bound by the policy.
-    let operator = vec![format!("--as=system:serviceaccount:{0}:{0}-operator", ns.name)];
-    assert_allowed(&patch(&tb, &operator, &a, &spec, &[]), "the operator setting A's target");
-    assert_allowed(&patch(&tb, &[], &b, &spec, &[]), "the admin setting B's target");
-    let target = tb.kubectl_ok(&["get", "nodeinstall", &a, "-o", "jsonpath={.spec.target.setHash}"]);
+    let operator = vec![format!(
+        "--as=system:serviceaccount:{0}:{0}-operator",
+        ns.name
+    )];
+    assert_allowed(
+        &patch(&tb, &operator, &a, &spec, &[]),
+        "the operator setting A's target",
+    );
+    assert_allowed(
+        &patch(&tb, &[], &b, &spec, &[]),
+        "the admin setting B's target",
+    );
+    let target = tb.kubectl_ok(&[
+        "get",
+        "nodeinstall",
+        &a,
+        "-o",
+        "jsonpath={.spec.target.setHash}",
+    ]);
     assert_eq!(target, "h1");
     drop(cleanup);
     ns.delete(&client).await;
@@ -350,18 +388,43 @@ async fn a_token_bound_to_a_pod_speaks_for_the_pods_node_only() {
 
     // A pod of the agent's ServiceAccount on a kwok node, and a token bound
     // to it: the API server adds the pod's node to the token's user.
-    let node = tb.kubectl_ok(&["get", "nodes", "-l", "type=kwok", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let node = tb.kubectl_ok(&[
+        "get",
+        "nodes",
+        "-l",
+        "type=kwok",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
     assert!(!node.is_empty(), "the testbed has no kwok node");
     let sa = format!("{}-agent", ns.name);
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: agent\n  namespace: {}\nspec:\n  nodeName: {node}\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  tolerations: [{{operator: Exists}}]\n  containers: [{{name: agent, image: theseus:policy-test}}]\n",
         ns.name
     );
-    assert_allowed(&kubectl_stdin(&tb, &["create"], &pod), "creating the agent pod");
-    let uid = tb.kubectl_ok(&["get", "pod", "agent", "-n", &ns.name, "-o", "jsonpath={.metadata.uid}"]);
+    assert_allowed(
+        &kubectl_stdin(&tb, &["create"], &pod),
+        "creating the agent pod",
+    );
+    let uid = tb.kubectl_ok(&[
+        "get",
+        "pod",
+        "agent",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
     let token = tb.kubectl_ok(&[
-        "create", "token", &sa, "-n", &ns.name, "--bound-object-kind=Pod",
-        "--bound-object-name=agent", &format!("--bound-object-uid={uid}"), "--duration=10m",
+        "create",
+        "token",
+        &sa,
+        "-n",
+        &ns.name,
+        "--bound-object-kind=Pod",
+        "--bound-object-name=agent",
+        &format!("--bound-object-uid={uid}"),
+        "--duration=10m",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = token_kubeconfig(&tb, dir.path(), token.trim());
@@ -369,25 +432,48 @@ async fn a_token_bound_to_a_pod_speaks_for_the_pods_node_only() {
     let whoami = as_who(&tb, &with_token, &["auth", "whoami", "-o", "json"]);
     assert_allowed(&whoami, "auth whoami with the bound token");
     let who: serde_json::Value = serde_json::from_slice(&whoami.stdout).unwrap();
-    assert_eq!(who["status"]["userInfo"]["extra"][NODE_EXTRA][0], node.as_str(), "{who}");
+    assert_eq!(
+        who["status"]["userInfo"]["extra"][NODE_EXTRA][0],
+        node.as_str(),
+        "{who}"
+    );
 
     let labels = r#"{"metadata":{"labels":{"zone":"z1"}}}"#;
     wait_in_force(&policy, "own-node", || {
         patch(&tb, &with_token, &other, labels, &["--dry-run=server"])
     });
     let out = patch(&tb, &with_token, &other, labels, &[]);
-    assert_refused(&out, &policy, "own-node", "the pod's token labelling another node's NodeInstall");
-    assert!(text(&out).contains(&format!("the agent of node {node} ")), "{}", text(&out));
+    assert_refused(
+        &out,
+        &policy,
+        "own-node",
+        "the pod's token labelling another node's NodeInstall",
+    );
+    assert!(
+        text(&out).contains(&format!("the agent of node {node} ")),
+        "{}",
+        text(&out)
+    );
     // Its own node's object: allowed without a target, refused with one.
     // Server-side dry runs, so that no NodeInstall of a shared kwok node is
     // left for other tests to see.
     assert_refused(
-        &create_as(&tb, &with_token, &node_install(&node, true), &["--dry-run=server"]),
+        &create_as(
+            &tb,
+            &with_token,
+            &node_install(&node, true),
+            &["--dry-run=server"],
+        ),
         &policy,
         "no-target",
         "the pod's token creating its node's NodeInstall with a target",
     );
-    let out = create_as(&tb, &with_token, &node_install(&node, false), &["--dry-run=server"]);
+    let out = create_as(
+        &tb,
+        &with_token,
+        &node_install(&node, false),
+        &["--dry-run=server"],
+    );
     assert!(
         out.status.success() || text(&out).contains("AlreadyExists"),
         "the pod's token creating its node's NodeInstall was refused: {}",
@@ -396,6 +482,49 @@ async fn a_token_bound_to_a_pod_speaks_for_the_pods_node_only() {
     drop(cleanup);
     ns.delete(&client).await;
     nodes_ns.delete(&client).await;
+}
+
+/// A `theseus agent` process with its own kubeconfig, killed when dropped.
+struct AgentProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(
+        tb: &TestbedEnv,
+        kubeconfig: &std::path::Path,
+        node: &str,
+        dir: &std::path::Path,
+        run: &str,
+    ) -> Self {
+        let log = dir.join(format!("agent-{run}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = tb
+            .command(support::theseus())
+            .args(["agent", "--node-name", node, "--heartbeat-seconds", "1"])
+            .arg("--root")
+            .arg(dir.join("root"))
+            .args(["--listen", "127.0.0.1:0", "--labels"])
+            .arg(format!("theseus.dev/test=policy,run={run}"))
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("theseus agent starts");
+        AgentProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `theseus policy ARGS…` (stdout).
@@ -429,7 +558,10 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
         "--node-service-account-namespace",
         &nodes_ns.name,
     ]);
-    assert_allowed(&kubectl_stdin(&tb, &["apply"], &yaml), "applying `theseus policy`");
+    assert_allowed(
+        &kubectl_stdin(&tb, &["apply"], &yaml),
+        "applying `theseus policy`",
+    );
     let role = format!("theseus-test-policy-{}-agent", ids.tag);
     cleanup.add("clusterrole", &role);
     cleanup.add("clusterrolebinding", &role);
@@ -442,7 +574,10 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
             "--show-only",
             "templates/agent-clusterrole.yaml",
             "--set",
-            &format!("fullnameOverride=theseus-test-policy-{},agent.enabled=false", ids.tag),
+            &format!(
+                "fullnameOverride=theseus-test-policy-{},agent.enabled=false",
+                ids.tag
+            ),
             "--set",
             &format!(
                 "agent.identity.group={},agent.identity.serviceAccountNamespace={}",
@@ -450,7 +585,10 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
             ),
         ],
     );
-    assert_allowed(&kubectl_stdin(&tb, &["apply"], &rbac), "applying the agent ClusterRole");
+    assert_allowed(
+        &kubectl_stdin(&tb, &["apply"], &rbac),
+        "applying the agent ClusterRole",
+    );
 
     let (a, b, s) = (ids.node("a"), ids.node("b"), ids.node("s"));
     for n in [&a, &b, &s] {
@@ -469,28 +607,96 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
     wait_in_force(&policy, "own-node", || {
         patch(&tb, &user_a, &b, labels, &["--dry-run=server"])
     });
-    assert_allowed(&create_as(&tb, &user_a, &node_install(&a, false), &[]), "user A creating A");
+    assert_allowed(
+        &create_as(&tb, &user_a, &node_install(&a, false), &[]),
+        "user A creating A",
+    );
     let status = r#"{"status":{"phase":"Idle","message":"outside"}}"#;
     assert_allowed(
         &patch(&tb, &user_a, &a, status, &["--subresource=status"]),
         "user A writing A's status",
     );
-    assert_refused(&patch(&tb, &user_a, &b, labels, &[]), &policy, "own-node", "user A labelling B");
+    assert_refused(
+        &patch(&tb, &user_a, &b, labels, &[]),
+        &policy,
+        "own-node",
+        "user A labelling B",
+    );
     let spec = format!(r#"{{"spec":{{"target":{}}}}}"#, target_json());
-    assert_refused(&patch(&tb, &user_a, &a, &spec, &[]), &policy, "no-spec", "user A setting A's target");
+    assert_refused(
+        &patch(&tb, &user_a, &a, &spec, &[]),
+        &policy,
+        "no-spec",
+        "user A setting A's target",
+    );
 
     // A per-node ServiceAccount: NAMESPACE/theseus-node-NODE.
-    let sa_s = vec![format!("--as=system:serviceaccount:{}:theseus-node-{s}", nodes_ns.name)];
-    assert_allowed(&create_as(&tb, &sa_s, &node_install(&s, false), &[]), "ServiceAccount of S creating S");
-    assert_allowed(&patch(&tb, &sa_s, &s, labels, &[]), "ServiceAccount of S labelling S");
-    assert_refused(&patch(&tb, &sa_s, &b, labels, &[]), &policy, "own-node", "ServiceAccount of S labelling B");
+    let sa_s = vec![format!(
+        "--as=system:serviceaccount:{}:theseus-node-{s}",
+        nodes_ns.name
+    )];
+    assert_allowed(
+        &create_as(&tb, &sa_s, &node_install(&s, false), &[]),
+        "ServiceAccount of S creating S",
+    );
+    assert_allowed(
+        &patch(&tb, &sa_s, &s, labels, &[]),
+        "ServiceAccount of S labelling S",
+    );
+    assert_refused(
+        &patch(&tb, &sa_s, &b, labels, &[]),
+        &policy,
+        "own-node",
+        "ServiceAccount of S labelling B",
+    );
+
+    // A real agent with its node's own ServiceAccount token: it registers
+    // (create), heartbeats (status by server-side apply) and, restarted,
+    // adopts its NodeInstall (labels by merge patch), all through the policy.
+    let r = ids.node("r");
+    cleanup.add("nodeinstall", &r);
+    let sa = format!("theseus-node-{r}");
+    tb.kubectl_ok(&["create", "serviceaccount", &sa, "-n", &nodes_ns.name]);
+    let token = tb.kubectl_ok(&["create", "token", &sa, "-n", &nodes_ns.name]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = token_kubeconfig(&tb, dir.path(), token.trim());
+    for run in ["1", "2"] {
+        let agent = AgentProcess::start(&tb, &kubeconfig, &r, dir.path(), run);
+        let status = format!("jsonpath={{.status.heartbeat}}/{{.metadata.labels.run}}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = tb.kubectl(&["get", "nodeinstall", &r, "-o", &status]);
+            let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (heartbeat, label) = seen.split_once('/').unwrap_or_default();
+            if !heartbeat.is_empty() && label == run {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent with its node's token did not register and heartbeat (run {run}): {seen}; log:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 
     // Members of the groups whose names follow no convention name no node.
     for who in [
-        vec!["--as=someone".to_owned(), format!("--as-group={}", ids.group)],
-        vec![format!("--as=system:serviceaccount:{}:default", nodes_ns.name)],
+        vec![
+            "--as=someone".to_owned(),
+            format!("--as-group={}", ids.group),
+        ],
+        vec![format!(
+            "--as=system:serviceaccount:{}:default",
+            nodes_ns.name
+        )],
     ] {
-        assert_refused(&patch(&tb, &who, &b, labels, &[]), &policy, "node-identity", &who.join(" "));
+        assert_refused(
+            &patch(&tb, &who, &b, labels, &[]),
+            &policy,
+            "node-identity",
+            &who.join(" "),
+        );
     }
     drop(cleanup);
     nodes_ns.delete(&client).await;
@@ -532,7 +738,11 @@ fn the_chart_and_theseus_policy_render_the_same_policy() {
     // The defaults of both: release `theseus` in theseus-system.
     let chart = template("theseus", "theseus-system", &[]);
     let cli = theseus_policy(&[]);
-    assert_eq!(policy_docs(&chart), policy_docs(&cli), "chart:\n{chart}\ncli:\n{cli}");
+    assert_eq!(
+        policy_docs(&chart),
+        policy_docs(&cli),
+        "chart:\n{chart}\ncli:\n{cli}"
+    );
     assert_eq!(policy_docs(&cli).len(), 2);
 
     // Every identity changed.
@@ -563,13 +773,23 @@ fn the_chart_and_theseus_policy_render_the_same_policy() {
         "--validation-action",
         "Audit",
     ]);
-    assert_eq!(policy_docs(&chart), policy_docs(&cli), "chart:\n{chart}\ncli:\n{cli}");
+    assert_eq!(
+        policy_docs(&chart),
+        policy_docs(&cli),
+        "chart:\n{chart}\ncli:\n{cli}"
+    );
 
     // Off in the chart: nothing rendered.
     let helm = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
     let out = tb
         .command(helm)
-        .args(["template", "t", &chart_dir, "--set", "admissionPolicy.enabled=false"])
+        .args([
+            "template",
+            "t",
+            &chart_dir,
+            "--set",
+            "admissionPolicy.enabled=false",
+        ])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ValidatingAdmissionPolicy"));

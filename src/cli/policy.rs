@@ -17,10 +17,13 @@ pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Refuse the request.
+    #[value(name = "Deny")]
     Deny,
     /// Allow it and return a warning to the client.
+    #[value(name = "Warn")]
     Warn,
     /// Allow it and record the refusal in the audit log.
+    #[value(name = "Audit")]
     Audit,
 }
 
@@ -52,7 +55,11 @@ pub struct PolicyArgs {
 
     /// The in-cluster agents' ServiceAccount, NAMESPACE/NAME (the chart's
     /// RELEASE-NAMESPACE/FULLNAME-agent).
-    #[arg(long, value_name = "NAMESPACE/NAME", default_value = "theseus-system/theseus-agent")]
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        default_value = "theseus-system/theseus-agent"
+    )]
     pub agent_service_account: String,
 
     /// Out-of-cluster agents: the user name of node NODE is this prefix
@@ -98,7 +105,9 @@ fn checked<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
         .chars()
         .find(|c| matches!(c, '\'' | '"' | '\\') || c.is_whitespace() || c.is_control())
     {
-        anyhow::bail!("--{flag} {value:?} contains {c:?}; user, group and object names have no quotes, backslashes or spaces");
+        anyhow::bail!(
+            "--{flag} {value:?} contains {c:?}; user, group and object names have no quotes, backslashes or spaces"
+        );
     }
     Ok(value)
 }
@@ -309,7 +318,10 @@ mod tests {
             cond.contains("== 'system:serviceaccount:theseus-system:theseus-agent'"),
             "{cond}"
         );
-        assert!(cond.contains("'system:serviceaccounts:theseus-nodes'"), "{cond}");
+        assert!(
+            cond.contains("'system:serviceaccounts:theseus-nodes'"),
+            "{cond}"
+        );
         let rules: Vec<&str> = docs[0]["spec"]["validations"]
             .as_array()
             .unwrap()
@@ -373,9 +385,18 @@ mod tests {
     #[test]
     fn values_that_would_break_the_expressions_are_refused_naming_the_flag() {
         for (argv, flag) in [
-            (&["--node-user-prefix", "x'||true||'"][..], "--node-user-prefix"),
-            (&["--agent-service-account", "agent"][..], "--agent-service-account"),
-            (&["--agent-service-account", "a/b/c"][..], "--agent-service-account"),
+            (
+                &["--node-user-prefix", "x'||true||'"][..],
+                "--node-user-prefix",
+            ),
+            (
+                &["--agent-service-account", "agent"][..],
+                "--agent-service-account",
+            ),
+            (
+                &["--agent-service-account", "a/b/c"][..],
+                "--agent-service-account",
+            ),
             (&["--node-group", ""][..], "--node-group"),
             (
                 &["--validation-action", "Deny", "--validation-action", "Warn"][..],
