@@ -3,218 +3,14 @@
 //! by `theseus policy`, tried with impersonated identities and with a real
 //! ServiceAccount token bound to a pod on a kwok node.
 
+mod policy_support;
 mod support;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TestNamespace, TestbedEnv, repo_root};
-
-/// The user extra that names the node of a bound token's pod.
-const NODE_EXTRA: &str = "authentication.kubernetes.io/node-name";
-
-fn chart() -> String {
-    repo_root()
-        .join("charts/theseus")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
-    let helm = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
-    support::run::stdout_ok(tb.command(helm).args(args))
-}
-
-/// `kubectl ARGS… -f -` with `yaml` on stdin.
-fn kubectl_stdin(tb: &TestbedEnv, args: &[&str], yaml: &str) -> Output {
-    let kubectl = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
-    let mut child = tb
-        .command(kubectl)
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_allowed(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} was refused: {}", text(out));
-}
-
-/// The request failed, refused by `policy` with a message naming `rule`.
-fn assert_refused(out: &Output, policy: &str, rule: &str, what: &str) {
-    let said = text(out);
-    assert!(!out.status.success(), "{what} was allowed: {said}");
-    assert!(
-        said.contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
-            && said.contains(&format!("rule {rule}:")),
-        "{what}: refused, but not by rule {rule} of {policy}: {said}"
-    );
-}
-
-/// Cluster-scoped objects and NodeInstalls a test created, deleted when it
-/// ends (also when it fails), so that nothing outlives it on the shared
-/// API server.
-struct Cleanup {
-    tb: TestbedEnv,
-    objects: Vec<(String, String)>,
-    release: Option<(String, String)>,
-}
-
-impl Cleanup {
-    fn new(tb: &TestbedEnv) -> Self {
-        Cleanup {
-            tb: tb.clone(),
-            objects: Vec::new(),
-            release: None,
-        }
-    }
-
-    fn add(&mut self, kind: &str, name: &str) {
-        self.objects.push((kind.to_owned(), name.to_owned()));
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (kind, name) in self.objects.iter().rev() {
-            let _ = self
-                .tb
-                .kubectl(&["delete", kind, name, "--ignore-not-found", "--wait=false"]);
-        }
-        if let Some((name, ns)) = &self.release {
-            let helm = PathBuf::from(self.tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
-            let _ = self
-                .tb
-                .command(helm)
-                .args(["uninstall", name, "--namespace", ns])
-                .output();
-        }
-    }
-}
-
-/// Unique identities of one test, so that tests running at the same time
-/// against the same API server never match each other's policies.
-struct Ids {
-    tag: String,
-    user_prefix: String,
-    group: String,
-}
-
-impl Ids {
-    fn new() -> Self {
-        let tag = format!("{:08x}", rand::random::<u32>());
-        Ids {
-            user_prefix: format!("theseus-test-{tag}:node:"),
-            group: format!("theseus-test-{tag}:nodes"),
-            tag,
-        }
-    }
-
-    /// A NodeInstall name of this test.
-    fn node(&self, n: &str) -> String {
-        format!("ptest-{}-{n}", self.tag)
-    }
-}
-
-fn node_install(name: &str, target: bool) -> String {
-    let spec = if target {
-        format!("spec:\n  target: {}\n", target_json())
-    } else {
-        "spec: {}\n".to_owned()
-    };
-    format!(
-        "apiVersion: theseus.dev/v1alpha1\nkind: NodeInstall\nmetadata:\n  name: {name}\n  labels:\n    theseus.dev/test: policy\n{spec}"
-    )
-}
-
-fn target_json() -> String {
-    r#"{"packageSet":"s","setHash":"h1","packages":["web--1"],"repositoryUrl":"http://127.0.0.1:1/"}"#
-        .to_owned()
-}
-
-/// `kubectl ARGS…` as `who` (impersonation flags).
-fn as_who(tb: &TestbedEnv, who: &[String], args: &[&str]) -> Output {
-    let mut all: Vec<&str> = who.iter().map(String::as_str).collect();
-    all.extend_from_slice(args);
-    tb.kubectl(&all)
-}
-
-fn patch(tb: &TestbedEnv, who: &[String], node: &str, body: &str, extra: &[&str]) -> Output {
-    let mut args = vec!["patch", "nodeinstall", node, "--type=merge", "-p", body];
-    args.extend_from_slice(extra);
-    as_who(tb, who, &args)
-}
-
-fn create_as(tb: &TestbedEnv, who: &[String], yaml: &str, extra: &[&str]) -> Output {
-    let mut args: Vec<&str> = who.iter().map(String::as_str).collect();
-    args.push("create");
-    args.extend_from_slice(extra);
-    kubectl_stdin(tb, &args, yaml)
-}
-
-/// Waits until the policy is in force: a policy takes a moment after its
-/// creation to be loaded, so `probe` (a request it must refuse, sent as a
-/// server-side dry run) is repeated until it is refused by `rule`.
-fn wait_in_force(policy: &str, rule: &str, probe: impl Fn() -> Output) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = probe();
-        let said = text(&out);
-        if !out.status.success() && said.contains(&format!("rule {rule}:")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ValidatingAdmissionPolicy {policy} not in force after 60 s; last answer: {said}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// `helm install` of the chart into `ns` with the test's identities; no pod
-/// runs (no operator replica, the agent DaemonSet selects no node).
-fn install_chart(tb: &TestbedEnv, ns: &str, nodes_ns: &str, ids: &Ids, cleanup: &mut Cleanup) {
-    cleanup.release = Some((ns.to_owned(), ns.to_owned()));
-    let identity = format!(
-        "agent.identity.userPrefix={},agent.identity.group={},agent.identity.serviceAccountNamespace={nodes_ns}",
-        ids.user_prefix, ids.group
-    );
-    helm_ok(
-        tb,
-        &[
-            "install",
-            ns,
-            &chart(),
-            "--namespace",
-            ns,
-            "--set",
-            "operator.replicas=0,halt.enabled=false,agent.nodeSelector.theseus-test=none",
-            "--set",
-            &identity,
-        ],
-    );
-}
+use policy_support::*;
+use support::TestNamespace;
 
 #[tokio::test]
 async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
@@ -308,7 +104,12 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
     );
     // The agent's ServiceAccount with a token bound to no node names none.
     assert_refused(
-        &create_as(&tb, &[agent_user.clone()], &node_install(&c, false), &[]),
+        &create_as(
+            &tb,
+            std::slice::from_ref(&agent_user),
+            &node_install(&c, false),
+            &[],
+        ),
         &policy,
         "node-identity",
         "the agent ServiceAccount without a node",
@@ -345,26 +146,6 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
     drop(cleanup);
     ns.delete(&client).await;
     nodes_ns.delete(&client).await;
-}
-
-/// A kubeconfig that authenticates with `token` only (no client
-/// certificate), written into `dir`.
-fn token_kubeconfig(tb: &TestbedEnv, dir: &std::path::Path, token: &str) -> PathBuf {
-    let ca = tb.kubectl_ok(&[
-        "config",
-        "view",
-        "--raw",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-    ]);
-    let server = tb.var("THESEUS_KUBE_APISERVER");
-    let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
-    );
-    std::fs::write(&path, config).unwrap();
-    path
 }
 
 #[tokio::test]
@@ -482,54 +263,6 @@ async fn a_token_bound_to_a_pod_speaks_for_the_pods_node_only() {
     drop(cleanup);
     ns.delete(&client).await;
     nodes_ns.delete(&client).await;
-}
-
-/// A `theseus agent` process with its own kubeconfig, killed when dropped.
-struct AgentProcess {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl AgentProcess {
-    fn start(
-        tb: &TestbedEnv,
-        kubeconfig: &std::path::Path,
-        node: &str,
-        dir: &std::path::Path,
-        run: &str,
-    ) -> Self {
-        let log = dir.join(format!("agent-{run}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = tb
-            .command(support::theseus())
-            .args(["agent", "--node-name", node, "--heartbeat-seconds", "1"])
-            .arg("--root")
-            .arg(dir.join("root"))
-            .args(["--listen", "127.0.0.1:0", "--labels"])
-            .arg(format!("theseus.dev/test=policy,run={run}"))
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("theseus agent starts");
-        AgentProcess { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `theseus policy ARGS…` (stdout).
-fn theseus_policy(args: &[&str]) -> String {
-    support::run::stdout_ok(Command::new(support::theseus()).arg("policy").args(args))
 }
 
 #[tokio::test]
@@ -662,10 +395,10 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
     let kubeconfig = token_kubeconfig(&tb, dir.path(), token.trim());
     for run in ["1", "2"] {
         let agent = AgentProcess::start(&tb, &kubeconfig, &r, dir.path(), run);
-        let status = format!("jsonpath={{.status.heartbeat}}/{{.metadata.labels.run}}");
+        let status = "jsonpath={.status.heartbeat}/{.metadata.labels.run}";
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = tb.kubectl(&["get", "nodeinstall", &r, "-o", &status]);
+            let out = tb.kubectl(&["get", "nodeinstall", &r, "-o", status]);
             let seen = String::from_utf8_lossy(&out.stdout).into_owned();
             let (heartbeat, label) = seen.split_once('/').unwrap_or_default();
             if !heartbeat.is_empty() && label == run {
@@ -700,20 +433,6 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
     }
     drop(cleanup);
     nodes_ns.delete(&client).await;
-}
-
-/// The documents of a YAML stream, without `metadata.labels` (the chart adds
-/// its release labels).
-fn policy_docs(yaml: &str) -> Vec<serde_json::Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_json::Value::deserialize(d).unwrap())
-        .filter(|d| !d.is_null())
-        .map(|mut d| {
-            d["metadata"].as_object_mut().unwrap().remove("labels");
-            d
-        })
-        .collect()
 }
 
 #[test]
