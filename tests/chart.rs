@@ -96,6 +96,10 @@ fn values_schema_rejects_wrong_values_naming_the_key() {
             "admissionPolicy.validationActions={Block}",
             "validationActions",
         ),
+        (
+            "agent.serviceAccount.create=false,operator.serviceAccount.create=false",
+            "agent.serviceAccount and operator.serviceAccount name the same",
+        ),
     ] {
         let out = helm(&tb, &["template", "t", &chart(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);

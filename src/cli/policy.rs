@@ -42,7 +42,7 @@ impl Action {
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:\n  \
     theseus policy | kubectl apply -f -\n  \
-    theseus policy --agent-service-account theseus-system/theseus-agent | kubectl apply -f -\n  \
+    theseus policy --agent-service-account ops/fleet-theseus-agent | kubectl apply -f -\n  \
     theseus policy --validation-action Warn --validation-action Audit   # try it first\n\n\
     Agents in pods are known by their ServiceAccount; the node is the one their\n\
     bound token's pod runs on. Agents outside the cluster each have their own\n\
