@@ -78,13 +78,23 @@ async fn an_in_cluster_agent_writes_only_its_own_labels_and_status() {
         "no-target",
         "agent C creating C with a target",
     );
-    let annotate = r#"{"metadata":{"annotations":{"x":"y"}}}"#;
-    assert_refused(
-        &patch(&tb, &agent_a, &a, annotate, &[]),
-        &policy,
-        "labels-and-status-only",
-        "agent A annotating A",
-    );
+    for (body, what) in [
+        (
+            r#"{"metadata":{"annotations":{"x":"y"}}}"#,
+            "agent A annotating A",
+        ),
+        (
+            r#"{"metadata":{"finalizers":["x.dev/y"]}}"#,
+            "agent A adding a finalizer to A",
+        ),
+    ] {
+        assert_refused(
+            &patch(&tb, &agent_a, &a, body, &[]),
+            &policy,
+            "labels-and-status-only",
+            what,
+        );
+    }
 
     // Never another node's object.
     let out = patch(&tb, &agent_a, &b, labels, &[]);

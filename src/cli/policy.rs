@@ -271,10 +271,17 @@ const RULES: &str = r#"    - expression: variables.node == '' || request.name ==
         request.operation != 'UPDATE'
         || (has(object.metadata.annotations) == has(oldObject.metadata.annotations)
         && (!has(object.metadata.annotations)
-        || object.metadata.annotations == oldObject.metadata.annotations))
+        || object.metadata.annotations == oldObject.metadata.annotations)
+        && has(object.metadata.finalizers) == has(oldObject.metadata.finalizers)
+        && (!has(object.metadata.finalizers)
+        || object.metadata.finalizers == oldObject.metadata.finalizers)
+        && has(object.metadata.ownerReferences) == has(oldObject.metadata.ownerReferences)
+        && (!has(object.metadata.ownerReferences)
+        || object.metadata.ownerReferences == oldObject.metadata.ownerReferences))
       message: >-
         rule labels-and-status-only: an agent may change only the labels and
-        status of its NodeInstall, not its annotations
+        status of its NodeInstall, not its annotations, finalizers or owner
+        references
       reason: Forbidden
 "#;
 
