@@ -24,6 +24,7 @@ const VERSION: &str = if theseus::pkg::failpoint::ENABLED {
     long_about = None,
     after_help = "Examples:\n  \
         theseus crds | kubectl apply --server-side -f -\n  \
+        theseus policy | kubectl apply -f -\n  \
         theseus rollout status web-tier\n  \
         theseus pkg list --format json\n  \
         theseus completions bash > /etc/bash_completion.d/theseus\n\n\
@@ -46,6 +47,9 @@ enum Command {
         after_help = "Examples:\n  theseus crds | kubectl apply --server-side -f -\n  theseus crds --check crds/"
     )]
     Crds(cli::crds::CrdsArgs),
+    /// Print the admission policy that confines each node agent to its own
+    /// NodeInstall (the chart installs it; this is for installs without Helm).
+    Policy(cli::policy::PolicyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli::completions::CompletionsArgs),
     /// Run the operator: the PackageSet, PackageRepository, ServiceGroup and
@@ -109,6 +113,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
     let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
         Command::Crds(args) => ok(cli::crds::run(&args)),
+        Command::Policy(args) => ok(cli::policy::run(&args)),
         Command::Completions(args) => ok(cli::completions::run(&args, &mut Cli::command())),
         Command::Operator(args) => {
             ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))

@@ -91,6 +91,15 @@ fn values_schema_rejects_wrong_values_naming_the_key() {
         ("discovery.etcd.endpoints[0]=etcd:2379", "endpoints"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("halt.createSecret=false", "secretName"),
+        ("agent.identity.userPrefix=a'b", "userPrefix"),
+        (
+            "admissionPolicy.validationActions={Block}",
+            "validationActions",
+        ),
+        (
+            "agent.serviceAccount.create=false,operator.serviceAccount.create=false",
+            "agent.serviceAccount and operator.serviceAccount name the same",
+        ),
     ] {
         let out = helm(&tb, &["template", "t", &chart(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -182,7 +191,13 @@ impl Drop for Release {
 /// `kubectl auth can-i VERB RESOURCE --as=system:serviceaccount:NS:SA [ARGS…]`.
 fn can_i(tb: &TestbedEnv, ns: &str, sa: &str, verb: &str, what: &str, args: &[&str]) -> bool {
     let who = format!("--as=system:serviceaccount:{ns}:{sa}");
-    let mut all = vec!["auth", "can-i", verb, what, who.as_str()];
+    can_i_as(tb, &[&who], verb, what, args)
+}
+
+/// `kubectl auth can-i VERB RESOURCE WHO… [ARGS…]`, WHO being `--as…` flags.
+fn can_i_as(tb: &TestbedEnv, who: &[&str], verb: &str, what: &str, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i", verb, what];
+    all.extend_from_slice(who);
     all.extend_from_slice(args);
     let out = tb.kubectl(&all);
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -247,11 +262,14 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     ] {
         tb.kubectl_ok(&["get", kind, name, "--namespace", &ns.name]);
     }
+    let policy = format!("{agent}-node");
     for (kind, name) in [
         ("clusterrole", &operator),
         ("clusterrolebinding", &operator),
         ("clusterrole", &agent),
         ("clusterrolebinding", &agent),
+        ("validatingadmissionpolicy", &policy),
+        ("validatingadmissionpolicybinding", &policy),
     ] {
         tb.kubectl_ok(&["get", kind, name]);
     }
@@ -327,6 +345,16 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     ));
     assert!(can("create", "nodeinstalls.theseus.dev", &[]));
     assert!(can("watch", "nodeinstalls.theseus.dev", &[]));
+    // Labels by merge patch, status by server-side apply: no update, no
+    // delete (the admission policy confines the patches to its own node).
+    assert!(can("patch", "nodeinstalls.theseus.dev", &[]));
+    assert!(!can("update", "nodeinstalls.theseus.dev", &[]));
+    assert!(!can(
+        "update",
+        "nodeinstalls.theseus.dev",
+        &["--subresource=status"]
+    ));
+    assert!(!can("delete", "nodeinstalls.theseus.dev", &[]));
     assert!(can("get", "nodes", &[]));
     assert!(!can("patch", "packagesets.theseus.dev", &[]));
     assert!(!can("get", "secrets", &ns_flag));
@@ -335,6 +363,25 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     assert!(!can("patch", "nodes", &[]));
     assert!(!can("create", "pods", &ns_flag));
     assert!(!can("create", "events", &ns_flag));
+    // Agents outside the cluster get the same role through their groups: a
+    // client-certificate user and a per-node ServiceAccount.
+    for who in [
+        &["--as=theseus:node:n1", "--as-group=theseus:nodes"][..],
+        &["--as=system:serviceaccount:theseus-nodes:theseus-node-n1"][..],
+    ] {
+        let can = |verb: &str, what: &str, args: &[&str]| can_i_as(&tb, who, verb, what, args);
+        assert!(
+            can(
+                "patch",
+                "nodeinstalls.theseus.dev",
+                &["--subresource=status"]
+            ),
+            "{who:?}"
+        );
+        assert!(can("create", "nodeinstalls.theseus.dev", &[]), "{who:?}");
+        assert!(!can("update", "nodeinstalls.theseus.dev", &[]), "{who:?}");
+        assert!(!can("patch", "packagesets.theseus.dev", &[]), "{who:?}");
+    }
 
     // The operator.
     let can = |verb: &str, what: &str, args: &[&str]| can_i(&tb, n, &operator, verb, what, args);
@@ -385,9 +432,15 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         "events.events.k8s.io",
         &["--namespace", "default"]
     ));
-    // Leader election in its own namespace only.
+    // Leader election in its own namespace only, and only its own Lease
+    // (create cannot be limited by name).
     assert!(can("create", "leases.coordination.k8s.io", &ns_flag));
-    assert!(can("update", "leases.coordination.k8s.io", &ns_flag));
+    let lease = "leases.coordination.k8s.io/theseus-operator";
+    assert!(can("update", lease, &ns_flag));
+    assert!(can("get", lease, &ns_flag));
+    assert!(!can("update", "leases.coordination.k8s.io/other", &ns_flag));
+    assert!(!can("get", "leases.coordination.k8s.io/other", &ns_flag));
+    assert!(!can("update", lease, &["--namespace", "default"]));
     assert!(!can(
         "create",
         "leases.coordination.k8s.io",

@@ -6,5 +6,6 @@ pub mod discover;
 pub mod groups;
 pub mod node;
 pub mod pkg;
+pub mod policy;
 pub mod repo;
 pub mod rollout;
