@@ -8,3 +8,4 @@ pub mod node;
 pub mod pkg;
 pub mod repo;
 pub mod rollout;
+pub mod template;
