@@ -40,6 +40,10 @@ pub fn best(
 /// How many layouts of a new cluster the enumeration would try: the
 /// multisets of `model.size` valid node types.
 pub fn candidates(model: &Model) -> f64 {
+    if model.services.len() > 20 {
+        // Even listing the node types (2^n sets) is out of reach.
+        return f64::INFINITY;
+    }
     let types = (0..model.classes.len())
         .flat_map(|c| (1..1u64 << model.services.len()).map(move |set| (set, c)))
         .filter(|&(set, c)| node_ok(model, set, c))

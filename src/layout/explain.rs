@@ -43,6 +43,7 @@ pub fn feasible(model: &Model, active: &[bool]) -> Option<bool> {
         kinds: &kinds,
         groups: &[],
         size: Size::Fixed(model.size),
+        max_change: None,
     };
     Some(program.minimise(Level::Size, &[]).is_some())
 }

@@ -35,6 +35,9 @@ pub enum Level {
     Cost,
     /// The sum of the nodes' class preference ranks.
     Preference,
+    /// Moves and nodes changed in one: `moves × W + changed`, with `W`
+    /// above any number of changed nodes.
+    MovesThenChanged,
     /// Cost and preference in one: `cost × W + preference`, with `W` above
     /// any preference sum (see [`Program::preference_weight`]).
     CostThenPreference,
@@ -74,6 +77,9 @@ pub struct Program<'a> {
     pub groups: &'a [Group],
     /// The size.
     pub size: Size,
+    /// When set, an existing node may only become a kind that differs from
+    /// it in at most this many services (a bound the caller proved).
+    pub max_change: Option<u32>,
 }
 
 struct Vars {
@@ -120,6 +126,20 @@ impl Program<'_> {
             Size::Fixed(n) | Size::Range(_, n) => n as u64,
         };
         (self.model.classes.len().saturating_sub(1) as u64) * hi + 1
+    }
+
+    /// One more than the most nodes a change can touch.
+    pub fn changed_weight(&self) -> u64 {
+        let hi = match self.size {
+            Size::Fixed(n) | Size::Range(_, n) => n as u64,
+        };
+        self.groups.iter().map(|g| g.count as u64).sum::<u64>() + hi + 1
+    }
+
+    /// Whether `MovesThenChanged` stays exact in floating point.
+    pub fn can_combine_moves_and_changed(&self) -> bool {
+        let w = self.changed_weight() as u128;
+        (w * 65 * w) < 1u128 << 50
     }
 
     /// Whether `CostThenPreference` stays exact in floating point (its
@@ -231,6 +251,11 @@ impl Program<'_> {
                     e += weight * self.x(vars, j);
                 }
             }
+            Level::MovesThenChanged => {
+                let w = self.changed_weight() as f64;
+                return w * self.objective(vars, Level::Moves)
+                    + self.objective(vars, Level::Changed);
+            }
             Level::Moves | Level::Changed => {
                 // A node that leaves counts fully (`count × weight`); each one
                 // kept takes its own weight back off and adds its change.
@@ -284,6 +309,11 @@ impl Declared {
                     .iter()
                     .enumerate()
                     .filter(|(_, k)| Some(k.class) == g.class)
+                    .filter(|(_, k)| {
+                        program
+                            .max_change
+                            .is_none_or(|m| (k.set ^ g.set).count_ones() + g.stale <= m)
+                    })
                     .map(|(j, _)| (j, vars.add(variable().integer().min(0).max(g.count as f64))))
                     .collect()
             })

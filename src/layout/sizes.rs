@@ -29,6 +29,7 @@ pub fn feasible_sizes(model: &Model) -> Result<Vec<(u32, u32)>, Error> {
         kinds: &kinds,
         groups: &[],
         size,
+        max_change: None,
     };
     while n <= hi {
         let grown = last

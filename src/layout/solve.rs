@@ -66,28 +66,20 @@ pub fn solve(model: &Model, current: &[LayoutNode], prefix: &str) -> Result<Outc
     let active = all(model);
     let kinds = kinds::enumerate(model, &active).map_err(|_| Error::TooManyKinds)?;
     let (groups, members) = group(model, current);
-    let program = Program {
+    let mut program = Program {
         model,
         active: &active,
         kinds: &kinds,
         groups: &groups,
         size: Size::Fixed(model.size),
+        max_change: None,
     };
-    // Cost and preference are solved as one level when that is exact: a
-    // second solve with the cost held at its optimum is much slower.
-    let tail: &[Level] = match program.can_combine_cost_and_preference() {
-        true => &[Level::CostThenPreference],
-        false => &[Level::Cost, Level::Preference],
-    };
-    let head: &[Level] = if groups.is_empty() {
-        &[]
-    } else {
-        &[Level::Moves, Level::Changed]
-    };
-    let levels: Vec<Level> = head.iter().chain(tail).copied().collect();
+    if !groups.is_empty() {
+        program.max_change = change_bound(&program, &groups, current.len());
+    }
     let mut fixed = Vec::new();
     let mut best = None;
-    for &level in &levels {
+    for level in levels(&program) {
         let Some((counts, value)) = program.minimise(level, &fixed) else {
             return match fixed.is_empty() {
                 true => Ok(Outcome::Unsatisfiable(explain::explain(model))),
@@ -110,6 +102,55 @@ pub fn solve(model: &Model, current: &[LayoutNode], prefix: &str) -> Result<Outc
     let layout = expand(model, &kinds, &counts, &members, current, prefix);
     let objective = objective(model, current, &layout);
     Ok(Outcome::Solved { layout, objective })
+}
+
+/// The objective's levels, in order. Adjacent levels are solved as one
+/// weighted level when that is exact: a second solve with the first held
+/// at its optimum is much slower.
+fn levels(program: &Program<'_>) -> Vec<Level> {
+    let mut levels = Vec::new();
+    if !program.groups.is_empty() {
+        match program.can_combine_moves_and_changed() {
+            true => levels.push(Level::MovesThenChanged),
+            false => levels.extend([Level::Moves, Level::Changed]),
+        }
+    }
+    match program.can_combine_cost_and_preference() {
+        true => levels.push(Level::CostThenPreference),
+        false => levels.extend([Level::Cost, Level::Preference]),
+    }
+    levels
+}
+
+/// How many services an existing node may change in an optimal answer.
+///
+/// Keeping or removing nodes only (no node changes its services) gives an
+/// upper bound on the moves. Any answer removes at least
+/// `current - size` nodes, losing at least the services of that many of the
+/// smallest nodes, so an answer in which one node changes by more than the
+/// bound minus that is worse. `None` when no keep-or-remove answer exists.
+fn change_bound(program: &Program<'_>, groups: &[Group], current: usize) -> Option<u32> {
+    let only_keep = Program {
+        max_change: Some(0),
+        ..*program
+    };
+    let level = match program.can_combine_moves_and_changed() {
+        true => Level::MovesThenChanged,
+        false => Level::Moves,
+    };
+    let (_, value) = only_keep.minimise(level, &[])?;
+    let moves = match level {
+        Level::MovesThenChanged => value as u64 / program.changed_weight(),
+        _ => value as u64,
+    };
+    let mut sizes: Vec<u64> = groups
+        .iter()
+        .flat_map(|g| std::iter::repeat_n((g.set.count_ones() + g.stale) as u64, g.count as usize))
+        .collect();
+    sizes.sort_unstable();
+    let removed = current.saturating_sub(program.model.size as usize);
+    let forced: u64 = sizes.iter().take(removed).sum();
+    Some(moves.saturating_sub(forced) as u32)
 }
 
 /// Groups the current nodes by class and services; returns the groups and,
