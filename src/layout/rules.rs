@@ -207,7 +207,7 @@ fn capacity_rules(model: &mut Model) {
 /// An amount as people read it: CPU in cores or millicores, bytes in Gi/Mi.
 pub fn show(resource: &str, amount: u64) -> String {
     if resource == "cpu" {
-        return if amount % 1000 == 0 {
+        return if amount.is_multiple_of(1000) {
             (amount / 1000).to_string()
         } else {
             format!("{amount}m")
@@ -219,7 +219,7 @@ pub fn show(resource: &str, amount: u64) -> String {
         ("Mi", 1 << 20),
         ("Ki", 1 << 10),
     ] {
-        if amount >= size && amount % size == 0 {
+        if amount >= size && amount.is_multiple_of(size) {
             return format!("{}{unit}", amount / size);
         }
     }

@@ -154,11 +154,10 @@ pub fn template(catalog: &Catalog, t: &ClusterTemplateSpec) -> Vec<Finding> {
     if let Some(c) = &t.defaults.node_class {
         out.extend(node_class(catalog, t, "spec.defaults.nodeClass".into(), c));
     }
-    out.extend(
-        out.is_empty()
-            .then(|| services(catalog, &t.defaults.services, "spec.defaults.services"))
-            .unwrap_or_default(),
-    );
+    // Dependencies are checked once every name is known.
+    if out.is_empty() {
+        out = services(catalog, &t.defaults.services, "spec.defaults.services");
+    }
     out
 }
 
