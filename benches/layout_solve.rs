@@ -152,7 +152,7 @@ fn main() {
                     );
                     (
                         ms(brute_took),
-                        format!("{:.0}x", brute_took.as_secs_f64() / took.as_secs_f64()),
+                        format!("{:.1}x", brute_took.as_secs_f64() / took.as_secs_f64()),
                     )
                 }
                 Err(exhaustive::GaveUp) => {

@@ -368,3 +368,60 @@ fn the_example_catalog_is_accepted_by_the_api_server() {
     let dir = repo_root().join("examples/catalog");
     tb.kubectl_ok(&["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
 }
+
+#[test]
+fn template_solve_reads_the_catalog_from_the_api_server_without_files() {
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
+    // Names unique to this run: other tests share the API server.
+    let id = format!("solve-{}", std::process::id());
+    let manifest = format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: NodeClass
+metadata: {{name: {id}-box}}
+spec: {{provider: {{type: Local, local: {{}}}}, capacity: {{cpu: \"2\"}}}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ServiceDefinition
+metadata: {{name: {id}-api}}
+spec: {{resources: {{cpu: \"2\"}}}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ServiceDefinition
+metadata: {{name: {id}-worker}}
+spec: {{resources: {{cpu: 1}}}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ClusterTemplate
+metadata: {{name: {id}}}
+spec:
+  compatibility: {{nodeClasses: [{id}-box]}}
+  defaults: {{services: [{id}-api, {id}-worker]}}
+  constraints: {{services: {{{id}-api: {{count: {{max: 1}}}}}}}}
+"
+    );
+    let file = std::env::temp_dir().join(format!("{id}.yaml"));
+    std::fs::write(&file, manifest).unwrap();
+    let path = file.to_str().unwrap();
+    tb.kubectl_ok(&["apply", "-f", path]);
+    let out = tb
+        .command(theseus())
+        .args(["template", "solve", &id, "--size", "3"])
+        .output()
+        .unwrap();
+    tb.kubectl_ok(&["delete", "-f", path]);
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The api service fills a 2-CPU node, so it runs alone; workers fill the rest.
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&id)).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    let ending = |s: &str| rows.iter().filter(|r| r.ends_with(s)).count();
+    assert_eq!(ending(&format!("{id}-api")), 1, "{text}");
+    assert_eq!(ending(&format!("{id}-worker")), 2, "{text}");
+}
