@@ -11,6 +11,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod discovery;
+pub mod layout;
 pub mod logging;
 pub mod nodepool;
 pub mod operator;

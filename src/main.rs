@@ -80,6 +80,8 @@ enum Command {
     Discover(cli::discover::DiscoverArgs),
     /// Show service groups: desired, ready and published containers.
     Groups(cli::groups::GroupsArgs),
+    /// Solve a cluster template for a size, or validate it.
+    Template(cli::template::TemplateArgs),
 }
 
 /// The controllers `theseus operator` runs while it leads.
@@ -125,6 +127,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Repo(args) => ok(cli::repo::run(&args)),
         Command::Discover(args) => ok(cli::discover::run(&args)),
         Command::Groups(args) => ok(cli::groups::run(&args)),
+        Command::Template(args) => runtime()?.block_on(cli::template::run(args)),
     }
 }
 

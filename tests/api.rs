@@ -50,7 +50,7 @@ fn rules(value: &Value) -> Vec<String> {
 }
 
 #[test]
-fn crds_prints_five_definitions_in_group_theseus_dev() {
+fn crds_prints_every_definition_in_group_theseus_dev() {
     let stream = crds::render_stream();
     let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&stream)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -60,10 +60,14 @@ fn crds_prints_five_definitions_in_group_theseus_dev() {
     assert_eq!(
         kinds,
         [
+            "Cluster",
+            "ClusterTemplate",
+            "NodeClass",
             "NodeInstall",
             "NodePool",
             "PackageRepository",
             "PackageSet",
+            "ServiceDefinition",
             "ServiceGroup"
         ]
     );
@@ -147,6 +151,18 @@ fn short_names_and_printer_columns_are_as_documented() {
             "np",
             &["Desired", "Ready", "Provider", "Age"][..],
         ),
+        ("ServiceDefinition", "svcdef", &["CPU", "Memory", "Age"][..]),
+        (
+            "NodeClass",
+            "nc",
+            &["Provider", "CPU", "Memory", "Cost", "Age"][..],
+        ),
+        (
+            "ClusterTemplate",
+            "ctpl",
+            &["Valid", "Sizes", "Parent", "Age"][..],
+        ),
+        ("Cluster", "cl", &["Template", "Size", "Layout", "Age"][..]),
     ];
     for (kind, short, columns) in expect {
         let crd = api::crds()

@@ -10,17 +10,25 @@
 // reads each repetition as a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+mod cluster;
+mod cluster_template;
 pub mod conditions;
+mod node_class;
 mod node_install;
 mod node_pool;
 mod package_repository;
 mod package_set;
+mod service_definition;
 mod service_group;
 
+pub use cluster::*;
+pub use cluster_template::*;
+pub use node_class::*;
 pub use node_install::*;
 pub use node_pool::*;
 pub use package_repository::*;
 pub use package_set::*;
+pub use service_definition::*;
 pub use service_group::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -50,6 +58,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         NodeInstall::crd(),
         ServiceGroup::crd(),
         NodePool::crd(),
+        ServiceDefinition::crd(),
+        NodeClass::crd(),
+        ClusterTemplate::crd(),
+        Cluster::crd(),
     ]
 }
 

@@ -9,3 +9,4 @@ pub mod pkg;
 pub mod policy;
 pub mod repo;
 pub mod rollout;
+pub mod template;

@@ -57,6 +57,7 @@ impl Case {
             nodes: &self.nodes,
             drains: &self.drains,
             previous: &[],
+            first_seen: &BTreeMap::new(),
             now: self.now,
         })
     }
@@ -167,7 +168,7 @@ fn check_terminations(case: &Case, plan: &Plan) -> Result<(), String> {
                     .iter()
                     .find(|l| l.id == *id)
                     .ok_or(format!("{id} is unknown"))?;
-                if case.age(l.launched) < GRACE {
+                if l.launched.is_none_or(|t| case.age(t) < GRACE) {
                     return Err(format!("{id} is unrecorded and young, yet terminated"));
                 }
                 if l.launch_seq.is_some_and(|s| s >= case.pool.next_launch) {
@@ -330,7 +331,7 @@ fn case() -> impl Strategy<Value = Case> {
             if listed {
                 case.listed.push(Listed {
                     id: r.id.clone(),
-                    launched: r.launched,
+                    launched: Some(r.launched),
                     launch_seq: seq,
                 });
             }
@@ -350,7 +351,7 @@ fn case() -> impl Strategy<Value = Case> {
         for (k, (launched, seq)) in extra.into_iter().enumerate() {
             case.listed.push(Listed {
                 id: format!("x-{k}"),
-                launched: ago(launched),
+                launched: Some(ago(launched)),
                 launch_seq: seq,
             });
         }

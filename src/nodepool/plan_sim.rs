@@ -82,7 +82,7 @@ impl Sim {
             .filter(|i| !lag || age_at(self.now, i.2) > 30)
             .map(|i| Listed {
                 id: i.0.clone(),
-                launched: i.2,
+                launched: Some(i.2),
                 launch_seq: Some(i.1),
             })
             .collect();

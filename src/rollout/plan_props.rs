@@ -62,7 +62,10 @@ fn targeted(n: &NodeView, hash: &str) -> bool {
 
 /// Unavailable whichever way a reserved node that rolled back is read.
 fn surely_unavailable(n: &NodeView, hash: &str) -> bool {
-    let wants = targeted(n, hash) || (n.reserved && n.phase != NodePhase::RolledBack);
+    // A reservation stands only for a node that has not rolled back or
+    // failed since it was made.
+    let wants = targeted(n, hash)
+        || (n.reserved && !matches!(n.phase, NodePhase::RolledBack | NodePhase::Failed));
     stale(n) || (wants && !runs(n, hash) && !rolled_back_from(n, hash))
 }
 
@@ -114,7 +117,12 @@ fn check(set: &SetView, nodes: &[NodeView], halt: Option<&str>, plan: &Plan) -> 
     }
     let budget = budget_oracle(&set.max_unavailable, nodes.len());
     if !plan.start.is_empty() {
-        let busy = nodes.iter().filter(|n| surely_unavailable(n, hash)).count();
+        // A started node counts once, as started, even if it was already
+        // unavailable (a reserved node whose earlier attempt failed).
+        let busy = nodes
+            .iter()
+            .filter(|n| !plan.start.contains(&n.name) && surely_unavailable(n, hash))
+            .count();
         if busy + plan.start.len() > budget {
             return Err(format!(
                 "{busy} unavailable + {} started exceeds the budget {budget}",

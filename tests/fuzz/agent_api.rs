@@ -108,7 +108,7 @@ fn build_repo(dir: &Path) {
     for pkg in ["demo-config-1.0.0", "demo-web-1.0.0"] {
         theseus::pkg::build::build(&examples.join(pkg), &dir.join("packages")).unwrap();
     }
-    theseus::pkg::index::write(dir, None, None).unwrap();
+    theseus::pkg::index::write(dir, Default::default()).unwrap();
     // Hostile archives, served but not indexed.
     let hostile = crate::engine::corpus("unpack");
     for (k, (_, bytes)) in hostile.iter().enumerate() {
@@ -133,7 +133,7 @@ fn world() -> World {
             dir.path().join("repo"),
             listener,
         ));
-        (repo, app(root.clone()))
+        (repo, app(root.clone(), &dir.path().join("root")))
     });
     World {
         runtime,
@@ -145,7 +145,7 @@ fn world() -> World {
 }
 
 /// The router with a stand-in agent loop that activates through the library.
-fn app(root: Arc<Mutex<Root>>) -> axum::Router {
+fn app(root: Arc<Mutex<Root>>, root_dir: &std::path::Path) -> axum::Router {
     let (tx, mut rx) = mpsc::channel::<api::ActivateRequest>(1);
     let loop_root = root.clone();
     tokio::spawn(async move {
@@ -180,6 +180,17 @@ fn app(root: Arc<Mutex<Root>>) -> axum::Router {
         token: Some(TOKEN.into()),
         activate: tx,
         fetch,
+        // Unsigned and from anywhere, so that the fuzzed bodies reach the
+        // fetcher and the unpacker; the trust rules have their own tests.
+        policy: Arc::new(
+            theseus::pkg::trust::TrustConfig {
+                allow_unsigned: true,
+                ..Default::default()
+            }
+            .policy("fuzz")
+            .unwrap(),
+        ),
+        versions: theseus::pkg::accepted::AcceptedVersions::under(root_dir),
     })
 }
 
