@@ -45,7 +45,7 @@ FUZZ_SECONDS ?= 15
 FUZZ_SEED    ?= $(shell date +%s)
 fuzz:
 	THESEUS_FUZZ_SECONDS=$(FUZZ_SECONDS) THESEUS_FUZZ_SEED=$(FUZZ_SEED) \
-		$(CARGO) test --test fuzz -- --test-threads=1 --nocapture
+		$(CARGO) test --features failpoints --test fuzz -- --test-threads=1 --nocapture
 
 ## crds: regenerate crds/ from the API types (and the chart's copy)
 crds:
