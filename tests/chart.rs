@@ -7,9 +7,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use support::{TestNamespace, TestbedEnv, repo_root};
+use support::{TestNamespace, TestbedEnv, kubectl_stdin, repo_root};
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/theseus")
@@ -32,28 +32,6 @@ fn helm(tb: &TestbedEnv, args: &[&str]) -> Output {
 
 fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
     support::run::stdout_ok(&mut helm_command(tb, args))
-}
-
-/// Pipes `yaml` into `kubectl ARGS… -f -`.
-fn kubectl_stdin(tb: &TestbedEnv, args: &[&str], yaml: &str) -> Output {
-    use std::io::Write;
-    let kubectl = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
-    let mut child = tb
-        .command(kubectl)
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

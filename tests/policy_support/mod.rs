@@ -3,11 +3,11 @@
 //! cluster-scoped objects a test creates, and a `theseus agent` process.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub use crate::support::kubectl_stdin;
 use crate::support::{self, TestbedEnv, repo_root};
 
 /// The user extra that names the node of a bound token's pod.
@@ -27,27 +27,6 @@ pub fn chart() -> String {
 pub fn helm_ok(tb: &TestbedEnv, args: &[&str]) -> String {
     let helm = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/helm");
     support::run::stdout_ok(tb.command(helm).args(args))
-}
-
-/// `kubectl ARGS… -f -` with `yaml` on stdin.
-pub fn kubectl_stdin(tb: &TestbedEnv, args: &[&str], yaml: &str) -> Output {
-    let kubectl = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
-    let mut child = tb
-        .command(kubectl)
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// A command's stdout and stderr together.

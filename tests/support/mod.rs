@@ -272,3 +272,25 @@ where
         }
     }
 }
+
+/// `kubectl ARGS… -f -` with `yaml` on stdin.
+pub fn kubectl_stdin(tb: &TestbedEnv, args: &[&str], yaml: &str) -> Output {
+    use std::io::Write;
+    let kubectl = PathBuf::from(tb.var("THESEUS_TESTBED_DIR")).join("bin/kubectl");
+    let mut child = tb
+        .command(kubectl)
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
