@@ -284,54 +284,7 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
     let nodes_ns = TestNamespace::create(&tb, &client, "policy-outside").await;
     let ids = Ids::new();
     let mut cleanup = Cleanup::new(&tb);
-    // Installed without Helm: `theseus policy | kubectl apply -f -`, and the
-    // chart's agent ClusterRole (bound to the per-node groups) by itself.
-    let policy = format!("theseus-test-policy-{}", ids.tag);
-    cleanup.add("validatingadmissionpolicy", &policy);
-    cleanup.add("validatingadmissionpolicybinding", &policy);
-    let yaml = theseus_policy(&[
-        "--name",
-        &policy,
-        "--agent-service-account",
-        &format!("{}/no-such-agent", nodes_ns.name),
-        "--node-user-prefix",
-        &ids.user_prefix,
-        "--node-group",
-        &ids.group,
-        "--node-service-account-namespace",
-        &nodes_ns.name,
-    ]);
-    assert_allowed(
-        &kubectl_stdin(&tb, &["apply"], &yaml),
-        "applying `theseus policy`",
-    );
-    let role = format!("theseus-test-policy-{}-agent", ids.tag);
-    cleanup.add("clusterrole", &role);
-    cleanup.add("clusterrolebinding", &role);
-    let rbac = helm_ok(
-        &tb,
-        &[
-            "template",
-            "t",
-            &chart(),
-            "--show-only",
-            "templates/agent-clusterrole.yaml",
-            "--set",
-            &format!(
-                "fullnameOverride=theseus-test-policy-{},agent.enabled=false",
-                ids.tag
-            ),
-            "--set",
-            &format!(
-                "agent.identity.group={},agent.identity.serviceAccountNamespace={}",
-                ids.group, nodes_ns.name
-            ),
-        ],
-    );
-    assert_allowed(
-        &kubectl_stdin(&tb, &["apply"], &rbac),
-        "applying the agent ClusterRole",
-    );
+    let policy = install_without_helm(&tb, &ids, &nodes_ns.name, &mut cleanup);
 
     let (a, b, s) = (ids.node("a"), ids.node("b"), ids.node("s"));
     for n in [&a, &b, &s] {
@@ -445,6 +398,137 @@ async fn agents_outside_the_cluster_are_confined_by_their_user_names() {
     nodes_ns.delete(&client).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_pool_agents_act_as_their_nodes_own_service_accounts() {
+    let Some(rig) = support::pools::LocalRig::new("policy-local").await else {
+        return;
+    };
+    let tb = &rig.tb;
+    let nodes_ns = TestNamespace::create(tb, &rig.client, "policy-local-nodes").await;
+    let ids = Ids::new();
+    let mut cleanup = Cleanup::new(tb);
+    let policy = install_without_helm(tb, &ids, &nodes_ns.name, &mut cleanup);
+    let _operator = rig.operator_with(&[
+        "--local-agent-identity",
+        "service-account",
+        "--node-identity-namespace",
+        &nodes_ns.name,
+    ]);
+    rig.apply_pool(2, "Wait").await;
+    rig.joined(2).await;
+    let node = |seq: u32| format!("{}-{seq}", rig.run);
+    let dir = |seq: u32| {
+        rig.state
+            .path()
+            .join("nodepools")
+            .join(&rig.run)
+            .join(seq.to_string())
+    };
+
+    // Each node has its ServiceAccount, and its agent runs with it.
+    let accounts = tb.kubectl_ok(&[
+        "get",
+        "serviceaccounts",
+        "-n",
+        &nodes_ns.name,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    for seq in [0, 1] {
+        let sa = format!("theseus-node-{}", node(seq));
+        assert!(
+            accounts.split_whitespace().any(|a| a == sa),
+            "{sa} in {accounts}"
+        );
+    }
+    let pids = support::pools::agent_pids(rig.state.path(), &rig.run);
+    assert_eq!(pids.len(), 2, "two local agents");
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        let kubeconfig = environ
+            .split('\0')
+            .find_map(|v| v.strip_prefix("KUBECONFIG="))
+            .unwrap_or_default();
+        assert!(
+            [0, 1]
+                .iter()
+                .any(|&s| dir(s).join("kubeconfig") == std::path::Path::new(kubeconfig)),
+            "agent {pid} runs with its node's kubeconfig, not the operator's: {kubeconfig:?}"
+        );
+    }
+
+    // With node 0's credentials: its own labels, nothing of node 1, no spec.
+    let as_0 = vec![format!(
+        "--kubeconfig={}",
+        dir(0).join("kubeconfig").display()
+    )];
+    let labels = r#"{"metadata":{"labels":{"zone":"z1"}}}"#;
+    wait_in_force(&policy, "own-node", || {
+        patch(tb, &as_0, &node(1), labels, &["--dry-run=server"])
+    });
+    assert_allowed(
+        &patch(tb, &as_0, &node(0), labels, &[]),
+        "node 0's agent identity labelling node 0",
+    );
+    assert_refused(
+        &patch(tb, &as_0, &node(1), labels, &[]),
+        &policy,
+        "own-node",
+        "node 0's agent identity labelling node 1",
+    );
+    let spec = format!(r#"{{"spec":{{"target":{}}}}}"#, target_json());
+    assert_refused(
+        &patch(tb, &as_0, &node(0), &spec, &[]),
+        &policy,
+        "no-spec",
+        "node 0's agent identity setting its target",
+    );
+
+    // A removed node's ServiceAccount goes with it, and its token with that.
+    let token_1 = std::fs::read_to_string(dir(1).join("token")).unwrap();
+    let kept = tempfile::tempdir().unwrap();
+    let as_1 = vec![format!(
+        "--kubeconfig={}",
+        token_kubeconfig(tb, kept.path(), token_1.trim()).display()
+    )];
+    assert_allowed(
+        &as_who(tb, &as_1, &["get", "nodeinstall", &node(1)]),
+        "node 1's token before the removal",
+    );
+    rig.scale(1);
+    rig.joined(1).await;
+    let sa_1 = format!("theseus-node-{}", node(1));
+    support::eventually(
+        Duration::from_secs(30),
+        "node 1's ServiceAccount deleted",
+        || async {
+            let out = tb.kubectl(&["get", "serviceaccount", &sa_1, "-n", &nodes_ns.name]);
+            (!out.status.success())
+                .then_some(())
+                .ok_or_else(|| "still there".to_owned())
+        },
+    )
+    .await;
+    // The API server caches a token's authentication for a few seconds.
+    support::eventually(
+        Duration::from_secs(30),
+        "a removed node's token refused",
+        || async {
+            let out = as_who(tb, &as_1, &["get", "nodeinstall", &node(0)]);
+            (!out.status.success() && text(&out).contains("Unauthorized"))
+                .then_some(())
+                .ok_or_else(|| text(&out))
+        },
+    )
+    .await;
+
+    support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    drop(cleanup);
+    nodes_ns.delete(&rig.client).await;
+    rig.ns.delete(&rig.client).await;
+}
+
 #[test]
 fn the_chart_and_theseus_policy_render_the_same_policy() {
     let Some(tb) = require_testbed!() else { return };
@@ -505,6 +589,29 @@ fn the_chart_and_theseus_policy_render_the_same_policy() {
     assert_eq!(
         policy_docs(&chart),
         policy_docs(&cli),
+        "chart:\n{chart}\ncli:\n{cli}"
+    );
+
+    // The agents' ClusterRole and binding: the chart's, and `--rbac`'s.
+    let rbac = |release: &str, ns: &str| {
+        helm_ok(
+            &tb,
+            &[
+                "template",
+                release,
+                &chart_dir,
+                "--namespace",
+                ns,
+                "--show-only",
+                "templates/agent-clusterrole.yaml",
+            ],
+        )
+    };
+    let chart = rbac("theseus", "theseus-system");
+    let cli = theseus_policy(&["--rbac"]);
+    assert_eq!(
+        policy_docs(&chart),
+        policy_docs(&cli)[2..],
         "chart:\n{chart}\ncli:\n{cli}"
     );
 

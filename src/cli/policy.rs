@@ -43,7 +43,8 @@ impl Action {
 #[command(after_help = "Examples:\n  \
     theseus policy | kubectl apply -f -\n  \
     theseus policy --agent-service-account ops/fleet-theseus-agent | kubectl apply -f -\n  \
-    theseus policy --validation-action Warn --validation-action Audit   # try it first\n\n\
+    theseus policy --validation-action Warn --validation-action Audit   # try it first\n  \
+    theseus policy --rbac | kubectl apply -f -   # with the agents' ClusterRole, no Helm at all\n\n\
     Agents in pods are known by their ServiceAccount; the node is the one their\n\
     bound token's pod runs on. Agents outside the cluster each have their own\n\
     identity: the user NODE-USER-PREFIX+NODE (a client certificate, in the group\n\
@@ -86,6 +87,16 @@ pub struct PolicyArgs {
     /// (Warn and Audit to try the policy before enforcing it).
     #[arg(long, value_enum, default_values_t = [Action::Deny])]
     pub validation_action: Vec<Action>,
+
+    /// Also print the agents' ClusterRole and its binding to the agent
+    /// ServiceAccount, --node-group and every ServiceAccount of
+    /// --node-service-account-namespace (the chart's agent ClusterRole).
+    #[arg(long)]
+    pub rbac: bool,
+
+    /// Name of the ClusterRole and ClusterRoleBinding --rbac prints.
+    #[arg(long, default_value = "theseus-agent", requires = "rbac")]
+    pub rbac_name: String,
 }
 
 /// Runs `theseus policy`.
@@ -140,17 +151,71 @@ pub fn render(args: &PolicyArgs) -> anyhow::Result<String> {
     if actions.contains(&"Deny") && actions.contains(&"Warn") {
         anyhow::bail!("--validation-action Deny and Warn together are not allowed; choose one");
     }
-    Ok(policy_yaml(&Identities {
+    let sa_group = format!("system:serviceaccounts:{sa_ns}");
+    let mut yaml = policy_yaml(&Identities {
         name,
         agent: &agent,
         prefix,
         group,
         sa_user: &format!("system:serviceaccount:{sa_ns}:{sa_prefix}"),
-        sa_group: &format!("system:serviceaccounts:{sa_ns}"),
+        sa_group: &sa_group,
         sa_ns,
         sa_prefix,
         actions: &actions,
-    }))
+    });
+    if args.rbac {
+        let role = checked("rbac-name", &args.rbac_name)?;
+        yaml.push_str(&rbac_yaml(role, (ns, sa), group, &sa_group));
+    }
+    Ok(yaml)
+}
+
+/// The agents' ClusterRole (what the chart's agent-clusterrole.yaml
+/// grants) and its binding to every agent identity.
+fn rbac_yaml(role: &str, (ns, sa): (&str, &str), group: &str, sa_group: &str) -> String {
+    format!(
+        r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {role}
+  labels:
+    app.kubernetes.io/part-of: theseus
+    app.kubernetes.io/component: agent
+rules:
+  - apiGroups: ["theseus.dev"]
+    resources: ["nodeinstalls"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  - apiGroups: ["theseus.dev"]
+    resources: ["nodeinstalls/status"]
+    verbs: ["get", "patch"]
+  - apiGroups: [""]
+    resources: ["nodes"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {role}
+  labels:
+    app.kubernetes.io/part-of: theseus
+    app.kubernetes.io/component: agent
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {role}
+subjects:
+  - kind: ServiceAccount
+    name: {sa}
+    namespace: {ns}
+  - kind: Group
+    apiGroup: rbac.authorization.k8s.io
+    name: "{group}"
+  - kind: Group
+    apiGroup: rbac.authorization.k8s.io
+    name: "{sa_group}"
+"#
+    )
 }
 
 /// The validated identities the policy text is built from.
@@ -353,6 +418,34 @@ mod tests {
                 "no message names rule {rule}: {rules:?}"
             );
         }
+    }
+
+    #[test]
+    fn rbac_binds_the_agent_role_to_every_agent_identity() {
+        assert_eq!(docs(&render(&args(&[])).unwrap()).len(), 2);
+        let docs = docs(&render(&args(&["--rbac", "--node-group", "fleet:nodes"])).unwrap());
+        assert_eq!(docs.len(), 4);
+        assert_eq!(docs[2]["kind"], "ClusterRole");
+        let verbs = &docs[2]["rules"][0]["verbs"];
+        assert!(
+            !verbs.as_array().unwrap().iter().any(|v| v == "update"),
+            "{verbs}"
+        );
+        assert_eq!(docs[3]["roleRef"]["name"], "theseus-agent");
+        let subjects: Vec<&str> = docs[3]["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                "theseus-agent",
+                "fleet:nodes",
+                "system:serviceaccounts:theseus-nodes"
+            ]
+        );
     }
 
     #[test]

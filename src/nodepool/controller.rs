@@ -27,6 +27,7 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::identity::{Mode, NodeIdentity};
 use super::plan::{self, DrainOutcome, Recorded, State};
 use super::pool_status::{self, Fill, report_failure};
 use super::provider::{Instance, POOL_TAG, Provider};
@@ -86,18 +87,32 @@ struct PoolContext {
     /// A client that does not retry 429: a refused eviction (a
     /// PodDisruptionBudget) must come back at once, not after minutes.
     evictions: kube::Client,
+    /// Local agents' own identities, when they have them.
+    identity: Option<Arc<NodeIdentity>>,
 }
 
-/// A client like the operator's, without kube's retries of 429/503/504.
-async fn eviction_client(fallback: &kube::Client) -> kube::Client {
+/// A client like the operator's, without kube's retries of 429/503/504,
+/// and the issuer of local agents' identities (when the operator gives them
+/// their own).
+async fn clients(ctx: &Context) -> (kube::Client, Option<Arc<NodeIdentity>>) {
+    let fallback = &ctx.client;
     match kube::Config::infer().await {
         Ok(mut config) => {
+            let identity = (ctx.args.local_agent_identity == Mode::ServiceAccount).then(|| {
+                Arc::new(NodeIdentity::new(
+                    fallback.clone(),
+                    &config,
+                    &ctx.args.node_identity_namespace,
+                    &ctx.args.node_identity_prefix,
+                ))
+            });
             config.default_retry = false;
-            kube::Client::try_from(config).unwrap_or_else(|_| fallback.clone())
+            let evictions = kube::Client::try_from(config).unwrap_or_else(|_| fallback.clone());
+            (evictions, identity)
         }
         Err(e) => {
             warn!(error = %e, "cannot build the eviction client; evictions blocked by a PodDisruptionBudget will be retried by kube");
-            fallback.clone()
+            (fallback.clone(), None)
         }
     }
 }
@@ -108,12 +123,13 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let client = ctx.client.clone();
         let config = ctx.watch_config();
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
-        let evictions = eviction_client(&client).await;
+        let (evictions, identity) = clients(&ctx).await;
         let shared = Arc::new(PoolContext {
             ctx,
             recorder,
             providers: Arc::new(Mutex::new(HashMap::new())),
             evictions,
+            identity,
         });
         // NodeInstall changes wake their pool, heartbeats excepted.
         let woken =
@@ -178,7 +194,7 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
     let name = pool.name_any();
     let client = &pc.ctx.client;
     let status = pool.status.clone().unwrap_or_default();
-    let provider = match providers::get(pool, &pc.ctx, &pc.providers).await {
+    let provider = match providers::get(pool, &pc.ctx, &pc.providers, pc.identity.as_ref()).await {
         Ok(p) => p,
         Err(e) => {
             report_failure(client, &pc.recorder, pool, "InvalidProvider", e.to_string()).await;
@@ -369,7 +385,8 @@ async fn terminate(
 /// carrying the pool's tags, and remove the pool's NodeInstalls.
 async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     let name = pool.name_any();
-    let Ok(provider) = providers::get(pool, &pc.ctx, &pc.providers).await else {
+    let Ok(provider) = providers::get(pool, &pc.ctx, &pc.providers, pc.identity.as_ref()).await
+    else {
         // Nothing can have been launched with settings that do not work.
         return Ok(Action::await_change());
     };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 
+use super::identity::{Files, NodeIdentity};
 use super::provider::{self, CLUSTER_TAG, Instance, LAUNCH_TAG, Owner, POOL_TAG, Provider};
 
 /// How long an agent has to exit after SIGTERM before it gets SIGKILL.
@@ -62,18 +63,22 @@ pub struct Local {
     program: PathBuf,
     labels: BTreeMap<String, String>,
     port_base: Option<i32>,
+    identity: Option<std::sync::Arc<NodeIdentity>>,
 }
 
 impl Local {
     /// Agents of `owner`'s pool under `dir`, run from `program` (the
     /// operator's own binary) with the pool's node labels; with a
-    /// `port_base`, agent N sets `PORT=port_base+N` for its services.
+    /// `port_base`, agent N sets `PORT=port_base+N` for its services. With
+    /// an `identity`, each agent acts as its node's own ServiceAccount;
+    /// without, it inherits the operator's credentials.
     pub fn new(
         owner: Owner,
         dir: PathBuf,
         program: PathBuf,
         labels: BTreeMap<String, String>,
         port_base: Option<i32>,
+        identity: Option<std::sync::Arc<NodeIdentity>>,
     ) -> Local {
         Local {
             owner,
@@ -81,7 +86,16 @@ impl Local {
             program,
             labels,
             port_base,
+            identity,
         }
+    }
+
+    fn node(&self, seq: i64) -> String {
+        format!("{}-{seq}", self.owner.pool)
+    }
+
+    fn files(&self, seq: i64) -> Files {
+        Files::in_dir(&self.dir.join(seq.to_string()))
     }
 
     fn io(&self, action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -144,7 +158,8 @@ impl Local {
             .collect())
     }
 
-    fn start(&self, seq: i64) -> Result<Instance, Error> {
+    /// Starts agent `seq`; with `kubeconfig`, it acts with that identity.
+    fn start(&self, seq: i64, kubeconfig: Option<&Path>) -> Result<Instance, Error> {
         if let Some((_, launched)) = self.running(seq) {
             return Ok(self.instance(seq, launched));
         }
@@ -159,7 +174,7 @@ impl Local {
             .collect();
         let mut cmd = Command::new(&self.program);
         cmd.arg("agent")
-            .args(["--node-name", &format!("{}-{seq}", self.owner.pool)])
+            .args(["--node-name", &self.node(seq)])
             .arg("--root")
             .arg(dir.join("root"))
             .args(["--labels", &labels.join(",")])
@@ -169,6 +184,9 @@ impl Local {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log);
+        if let Some(kubeconfig) = kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
         // Its own process group: a Ctrl-C meant for the operator does not
         // take the pool's nodes down with it.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -269,6 +287,11 @@ impl Provider for Local {
             let mut out = Vec::new();
             for seq in self.seqs()? {
                 if let Some((_, launched)) = self.running(seq) {
+                    if let Some(identity) = &self.identity {
+                        identity
+                            .renew_if_old(&self.node(seq), &self.files(seq))
+                            .await?;
+                    }
                     out.push(self.instance(seq, launched));
                 }
             }
@@ -284,7 +307,17 @@ impl Provider for Local {
         Box::pin(async move {
             let mut out = Vec::new();
             for seq in first_seq..first_seq + count as i64 {
-                out.push(self.start(seq)?);
+                let kubeconfig = match &self.identity {
+                    Some(identity) if self.running(seq).is_none() => {
+                        let dir = self.dir.join(seq.to_string());
+                        std::fs::create_dir_all(&dir).map_err(self.io("cannot create", &dir))?;
+                        let files = self.files(seq);
+                        identity.issue(&self.node(seq), &files).await?;
+                        Some(files.kubeconfig)
+                    }
+                    _ => None,
+                };
+                out.push(self.start(seq, kubeconfig.as_deref())?);
             }
             Ok(out)
         })
@@ -299,6 +332,9 @@ impl Provider for Local {
                 let (this, i) = (self, i.clone());
                 // Stopping waits for the agent; keep the runtime free meanwhile.
                 tokio::task::block_in_place(|| this.stop(&i))?;
+                if let (Some(identity), Some(seq)) = (&self.identity, i.launch_seq()) {
+                    identity.revoke(&self.node(seq)).await?;
+                }
             }
             Ok(())
         })

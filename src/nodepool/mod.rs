@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod controller;
 pub mod drain;
+pub mod identity;
 pub mod local;
 pub mod plan;
 pub mod pool_status;

@@ -66,6 +66,9 @@ pub enum Error {
     /// A local agent process could not be started or stopped.
     #[error(transparent)]
     Local(#[from] super::local::Error),
+    /// A local agent's own identity could not be issued or revoked.
+    #[error(transparent)]
+    Identity(#[from] super::identity::Error),
 }
 
 impl Error {

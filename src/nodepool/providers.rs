@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::aws::{self, Ec2};
+use super::identity::NodeIdentity;
 use super::local::Local;
 use super::provider::{Owner, Provider};
 use crate::api::{NodePool, ProviderType, SecretReference};
@@ -54,11 +55,13 @@ pub enum Error {
     },
 }
 
-/// The provider of `pool`, built or reused.
+/// The provider of `pool`, built or reused; local agents act as their
+/// node's own identity when `identity` is given.
 pub async fn get(
     pool: &NodePool,
     ctx: &Context,
     cache: &Cache,
+    identity: Option<&Arc<NodeIdentity>>,
 ) -> Result<Arc<dyn Provider>, Error> {
     let name = pool.name_any();
     let owner = Owner {
@@ -120,6 +123,7 @@ pub async fn get(
                 program,
                 labels,
                 settings.service_port_base,
+                identity.cloned(),
             ))
         }
     };

@@ -110,6 +110,28 @@ pub struct OperatorArgs {
     /// terminated.
     #[arg(long, default_value_t = 600)]
     pub instance_grace_seconds: u64,
+
+    /// Whom the agents of Local NodePools act as: `operator` (they inherit
+    /// the operator's credentials) or `service-account` (each node its own
+    /// ServiceAccount, --node-identity-prefix+NODE in
+    /// --node-identity-namespace, created with the node and deleted with
+    /// it; the admission policy confines it to its node).
+    #[arg(
+        long,
+        env = "THESEUS_LOCAL_AGENT_IDENTITY",
+        value_enum,
+        default_value = "operator"
+    )]
+    pub local_agent_identity: crate::nodepool::identity::Mode,
+
+    /// Namespace of the per-node ServiceAccounts of local agents (the
+    /// policy's `agent.identity.serviceAccountNamespace`).
+    #[arg(long, default_value = "theseus-nodes")]
+    pub node_identity_namespace: String,
+
+    /// Node NODE's ServiceAccount is this prefix followed by NODE.
+    #[arg(long, default_value = "theseus-node-")]
+    pub node_identity_prefix: String,
 }
 
 /// What every controller shares.

@@ -178,6 +178,44 @@ pub fn wait_in_force(policy: &str, rule: &str, probe: impl Fn() -> Output) {
     }
 }
 
+/// Installs the policy and the agents' ClusterRole as a non-Helm install
+/// does (`theseus policy --rbac | kubectl apply -f -`) with the test's
+/// identities and per-node ServiceAccount namespace; returns the policy's
+/// name.
+pub fn install_without_helm(
+    tb: &TestbedEnv,
+    ids: &Ids,
+    nodes_ns: &str,
+    cleanup: &mut Cleanup,
+) -> String {
+    let policy = format!("theseus-test-policy-{}", ids.tag);
+    cleanup.add("validatingadmissionpolicy", &policy);
+    cleanup.add("validatingadmissionpolicybinding", &policy);
+    let role = format!("theseus-test-policy-{}-agent", ids.tag);
+    cleanup.add("clusterrole", &role);
+    cleanup.add("clusterrolebinding", &role);
+    let yaml = theseus_policy(&[
+        "--name",
+        &policy,
+        "--agent-service-account",
+        &format!("{nodes_ns}/no-such-agent"),
+        "--node-user-prefix",
+        &ids.user_prefix,
+        "--node-group",
+        &ids.group,
+        "--node-service-account-namespace",
+        nodes_ns,
+        "--rbac",
+        "--rbac-name",
+        &role,
+    ]);
+    assert_allowed(
+        &kubectl_stdin(tb, &["apply"], &yaml),
+        "applying `theseus policy --rbac`",
+    );
+    policy
+}
+
 /// `helm install` of the chart into `ns` with the test's identities; no pod
 /// runs (no operator replica, the agent DaemonSet selects no node).
 pub fn install_chart(tb: &TestbedEnv, ns: &str, nodes_ns: &str, ids: &Ids, cleanup: &mut Cleanup) {

@@ -103,14 +103,21 @@ impl LocalRig {
 
     /// Starts the run's operator.
     pub fn operator(&self) -> Operator {
+        self.operator_with(&[])
+    }
+
+    /// Starts the run's operator with `extra` arguments.
+    pub fn operator_with(&self, extra: &[&str]) -> Operator {
         let state = self.state.path().to_str().unwrap().to_owned();
+        let mut args = vec!["--cluster-name", &self.run, "--state-dir", &state];
+        args.extend_from_slice(extra);
         Operator::start_with(
             &self.tb,
             &self.ns.name,
             &self.run,
             "a",
             &self.logs,
-            &["--cluster-name", &self.run, "--state-dir", &state],
+            &args,
             &[],
         )
     }
