@@ -5,15 +5,41 @@
 //! The crate builds one binary, `theseus`, whose subcommands are the
 //! operator, the node agent and the command line. This library holds all of
 //! it; `main.rs` only parses arguments.
+//!
+//! # Layers
+//!
+//! The modules form layers, and every import points down
+//! (`docs/architecture.md`, "The layer rule"; the tests of `layers` check
+//! it and that there is no import cycle):
+//!
+//! 1. [`api`]: the kinds (CRD types) and the conditions helper;
+//! 2. [`pkg`]: the package format and the node's root, no Kubernetes; and
+//!    [`layout`]: the layout solver, pure;
+//! 3. [`shared`]: what every controller uses: the `Shared` handle (client,
+//!    reporter, metrics, halt, scope, stores), status and events helpers,
+//!    the watch configuration;
+//! 4. the controllers, one folder each, never importing each other:
+//!    [`rollout`] (PackageSet), [`repository`] (PackageRepository),
+//!    [`nodepool`], [`discovery`] (ServiceGroup and the etcd tree); and
+//!    beside them the node [`agent`], which uses only `api` and `pkg`;
+//! 5. [`operator`]: wiring only: each controller's typed configuration
+//!    from the arguments, leader election, the HTTP endpoints;
+//! 6. [`cli`], and `main.rs`.
+//!
+//! [`logging`] sits below everything.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod discovery;
+#[cfg(test)]
+mod layers;
 pub mod layout;
 pub mod logging;
 pub mod nodepool;
 pub mod operator;
 pub mod pkg;
+pub mod repository;
 pub mod rollout;
+pub mod shared;

@@ -4,7 +4,6 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use theseus::cli;
 use theseus::logging::{self, LogFormat};
-use theseus::operator::Controller;
 
 /// The version `--version` prints; a build with failpoints says so, so that
 /// one is never mistaken for a release.
@@ -84,26 +83,6 @@ enum Command {
     Template(cli::template::TemplateArgs),
 }
 
-/// The controllers `theseus operator` runs while it leads.
-const CONTROLLERS: &[Controller] = &[
-    Controller {
-        name: "packagerepository",
-        run: theseus::rollout::repository::run,
-    },
-    Controller {
-        name: "packageset",
-        run: theseus::rollout::controller::run,
-    },
-    Controller {
-        name: "servicegroup",
-        run: theseus::discovery::operator_controller,
-    },
-    Controller {
-        name: "nodepool",
-        run: theseus::nodepool::controller::run,
-    },
-];
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,9 +96,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Crds(args) => ok(cli::crds::run(&args)),
         Command::Policy(args) => ok(cli::policy::run(&args)),
         Command::Completions(args) => ok(cli::completions::run(&args, &mut Cli::command())),
-        Command::Operator(args) => {
-            ok(runtime()?.block_on(theseus::operator::run(args, CONTROLLERS)))
-        }
+        Command::Operator(args) => ok(runtime()?.block_on(theseus::operator::run(args))),
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
         Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
         Command::Node(args) => ok(runtime()?.block_on(cli::node::run(args))),

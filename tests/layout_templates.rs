@@ -209,7 +209,7 @@ fn each_example_has_a_layout_at_every_feasible_size_and_none_outside() {
     ] {
         let resolved = resolve::resolve(&c, name).unwrap();
         assert_eq!(validate::template(&c, &resolved), vec![], "{name} is valid");
-        let model = layout::model::build(
+        let model = layout::build_model(
             &c,
             &resolved,
             &Request {

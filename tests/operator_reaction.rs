@@ -297,7 +297,7 @@ async fn the_operators_watches_recover_from_a_stalled_connection_within_half_a_m
         .unwrap();
 
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let events = watcher(maps, theseus::operator::scoped(None));
+    let events = watcher(maps, theseus::shared::scoped(None));
     let watching = tokio::spawn(async move {
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {

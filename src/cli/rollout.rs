@@ -11,7 +11,7 @@ use kube::{Api, Client};
 
 use crate::api::PackageSet;
 use crate::api::conditions::{self, types};
-use crate::operator::halt::HaltStore;
+use crate::shared::halt::HaltStore;
 
 /// Follow, halt and resume PackageSet rollouts.
 #[derive(Args, Debug)]

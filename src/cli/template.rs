@@ -143,7 +143,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                         size: 1,
                         ..Request::default()
                     };
-                    let model = layout::model::build(&catalog, &resolved, &request)
+                    let model = layout::build_model(&catalog, &resolved, &request)
                         .map_err(anyhow::Error::msg)?;
                     let sizes =
                         layout::sizes::format_ranges(&layout::sizes::feasible_sizes(&model)?);

@@ -145,8 +145,8 @@ pub fn run(ctx: Context) -> BoxFuture<'static, Result<(), ControllerError>> {
 async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     let groups: Api<ServiceGroup> = ctx.api();
     crd_served(groups.clone()).await?;
-    let labelled = crate::operator::scoped(None).labels(NAME_LABEL);
-    let scoped = crate::operator::scoped(ctx.selector.as_deref());
+    let labelled = crate::shared::scoped(None).labels(NAME_LABEL);
+    let scoped = crate::shared::scoped(ctx.selector.as_deref());
     let controller = Controller::new(groups.clone(), scoped.clone())
         .owns(Api::<Deployment>::all(ctx.client.clone()), labelled.clone())
         .watches(

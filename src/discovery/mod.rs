@@ -1,4 +1,5 @@
-//! Service discovery: the etcd tree of DESIGN.md §5, the ServiceGroup
+//! Service discovery: the etcd tree (docs/architecture.md, "The etcd
+//! discovery tree"), the ServiceGroup
 //! controller that runs each group as a Deployment, and the publisher that
 //! keeps the tree a projection of each group's ready pods.
 //!
@@ -32,19 +33,21 @@ pub use model::{ContainerInfo, GroupConfig, PortMapping};
 pub use tree::{Tree, TreeError};
 
 /// The ServiceGroup controller and publisher as one of `theseus operator`'s
-/// controllers: runs while the operator leads, unless `--no-discovery`.
+/// controllers: runs while the operator leads, publishing into `etcd`;
+/// without an etcd (`--no-discovery`) it idles.
 pub fn operator_controller(
-    ctx: crate::operator::Context,
+    shared: crate::shared::Shared,
+    etcd: Option<EtcdConfig>,
     stop: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(async move {
-        if ctx.args.no_discovery {
+        let Some(etcd) = etcd else {
             // Disabled: idle until stopped (ending early would mean it died).
             stop.cancelled().await;
             return;
-        }
-        let mut discovery = Context::new(ctx.client.clone(), ctx.args.discovery.config());
-        discovery.selector = ctx.args.selector.clone();
+        };
+        let mut discovery = Context::new(shared.client.clone(), etcd);
+        discovery.selector = shared.selector.clone();
         tokio::select! {
             result = run(discovery) => {
                 if let Err(err) = result {

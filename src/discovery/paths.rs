@@ -1,4 +1,5 @@
-//! The key layout of the discovery tree (DESIGN.md §5), pure:
+//! The key layout of the discovery tree (docs/architecture.md, "The etcd
+//! discovery tree"), pure:
 //!
 //! ```text
 //! PREFIX/SERVICE/.service                              marker written by create_service

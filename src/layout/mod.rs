@@ -74,6 +74,19 @@ pub fn solve_request(
             return Err(invalid(findings));
         }
     }
-    let model = model::build(catalog, &resolved, request).map_err(RequestError::Request)?;
+    let model = build_model(catalog, &resolved, request).map_err(RequestError::Request)?;
     Ok(solve::solve(&model, current, prefix)?)
+}
+
+/// The model of `request` against a resolved template, with every
+/// constraint of the template. Fails, naming the field, when the request
+/// names something the catalog lacks or a rule cannot be built.
+pub fn build_model(
+    catalog: &Catalog,
+    template: &crate::api::ClusterTemplateSpec,
+    request: &Request,
+) -> Result<model::Model, String> {
+    let mut model = model::base(catalog, template, request)?;
+    rules::add_all(&mut model, template)?;
+    Ok(model)
 }

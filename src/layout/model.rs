@@ -131,23 +131,22 @@ impl Model {
     }
 }
 
-/// Builds the model for `request` against a resolved template. Fails, naming
-/// the field, when the request names something the catalog lacks.
-pub fn build(
+/// Builds the model for `request` against a resolved template, without its
+/// constraints ([`super::build_model`] adds them). Fails, naming the field, when
+/// the request names something the catalog lacks.
+pub fn base(
     catalog: &Catalog,
     template: &ClusterTemplateSpec,
     request: &Request,
 ) -> Result<Model, String> {
     let services = services(catalog, template, request)?;
     let classes = classes(catalog, template, request)?;
-    let mut model = Model {
+    Ok(Model {
         size: request.size,
         services,
         classes,
         constraints: Vec::new(),
-    };
-    super::rules::add_all(&mut model, template)?;
-    Ok(model)
+    })
 }
 
 /// The requested services (or the defaults), de-duplicated, in the

@@ -103,43 +103,11 @@ fn grow(
     let mut y = x.to_vec();
     for j in std::iter::once(*hint).chain(0..kinds.len()) {
         y[j] += 1;
-        if counts_ok(model, active, kinds, &y, n) {
+        if kinds::counts_ok(model, active, kinds, &y, n) {
             *hint = j;
             return Some(y);
         }
         y[j] -= 1;
     }
     None
-}
-
-/// Whether node counts per kind keep every active count, ratio and size
-/// rule at size `n`, in exact integer arithmetic.
-pub fn counts_ok(model: &Model, active: &[bool], kinds: &[Kind], x: &[u32], n: u32) -> bool {
-    if x.iter().map(|&v| v as u64).sum::<u64>() != n as u64 {
-        return false;
-    }
-    let mut counts = vec![0u64; model.services.len()];
-    for (k, &v) in kinds.iter().zip(x) {
-        let mut set = k.set;
-        while set != 0 {
-            counts[set.trailing_zeros() as usize] += v as u64;
-            set &= set - 1;
-        }
-    }
-    let count = |s: usize| counts[s];
-    let base = |of: Option<usize>| of.map_or(n as u64, count);
-    model
-        .constraints
-        .iter()
-        .zip(active)
-        .filter(|(_, on)| **on)
-        .all(|(c, _)| match c.rule {
-            Rule::SizeMin(m) => n >= m,
-            Rule::SizeMax(m) => n <= m,
-            Rule::CountMin { s, n: m } => count(s) >= m as u64,
-            Rule::CountMax { s, n: m } => count(s) <= m as u64,
-            Rule::RatioMin { s, of, per, n: m } => per as u64 * count(s) >= m as u64 * base(of),
-            Rule::RatioMax { s, of, per, n: m } => per as u64 * count(s) <= m as u64 * base(of),
-            _ => true,
-        })
 }

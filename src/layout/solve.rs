@@ -90,7 +90,7 @@ pub fn solve(model: &Model, current: &[LayoutNode], prefix: &str) -> Result<Outc
         best = Some(counts);
     }
     let counts = best.expect("at least one level");
-    if !super::sizes::counts_ok(
+    if !kinds::counts_ok(
         model,
         &active,
         &kinds,

@@ -66,6 +66,8 @@ pub enum Error {
         op: &'static str,
         /// How many times it was tried.
         attempts: u32,
+        /// Whether the last answer was a throttling refusal.
+        throttled: bool,
         /// What EC2 said.
         message: String,
     },
@@ -96,6 +98,20 @@ pub enum Error {
         /// The instance.
         id: String,
     },
+}
+
+impl From<Error> for provider::Error {
+    fn from(e: Error) -> provider::Error {
+        let kind = match &e {
+            Error::Call {
+                throttled: true, ..
+            } => provider::Kind::Throttled,
+            Error::Call { .. } => provider::Kind::Api,
+            Error::Timeout { .. } => provider::Kind::Timeout,
+            Error::NotOwned { .. } => provider::Kind::NotOwned,
+        };
+        provider::Error::new(kind, e)
+    }
 }
 
 /// EC2 calls made, by operation (every attempt counts).
@@ -276,6 +292,7 @@ impl Ec2 {
                 pool: self.owner.pool.clone(),
                 op,
                 attempts: attempt,
+                throttled: is_throttle(&err),
                 message: DisplayErrorContext(&err).to_string(),
             });
         }

@@ -27,14 +27,15 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::Config;
 use super::identity::{Mode, NodeIdentity};
 use super::plan::{self, DrainOutcome, Recorded, State};
 use super::pool_status::{self, Fill, report_failure};
 use super::provider::{Instance, POOL_TAG, Provider};
 use super::{drain, providers, triggers};
 use crate::api::{NodeInstall, NodePool, NodePoolStatus};
-use crate::operator::{Context, status};
 use crate::pkg::failpoint;
+use crate::shared::{Shared, status};
 
 /// The controller's name in metrics.
 const NAME: &str = "nodepool";
@@ -81,7 +82,8 @@ impl Error {
 }
 
 struct PoolContext {
-    ctx: Context,
+    ctx: Shared,
+    config: Config,
     recorder: Recorder,
     providers: providers::Cache,
     /// A client that does not retry 429: a refused eviction (a
@@ -94,16 +96,16 @@ struct PoolContext {
 /// A client like the operator's, without kube's retries of 429/503/504,
 /// and the issuer of local agents' identities (when the operator gives them
 /// their own).
-async fn clients(ctx: &Context) -> (kube::Client, Option<Arc<NodeIdentity>>) {
+async fn clients(ctx: &Shared, settings: &Config) -> (kube::Client, Option<Arc<NodeIdentity>>) {
     let fallback = &ctx.client;
     match kube::Config::infer().await {
         Ok(mut config) => {
-            let identity = (ctx.args.local_agent_identity == Mode::ServiceAccount).then(|| {
+            let identity = (settings.local_identity == Mode::ServiceAccount).then(|| {
                 Arc::new(NodeIdentity::new(
                     fallback.clone(),
                     &config,
-                    &ctx.args.node_identity_namespace,
-                    &ctx.args.node_identity_prefix,
+                    &settings.identity_namespace,
+                    &settings.identity_prefix,
                 ))
             });
             config.default_retry = false;
@@ -118,14 +120,15 @@ async fn clients(ctx: &Context) -> (kube::Client, Option<Arc<NodeIdentity>>) {
 }
 
 /// Runs the controller until `stop` is cancelled.
-pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let client = ctx.client.clone();
         let config = ctx.watch_config();
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
-        let (evictions, identity) = clients(&ctx).await;
+        let (evictions, identity) = clients(&ctx, &settings).await;
         let shared = Arc::new(PoolContext {
             ctx,
+            config: settings,
             recorder,
             providers: Arc::new(Mutex::new(HashMap::new())),
             evictions,
@@ -194,7 +197,15 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
     let name = pool.name_any();
     let client = &pc.ctx.client;
     let status = pool.status.clone().unwrap_or_default();
-    let provider = match providers::get(pool, &pc.ctx, &pc.providers, pc.identity.as_ref()).await {
+    let provider = match providers::get(
+        pool,
+        &pc.ctx.client,
+        &pc.config,
+        &pc.providers,
+        pc.identity.as_ref(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => {
             report_failure(client, &pc.recorder, pool, "InvalidProvider", e.to_string()).await;
@@ -385,7 +396,14 @@ async fn terminate(
 /// carrying the pool's tags, and remove the pool's NodeInstalls.
 async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     let name = pool.name_any();
-    let Ok(provider) = providers::get(pool, &pc.ctx, &pc.providers, pc.identity.as_ref()).await
+    let Ok(provider) = providers::get(
+        pool,
+        &pc.ctx.client,
+        &pc.config,
+        &pc.providers,
+        pc.identity.as_ref(),
+    )
+    .await
     else {
         // Nothing can have been launched with settings that do not work.
         return Ok(Action::await_change());
@@ -393,7 +411,7 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     let listed = provider.list().await?;
     let status = pool.status.clone().unwrap_or_default();
     let first_seen = pool_status::first_seen(&status);
-    let grace = pc.ctx.args.instance_grace_seconds as i64;
+    let grace = pc.config.instance_grace.as_secs() as i64;
     let now = Timestamp::now();
     let (victims, young): (Vec<Instance>, Vec<Instance>) = listed.into_iter().partition(|i| {
         // No launch time and never seen: young, as far as anyone knows.
@@ -464,8 +482,8 @@ fn pool_view(
         drain_timeout: secs(pool.spec.drain_timeout_seconds),
         drain_policy: pool.spec.drain_timeout_policy,
         join_timeout: secs(pool.spec.join_timeout_seconds),
-        grace: Duration::from_secs(pc.ctx.args.instance_grace_seconds),
-        stale_after: Duration::from_secs(pc.ctx.args.stale_after_seconds),
+        grace: pc.config.instance_grace,
+        stale_after: pc.config.stale_after,
         next_launch: status.next_launch,
     }
 }

@@ -75,6 +75,16 @@ pub enum Error {
     },
 }
 
+impl From<Error> for super::provider::Error {
+    fn from(e: Error) -> super::provider::Error {
+        let kind = match &e {
+            Error::Kube { .. } | Error::NoToken { .. } => super::provider::Kind::Api,
+            Error::Io { .. } => super::provider::Kind::Local,
+        };
+        super::provider::Error::new(kind, e)
+    }
+}
+
 /// Issues and revokes per-node ServiceAccount identities.
 pub struct NodeIdentity {
     client: kube::Client,

@@ -56,6 +56,16 @@ pub enum Error {
     },
 }
 
+impl From<Error> for provider::Error {
+    fn from(e: Error) -> provider::Error {
+        let kind = match &e {
+            Error::NotOwned { .. } => provider::Kind::NotOwned,
+            Error::Io { .. } | Error::PortRange { .. } => provider::Kind::Local,
+        };
+        provider::Error::new(kind, e)
+    }
+}
+
 /// A pool's local agent processes.
 pub struct Local {
     owner: Owner,

@@ -15,7 +15,7 @@ use super::plan::{Recorded, State};
 use super::provider::POOL_TAG;
 use crate::api::conditions::{Observed, types};
 use crate::api::{FirstSeen, NodePool, NodePoolStatus, PoolInstance};
-use crate::operator::status;
+use crate::shared::status;
 
 /// The instances recorded in `status`. A record without a launch time (not
 /// one this controller wrote) is aged from when it was first seen, which is

@@ -57,26 +57,46 @@ impl Instance {
     }
 }
 
-/// Errors of any provider.
+/// What kind of failure a provider error is; only the provider that raised
+/// it knows the details (its error is the [`Error`]'s source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The provider kept refusing for rate limits.
+    Throttled,
+    /// An instance to terminate is not the owner's.
+    NotOwned,
+    /// The provider did not answer in time.
+    Timeout,
+    /// A provider or Kubernetes API call failed.
+    Api,
+    /// A local process or file could not be used.
+    Local,
+}
+
+/// Errors of any provider: a kind and the provider's own error.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An EC2 call failed.
-    #[error(transparent)]
-    Aws(#[from] super::aws::Error),
-    /// A local agent process could not be started or stopped.
-    #[error(transparent)]
-    Local(#[from] super::local::Error),
-    /// A local agent's own identity could not be issued or revoked.
-    #[error(transparent)]
-    Identity(#[from] super::identity::Error),
+#[error("{source}")]
+pub struct Error {
+    /// What kind of failure.
+    pub kind: Kind,
+    /// The provider's error, which names the pool and what to do.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl Error {
+    /// An error of `kind` caused by `source`.
+    pub fn new(kind: Kind, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error {
+            kind,
+            source: Box::new(source),
+        }
+    }
+
     /// The reason of the pool's Degraded condition: `ProviderTimeout` when
     /// the provider did not answer in time, else `ProviderError`.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Aws(super::aws::Error::Timeout { .. }) => "ProviderTimeout",
+        match self.kind {
+            Kind::Timeout => "ProviderTimeout",
             _ => "ProviderError",
         }
     }

@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
+use super::Config;
 use super::aws::{self, Ec2};
 use super::identity::NodeIdentity;
 use super::local::Local;
 use super::provider::{Owner, Provider};
 use crate::api::{NodePool, ProviderType, SecretReference};
-use crate::operator::Context;
 
 /// Providers by pool uid, with the settings they were built from.
 pub type Cache = Arc<Mutex<HashMap<String, (String, Arc<dyn Provider>)>>>;
@@ -59,7 +59,8 @@ pub enum Error {
 /// node's own identity when `identity` is given.
 pub async fn get(
     pool: &NodePool,
-    ctx: &Context,
+    client: &kube::Client,
+    config: &Config,
     cache: &Cache,
     identity: Option<&Arc<NodeIdentity>>,
 ) -> Result<Arc<dyn Provider>, Error> {
@@ -67,7 +68,7 @@ pub async fn get(
     let owner = Owner {
         pool: name.clone(),
         uid: pool.uid().unwrap_or_default(),
-        cluster: ctx.args.cluster_name.clone(),
+        cluster: config.cluster_name.clone(),
     };
     let keys = match pool
         .spec
@@ -76,7 +77,7 @@ pub async fn get(
         .as_ref()
         .and_then(|a| a.credentials_secret_ref.as_ref())
     {
-        Some(r) => Some(secret_keys(ctx, &name, r).await?),
+        Some(r) => Some(secret_keys(client, &name, r).await?),
         None => None,
     };
     let key = serde_json::to_string(&(&pool.spec.provider, &pool.spec.node_labels, &keys))
@@ -111,7 +112,7 @@ pub async fn get(
             let dir = settings
                 .state_dir
                 .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| ctx.args.state_dir.join("nodepools").join(&name));
+                .unwrap_or_else(|| config.state_dir.join("nodepools").join(&name));
             let program = std::env::current_exe().map_err(|source| Error::Program {
                 pool: name.clone(),
                 source,
@@ -143,7 +144,7 @@ pub fn forget(pool: &NodePool, cache: &Cache) {
 }
 
 async fn secret_keys(
-    ctx: &Context,
+    client: &kube::Client,
     pool: &str,
     r: &SecretReference,
 ) -> Result<(String, String), Error> {
@@ -153,7 +154,7 @@ async fn secret_keys(
         name: r.name.clone(),
         why,
     };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &r.namespace)
+    let secret = Api::<Secret>::namespaced(client.clone(), &r.namespace)
         .get(&r.name)
         .await
         .map_err(|e| err(format!("cannot read it: {e}")))?;

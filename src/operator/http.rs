@@ -13,8 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::halt::HaltStore;
-use super::metrics::Metrics;
+use crate::shared::halt::HaltStore;
+use crate::shared::metrics::Metrics;
 
 /// What the handlers share.
 #[derive(Clone)]

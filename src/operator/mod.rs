@@ -2,12 +2,9 @@
 //! serves the HTTP endpoints.
 
 pub mod fence;
-pub mod halt;
 pub mod http;
 mod lead;
 pub mod leader;
-pub mod metrics;
-pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,12 +20,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::halt::HaltStore;
 use self::leader::{Elector, LeaseConfig};
-use self::metrics::Metrics;
-
-/// The field manager of everything the operator writes.
-pub const MANAGER: &str = "theseus-operator";
+use crate::shared::halt::HaltStore;
+use crate::shared::metrics::Metrics;
+use crate::shared::stores::Stores;
+use crate::shared::{MANAGER, Shared};
 
 /// Run the Theseus operator: the PackageSet, PackageRepository, ServiceGroup
 /// and NodePool controllers, under leader election.
@@ -134,53 +130,14 @@ pub struct OperatorArgs {
     pub node_identity_prefix: String,
 }
 
-/// What every controller shares.
-#[derive(Clone)]
-pub struct Context {
-    /// The API client.
-    pub client: Client,
-    /// The metrics registry.
-    pub metrics: Metrics,
-    /// The halt store.
-    pub halt: HaltStore,
-    /// The operator's settings.
-    pub args: Arc<OperatorArgs>,
-    /// The event reporter.
-    pub reporter: Reporter,
-    /// The last good index of each PackageRepository, by name.
-    pub indexes: crate::rollout::repository::IndexCache,
-}
-
-impl Context {
-    /// The watcher configuration for the objects this operator manages.
-    pub fn watch_config(&self) -> kube::runtime::watcher::Config {
-        scoped(self.args.selector.as_deref())
-    }
-}
-
-/// How long one watch call may stay open: the API server ends it after this
-/// many seconds and the watcher resumes from the last resourceVersion. A
-/// watch that goes quiet without an error (a stalled connection, a watch on
-/// storage the API server replaced) is noticed within this time plus a few
-/// seconds, instead of kube's default of nearly five minutes.
-pub const WATCH_TIMEOUT_SECONDS: u32 = 20;
-
-/// A watcher configuration limited to objects matching `selector`, if any,
-/// with watch calls bounded by [`WATCH_TIMEOUT_SECONDS`].
-pub fn scoped(selector: Option<&str>) -> kube::runtime::watcher::Config {
-    let config = kube::runtime::watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
-    match selector {
-        Some(selector) => config.labels(selector),
-        None => config,
-    }
-}
-
-/// A controller: runs until `stop` is cancelled. Ending (or panicking)
-/// before that means it died: the operator then exits non-zero.
-pub type ControllerFn = fn(Context, CancellationToken) -> BoxFuture<'static, ()>;
+/// A controller: given the shared handle, runs until `stop` is cancelled.
+/// Ending (or panicking) before that means it died: the operator then exits
+/// non-zero.
+pub type ControllerFn =
+    Arc<dyn Fn(Shared, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A controller and its name (in logs and `/readyz`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Controller {
     /// e.g. `packageset`.
     pub name: &'static str,
@@ -188,9 +145,51 @@ pub struct Controller {
     pub run: ControllerFn,
 }
 
+impl Controller {
+    fn new(
+        name: &'static str,
+        run: impl Fn(Shared, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Controller {
+        Controller {
+            name,
+            run: Arc::new(run),
+        }
+    }
+}
+
+/// The controllers the operator runs while it leads, each with its typed
+/// configuration built from `args`.
+pub fn controllers(args: &OperatorArgs) -> Vec<Controller> {
+    let stale_after = Duration::from_secs(args.stale_after_seconds);
+    let rollout = crate::rollout::Config { stale_after };
+    let nodepool = crate::nodepool::Config {
+        state_dir: args.state_dir.clone(),
+        cluster_name: args.cluster_name.clone(),
+        instance_grace: Duration::from_secs(args.instance_grace_seconds),
+        stale_after,
+        local_identity: args.local_agent_identity,
+        identity_namespace: args.node_identity_namespace.clone(),
+        identity_prefix: args.node_identity_prefix.clone(),
+    };
+    let discovery = (!args.no_discovery).then(|| args.discovery.config());
+    vec![
+        Controller::new("packagerepository", crate::repository::run),
+        Controller::new("packageset", move |shared, stop| {
+            crate::rollout::controller::run(shared, rollout.clone(), stop)
+        }),
+        Controller::new("servicegroup", move |shared, stop| {
+            crate::discovery::operator_controller(shared, discovery.clone(), stop)
+        }),
+        Controller::new("nodepool", move |shared, stop| {
+            crate::nodepool::controller::run(shared, nodepool.clone(), stop)
+        }),
+    ]
+}
+
 /// Runs the operator until SIGINT or SIGTERM, or until one of its
 /// controllers dies (an error: the process exits non-zero and is restarted).
-pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Result<()> {
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let controllers = controllers(&args);
     let config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
@@ -214,7 +213,7 @@ pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Resu
         .build();
     let token = halt_token(&client, &args).await?;
     let halt = HaltStore::new(client.clone(), &args.namespace);
-    let ctx = Context {
+    let shared = Shared {
         client: fenced,
         metrics: Metrics::default(),
         halt: halt.clone(),
@@ -222,15 +221,16 @@ pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Resu
             controller: MANAGER.into(),
             instance: Some(identity.clone()),
         },
-        args: Arc::new(args.clone()),
-        indexes: Default::default(),
+        namespace: args.namespace.clone(),
+        selector: args.selector.clone(),
+        stores: Stores::default(),
     };
 
     let readiness = http::Readiness::not_yet("not connected to the API server yet");
     let state = http::HttpState {
         halt,
         token,
-        metrics: ctx.metrics.clone(),
+        metrics: shared.metrics.clone(),
         readiness: readiness.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -261,7 +261,7 @@ pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Resu
     let spawn = |stop: &CancellationToken| -> Vec<(&'static str, BoxFuture<'static, ()>)> {
         controllers
             .iter()
-            .map(|c| (c.name, guarded(c, ctx.clone(), stop.child_token())))
+            .map(|c| (c.name, guarded(c, shared.clone(), stop.child_token())))
             .collect()
     };
     let outcome = lead::lead(leading, spawn, &readiness, shutdown).await;
@@ -280,8 +280,8 @@ pub async fn run(args: OperatorArgs, controllers: &[Controller]) -> anyhow::Resu
 /// The controller's future, with the test-only failpoint
 /// `NAME-controller-panics` (a build with failpoints panics it two seconds
 /// after it starts).
-fn guarded(c: &Controller, ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
-    let work = (c.run)(ctx, stop);
+fn guarded(c: &Controller, shared: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    let work = (c.run)(shared, stop);
     let step = format!("{}-controller-panics", c.name);
     Box::pin(async move {
         if crate::pkg::failpoint::armed(&step) {

@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use super::accepted::AcceptedVersions;
 use super::index::{self, Index, IndexEntry, IndexError};
 use super::trust::{self, Grant};
-use super::unpack::{self, Limits, UnpackStats};
+use super::unpack::{self, Limits};
 
 pub use super::fetch_error::FetchError;
+pub use super::stream::Fetched;
 
 /// Largest `index.json` accepted.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
@@ -54,17 +55,6 @@ impl Default for FetchOptions {
             limits: Limits::default(),
         }
     }
-}
-
-/// The result of downloading one archive.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    /// The sha256 of the archive.
-    pub sha256: String,
-    /// Its size.
-    pub size: u64,
-    /// What the unpack did.
-    pub stats: UnpackStats,
 }
 
 /// A client for one repository.

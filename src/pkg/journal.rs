@@ -185,6 +185,20 @@ pub fn decide(journal: Option<&Journal>, facts: &DiskFacts) -> RecoveryPlan {
     }
 }
 
+/// What [`Root::recover`](super::root::Root::recover) did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryReport {
+    /// How the in-flight operation ended.
+    pub outcome: Outcome,
+    /// Generations deleted because they were built but never switched to.
+    pub removed_generations: Vec<u64>,
+    /// Generations removed by garbage collection after a finished switch.
+    pub collected_generations: Vec<u64>,
+    /// Temporary files and directories removed, relative to the root.
+    pub removed_temporaries: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

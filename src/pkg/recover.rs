@@ -1,24 +1,8 @@
 //! Recovery: ending whatever an interrupted process left in flight.
 
-use serde::Serialize;
-
 use super::disk::{self, TMP_MARK};
-use super::journal::{self, DiskFacts, Outcome};
+use super::journal::{self, DiskFacts, Outcome, RecoveryReport};
 use super::root::{Root, RootError, io_err, read_names};
-
-/// What [`Root::recover`] did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RecoveryReport {
-    /// How the in-flight operation ended.
-    pub outcome: Outcome,
-    /// Generations deleted because they were built but never switched to.
-    pub removed_generations: Vec<u64>,
-    /// Generations removed by garbage collection after a finished switch.
-    pub collected_generations: Vec<u64>,
-    /// Temporary files and directories removed, relative to the root.
-    pub removed_temporaries: Vec<String>,
-}
 
 impl Root {
     /// Finishes or undoes whatever the journal says was in flight, and

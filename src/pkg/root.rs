@@ -19,9 +19,9 @@ use super::failpoint;
 use super::fetch::FetchError;
 use super::generation::{self, GenerationError, SetFile};
 use super::id::PackageId;
+pub use super::journal::RecoveryReport;
 use super::journal::{self, JournalError, Operation, Step};
 use super::pkginfo::{PkgInfo, PkgInfoError};
-pub use super::recover::RecoveryReport;
 use super::set::{Member, SetError};
 use super::unpack::UnpackError;
 

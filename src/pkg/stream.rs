@@ -8,8 +8,19 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::fetch::{FetchError, Fetched};
-use super::unpack::{self, Limits};
+use super::fetch_error::FetchError;
+use super::unpack::{self, Limits, UnpackStats};
+
+/// The result of downloading one archive.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The sha256 of the archive.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// What the unpack did.
+    pub stats: UnpackStats,
+}
 
 /// Unpacks a local archive into `dest`, hashing it in the same pass.
 pub fn unpack_file(

@@ -25,14 +25,15 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::Config;
 use super::status::{REPOSITORY_NOT_READY, conflict_condition, invalid_conditions, set_status};
 use super::target::{TargetError, put_target};
 use super::{ownership, plan, validate};
 use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
-use crate::operator::halt::HALT_CONFIGMAP;
-use crate::operator::{Context, status};
 use crate::pkg::PackageId;
 use crate::pkg::set::set_hash;
+use crate::shared::halt::HALT_CONFIGMAP;
+use crate::shared::{Shared, status};
 
 /// The controller's name in metrics.
 const NAME: &str = "packageset";
@@ -70,14 +71,15 @@ impl Error {
 }
 
 struct SetContext {
-    ctx: Context,
+    ctx: Shared,
+    config: Config,
     nodes: Store<NodeInstall>,
     sets: Store<PackageSet>,
     recorder: Recorder,
 }
 
 /// Runs the controller until `stop` is cancelled.
-pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let client = ctx.client.clone();
         let node_api: Api<NodeInstall> = Api::all(client.clone());
@@ -118,12 +120,13 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let controller = Controller::new(Api::<PackageSet>::all(client.clone()), config.clone());
         let sets = controller.store();
         let (by_halt, by_repo) = (sets.clone(), sets.clone());
-        let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.args.namespace);
+        let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.namespace);
         let halt_config =
-            crate::operator::scoped(None).fields(&format!("metadata.name={HALT_CONFIGMAP}"));
+            crate::shared::scoped(None).fields(&format!("metadata.name={HALT_CONFIGMAP}"));
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
         let shared = Arc::new(SetContext {
             ctx,
+            config: settings,
             nodes,
             sets,
             recorder,
@@ -220,6 +223,7 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
     // Validate (pure) before touching any node.
     let index = sc
         .ctx
+        .stores
         .indexes
         .read()
         .expect("index cache lock")
@@ -266,7 +270,7 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
         set: &set_view,
         nodes: &views,
         halt: halt_message.as_deref(),
-        stale_after: Duration::from_secs(sc.ctx.args.stale_after_seconds),
+        stale_after: sc.config.stale_after,
         now,
     });
 
@@ -335,7 +339,7 @@ fn record_metrics(
         sc.ctx
             .metrics
             .nodes
-            .get_or_create(&crate::operator::metrics::PhaseLabels {
+            .get_or_create(&crate::shared::metrics::PhaseLabels {
                 phase: phase.to_owned(),
             })
             .set(count);

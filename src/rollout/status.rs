@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::plan::Plan;
 use crate::api::conditions::{Observed, types};
 use crate::api::{PackageSet, PackageSetStatus};
-use crate::operator::status::merge;
+use crate::shared::status::merge;
 
 /// The Conflict condition: which matched nodes an older set owns.
 pub fn conflict_condition(conflicts: &BTreeMap<String, String>) -> Observed<'static> {

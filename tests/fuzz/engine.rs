@@ -226,6 +226,37 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The name of the worker threads.
+const WORKER: &str = "fuzz-worker";
+
+/// A worker's panic is a finding, reported with its input: the panic hook
+/// prints one line for it instead of a backtrace, whose symbolization can
+/// take longer than the hang limit on a busy machine and turn a panic into
+/// a reported hang. Other threads keep the hook they had.
+fn quiet_worker_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(WORKER) {
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let payload = info.payload();
+                let text = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                eprintln!("fuzz worker panicked{at}: {text}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// The thread that runs the checks, so that a hang can be noticed.
 struct Worker {
     inputs: mpsc::Sender<Vec<u8>>,
@@ -242,7 +273,9 @@ impl Worker {
     {
         let (tx_in, rx_in) = mpsc::channel::<Vec<u8>>();
         let (tx_out, rx_out) = mpsc::channel();
-        std::thread::spawn(move || {
+        quiet_worker_panics();
+        let worker = std::thread::Builder::new().name(WORKER.into());
+        let spawned = worker.spawn(move || {
             let mut check = make_check();
             for input in rx_in {
                 let verdict = match catch_unwind(AssertUnwindSafe(|| check(&input))) {
@@ -257,6 +290,7 @@ impl Worker {
                 }
             }
         });
+        spawned.expect("the fuzz worker thread starts");
         Worker {
             inputs: tx_in,
             verdicts: rx_out,

@@ -3,7 +3,7 @@
 
 use theseus::api::LayoutNode;
 use theseus::cli::template::add_documents;
-use theseus::layout::{Catalog, Model, Outcome, Request, exhaustive, explain, model, resolve};
+use theseus::layout::{Catalog, Model, Outcome, Request, exhaustive, explain, resolve};
 
 /// Node classes small (cost 1), spare (like small, cost 1) and large (cost
 /// 3), and services with small resources, two heavy ones (3 CPUs: two do
@@ -74,7 +74,7 @@ pub fn dedent(text: &str) -> String {
 /// The model of `request` against template `t`.
 pub fn model_for(catalog: &Catalog, request: &Request) -> Model {
     let resolved = resolve::resolve(catalog, "t").expect("the fixture template resolves");
-    model::build(catalog, &resolved, request).expect("the fixture request builds")
+    theseus::layout::build_model(catalog, &resolved, request).expect("the fixture request builds")
 }
 
 /// What a case expects.

@@ -4,8 +4,7 @@
 //! and the package count, and keeps the last good index in memory for the
 //! PackageSet controller.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,13 +21,10 @@ use tracing::{info, warn};
 
 use crate::api::conditions::{Observed, types};
 use crate::api::{PackageRepository, PackageRepositoryStatus};
-use crate::operator::{Context, MANAGER, status};
 use crate::pkg::index::{Index, parse_public_key};
 use crate::pkg::trust::{self, Stale};
 use crate::pkg::{FetchError, FetchOptions, Fetcher};
-
-/// The last good index of each repository, by name.
-pub type IndexCache = Arc<RwLock<HashMap<String, Arc<Index>>>>;
+use crate::shared::{MANAGER, Shared, status};
 
 /// Errors of the PackageRepository controller.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +40,7 @@ pub enum Error {
 }
 
 /// Runs the controller until `stop` is cancelled.
-pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let api: Api<PackageRepository> = Api::all(ctx.client.clone());
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
@@ -56,11 +52,7 @@ pub fn run(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
     })
 }
 
-fn error_policy(
-    repo: Arc<PackageRepository>,
-    err: &Error,
-    ctx: Arc<(Context, Recorder)>,
-) -> Action {
+fn error_policy(repo: Arc<PackageRepository>, err: &Error, ctx: Arc<(Shared, Recorder)>) -> Action {
     warn!(repository = %repo.name_any(), error = %err, "reconcile failed");
     ctx.0.metrics.failed("packagerepository", "Kube");
     Action::requeue(Duration::from_secs(5))
@@ -68,7 +60,7 @@ fn error_policy(
 
 async fn reconcile(
     repo: Arc<PackageRepository>,
-    ctx: Arc<(Context, Recorder)>,
+    ctx: Arc<(Shared, Recorder)>,
 ) -> Result<Action, Error> {
     let (ctx, recorder) = (&ctx.0, &ctx.1);
     ctx.metrics.reconciled("packagerepository");
@@ -80,7 +72,7 @@ async fn reconcile(
     let ready = match sync(&repo).await {
         Ok((index, signed)) => {
             let (observed, cache) = observe_index(&mut status, &index, signed, now);
-            let mut indexes = ctx.indexes.write().expect("index cache lock");
+            let mut indexes = ctx.stores.indexes.write().expect("index cache lock");
             match cache {
                 Cache::Replace => {
                     indexes.insert(name.clone(), Arc::new(index));
@@ -93,14 +85,22 @@ async fn reconcile(
             observed
         }
         Err(SyncError::InvalidKey(message)) => {
-            ctx.indexes.write().expect("index cache lock").remove(&name);
+            ctx.stores
+                .indexes
+                .write()
+                .expect("index cache lock")
+                .remove(&name);
             Observed::new(types::READY, false, "InvalidSpec", message)
         }
         Err(SyncError::Fetch(err)) => {
             // A bad signature means the index cannot be trusted; anything else
             // (unreachable, 5xx) keeps the last good index.
             if matches!(err, FetchError::Index(_) | FetchError::Unsigned { .. }) {
-                ctx.indexes.write().expect("index cache lock").remove(&name);
+                ctx.stores
+                    .indexes
+                    .write()
+                    .expect("index cache lock")
+                    .remove(&name);
             }
             Observed::new(
                 types::READY,

@@ -1,0 +1,67 @@
+//! What every controller shares, below the controllers and above the kinds
+//! and the package code: the [`Shared`] handle (client, event reporter,
+//! metrics, the halt store, the scope of the objects this operator manages,
+//! and the stores controllers read), status and event helpers, the halt,
+//! the metrics and the watch configuration.
+//!
+//! Nothing here knows a controller; each controller folder (`rollout`,
+//! `repository`, `nodepool`, `discovery`) imports this module, never another
+//! controller, and `operator` wires them together.
+
+pub mod halt;
+pub mod metrics;
+pub mod status;
+pub mod stores;
+
+use kube::Client;
+use kube::runtime::events::Reporter;
+
+use self::halt::HaltStore;
+use self::metrics::Metrics;
+use self::stores::Stores;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "theseus-operator";
+
+/// What every controller is given.
+#[derive(Clone)]
+pub struct Shared {
+    /// The API client (fenced: it writes only while this replica leads).
+    pub client: Client,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// The halt store.
+    pub halt: HaltStore,
+    /// The event reporter.
+    pub reporter: Reporter,
+    /// The namespace of the operator's own objects (the halt ConfigMap).
+    pub namespace: String,
+    /// Only objects matching this label selector are managed, if set.
+    pub selector: Option<String>,
+    /// Caches that one controller fills and others read.
+    pub stores: Stores,
+}
+
+impl Shared {
+    /// The watcher configuration for the objects this operator manages.
+    pub fn watch_config(&self) -> kube::runtime::watcher::Config {
+        scoped(self.selector.as_deref())
+    }
+}
+
+/// How long one watch call may stay open: the API server ends it after this
+/// many seconds and the watcher resumes from the last resourceVersion. A
+/// watch that goes quiet without an error (a stalled connection, a watch on
+/// storage the API server replaced) is noticed within this time plus a few
+/// seconds, instead of kube's default of nearly five minutes.
+pub const WATCH_TIMEOUT_SECONDS: u32 = 20;
+
+/// A watcher configuration limited to objects matching `selector`, if any,
+/// with watch calls bounded by [`WATCH_TIMEOUT_SECONDS`].
+pub fn scoped(selector: Option<&str>) -> kube::runtime::watcher::Config {
+    let config = kube::runtime::watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
+    match selector {
+        Some(selector) => config.labels(selector),
+        None => config,
+    }
+}
