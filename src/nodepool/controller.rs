@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
@@ -44,39 +45,80 @@ pub const FINALIZER: &str = "theseus.dev/nodepool-instances";
 /// The failpoint between RunInstances and the status write that records it.
 pub const AFTER_RUN_INSTANCES: &str = "nodepool-after-run-instances";
 
-/// Errors of the NodePool controller.
+/// Errors of the NodePool controller, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused a read or write.
-    #[error("NodePool {pool}: {source}")]
-    Kube {
+    /// observe: the provider could not list the pool's instances.
+    #[error(transparent)]
+    ListInstances(super::provider::Error),
+    /// observe: the pool's NodeInstalls could not be read.
+    #[error("NodePool {pool}: cannot list its NodeInstalls: {source}")]
+    ListNodes {
         /// The pool.
         pool: String,
         /// The cause.
         source: kube::Error,
     },
-    /// The provider failed.
+    /// drain: a drain pass failed.
     #[error(transparent)]
-    Provider(#[from] super::provider::Error),
-    /// The pool's provider settings cannot be used.
+    Drain(drain::Error),
+    /// record: the plan could not be written into status.
+    #[error("NodePool {pool}: cannot write its status: {source}")]
+    WriteStatus {
+        /// The pool.
+        pool: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// record: the pool changed since it was read (HTTP 409); the next pass
+    /// plans from the newer copy.
+    #[error("NodePool {pool}: it changed while being planned; planning again")]
+    Conflict {
+        /// The pool.
+        pool: String,
+    },
+    /// act: uncordoning the nodes whose removal was cancelled failed.
     #[error(transparent)]
-    Settings(#[from] providers::Error),
-    /// A drain pass failed.
+    Uncordon(drain::Error),
+    /// act: terminating instances failed.
     #[error(transparent)]
-    Drain(#[from] drain::Error),
-    /// Adding or removing the finalizer failed.
+    Terminate(super::provider::Error),
+    /// act: a removed node's NodeInstall could not be deleted.
+    #[error("NodePool {pool}: cannot delete NodeInstall {node}: {source}")]
+    DeleteNode {
+        /// The pool.
+        pool: String,
+        /// The node.
+        node: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// act: launching instances failed.
+    #[error(transparent)]
+    Launch(super::provider::Error),
+    /// The finalizer could not be added or removed, or its cleanup failed.
     #[error("NodePool finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
-    fn reason(&self) -> &'static str {
+    /// The step that failed, as the metric's and the log's reason.
+    pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "Kube",
-            Error::Provider(_) => "Provider",
-            Error::Settings(_) => "Settings",
+            Error::ListInstances(_) => "ListInstances",
+            Error::ListNodes { .. } => "ListNodes",
             Error::Drain(_) => "Drain",
-            Error::Finalizer(_) => "Finalizer",
+            Error::WriteStatus { .. } => "WriteStatus",
+            Error::Conflict { .. } => "Conflict",
+            Error::Uncordon(_) => "Uncordon",
+            Error::Terminate(_) => "Terminate",
+            Error::DeleteNode { .. } => "DeleteNode",
+            Error::Launch(_) => "Launch",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "Finalizer",
+            },
         }
     }
 }
@@ -147,8 +189,14 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
 }
 
 fn error_policy(pool: Arc<NodePool>, err: &Error, pc: Arc<PoolContext>) -> Action {
-    warn!(nodepool = %pool.name_any(), error = %err, "reconcile failed");
     pc.ctx.metrics.failed(NAME, err.reason());
+    if err.reason() == "Conflict" {
+        // Another writer changed the pool meanwhile: plan again from what
+        // it wrote.
+        tracing::debug!(nodepool = %pool.name_any(), "status write conflict; planning again");
+        return Action::requeue(Duration::from_millis(200));
+    }
+    warn!(nodepool = %pool.name_any(), step = err.reason(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(3))
 }
 
@@ -177,14 +225,6 @@ async fn reconcile(pool: Arc<NodePool>, pc: Arc<PoolContext>) -> Result<Action, 
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-fn kube_err(pool: &NodePool) -> impl Fn(kube::Error) -> Error {
-    let pool = pool.name_any();
-    move |source| Error::Kube {
-        pool: pool.clone(),
-        source,
-    }
-}
-
 /// How a pass ended.
 struct Pass {
     action: Action,
@@ -192,14 +232,45 @@ struct Pass {
     remaining: usize,
 }
 
-/// One pass towards `replicas` instances (zero for a deleted pool).
+/// One pass towards `replicas` instances (zero for a deleted pool):
+/// observe → drain → plan → record → act → report.
 async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass, Error> {
-    let name = pool.name_any();
+    let Some(seen) = observe(pool, pc).await? else {
+        // Nothing can have been launched with settings that do not work.
+        return Ok(Pass {
+            action: Action::await_change(),
+            remaining: 0,
+        });
+    };
+    let now = Timestamp::now();
+    let drains = drain_pass(pool, pc, &seen.recorded).await?;
+    let decided = decide(pool, pc, &seen, &drains, replicas, now);
+    let (next, changed, version) = record(pool, pc, &seen, &decided, now).await?;
+    report(pc, pool, &changed).await;
+    let remaining = act(pool, pc, &seen, &decided, &next, version, now).await?;
+    Ok(Pass {
+        action: Action::requeue(decided.requeue_after),
+        remaining,
+    })
+}
+
+/// What a pass decides from.
+struct Observed {
+    provider: Arc<dyn Provider>,
+    status: NodePoolStatus,
+    listed: Vec<Instance>,
+    nodes: Vec<plan::NodeView>,
+    recorded: Vec<Recorded>,
+}
+
+/// observe: the provider, its listing of the pool's instances, the pool's
+/// NodeInstalls and what status recorded. `None` when the provider's
+/// settings cannot work (the pool reports it).
+async fn observe(pool: &NodePool, pc: &PoolContext) -> Result<Option<Observed>, Error> {
     let client = &pc.ctx.client;
-    let status = pool.status.clone().unwrap_or_default();
     let provider = match providers::get(
         pool,
-        &pc.ctx.client,
+        client,
         &pc.config,
         &pc.providers,
         pc.identity.as_ref(),
@@ -209,27 +280,40 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
         Ok(p) => p,
         Err(e) => {
             report_failure(client, &pc.recorder, pool, "InvalidProvider", e.to_string()).await;
-            // Nothing can have been launched with settings that do not work.
-            return Ok(Pass {
-                action: Action::await_change(),
-                remaining: 0,
-            });
+            return Ok(None);
         }
     };
     let listed = match provider.list().await {
         Ok(l) => l,
         Err(e) => {
             report_failure(client, &pc.recorder, pool, e.reason(), e.to_string()).await;
-            return Err(e.into());
+            return Err(Error::ListInstances(e));
         }
     };
     let nodes = pool_nodes(pool, pc).await?;
-    let now = Timestamp::now();
-    let recorded = pool_status::recorded(&status, now);
-    let first_seen = pool_status::first_seen(&status);
-    let drains = drain_pass(pool, pc, &recorded).await?;
-    let view = pool_view(pool, pc, &status, replicas);
-    let listed_view: Vec<plan::Listed> = listed
+    let status = pool.status.clone().unwrap_or_default();
+    let recorded = pool_status::recorded(&status, Timestamp::now());
+    Ok(Some(Observed {
+        provider,
+        status,
+        listed,
+        nodes,
+        recorded,
+    }))
+}
+
+/// plan: the pure planner over what was observed and drained.
+fn decide(
+    pool: &NodePool,
+    pc: &PoolContext,
+    seen: &Observed,
+    drains: &BTreeMap<String, DrainOutcome>,
+    replicas: usize,
+    now: Timestamp,
+) -> plan::Plan {
+    let name = pool.name_any();
+    let listed: Vec<plan::Listed> = seen
+        .listed
         .iter()
         .map(|i| plan::Listed {
             id: i.id.clone(),
@@ -238,13 +322,13 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
         })
         .collect();
     let decided = plan::plan(&plan::Input {
-        pool: &view,
-        recorded: &recorded,
-        listed: &listed_view,
-        nodes: &nodes,
-        drains: &drains,
-        previous: &status.conditions,
-        first_seen: &first_seen,
+        pool: &pool_view(pool, pc, &seen.status, replicas),
+        recorded: &seen.recorded,
+        listed: &listed,
+        nodes: &seen.nodes,
+        drains,
+        previous: &seen.status.conditions,
+        first_seen: &pool_status::first_seen(&seen.status),
         now,
     });
     tracing::debug!(nodepool = %name, launch = ?decided.launch, terminate = ?decided.terminate, instances = decided.instances.len(), "planned");
@@ -254,53 +338,92 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
     if !decided.cancelled.is_empty() {
         info!(nodepool = %name, nodes = ?decided.cancelled, "the pool grew again: removal cancelled");
     }
+    decided
+}
 
-    // Record the plan (and the launch sequence) before acting on it.
-    let mut next = status.clone();
+/// record: the plan (and the launch sequence) in status, with the pool's
+/// resourceVersion, before acting on it; returns the written status, the
+/// changed conditions and the new resourceVersion.
+async fn record(
+    pool: &NodePool,
+    pc: &PoolContext,
+    seen: &Observed,
+    decided: &plan::Plan,
+    now: Timestamp,
+) -> Result<(NodePoolStatus, Vec<Condition>, Option<String>), Error> {
+    let mut next = seen.status.clone();
     let changed = pool_status::fill(
         pool,
         &mut next,
-        fill(&decided, &decided.instances, decided.next_launch),
+        fill(decided, &decided.instances, decided.next_launch),
         now,
     );
     let mut version = pool.resource_version();
-    if next != status || decided.launch.is_some() {
-        match pool_status::write(client, pool, &next, version.as_deref()).await {
-            Ok(v) => version = v,
-            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(retry_soon()),
-            Err(e) => return Err(kube_err(pool)(e)),
-        }
+    if next != seen.status || decided.launch.is_some() {
+        version = write_status(pool, pc, &next, version.as_deref()).await?;
     }
-    status::publish(&pc.recorder, &pool.object_ref(&()), &changed).await;
+    Ok((next, changed, version))
+}
+
+/// act: uncordon the nodes whose removal was cancelled, terminate and
+/// launch as recorded, then record what was launched; returns the recorded
+/// instances left.
+async fn act(
+    pool: &NodePool,
+    pc: &PoolContext,
+    seen: &Observed,
+    decided: &plan::Plan,
+    recorded: &NodePoolStatus,
+    version: Option<String>,
+    now: Timestamp,
+) -> Result<usize, Error> {
     let staying: BTreeSet<String> = decided
         .instances
         .iter()
         .filter(|i| matches!(i.state, State::Pending | State::Running))
         .filter_map(|i| i.node.clone())
         .collect();
-    drain::uncordon(&pc.evictions, &name, &staying).await?;
-
-    let mut remaining = decided.instances.len();
-    if !decided.terminate.is_empty() || decided.launch.is_some() {
-        let (instances, next_launch) = act(pool, pc, provider.as_ref(), &listed, &decided).await?;
-        remaining = instances.len();
-        let mut after = next.clone();
-        pool_status::fill(
-            pool,
-            &mut after,
-            fill(&decided, &instances, next_launch),
-            now,
-        );
-        match pool_status::write(client, pool, &after, version.as_deref()).await {
-            Ok(_) => tracing::debug!(nodepool = %name, next_launch, remaining, "recorded"),
-            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(retry_soon()),
-            Err(e) => return Err(kube_err(pool)(e)),
-        }
+    drain::uncordon(&pc.evictions, &pool.name_any(), &staying)
+        .await
+        .map_err(Error::Uncordon)?;
+    if decided.terminate.is_empty() && decided.launch.is_none() {
+        return Ok(decided.instances.len());
     }
-    Ok(Pass {
-        action: Action::requeue(decided.requeue_after),
-        remaining,
-    })
+    let (instances, next_launch) = provide(pool, pc, seen, decided).await?;
+    let mut after = recorded.clone();
+    pool_status::fill(
+        pool,
+        &mut after,
+        fill(decided, &instances, next_launch),
+        now,
+    );
+    write_status(pool, pc, &after, version.as_deref()).await?;
+    tracing::debug!(nodepool = %pool.name_any(), next_launch, remaining = instances.len(), "recorded");
+    Ok(instances.len())
+}
+
+/// report: an event per changed condition.
+async fn report(pc: &PoolContext, pool: &NodePool, changed: &[Condition]) {
+    status::publish(&pc.recorder, &pool.object_ref(&()), changed).await;
+}
+
+/// Writes the pool's status with `version`; returns the new version.
+async fn write_status(
+    pool: &NodePool,
+    pc: &PoolContext,
+    status: &NodePoolStatus,
+    version: Option<&str>,
+) -> Result<Option<String>, Error> {
+    match pool_status::write(&pc.ctx.client, pool, status, version).await {
+        Ok(v) => Ok(v),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
+            pool: pool.name_any(),
+        }),
+        Err(source) => Err(Error::WriteStatus {
+            pool: pool.name_any(),
+            source,
+        }),
+    }
 }
 
 /// What to write into status for `decided`, with these instances.
@@ -314,27 +437,19 @@ fn fill<'a>(decided: &'a plan::Plan, instances: &'a [Recorded], next_launch: i64
     }
 }
 
-/// Another writer changed the pool meanwhile: plan again from what it wrote.
-fn retry_soon() -> Pass {
-    Pass {
-        action: Action::requeue(Duration::from_millis(200)),
-        remaining: usize::MAX,
-    }
-}
-
 /// Carries out the plan's terminations and launch (already recorded);
 /// returns the instances and the next launch sequence to record after.
-async fn act(
+async fn provide(
     pool: &NodePool,
     pc: &PoolContext,
-    provider: &dyn Provider,
-    listed: &[Instance],
+    seen: &Observed,
     decided: &plan::Plan,
 ) -> Result<(Vec<Recorded>, i64), Error> {
+    let provider = seen.provider.as_ref();
     let mut instances = decided.instances.clone();
     let mut next_launch = decided.next_launch;
     if !decided.terminate.is_empty() {
-        terminate(pool, pc, provider, listed, decided).await?;
+        terminate(pool, pc, provider, &seen.listed, decided).await?;
         instances.retain(|i| i.state != State::Terminating);
     }
     if let Some(launch) = &decided.launch {
@@ -346,7 +461,7 @@ async fn act(
                     _ => "LaunchFailed",
                 };
                 report_failure(&pc.ctx.client, &pc.recorder, pool, reason, e.to_string()).await;
-                return Err(e.into());
+                return Err(Error::Launch(e));
             }
         };
         failpoint::hit(AFTER_RUN_INSTANCES);
@@ -378,14 +493,23 @@ async fn terminate(
         .filter(|i| ids.contains(&i.id))
         .cloned()
         .collect();
-    provider.terminate(&victims).await?;
+    provider
+        .terminate(&victims)
+        .await
+        .map_err(Error::Terminate)?;
     info!(nodepool = %pool.name_any(), ids = ?ids, "terminated");
     let api: Api<NodeInstall> = Api::all(pc.ctx.client.clone());
     for node in &decided.remove_nodes {
         match api.delete(node, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(kube_err(pool)(e)),
+            Err(source) => {
+                return Err(Error::DeleteNode {
+                    pool: pool.name_any(),
+                    node: node.clone(),
+                    source,
+                });
+            }
         }
     }
     Ok(())
@@ -408,7 +532,7 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         // Nothing can have been launched with settings that do not work.
         return Ok(Action::await_change());
     };
-    let listed = provider.list().await?;
+    let listed = provider.list().await.map_err(Error::ListInstances)?;
     let status = pool.status.clone().unwrap_or_default();
     let first_seen = pool_status::first_seen(&status);
     let grace = pc.config.instance_grace.as_secs() as i64;
@@ -421,10 +545,17 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     if !young.is_empty() {
         warn!(nodepool = %name, ids = ?young.iter().map(|i| &i.id).collect::<Vec<_>>(), "pool deleted: leaving unrecorded young instances alone");
     }
-    provider.terminate(&victims).await?;
+    provider
+        .terminate(&victims)
+        .await
+        .map_err(Error::Terminate)?;
     let api: Api<NodeInstall> = Api::all(pc.ctx.client.clone());
     let lp = ListParams::default().labels(&format!("{POOL_TAG}={name}"));
-    for ni in api.list(&lp).await.map_err(kube_err(pool))? {
+    let nodes = api.list(&lp).await.map_err(|source| Error::ListNodes {
+        pool: name.clone(),
+        source,
+    })?;
+    for ni in nodes {
         let _ = api.delete(&ni.name_any(), &DeleteParams::default()).await;
     }
     providers::forget(pool, &pc.providers);
@@ -437,7 +568,10 @@ async fn pool_nodes(pool: &NodePool, pc: &PoolContext) -> Result<Vec<plan::NodeV
     let list = Api::<NodeInstall>::all(pc.ctx.client.clone())
         .list(&lp)
         .await
-        .map_err(kube_err(pool))?;
+        .map_err(|source| Error::ListNodes {
+            pool: pool.name_any(),
+            source,
+        })?;
     Ok(list
         .items
         .iter()
@@ -461,7 +595,9 @@ async fn drain_pass(
     let mut out = BTreeMap::new();
     for r in recorded.iter().filter(|r| r.state == State::Draining) {
         let outcome = match &r.node {
-            Some(node) => drain::drain(&pc.evictions, &pool.name_any(), node).await?,
+            Some(node) => drain::drain(&pc.evictions, &pool.name_any(), node)
+                .await
+                .map_err(Error::Drain)?,
             None => DrainOutcome::Done,
         };
         out.insert(r.id.clone(), outcome);
@@ -487,3 +623,7 @@ fn pool_view(
         next_launch: status.next_launch,
     }
 }
+
+#[cfg(test)]
+#[path = "controller_scenarios.rs"]
+mod scenarios;

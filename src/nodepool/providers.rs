@@ -80,8 +80,7 @@ pub async fn get(
         Some(r) => Some(secret_keys(client, &name, r).await?),
         None => None,
     };
-    let key = serde_json::to_string(&(&pool.spec.provider, &pool.spec.node_labels, &keys))
-        .unwrap_or_default();
+    let key = settings_key(pool, &keys);
     if let Some((k, p)) = cache.lock().expect("provider cache").get(&owner.uid)
         && *k == key
     {
@@ -133,6 +132,20 @@ pub async fn get(
         .expect("provider cache")
         .insert(owner.uid, (key, provider.clone()));
     Ok(provider)
+}
+
+/// What a cached provider was built from: rebuilt when it changes.
+fn settings_key(pool: &NodePool, keys: &Option<(String, String)>) -> String {
+    serde_json::to_string(&(&pool.spec.provider, &pool.spec.node_labels, keys)).unwrap_or_default()
+}
+
+/// Puts `provider` in the cache as `pool`'s (scenario tests' fake providers).
+#[cfg(test)]
+pub fn insert(cache: &Cache, pool: &NodePool, provider: Arc<dyn Provider>) {
+    cache.lock().expect("provider cache").insert(
+        pool.uid().unwrap_or_default(),
+        (settings_key(pool, &None), provider),
+    );
 }
 
 /// Drops a deleted pool's provider.

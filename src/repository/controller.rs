@@ -26,12 +26,12 @@ use crate::pkg::trust::{self, Stale};
 use crate::pkg::{FetchError, FetchOptions, Fetcher};
 use crate::shared::{MANAGER, Shared, status};
 
-/// Errors of the PackageRepository controller.
+/// Errors of the PackageRepository controller, each naming its step.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused a read or write.
-    #[error("PackageRepository {name}: {source}")]
-    Kube {
+    /// record: the repository's status could not be written.
+    #[error("PackageRepository {name}: cannot write its status: {source}")]
+    WriteStatus {
         /// The repository.
         name: String,
         /// The cause.
@@ -52,64 +52,33 @@ pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
     })
 }
 
+impl Error {
+    /// The step that failed, as the metric's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::WriteStatus { .. } => "WriteStatus",
+        }
+    }
+}
+
 fn error_policy(repo: Arc<PackageRepository>, err: &Error, ctx: Arc<(Shared, Recorder)>) -> Action {
     warn!(repository = %repo.name_any(), error = %err, "reconcile failed");
-    ctx.0.metrics.failed("packagerepository", "Kube");
+    ctx.0.metrics.failed("packagerepository", err.reason());
     Action::requeue(Duration::from_secs(5))
 }
 
+/// One pass: observe (fetch and verify the index) → record (status) →
+/// report (events).
 async fn reconcile(
     repo: Arc<PackageRepository>,
     ctx: Arc<(Shared, Recorder)>,
 ) -> Result<Action, Error> {
     let (ctx, recorder) = (&ctx.0, &ctx.1);
     ctx.metrics.reconciled("packagerepository");
-    let name = repo.name_any();
     let refresh = Duration::from_secs(repo.spec.refresh_interval_seconds.max(10) as u64);
     let now = Timestamp::now();
     let mut status: PackageRepositoryStatus = repo.status.clone().unwrap_or_default();
-
-    let ready = match sync(&repo).await {
-        Ok((index, signed)) => {
-            let (observed, cache) = observe_index(&mut status, &index, signed, now);
-            let mut indexes = ctx.stores.indexes.write().expect("index cache lock");
-            match cache {
-                Cache::Replace => {
-                    indexes.insert(name.clone(), Arc::new(index));
-                }
-                Cache::Remove => {
-                    indexes.remove(&name);
-                }
-                Cache::Keep => {}
-            }
-            observed
-        }
-        Err(SyncError::InvalidKey(message)) => {
-            ctx.stores
-                .indexes
-                .write()
-                .expect("index cache lock")
-                .remove(&name);
-            Observed::new(types::READY, false, "InvalidSpec", message)
-        }
-        Err(SyncError::Fetch(err)) => {
-            // A bad signature means the index cannot be trusted; anything else
-            // (unreachable, 5xx) keeps the last good index.
-            if matches!(err, FetchError::Index(_) | FetchError::Unsigned { .. }) {
-                ctx.stores
-                    .indexes
-                    .write()
-                    .expect("index cache lock")
-                    .remove(&name);
-            }
-            Observed::new(
-                types::READY,
-                false,
-                "SyncFailed",
-                format!("{err}; retrying"),
-            )
-        }
-    };
+    let ready = observe(&repo, ctx, &mut status, now).await;
     let retry_soon = ready.status != crate::api::conditions::Status::True;
     let changed = status::merge(
         &mut status.conditions,
@@ -118,21 +87,9 @@ async fn reconcile(
         now,
     );
     status.observed_generation = repo.metadata.generation;
-    let api: Api<PackageRepository> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository", "status": status
-        })),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        name: name.clone(),
-        source,
-    })?;
+    record(&repo, ctx, &status).await?;
     if !changed.is_empty() {
-        info!(repository = %name, "repository status changed");
+        info!(repository = %repo.name_any(), "repository status changed");
         status::publish(recorder, &repo.object_ref(&()), &changed).await;
     }
     Ok(Action::requeue(if retry_soon {
@@ -140,6 +97,80 @@ async fn reconcile(
     } else {
         refresh
     }))
+}
+
+/// observe: fetch and verify the index, keep the last good one in the
+/// shared cache, and say whether the repository is ready.
+async fn observe(
+    repo: &PackageRepository,
+    ctx: &Shared,
+    status: &mut PackageRepositoryStatus,
+    now: Timestamp,
+) -> Observed<'static> {
+    let name = repo.name_any();
+    let forget = || {
+        ctx.stores
+            .indexes
+            .write()
+            .expect("index cache lock")
+            .remove(&name);
+    };
+    match sync(repo).await {
+        Ok((index, signed)) => {
+            let (observed, cache) = observe_index(status, &index, signed, now);
+            match cache {
+                Cache::Replace => {
+                    ctx.stores
+                        .indexes
+                        .write()
+                        .expect("index cache lock")
+                        .insert(name.clone(), Arc::new(index));
+                }
+                Cache::Remove => forget(),
+                Cache::Keep => {}
+            }
+            observed
+        }
+        Err(SyncError::InvalidKey(message)) => {
+            forget();
+            Observed::new(types::READY, false, "InvalidSpec", message)
+        }
+        Err(SyncError::Fetch(err)) => {
+            // A bad signature means the index cannot be trusted; anything else
+            // (unreachable, 5xx) keeps the last good index.
+            if matches!(err, FetchError::Index(_) | FetchError::Unsigned { .. }) {
+                forget();
+            }
+            Observed::new(
+                types::READY,
+                false,
+                "SyncFailed",
+                format!("{err}; retrying"),
+            )
+        }
+    }
+}
+
+/// record: the status, by server-side apply.
+async fn record(
+    repo: &PackageRepository,
+    ctx: &Shared,
+    status: &PackageRepositoryStatus,
+) -> Result<(), Error> {
+    let api: Api<PackageRepository> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &repo.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository", "status": status
+        })),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        name: repo.name_any(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// What to do with the cached index after a sync.

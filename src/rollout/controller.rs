@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -38,18 +39,53 @@ use crate::shared::{Shared, status};
 /// The controller's name in metrics.
 const NAME: &str = "packageset";
 
-/// Errors of the PackageSet controller.
+/// Errors of the PackageSet controller, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused a read or write.
-    #[error("PackageSet {set}: {source}")]
-    Kube {
+    /// observe: the halt ConfigMap could not be read.
+    #[error("PackageSet {set}: cannot read the halt ConfigMap: {source}")]
+    ReadHalt {
         /// The set.
         set: String,
         /// The cause.
         source: kube::Error,
     },
-    /// A node's target could not be written: the node kept changing.
+    /// observe: the set's PackageRepository could not be read.
+    #[error("PackageSet {set}: cannot read PackageRepository {repository}: {source}")]
+    ReadRepository {
+        /// The set.
+        set: String,
+        /// The repository.
+        repository: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// record: the set's status (the reservation) could not be written.
+    #[error("PackageSet {set}: cannot write its status: {source}")]
+    WriteStatus {
+        /// The set.
+        set: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// record: the set changed since it was read (HTTP 409); the next pass
+    /// plans from the newer copy.
+    #[error("PackageSet {set}: it changed while being planned; planning again")]
+    Conflict {
+        /// The set.
+        set: String,
+    },
+    /// act: a node's target could not be written.
+    #[error("PackageSet {set}: cannot write the target of NodeInstall {node}: {source}")]
+    WriteTarget {
+        /// The set.
+        set: String,
+        /// The node.
+        node: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// act: a node's target could not be written: the node kept changing.
     #[error(
         "PackageSet {set}: the target of NodeInstall {node} was not written: it changed under every attempt (an agent or another writer is updating it); retrying"
     )]
@@ -62,9 +98,14 @@ pub enum Error {
 }
 
 impl Error {
-    fn reason(&self) -> &'static str {
+    /// The step that failed, as the metric's and the log's reason.
+    pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "Kube",
+            Error::ReadHalt { .. } => "ReadHalt",
+            Error::ReadRepository { .. } => "ReadRepository",
+            Error::WriteStatus { .. } => "WriteStatus",
+            Error::Conflict { .. } => "Conflict",
+            Error::WriteTarget { .. } => "WriteTarget",
             Error::TargetConflict { .. } => "TargetConflict",
         }
     }
@@ -82,36 +123,7 @@ struct SetContext {
 pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let node_api: Api<NodeInstall> = Api::all(client.clone());
-        let (nodes, writer) = reflector::store::<NodeInstall>();
-        // Node changes that matter to a rollout trigger a reconcile of every
-        // set, after the store has taken them in: a reconcile never plans
-        // from a store older than the event that woke it. Heartbeat-only
-        // updates wake nothing (stale heartbeats are found by requeueing).
-        let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
-        let mut seen: HashMap<String, NodeFingerprint> = HashMap::new();
-        let node_stream = reflector::reflector(writer, watcher(node_api, ctx.watch_config()))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |node| {
-                if let Ok(node) = node {
-                    let fingerprint = NodeFingerprint::of(&node);
-                    if seen.insert(node.name_any(), fingerprint.clone()).as_ref()
-                        != Some(&fingerprint)
-                    {
-                        // A full channel means a wake-up is already pending.
-                        let _ = wake.clone().try_send(());
-                    }
-                }
-                async {}
-            });
-        let reflect_stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = node_stream => {}
-                () = reflect_stop.cancelled() => {}
-            }
-        });
+        let (nodes, woken) = watch_nodes(&ctx, &stop);
         if nodes.wait_until_ready().await.is_err() {
             return;
         }
@@ -150,6 +162,75 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
     })
 }
 
+/// The fleet-wide gauge of NodeInstalls by phase, from the node store.
+fn record_phases(metrics: &crate::shared::metrics::Metrics, nodes: &[Arc<NodeInstall>]) {
+    let mut phases: BTreeMap<String, i64> = BTreeMap::new();
+    for node in nodes {
+        let phase = node.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        *phases.entry(format!("{phase:?}")).or_default() += 1;
+    }
+    for phase in [
+        "Idle",
+        "Fetching",
+        "Activating",
+        "Verifying",
+        "Active",
+        "RolledBack",
+        "Failed",
+    ] {
+        let count = phases.get(phase).copied().unwrap_or(0);
+        metrics
+            .nodes
+            .get_or_create(&crate::shared::metrics::PhaseLabels {
+                phase: phase.to_owned(),
+            })
+            .set(count);
+    }
+}
+
+/// The NodeInstall store, and a stream that wakes every set when a node
+/// changes in a way that matters to a rollout, after the store has taken
+/// the change in (a reconcile never plans from a store older than the event
+/// that woke it). Heartbeat-only updates wake nothing (stale heartbeats are
+/// found by requeueing). Keeps the fleet's phase gauge.
+fn watch_nodes(
+    ctx: &Shared,
+    stop: &CancellationToken,
+) -> (Store<NodeInstall>, futures::channel::mpsc::Receiver<()>) {
+    let node_api: Api<NodeInstall> = Api::all(ctx.client.clone());
+    let (nodes, writer) = reflector::store::<NodeInstall>();
+    let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
+    let mut seen: HashMap<String, NodeFingerprint> = HashMap::new();
+    let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
+    let node_stream = reflector::reflector(writer, watcher(node_api, ctx.watch_config()))
+        .default_backoff()
+        .for_each(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                    let fingerprint = NodeFingerprint::of(&node);
+                    seen.insert(node.name_any(), fingerprint.clone()).as_ref() != Some(&fingerprint)
+                }
+                Ok(watcher::Event::Delete(node)) => seen.remove(&node.name_any()).is_some(),
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init) | Err(_) => false,
+            };
+            if changed {
+                record_phases(&metrics, &gauge_nodes.state());
+                // A full channel means a wake-up is already pending.
+                let _ = wake.clone().try_send(());
+            }
+            async {}
+        });
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = node_stream => {}
+            () = stop.cancelled() => {}
+        }
+    });
+    (nodes, woken)
+}
+
 fn all_sets(store: &Store<PackageSet>) -> Vec<ObjectRef<PackageSet>> {
     store
         .state()
@@ -182,45 +263,61 @@ impl NodeFingerprint {
 }
 
 fn error_policy(set: Arc<PackageSet>, err: &Error, ctx: Arc<SetContext>) -> Action {
-    warn!(packageset = %set.name_any(), error = %err, "reconcile failed");
     ctx.ctx.metrics.failed(NAME, err.reason());
+    if let Error::Conflict { .. } = err {
+        // Our copy was older than the API server's (often our own last
+        // status write, not yet seen by the watch): plan again shortly.
+        tracing::debug!(packageset = %set.name_any(), "status write conflict; planning again");
+        return Action::requeue(Duration::from_millis(100));
+    }
+    warn!(packageset = %set.name_any(), step = err.reason(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
 
+/// One pass: observe → plan → record → act → report.
 async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, Error> {
     sc.ctx.metrics.reconciled(NAME);
-    if let Some(action) = reconcile_once(&set, &sc).await? {
-        return Ok(action);
-    }
-    // Our copy of the set was older than the API server's (our own last
-    // status write, not yet seen by the watch): read it and go once more.
-    let fresh = Api::<PackageSet>::all(sc.ctx.client.clone())
-        .get(&set.name_any())
-        .await
-        .map_err(|source| Error::Kube {
-            set: set.name_any(),
-            source,
-        })?;
-    Ok(reconcile_once(&fresh, &sc)
-        .await?
-        .unwrap_or_else(|| Action::requeue(Duration::from_millis(100))))
+    let now = Timestamp::now();
+    let seen = observe(&set, &sc).await?;
+    let decision = match decide(&set, &sc, &seen, now) {
+        Ok(decision) => decision,
+        Err(invalid) => return record_invalid(&set, &sc, invalid, now).await,
+    };
+    let changed = record(&set, &sc, &decision, now).await?;
+    let acted = act(&sc, &decision).await;
+    report(&sc, &set, &changed, now).await;
+    acted?;
+    Ok(Action::requeue(
+        decision
+            .plan
+            .requeue_after
+            .unwrap_or(Duration::from_secs(300)),
+    ))
 }
 
-/// One pass: `None` when the status write lost a race (HTTP 409).
-async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Action>, Error> {
+/// What a pass decides from.
+struct Observed {
+    halt: Option<String>,
+    repository: Option<PackageRepository>,
+    index: Option<Arc<crate::pkg::index::Index>>,
+    nodes: Vec<Arc<NodeInstall>>,
+}
+
+/// observe: the halt, the repository and its verified index, the nodes.
+async fn observe(set: &PackageSet, sc: &SetContext) -> Result<Observed, Error> {
     let name = set.name_any();
-    let kube_err = |source| Error::Kube {
+    let halt = sc.ctx.halt.get().await.map_err(|source| Error::ReadHalt {
         set: name.clone(),
         source,
-    };
-    let now = Timestamp::now();
-    let halt = sc.ctx.halt.get().await.map_err(kube_err)?;
-    let repo = Api::<PackageRepository>::all(sc.ctx.client.clone())
+    })?;
+    let repository = Api::<PackageRepository>::all(sc.ctx.client.clone())
         .get_opt(&set.spec.repository)
         .await
-        .map_err(kube_err)?;
-
-    // Validate (pure) before touching any node.
+        .map_err(|source| Error::ReadRepository {
+            set: name,
+            repository: set.spec.repository.clone(),
+            source,
+        })?;
     let index = sc
         .ctx
         .stores
@@ -229,8 +326,75 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
         .expect("index cache lock")
         .get(&set.spec.repository)
         .cloned();
-    let (repo, index) = match (repo, index) {
-        (Some(repo), Some(index)) => (repo, index),
+    Ok(Observed {
+        halt: halt.map(|h| h.message()),
+        repository,
+        index,
+        nodes: sc.nodes.state(),
+    })
+}
+
+/// Why a set cannot be planned: a condition reason and the problems.
+struct Invalid {
+    reason: &'static str,
+    problems: Vec<String>,
+}
+
+/// What a pass decided.
+struct Decision {
+    name: String,
+    hash: String,
+    ids: Vec<PackageId>,
+    repository: PackageRepository,
+    conflicts: BTreeMap<String, String>,
+    health_timeout_seconds: i32,
+    plan: plan::Plan,
+}
+
+/// plan: validate the set against the index, claim its nodes, and call the
+/// planner (pure, given what was observed).
+fn decide(
+    set: &PackageSet,
+    sc: &SetContext,
+    seen: &Observed,
+    now: Timestamp,
+) -> Result<Decision, Invalid> {
+    let (repository, ids) = validated(set, seen)?;
+    let hash = set_hash(&ids);
+    let claim = claim_nodes(set, &sc.sets, &seen.nodes);
+    let views = node_views(set, &hash, &claim.owned, &seen.nodes);
+    let set_view = plan::SetView {
+        set_hash: hash.clone(),
+        max_unavailable: set.spec.strategy.max_unavailable.clone(),
+        failure_threshold: set.spec.strategy.failure_threshold.max(1) as u32,
+        wait: Duration::from_secs(set.spec.strategy.wait_seconds.max(0) as u64),
+        paused: set.spec.paused,
+    };
+    let plan = plan::plan(&plan::Input {
+        set: &set_view,
+        nodes: &views,
+        halt: seen.halt.as_deref(),
+        stale_after: sc.config.stale_after,
+        now,
+    });
+    Ok(Decision {
+        name: set.name_any(),
+        hash,
+        ids,
+        repository,
+        conflicts: claim.conflicts,
+        health_timeout_seconds: set.spec.strategy.health_timeout_seconds,
+        plan,
+    })
+}
+
+/// The set's repository and package ids, or why it cannot be planned.
+fn validated(
+    set: &PackageSet,
+    seen: &Observed,
+) -> Result<(PackageRepository, Vec<PackageId>), Invalid> {
+    let (repository, index) = match (&seen.repository, &seen.index) {
+        (Some(repo), Some(index)) => (repo.clone(), index),
         (repo, _) => {
             let why = match repo {
                 None => format!("PackageRepository {} does not exist", set.spec.repository),
@@ -239,111 +403,79 @@ async fn reconcile_once(set: &PackageSet, sc: &SetContext) -> Result<Option<Acti
                     set.spec.repository
                 ),
             };
-            return write_invalid(set, sc, REPOSITORY_NOT_READY, vec![why], now).await;
+            return Err(Invalid {
+                reason: REPOSITORY_NOT_READY,
+                problems: vec![why],
+            });
         }
     };
-    let problems = validate::problems(&set.spec.packages, &set.spec.required, &index);
+    let problems = validate::problems(&set.spec.packages, &set.spec.required, index);
     if !problems.is_empty() {
-        return write_invalid(set, sc, "InvalidSpec", problems, now).await;
+        return Err(Invalid {
+            reason: "InvalidSpec",
+            problems,
+        });
     }
-    let ids: Vec<PackageId> = set
+    let ids = set
         .spec
         .packages
         .iter()
         .filter_map(|p| p.parse().ok())
         .collect();
-    let hash = set_hash(&ids);
+    Ok((repository, ids))
+}
 
-    // Decide (pure).
-    let all_nodes = sc.nodes.state();
-    let claim = claim_nodes(set, &sc.sets, &all_nodes);
-    let views = node_views(set, &hash, &claim.owned, &all_nodes);
-    let set_view = plan::SetView {
-        set_hash: hash.clone(),
-        max_unavailable: set.spec.strategy.max_unavailable.clone(),
-        failure_threshold: set.spec.strategy.failure_threshold.max(1) as u32,
-        wait: Duration::from_secs(set.spec.strategy.wait_seconds.max(0) as u64),
-        paused: set.spec.paused,
-    };
-    let halt_message = halt.as_ref().map(|h| h.message());
-    let decided = plan::plan(&plan::Input {
-        set: &set_view,
-        nodes: &views,
-        halt: halt_message.as_deref(),
-        stale_after: sc.config.stale_after,
-        now,
-    });
+/// record: the status with the reservation, carrying the set's
+/// resourceVersion, before any target; returns the changed conditions.
+async fn record(
+    set: &PackageSet,
+    sc: &SetContext,
+    decision: &Decision,
+    now: Timestamp,
+) -> Result<Vec<Condition>, Error> {
+    let mut observed = decision.plan.conditions.clone();
+    observed.push(conflict_condition(&decision.conflicts));
+    let status = set_status(set, &decision.hash, &decision.plan, observed, now);
+    write_status(set, sc, status).await
+}
 
-    // Write: first the reservation (with the set's resourceVersion), then targets.
-    let mut observed = decided.conditions.clone();
-    observed.push(conflict_condition(&claim.conflicts));
-    let status = set_status(set, &hash, &decided, observed, now);
-    let changed = match write_status(set, sc, status).await {
-        Ok(changed) => changed,
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
-        Err(e) => return Err(kube_err(e)),
-    };
-    status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
-    record_metrics(sc, set, &changed, &all_nodes, now);
+/// act: the targets of the nodes the plan starts, adopts or retargets,
+/// concurrently (at most a budget's worth, plus adoptions: a batch of 20
+/// nodes should not wait for 20 round trips in a row).
+async fn act(sc: &SetContext, decision: &Decision) -> Result<(), Error> {
+    let plan = &decision.plan;
     let target = NodeTarget {
-        package_set: name.clone(),
-        set_hash: hash,
-        packages: ids.iter().map(ToString::to_string).collect(),
-        repository_url: repo.spec.url.clone(),
-        public_keys: repo.spec.public_keys.clone(),
-        health_timeout_seconds: Some(set.spec.strategy.health_timeout_seconds),
+        package_set: decision.name.clone(),
+        set_hash: decision.hash.clone(),
+        packages: decision.ids.iter().map(ToString::to_string).collect(),
+        repository_url: decision.repository.spec.url.clone(),
+        public_keys: decision.repository.spec.public_keys.clone(),
+        health_timeout_seconds: Some(decision.health_timeout_seconds),
     };
-    let to_write: BTreeSet<&String> = decided
+    let to_write: BTreeSet<&String> = plan
         .start
         .iter()
-        .chain(&decided.adopt)
-        .chain(&decided.retarget)
+        .chain(&plan.adopt)
+        .chain(&plan.retarget)
         .collect();
-    // Targets go out concurrently (at most a budget's worth, plus adoptions):
-    // a batch of 20 nodes should not wait for 20 round trips in a row.
     futures::future::try_join_all(
         to_write
             .into_iter()
             .map(|node| write_target(sc, node, &target)),
     )
     .await?;
-    Ok(Some(Action::requeue(
-        decided.requeue_after.unwrap_or(Duration::from_secs(300)),
-    )))
+    Ok(())
 }
 
-/// Nodes by phase across the fleet, and the duration of a rollout that just
-/// became Available (from when its Progressing condition turned True).
-fn record_metrics(
-    sc: &SetContext,
-    set: &PackageSet,
-    changed: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    nodes: &[Arc<NodeInstall>],
-    now: Timestamp,
-) {
-    let mut phases: BTreeMap<String, i64> = BTreeMap::new();
-    for node in nodes {
-        let phase = node.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        *phases.entry(format!("{phase:?}")).or_default() += 1;
-    }
-    for phase in [
-        "Idle",
-        "Fetching",
-        "Activating",
-        "Verifying",
-        "Active",
-        "RolledBack",
-        "Failed",
-    ] {
-        let count = phases.get(phase).copied().unwrap_or(0);
-        sc.ctx
-            .metrics
-            .nodes
-            .get_or_create(&crate::shared::metrics::PhaseLabels {
-                phase: phase.to_owned(),
-            })
-            .set(count);
-    }
+/// report: an event per changed condition, and the rollout duration.
+async fn report(sc: &SetContext, set: &PackageSet, changed: &[Condition], now: Timestamp) {
+    status::publish(&sc.recorder, &set.object_ref(&()), changed).await;
+    record_duration(sc, set, changed, now);
+}
+
+/// The duration of a rollout that just became Available (from when its
+/// Progressing condition turned True).
+fn record_duration(sc: &SetContext, set: &PackageSet, changed: &[Condition], now: Timestamp) {
     let became_available = changed
         .iter()
         .any(|c| c.type_ == "Available" && c.status == "True");
@@ -425,62 +557,62 @@ fn last_sign_of_life(node: &NodeInstall) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
+/// Writes `status` (unless unchanged) with the set's resourceVersion;
+/// returns the changed conditions.
 async fn write_status(
     set: &PackageSet,
     sc: &SetContext,
-    status: (
-        crate::api::PackageSetStatus,
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    ),
-) -> Result<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>, kube::Error> {
-    let (status, changed) = status;
+    (status, changed): (crate::api::PackageSetStatus, Vec<Condition>),
+) -> Result<Vec<Condition>, Error> {
     if set.status.as_ref() == Some(&status) {
         return Ok(changed);
     }
     let patch =
         json!({ "metadata": { "resourceVersion": set.resource_version() }, "status": status });
-    Api::<PackageSet>::all(sc.ctx.client.clone())
+    match Api::<PackageSet>::all(sc.ctx.client.clone())
         .patch_status(
             &set.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
-    Ok(changed)
+        .await
+    {
+        Ok(_) => Ok(changed),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
+            set: set.name_any(),
+        }),
+        Err(source) => Err(Error::WriteStatus {
+            set: set.name_any(),
+            source,
+        }),
+    }
 }
 
-async fn write_invalid(
+/// record, for a set that cannot be planned: its Valid (and Ready)
+/// conditions say why; no node is touched.
+async fn record_invalid(
     set: &PackageSet,
     sc: &SetContext,
-    reason: &'static str,
-    problems: Vec<String>,
+    invalid: Invalid,
     now: Timestamp,
-) -> Result<Option<Action>, Error> {
+) -> Result<Action, Error> {
     let mut status = set.status.clone().unwrap_or_default();
     let changed = status::merge(
         &mut status.conditions,
-        invalid_conditions(reason, &problems),
+        invalid_conditions(invalid.reason, &invalid.problems),
         set.metadata.generation,
         now,
     );
     status.observed_generation = set.metadata.generation;
-    match write_status(set, sc, (status, changed)).await {
-        Ok(changed) => status::publish(&sc.recorder, &set.object_ref(&()), &changed).await,
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
-        Err(source) => {
-            return Err(Error::Kube {
-                set: set.name_any(),
-                source,
-            });
-        }
-    }
+    let changed = write_status(set, sc, (status, changed)).await?;
+    status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
     // A repository that is not ready yet is worth another look soon; an
     // invalid spec waits for a change (the watch brings it).
-    Ok(Some(if reason == REPOSITORY_NOT_READY {
+    Ok(if invalid.reason == REPOSITORY_NOT_READY {
         Action::requeue(Duration::from_secs(10))
     } else {
         Action::await_change()
-    }))
+    })
 }
 
 /// Writes a node's target (see [`put_target`]), from the store's copy.
@@ -490,8 +622,9 @@ async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Resul
     put_target(&api, cached, node, target)
         .await
         .map_err(|e| match e {
-            TargetError::Kube(source) => Error::Kube {
+            TargetError::Kube(source) => Error::WriteTarget {
                 set: target.package_set.clone(),
+                node: node.to_owned(),
                 source,
             },
             TargetError::Conflicts => Error::TargetConflict {
@@ -500,6 +633,10 @@ async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Resul
             },
         })
 }
+
+#[cfg(test)]
+#[path = "controller_scenarios.rs"]
+mod scenarios;
 
 #[cfg(test)]
 mod tests {

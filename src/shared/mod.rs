@@ -8,6 +8,8 @@
 //! `repository`, `nodepool`, `discovery`) imports this module, never another
 //! controller, and `operator` wires them together.
 
+#[cfg(test)]
+pub mod fake_api;
 pub mod halt;
 pub mod metrics;
 pub mod status;
