@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -390,20 +390,15 @@ impl State {
             .map_err(|source| kube_error("write the status", sg, source))?;
         }
         for t in transitions {
-            let event = Event {
-                type_: if t.is_warning() {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: t.reason,
-                note: Some(format!("{} is {}: {}", t.type_, t.status, t.message)),
-                action: format!("Set{}", t.type_),
-                secondary: None,
-            };
-            if let Err(error) = self.recorder.publish(&event, &sg.object_ref(&())).await {
-                tracing::debug!(%error, "cannot record an event");
-            }
+            crate::shared::status::publish_one(
+                &self.recorder,
+                &sg.object_ref(&()),
+                &t.type_,
+                &t.status,
+                &t.reason,
+                &t.message,
+            )
+            .await;
         }
         Ok(())
     }

@@ -63,18 +63,6 @@ pub struct Transition {
     pub message: String,
 }
 
-impl Transition {
-    /// Whether the change is bad news: etcd failing, an invalid spec, or a
-    /// conflict with another group.
-    pub fn is_warning(&self) -> bool {
-        let bad_reason = matches!(
-            self.reason.as_str(),
-            "EtcdUnavailable" | "InvalidSpec" | "Conflict"
-        );
-        bad_reason || (self.type_ == types::CONFLICT && self.status == "True")
-    }
-}
-
 /// The next status and the condition transitions since `previous`.
 pub fn next(
     previous: &ServiceGroupStatus,

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -51,14 +51,6 @@ pub enum Error {
     /// observe: the provider could not list the pool's instances.
     #[error(transparent)]
     ListInstances(super::provider::Error),
-    /// observe: the pool's NodeInstalls could not be read.
-    #[error("NodePool {pool}: cannot list its NodeInstalls: {source}")]
-    ListNodes {
-        /// The pool.
-        pool: String,
-        /// The cause.
-        source: kube::Error,
-    },
     /// drain: a drain pass failed.
     #[error(transparent)]
     Drain(drain::Error),
@@ -106,7 +98,6 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::ListInstances(_) => "ListInstances",
-            Error::ListNodes { .. } => "ListNodes",
             Error::Drain(_) => "Drain",
             Error::WriteStatus { .. } => "WriteStatus",
             Error::Conflict { .. } => "Conflict",
@@ -176,9 +167,19 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
             evictions,
             identity,
         });
+        if shared
+            .ctx
+            .stores
+            .nodes
+            .store()
+            .wait_until_ready()
+            .await
+            .is_err()
+        {
+            return;
+        }
         // NodeInstall changes wake their pool, heartbeats excepted.
-        let woken =
-            triggers::pools_to_wake(Api::<NodeInstall>::all(client.clone()), config.clone());
+        let woken = triggers::pools_to_wake(shared.ctx.stores.nodes.subscribe());
         Controller::new(Api::<NodePool>::all(client), config)
             .reconcile_on(woken)
             .graceful_shutdown_on(async move { stop.cancelled().await })
@@ -290,7 +291,7 @@ async fn observe(pool: &NodePool, pc: &PoolContext) -> Result<Option<Observed>, 
             return Err(Error::ListInstances(e));
         }
     };
-    let nodes = pool_nodes(pool, pc).await?;
+    let nodes = pool_nodes(pool, pc);
     let status = pool.status.clone().unwrap_or_default();
     let recorded = pool_status::recorded(&status, Timestamp::now());
     Ok(Some(Observed {
@@ -550,12 +551,7 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
         .await
         .map_err(Error::Terminate)?;
     let api: Api<NodeInstall> = Api::all(pc.ctx.client.clone());
-    let lp = ListParams::default().labels(&format!("{POOL_TAG}={name}"));
-    let nodes = api.list(&lp).await.map_err(|source| Error::ListNodes {
-        pool: name.clone(),
-        source,
-    })?;
-    for ni in nodes {
+    for ni in members(pool, pc) {
         let _ = api.delete(&ni.name_any(), &DeleteParams::default()).await;
     }
     providers::forget(pool, &pc.providers);
@@ -563,17 +559,9 @@ async fn cleanup(pool: &NodePool, pc: &PoolContext) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn pool_nodes(pool: &NodePool, pc: &PoolContext) -> Result<Vec<plan::NodeView>, Error> {
-    let lp = ListParams::default().labels(&format!("{POOL_TAG}={}", pool.name_any()));
-    let list = Api::<NodeInstall>::all(pc.ctx.client.clone())
-        .list(&lp)
-        .await
-        .map_err(|source| Error::ListNodes {
-            pool: pool.name_any(),
-            source,
-        })?;
-    Ok(list
-        .items
+/// The pool's NodeInstalls, from the shared store (no LIST per pass).
+fn pool_nodes(pool: &NodePool, pc: &PoolContext) -> Vec<plan::NodeView> {
+    members(pool, pc)
         .iter()
         .map(|n| {
             let status = n.status.clone().unwrap_or_default();
@@ -584,7 +572,20 @@ async fn pool_nodes(pool: &NodePool, pc: &PoolContext) -> Result<Vec<plan::NodeV
                 remove_requested: n.annotations().contains_key(super::REMOVE_ANNOTATION),
             }
         })
-        .collect())
+        .collect()
+}
+
+/// The NodeInstalls labelled with the pool's name, from the shared store.
+fn members(pool: &NodePool, pc: &PoolContext) -> Vec<Arc<NodeInstall>> {
+    let name = pool.name_any();
+    pc.ctx
+        .stores
+        .nodes
+        .store()
+        .state()
+        .into_iter()
+        .filter(|n| n.labels().get(POOL_TAG) == Some(&name))
+        .collect()
 }
 
 async fn drain_pass(

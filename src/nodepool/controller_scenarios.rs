@@ -169,7 +169,6 @@ async fn a_pass_records_the_launch_sequence_before_it_launches() {
         lines,
         [
             "provider list",
-            "GET /apis/theseus.dev/v1alpha1/nodeinstalls",
             "PATCH /apis/theseus.dev/v1alpha1/nodepools/p/status",
             "GET /api/v1/nodes",
             "provider launch 0 2",
@@ -178,7 +177,7 @@ async fn a_pass_records_the_launch_sequence_before_it_launches() {
         "observe, record, act, record the launched"
     );
     let calls = log.calls();
-    let (before, after) = (&calls[2].body, &calls[5].body);
+    let (before, after) = (&calls[1].body, &calls[4].body);
     assert_eq!(before["metadata"]["resourceVersion"], "7", "{before}");
     assert_eq!(
         before["status"]["nextLaunch"], 0,

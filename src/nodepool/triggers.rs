@@ -9,9 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{Stream, StreamExt, stream};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 
 use super::REMOVE_ANNOTATION;
 use super::provider::POOL_TAG;
@@ -101,21 +100,13 @@ impl Filter {
     }
 }
 
-/// The pools to reconcile, from a watch of NodeInstalls filtered by
+/// The pools to reconcile, from NodeInstall watch events filtered by
 /// [`Filter`].
 pub fn pools_to_wake(
-    api: Api<NodeInstall>,
-    config: watcher::Config,
+    events: impl Stream<Item = watcher::Event<NodeInstall>> + Send + 'static,
 ) -> impl Stream<Item = ObjectRef<NodePool>> + Send + 'static {
     let mut filter = Filter::default();
-    watcher(api, config)
-        .default_backoff()
-        .filter_map(|event| async move {
-            event
-                .map_err(|e| tracing::warn!(error = %e, "watching NodeInstalls failed; retrying"))
-                .ok()
-        })
-        .flat_map(move |event| stream::iter(filter.wake(event)))
+    events.flat_map(move |event| stream::iter(filter.wake(event)))
 }
 
 #[cfg(test)]

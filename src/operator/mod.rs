@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use self::leader::{Elector, LeaseConfig};
 use crate::shared::halt::HaltStore;
 use crate::shared::metrics::Metrics;
-use crate::shared::stores::Stores;
+use crate::shared::stores::{Nodes, Stores};
 use crate::shared::{MANAGER, Shared};
 
 /// Run the Theseus operator: the PackageSet, PackageRepository, ServiceGroup
@@ -213,6 +213,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .build();
     let token = halt_token(&client, &args).await?;
     let halt = HaltStore::new(client.clone(), &args.namespace);
+    // One watch of NodeInstalls for every controller, from the start: a
+    // replica that takes over has a warm cache.
+    let shutdown = CancellationToken::new();
+    let nodes = Nodes::watch(
+        client.clone(),
+        crate::shared::scoped(args.selector.as_deref()),
+        shutdown.clone(),
+    );
     let shared = Shared {
         client: fenced,
         metrics: Metrics::default(),
@@ -223,7 +231,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         },
         namespace: args.namespace.clone(),
         selector: args.selector.clone(),
-        stores: Stores::default(),
+        stores: Stores {
+            nodes,
+            ..Stores::default()
+        },
     };
 
     let readiness = http::Readiness::not_yet("not connected to the API server yet");
@@ -251,7 +262,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
 
     let (leading_tx, leading) = watch::channel(false);
     let campaign = tokio::spawn(elector.clone().run(leading_tx));
-    let shutdown = CancellationToken::new();
     let signalled = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -19,8 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -188,7 +188,7 @@ fn record_phases(metrics: &crate::shared::metrics::Metrics, nodes: &[Arc<NodeIns
     }
 }
 
-/// The NodeInstall store, and a stream that wakes every set when a node
+/// The shared NodeInstall store, and a stream that wakes every set when a node
 /// changes in a way that matters to a rollout, after the store has taken
 /// the change in (a reconcile never plans from a store older than the event
 /// that woke it). Heartbeat-only updates wake nothing (stale heartbeats are
@@ -197,30 +197,27 @@ fn watch_nodes(
     ctx: &Shared,
     stop: &CancellationToken,
 ) -> (Store<NodeInstall>, futures::channel::mpsc::Receiver<()>) {
-    let node_api: Api<NodeInstall> = Api::all(ctx.client.clone());
-    let (nodes, writer) = reflector::store::<NodeInstall>();
+    let nodes = ctx.stores.nodes.store().clone();
     let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
     let mut seen: HashMap<String, NodeFingerprint> = HashMap::new();
     let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
-    let node_stream = reflector::reflector(writer, watcher(node_api, ctx.watch_config()))
-        .default_backoff()
-        .for_each(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                    let fingerprint = NodeFingerprint::of(&node);
-                    seen.insert(node.name_any(), fingerprint.clone()).as_ref() != Some(&fingerprint)
-                }
-                Ok(watcher::Event::Delete(node)) => seen.remove(&node.name_any()).is_some(),
-                Ok(watcher::Event::InitDone) => true,
-                Ok(watcher::Event::Init) | Err(_) => false,
-            };
-            if changed {
-                record_phases(&metrics, &gauge_nodes.state());
-                // A full channel means a wake-up is already pending.
-                let _ = wake.clone().try_send(());
+    let node_stream = ctx.stores.nodes.subscribe().for_each(move |event| {
+        let changed = match event {
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                let fingerprint = NodeFingerprint::of(&node);
+                seen.insert(node.name_any(), fingerprint.clone()).as_ref() != Some(&fingerprint)
             }
-            async {}
-        });
+            watcher::Event::Delete(node) => seen.remove(&node.name_any()).is_some(),
+            watcher::Event::InitDone => true,
+            watcher::Event::Init => false,
+        };
+        if changed {
+            record_phases(&metrics, &gauge_nodes.state());
+            // A full channel means a wake-up is already pending.
+            let _ = wake.clone().try_send(());
+        }
+        async {}
+    });
     let stop = stop.clone();
     tokio::spawn(async move {
         tokio::select! {

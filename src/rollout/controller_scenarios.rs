@@ -11,7 +11,7 @@ use crate::pkg::index::{Index, IndexEntry};
 use crate::shared::fake_api::{self, Call, Log, ok, status};
 use crate::shared::halt::HaltStore;
 use crate::shared::metrics::Metrics;
-use crate::shared::stores::Stores;
+use crate::shared::stores::{Nodes, Stores};
 
 fn set() -> PackageSet {
     serde_json::from_value(json!({
@@ -63,13 +63,13 @@ fn index() -> Index {
 /// A context over the fake API server with `nodes` and the set in the
 /// stores and the repository's index cached.
 fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
-    let (node_store, mut node_writer) = reflector::store::<NodeInstall>();
-    for n in nodes {
-        node_writer.apply_watcher_event(&watcher::Event::Apply(n.clone()));
-    }
     let (set_store, mut set_writer) = reflector::store::<PackageSet>();
     set_writer.apply_watcher_event(&watcher::Event::Apply(set()));
-    let stores = Stores::default();
+    let stores = Stores {
+        nodes: Nodes::fixed(nodes.to_vec()),
+        ..Stores::default()
+    };
+    let node_store = stores.nodes.store().clone();
     stores
         .indexes
         .write()

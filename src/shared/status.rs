@@ -28,25 +28,84 @@ pub fn merge(
         .collect()
 }
 
-/// Publishes one event per changed condition. Warnings for conditions that
-/// are bad news when True (Degraded, Halted, Conflict).
+/// Whether a condition is bad news, the one rule every controller's events
+/// follow: a `Degraded`, `Halted` or `Conflict` condition that is True, or
+/// any condition whose reason says the spec is invalid, a dependency is
+/// unavailable or another object conflicts.
+pub fn is_bad_news(type_: &str, status: &str, reason: &str) -> bool {
+    let bad_condition = matches!(type_, "Degraded" | "Halted" | "Conflict") && status == "True";
+    let bad_reason = matches!(
+        reason,
+        "InvalidSpec" | "EtcdUnavailable" | "Conflict" | "Untrusted"
+    );
+    bad_condition || bad_reason
+}
+
+/// One event per changed condition, a Warning when [`is_bad_news`]; the
+/// one events helper of every controller.
 pub async fn publish(recorder: &Recorder, reference: &ObjectReference, changed: &[Condition]) {
     for c in changed {
-        let bad =
-            matches!(c.type_.as_str(), "Degraded" | "Halted" | "Conflict") && c.status == "True";
-        let event = Event {
-            type_: if bad {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: c.reason.clone(),
-            note: Some(format!("{}={}: {}", c.type_, c.status, c.message)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = recorder.publish(&event, reference).await {
-            warn!(error = %err, "cannot publish an event");
+        publish_one(
+            recorder, reference, &c.type_, &c.status, &c.reason, &c.message,
+        )
+        .await;
+    }
+}
+
+/// The event of one condition change.
+pub async fn publish_one(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
+    let event = Event {
+        type_: if is_bad_news(type_, status, reason) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(format!("{type_}={status}: {message}")),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, reference).await {
+        warn!(error = %err, "cannot publish an event");
+    }
+}
+
+#[cfg(test)]
+mod severity_tests {
+    use super::is_bad_news;
+
+    #[test]
+    fn one_rule_says_which_condition_changes_are_warnings() {
+        for (type_, status, reason) in [
+            ("Degraded", "True", "ProviderTimeout"),
+            ("Halted", "True", "FailureThreshold"),
+            ("Conflict", "True", "NodeClaimed"),
+            ("Valid", "False", "InvalidSpec"),
+            ("Published", "False", "EtcdUnavailable"),
+            ("Ready", "False", "Untrusted"),
+        ] {
+            assert!(
+                is_bad_news(type_, status, reason),
+                "{type_}={status} {reason}"
+            );
+        }
+        for (type_, status, reason) in [
+            ("Degraded", "False", "AsExpected"),
+            ("Halted", "False", "Running"),
+            ("Available", "True", "RolledOut"),
+            ("Progressing", "True", "Rolling"),
+        ] {
+            assert!(
+                !is_bad_news(type_, status, reason),
+                "{type_}={status} {reason}"
+            );
         }
     }
 }
