@@ -8,11 +8,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use theseus::agent::api::{self, ActivateRefusal, ActivateReply, ApiState};
+use theseus::agent::root::NodeRoot;
 use theseus::api::NodePhase;
 use theseus::pkg::accepted::AcceptedVersions;
 use theseus::pkg::trust::TrustConfig;
 use theseus::pkg::{ActivateOptions, FetchOptions, Root, set_hash};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 /// Builds the demo packages into a repository signed with a fresh key and
@@ -43,12 +44,7 @@ async fn serve_demo_repo(dir: &Path) -> (String, TrustConfig) {
 
 /// The router over `root`, with a stand-in agent loop that activates
 /// through the library (no services) or refuses when `managed`.
-fn app(
-    root: Arc<Mutex<Root>>,
-    token: Option<&str>,
-    managed: bool,
-    trust: TrustConfig,
-) -> axum::Router {
+fn app(root: NodeRoot, token: Option<&str>, managed: bool, trust: TrustConfig) -> axum::Router {
     let (tx, mut rx) = mpsc::channel::<api::ActivateRequest>(1);
     let loop_root = root.clone();
     tokio::spawn(async move {
@@ -59,26 +55,32 @@ fn app(
                     package_set: "web".into(),
                 })
             } else {
-                let root = loop_root.lock().await;
-                match root
-                    .activate(&req.ids, None, ActivateOptions::default())
-                    .await
-                {
-                    Ok(s) => Ok(ActivateReply {
-                        hash: s.hash,
+                let ids = req.ids.clone();
+                let activated = loop_root
+                    .change_exclusively(move |root| {
+                        let activation = root.activate(&ids, None, ActivateOptions::default());
+                        tokio::runtime::Handle::current()
+                            .block_on(activation)
+                            .map(|switched| switched.hash)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await;
+                match activated {
+                    Ok(hash) => Ok(ActivateReply {
+                        hash,
                         phase: NodePhase::Active,
                         message: "ok".into(),
                     }),
                     Err(e) => Err(ActivateRefusal::Failed {
                         phase: NodePhase::RolledBack,
-                        message: e.to_string(),
+                        message: e,
                     }),
                 }
             };
             let _ = req.reply.send(reply);
         }
     });
-    let root_path = root.try_lock().expect("not yet shared").path().to_owned();
+    let root_path = root.path().to_owned();
     api::router(ApiState {
         versions: AcceptedVersions::under(&root_path),
         root,
@@ -118,8 +120,8 @@ async fn call(
     )
 }
 
-fn open_root(dir: &Path) -> Arc<Mutex<Root>> {
-    Arc::new(Mutex::new(Root::open(&dir.join("root")).unwrap()))
+fn open_root(dir: &Path) -> NodeRoot {
+    NodeRoot::new(Root::open(&dir.join("root")).unwrap())
 }
 
 #[tokio::test]
@@ -354,4 +356,107 @@ async fn add_follows_the_trust_rules_and_contacts_no_untrusted_repository() {
         StatusCode::OK,
         "the trusted key and repository: {body}"
     );
+}
+
+/// A repository on 127.0.0.1 that accepts connections, reads the request
+/// and never answers; `accepted` is notified at each connection.
+async fn stalling_repository() -> (String, Arc<tokio::sync::Notify>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(tokio::sync::Notify::new());
+    let notify = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            notify.notify_one();
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+struct NoSink;
+
+impl theseus::agent::activate::PhaseSink for NoSink {
+    fn phase(&self, _: NodePhase, _: String) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
+    use std::time::{Duration, Instant};
+    use theseus::agent::activate::{Outcome, Request, SwitchError, Switcher};
+    use theseus::agent::service::AgentEnv;
+    use theseus::agent::supervisor::ProcessSupervisor;
+    const STALL: Duration = Duration::from_secs(8);
+    let dir = tempfile::tempdir().unwrap();
+    let (url, accepted) = stalling_repository().await;
+    let root = open_root(dir.path());
+    let root_path = root.path().to_owned();
+    let trust = TrustConfig {
+        allow_unsigned: true,
+        allowed_repositories: vec![url.clone()],
+        ..TrustConfig::default()
+    };
+    let policy = Arc::new(trust.policy("test").unwrap());
+    let fetch = FetchOptions {
+        retries: 0,
+        read_timeout: STALL,
+        ..FetchOptions::default()
+    };
+    let switcher = Switcher {
+        root: root.clone(),
+        supervisor: Arc::new(ProcessSupervisor::new(&root_path.join("run"))),
+        env: AgentEnv::new("n1", &root_path, &[]),
+        fetch: fetch.clone(),
+        policy: policy.clone(),
+        versions: AcceptedVersions::under(&root_path),
+    };
+    let (tx, _rx) = mpsc::channel(1);
+    let app = api::router(ApiState {
+        versions: AcceptedVersions::under(&root_path),
+        root,
+        token: None,
+        activate: tx,
+        fetch,
+        policy,
+    });
+    let ids = vec!["demo-config--1.0.0".parse().unwrap()];
+    let request = Request {
+        hash: set_hash(&ids),
+        ids,
+        repository: Some(url),
+        keys: vec![],
+        health_timeout: Duration::from_secs(5),
+    };
+    let started = Instant::now();
+    let switch = tokio::spawn(async move { switcher.switch(&request, &NoSink).await });
+    tokio::time::timeout(STALL, accepted.notified())
+        .await
+        .expect("the activation contacts the repository");
+    let asked = Instant::now();
+    let (status, body) = call(&app, "GET", "/active.json", None, None).await;
+    let answered = asked.elapsed();
+    println!("GET /active.json during a stalled fetch answered in {answered:?} (stall {STALL:?})");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["hash"], Value::Null);
+    assert!(
+        answered < STALL / 8,
+        "the read waited {answered:?} for a fetch stalled {STALL:?}"
+    );
+    let outcome = switch.await.unwrap();
+    println!(
+        "the activation ended after {:?}: {outcome:?}",
+        started.elapsed()
+    );
+    match outcome {
+        Outcome::RolledBack(reason @ SwitchError::Fetch(_)) => {
+            assert!(reason.to_string().contains("fetch failed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -2,25 +2,34 @@
 //! health check → Active; on any failure switch back, restart the old
 //! services and report RolledBack with the reason.
 //!
+//! An activation holds the root's change lock from its journal to its
+//! switch, so two never interleave; the root lock, which keeps readers out,
+//! only while it builds and while it switches (see [`super::root`]). Its
+//! [`Activation`] lives on a blocking thread that does every step touching
+//! the disk, fetching included, and waits there while the agent reports the
+//! phase and stops the old services.
+//!
 //! Between the switch and a verdict the agent keeps a note,
 //! `ROOT/agent.json`, naming the set it is verifying: an agent killed while
 //! Verifying resumes the verification when it restarts instead of taking an
 //! unverified set for Active.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::mpsc;
 
 use crate::api::NodePhase;
 use crate::pkg::accepted::AcceptedVersions;
-use crate::pkg::trust::{self, Grant, Policy};
-use crate::pkg::{ActivateOptions, FetchOptions, Fetcher, PackageId, Root, RootError};
+use crate::pkg::trust::{self, Grant, Policy, Refusal};
+use crate::pkg::{ActivateOptions, Activation, FetchOptions, Fetcher, PackageId, RootError};
 
-use super::service::{AgentEnv, ServiceSpec, services_of};
-use super::supervisor::Supervisor;
+use super::health::HealthError;
+use super::root::{Change, NodeRoot, blocking};
+use super::service::{AgentEnv, ServiceError, ServiceSpec, services_of};
+use super::supervisor::{Supervisor, SupervisorError};
 
 /// Time between two health probes while verifying.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -55,18 +64,171 @@ pub fn clear_note(root: &Path) {
     let _ = std::fs::remove_file(root.join(NOTE));
 }
 
+/// The services of a set cannot be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The root cannot be read or the set cannot be built.
+    #[error(transparent)]
+    Root(Box<RootError>),
+    /// A service of the set cannot be resolved.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<RootError> for ResolveError {
+    fn from(e: RootError) -> Self {
+        Self::Root(Box::new(e))
+    }
+}
+
+/// Why a switch, a verification or a rollback failed. It becomes text only
+/// in the NodeInstall status and in answers of the local API.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The activation cannot start (its journal cannot be written).
+    #[error("{0}")]
+    Begin(#[source] Box<RootError>),
+    /// Downloading, verifying or unpacking a package failed.
+    #[error("fetch failed: {0}")]
+    Fetch(#[source] Box<RootError>),
+    /// The repository is not trusted; nothing was downloaded.
+    #[error("{0}")]
+    Refused(#[source] Refusal),
+    /// The repository's index is not trusted.
+    #[error("{message}")]
+    UntrustedIndex {
+        /// What was refused and which keys were expected.
+        message: String,
+        /// The fetch error.
+        source: Box<RootError>,
+    },
+    /// The set breaks the set rules, or its services cannot be resolved.
+    #[error("invalid set: {0}")]
+    Build(#[source] ResolveError),
+    /// The agent's note cannot be written.
+    #[error("{0}")]
+    Note(#[source] Box<RootError>),
+    /// An old service does not stop.
+    #[error("cannot stop the old services: {0}")]
+    StopOld(#[source] SupervisorError),
+    /// Renaming `current` failed.
+    #[error("switch failed: {0}")]
+    Switch(#[source] Box<RootError>),
+    /// A service does not start.
+    #[error("{source}")]
+    Start {
+        /// The package.
+        service: PackageId,
+        /// What the supervisor said.
+        source: SupervisorError,
+    },
+    /// A service is not running.
+    #[error("service {service} is not running; see {}", log.display())]
+    NotRunning {
+        /// The package.
+        service: PackageId,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// A service fails its health probe.
+    #[error("service {service}: {source}")]
+    Unhealthy {
+        /// The package.
+        service: PackageId,
+        /// The probe's verdict.
+        source: HealthError,
+    },
+    /// The services were still not healthy when the time ran out.
+    #[error("not healthy within {}s: {last}", timeout.as_secs())]
+    Timeout {
+        /// The time they had.
+        timeout: Duration,
+        /// The last verdict.
+        #[source]
+        last: Box<SwitchError>,
+    },
+    /// The switch failed early and the old services do not start again.
+    #[error("{reason}; restarting the old services: {source}")]
+    RestartOld {
+        /// Why the switch failed.
+        reason: Box<SwitchError>,
+        /// Why the old services do not start.
+        source: Box<SwitchError>,
+    },
+    /// The new set failed and there is no older generation to go back to.
+    #[error(
+        "{reason}; there is no previous set to roll back to, so the failed set stays active with its services stopped"
+    )]
+    NoPrevious {
+        /// Why the new set failed.
+        #[source]
+        reason: Box<SwitchError>,
+    },
+    /// The new set failed and switching back failed.
+    #[error("{reason}; rollback failed: {source}")]
+    Rollback {
+        /// Why the new set failed.
+        reason: Box<SwitchError>,
+        /// Why the rollback failed.
+        source: Box<RootError>,
+    },
+    /// Rolled back, but the old set's services cannot be read.
+    #[error("{reason}; rolled back, but {source}")]
+    OldUnreadable {
+        /// Why the new set failed.
+        reason: Box<SwitchError>,
+        /// Why the old services cannot be read.
+        source: ResolveError,
+    },
+    /// Rolled back, but the old services do not start.
+    #[error("{reason}; rolled back, but the old services do not start: {source}")]
+    OldDoNotStart {
+        /// Why the new set failed.
+        reason: Box<SwitchError>,
+        /// Why the old services do not start.
+        source: Box<SwitchError>,
+    },
+    /// Rolled back, but the old services are not healthy either.
+    #[error(
+        "{reason}; rolled back, but the old services are not healthy either ({source}); check the node's service logs"
+    )]
+    OldUnhealthy {
+        /// Why the new set failed.
+        reason: Box<SwitchError>,
+        /// Why the old services are not healthy.
+        source: Box<SwitchError>,
+    },
+    /// The target's set hash is not the hash of its packages.
+    #[error(
+        "spec.target.setHash {set_hash} does not match its packages (whose hash is {computed}); the target is malformed, fix the operator or the PackageSet"
+    )]
+    Malformed {
+        /// The hash the target names.
+        set_hash: String,
+        /// The hash of its packages.
+        computed: String,
+    },
+}
+
+impl SwitchError {
+    /// Whether the target was refused as untrusted (nothing changed).
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::UntrustedIndex { .. })
+    }
+}
+
 /// How a switch ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The target is active and healthy.
     Active,
     /// The target failed; the node is back on its previous set.
-    RolledBack(String),
+    RolledBack(SwitchError),
     /// The target failed and there was nothing (or no way) to go back to.
-    Failed(String),
+    Failed(SwitchError),
     /// The target's repository or index is not trusted; nothing changed
     /// and no package was downloaded.
-    Refused(String),
+    Refused(SwitchError),
 }
 
 /// Reports a phase and message as the switch goes; implemented by the agent
@@ -80,7 +242,7 @@ pub trait PhaseSink: Send + Sync {
 #[derive(Clone)]
 pub struct Switcher {
     /// The node root, shared with the local HTTP API.
-    pub root: Arc<Mutex<Root>>,
+    pub root: NodeRoot,
     /// Runs the services.
     pub supervisor: Arc<dyn Supervisor>,
     /// Variables for every service.
@@ -111,61 +273,71 @@ pub struct Request {
 
 impl Switcher {
     /// The services of the active set (empty when nothing is active).
-    pub async fn active_services(&self) -> Result<Vec<ServiceSpec>, String> {
-        let root = self.root.lock().await;
-        let Some(set) = root.active().map_err(|e| e.to_string())? else {
-            return Ok(vec![]);
-        };
-        services_of(&root, &set.ids, &self.env).map_err(|e| e.to_string())
+    pub async fn active_services(&self) -> Result<Vec<ServiceSpec>, ResolveError> {
+        let env = self.env.clone();
+        self.root
+            .read(move |root| {
+                let Some(set) = root.active()? else {
+                    return Ok(vec![]);
+                };
+                Ok(services_of(root, &set.ids, &env)?)
+            })
+            .await
     }
 
     /// Stops the active set's services (in reverse order), logging failures.
     pub async fn stop_active(&self) {
-        let result = match self.active_services().await {
-            Ok(services) => self.stop_all(&services).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::warn!("stopping the services: {e}");
+        match self.active_services().await {
+            Ok(services) => {
+                if let Err(e) = self.stop_all(&services).await {
+                    tracing::warn!("stopping the services: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("stopping the services: {e}"),
         }
     }
 
     /// Starts every service that is not running, in order.
-    pub async fn ensure_running(&self, services: &[ServiceSpec]) -> Result<(), String> {
+    pub async fn ensure_running(&self, services: &[ServiceSpec]) -> Result<(), SwitchError> {
         for svc in services {
             if !self.supervisor.is_running(svc).await {
                 tracing::info!(service = %svc.id, "not running, starting it");
                 self.supervisor
                     .start(svc)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|source| SwitchError::Start {
+                        service: svc.id.clone(),
+                        source,
+                    })?;
             }
         }
         Ok(())
     }
 
-    async fn stop_all(&self, services: &[ServiceSpec]) -> Result<(), String> {
+    async fn stop_all(&self, services: &[ServiceSpec]) -> Result<(), SupervisorError> {
         for svc in services.iter().rev() {
-            self.supervisor.stop(svc).await.map_err(|e| e.to_string())?;
+            self.supervisor.stop(svc).await?;
         }
         Ok(())
     }
 
     /// One health verdict: every service running and passing its probe.
-    pub async fn healthy_once(&self, services: &[ServiceSpec]) -> Result<(), String> {
+    pub async fn healthy_once(&self, services: &[ServiceSpec]) -> Result<(), SwitchError> {
         for svc in services {
             if !self.supervisor.is_running(svc).await {
-                return Err(format!(
-                    "service {} is not running; see {}",
-                    svc.id,
-                    svc.log_file.display()
-                ));
+                return Err(SwitchError::NotRunning {
+                    service: svc.id.clone(),
+                    log: svc.log_file.clone(),
+                });
             }
             if let Some(probe) = &svc.probe {
                 probe
                     .once()
                     .await
-                    .map_err(|e| format!("service {}: {e}", svc.id))?;
+                    .map_err(|source| SwitchError::Unhealthy {
+                        service: svc.id.clone(),
+                        source,
+                    })?;
             }
         }
         Ok(())
@@ -176,13 +348,16 @@ impl Switcher {
         &self,
         services: &[ServiceSpec],
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), SwitchError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.healthy_once(services).await {
                 Ok(()) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() + PROBE_INTERVAL > deadline => {
-                    return Err(format!("not healthy within {}s: {e}", timeout.as_secs()));
+                    return Err(SwitchError::Timeout {
+                        timeout,
+                        last: Box::new(e),
+                    });
                 }
                 Err(_) => tokio::time::sleep(PROBE_INTERVAL).await,
             }
@@ -190,12 +365,11 @@ impl Switcher {
     }
 
     /// The trust decision for `req`'s repository, before any download.
-    pub fn grant(&self, req: &Request) -> Result<Option<Grant>, String> {
+    pub fn grant(&self, req: &Request) -> Result<Option<Grant>, Refusal> {
         req.repository
             .as_deref()
             .map(|url| trust::decide(&self.policy, url, &req.keys))
             .transpose()
-            .map_err(|refusal| refusal.to_string())
     }
 
     /// Switches to `req`, reporting each phase to `sink`. A repository the
@@ -203,7 +377,7 @@ impl Switcher {
     pub async fn switch(&self, req: &Request, sink: &dyn PhaseSink) -> Outcome {
         let grant = match self.grant(req) {
             Ok(grant) => grant,
-            Err(reason) => return Outcome::Refused(reason),
+            Err(refusal) => return Outcome::Refused(SwitchError::Refused(refusal)),
         };
         let fetching = match &req.repository {
             Some(url) => format!("fetching set {} from {url}", req.hash),
@@ -212,15 +386,14 @@ impl Switcher {
         sink.phase(NodePhase::Fetching, fetching).await;
         let new = match self.prepare_and_switch(req, grant.as_ref(), sink).await {
             Ok(new) => new,
-            Err(Early {
-                reason,
-                old,
-                refused,
-            }) => {
+            Err(Early { reason, old }) => {
                 if let Err(e) = self.ensure_running(&old).await {
-                    return Outcome::Failed(format!("{reason}; restarting the old services: {e}"));
+                    return Outcome::Failed(SwitchError::RestartOld {
+                        reason: Box::new(reason),
+                        source: Box::new(e),
+                    });
                 }
-                if refused {
+                if reason.is_untrusted() {
                     return Outcome::Refused(reason);
                 }
                 return Outcome::RolledBack(reason);
@@ -248,13 +421,16 @@ impl Switcher {
         };
         match verdict {
             Ok(()) => {
-                clear_note(self.root.lock().await.path());
+                let root = self.root.path().to_owned();
+                blocking(move || clear_note(&root)).await;
                 Outcome::Active
             }
             Err(reason) => self.roll_back(new, reason, timeout).await,
         }
     }
 
+    /// Fetches and builds the set on a blocking thread, stops the old
+    /// services when it is built, and has the thread switch.
     async fn prepare_and_switch(
         &self,
         req: &Request,
@@ -262,112 +438,232 @@ impl Switcher {
         sink: &dyn PhaseSink,
     ) -> Result<Vec<ServiceSpec>, Early> {
         let old = self.active_services().await.unwrap_or_default();
-        let early = |reason: String, old: &[ServiceSpec]| Early {
-            reason,
-            old: old.to_vec(),
-            refused: false,
-        };
         let fetcher =
             grant.map(|g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone())));
-        let root = self.root.lock().await;
-        let mut activation = root
-            .begin_activation(&req.ids, ActivateOptions::default())
-            .map_err(|e| early(e.to_string(), &old))?;
-        if let Err(e) = activation.fetch(fetcher.as_ref()).await {
-            let _ = activation.abort();
-            return Err(match (&e, grant) {
-                (RootError::Fetch(f), Some(grant)) if f.is_untrusted() => Early {
-                    reason: grant.refusing(&e),
-                    old,
-                    refused: true,
-                },
-                _ => early(format!("fetch failed: {e}"), &old),
-            });
-        }
-        sink.phase(
-            NodePhase::Activating,
-            format!("building set {} and stopping the old services", req.hash),
-        )
-        .await;
-        let built = activation
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|_| services_of(&root, &req.ids, &self.env).map_err(|e| e.to_string()));
-        let new = match built {
-            Ok(new) => new,
-            Err(e) => {
-                let _ = activation.abort();
-                return Err(early(format!("invalid set: {e}"), &old));
+        let change = self.root.change().await;
+        let (progress_tx, mut progress) = mpsc::unbounded_channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (ids, hash, env) = (req.ids.clone(), req.hash.clone(), self.env.clone());
+            let link = Link {
+                progress: progress_tx,
+                go: go_rx,
+            };
+            tokio::task::spawn_blocking(move || {
+                run_activation(&change, &ids, &hash, fetcher.as_ref(), &env, &link);
+            })
+        };
+        let steps = async {
+            match progress.recv().await? {
+                Progress::Fetched => {}
+                Progress::Failed(e) => return Some(Err(fetch_refused(e, grant))),
+                other => unreachable!("{other:?} before the fetch"),
+            }
+            sink.phase(
+                NodePhase::Activating,
+                format!("building set {} and stopping the old services", req.hash),
+            )
+            .await;
+            go.send(()).ok()?;
+            let new = match progress.recv().await? {
+                Progress::Built(new) => new,
+                Progress::Failed(e) => return Some(Err(e)),
+                other => unreachable!("{other:?} before the build"),
+            };
+            if let Err(e) = self.stop_all(&old).await {
+                // Without the go-ahead, the thread undoes the activation.
+                return Some(Err(SwitchError::StopOld(e)));
+            }
+            go.send(()).ok()?;
+            match progress.recv().await? {
+                Progress::Switched => Some(Ok(new)),
+                Progress::Failed(e) => Some(Err(e)),
+                other => unreachable!("{other:?} before the switch"),
             }
         };
-        if let Err(e) = write_note(root.path(), &req.hash) {
-            let _ = activation.abort();
-            return Err(early(e.to_string(), &old));
+        let result = steps.await;
+        drop(go);
+        // The thread has switched or undone the activation, and released
+        // the change lock, once it ends.
+        if let Err(e) = thread.await {
+            std::panic::resume_unwind(e.into_panic());
         }
-        if let Err(e) = self.stop_all(&old).await {
-            let _ = activation.abort();
-            clear_note(root.path());
-            return Err(early(format!("cannot stop the old services: {e}"), &old));
-        }
-        match activation.switch() {
-            Ok(switched) => {
-                tracing::info!(generation = switched.generation, hash = %switched.hash, "switched");
-                Ok(new)
-            }
-            Err(e) => {
-                let _ = root.recover();
-                clear_note(root.path());
-                Err(early(format!("switch failed: {e}"), &old))
-            }
+        match result.expect("the activation thread reports until it ends") {
+            Ok(new) => Ok(new),
+            Err(reason) => Err(Early { reason, old }),
         }
     }
 
     /// Stops `new`, switches back to the previous set and waits (up to
     /// `timeout`) for its services to be healthy again, so that RolledBack
     /// means the old set is serving.
-    async fn roll_back(&self, new: &[ServiceSpec], reason: String, timeout: Duration) -> Outcome {
+    async fn roll_back(
+        &self,
+        new: &[ServiceSpec],
+        reason: SwitchError,
+        timeout: Duration,
+    ) -> Outcome {
         tracing::warn!("rolling back: {reason}");
         if let Err(e) = self.stop_all(new).await {
             tracing::warn!("stopping the failed services: {e}");
         }
-        let (switched, root_path) = {
-            let root = self.root.lock().await;
-            (root.rollback(), root.path().to_owned())
-        };
+        let switched = self.root.change_exclusively(|root| root.rollback()).await;
+        let reason = Box::new(reason);
         let result = match switched {
-            Err(RootError::NoPrevious(_)) => Outcome::Failed(format!(
-                "{reason}; there is no previous set to roll back to, so the failed set stays active with its services stopped"
-            )),
-            Err(e) => Outcome::Failed(format!("{reason}; rollback failed: {e}")),
+            Err(RootError::NoPrevious(_)) => Outcome::Failed(SwitchError::NoPrevious { reason }),
+            Err(e) => Outcome::Failed(SwitchError::Rollback {
+                reason,
+                source: Box::new(e),
+            }),
             Ok(_) => self.restart_old(reason, timeout).await,
         };
-        clear_note(&root_path);
+        let root = self.root.path().to_owned();
+        blocking(move || clear_note(&root)).await;
         result
     }
 
-    async fn restart_old(&self, reason: String, timeout: Duration) -> Outcome {
+    async fn restart_old(&self, reason: Box<SwitchError>, timeout: Duration) -> Outcome {
         let old = match self.active_services().await {
             Ok(old) => old,
-            Err(e) => return Outcome::Failed(format!("{reason}; rolled back, but {e}")),
+            Err(source) => return Outcome::Failed(SwitchError::OldUnreadable { reason, source }),
         };
         if let Err(e) = self.ensure_running(&old).await {
-            return Outcome::Failed(format!(
-                "{reason}; rolled back, but the old services do not start: {e}"
-            ));
+            return Outcome::Failed(SwitchError::OldDoNotStart {
+                reason,
+                source: Box::new(e),
+            });
         }
         match self.wait_healthy(&old, timeout).await {
-            Ok(()) => Outcome::RolledBack(reason),
-            Err(e) => Outcome::Failed(format!(
-                "{reason}; rolled back, but the old services are not healthy either ({e}); check the node's service logs"
-            )),
+            Ok(()) => Outcome::RolledBack(*reason),
+            Err(e) => Outcome::Failed(SwitchError::OldUnhealthy {
+                reason,
+                source: Box::new(e),
+            }),
         }
+    }
+}
+
+/// A failed fetch whose index was refused as untrusted says so.
+fn fetch_refused(e: SwitchError, grant: Option<&Grant>) -> SwitchError {
+    match e {
+        SwitchError::Fetch(source) => match (grant, &*source) {
+            (Some(grant), RootError::Fetch(f)) if f.is_untrusted() => SwitchError::UntrustedIndex {
+                message: grant.refusing(&source),
+                source,
+            },
+            _ => SwitchError::Fetch(source),
+        },
+        e => e,
     }
 }
 
 /// A failure before the switch: nothing changed on disk.
 struct Early {
-    reason: String,
+    reason: SwitchError,
     old: Vec<ServiceSpec>,
-    /// The index was refused as untrusted.
-    refused: bool,
+}
+
+/// What the activation thread reports.
+#[derive(Debug)]
+enum Progress {
+    /// Every package is cached.
+    Fetched,
+    /// The generation is built and the note written; these are its services.
+    Built(Vec<ServiceSpec>),
+    /// `current` points to the new generation.
+    Switched,
+    /// The activation failed and was undone.
+    Failed(SwitchError),
+}
+
+/// The activation thread's side of its channels.
+struct Link {
+    progress: mpsc::UnboundedSender<Progress>,
+    /// A go-ahead after each report but the last; closed to give up.
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl Link {
+    fn report(&self, progress: Progress) {
+        let _ = self.progress.send(progress);
+    }
+
+    /// Reports `progress` and waits for the go-ahead.
+    fn proceed(&self, progress: Progress) -> bool {
+        self.progress.send(progress).is_ok() && self.go.recv().is_ok()
+    }
+}
+
+/// One activation on a blocking thread, holding the change lock: journal,
+/// fetch (readers go on), build (readers wait), then, with the go-ahead,
+/// the switch (readers wait). Without the go-ahead it undoes everything.
+fn run_activation(
+    change: &Change,
+    ids: &[PackageId],
+    hash: &str,
+    fetcher: Option<&Fetcher>,
+    env: &AgentEnv,
+    link: &Link,
+) {
+    let root = change.root();
+    let begun = {
+        let _readers_wait = change.exclusive();
+        root.begin_activation(ids, ActivateOptions::default())
+    };
+    let mut activation = match begun {
+        Ok(activation) => activation,
+        Err(e) => return link.report(Progress::Failed(SwitchError::Begin(Box::new(e)))),
+    };
+    let abort = |activation: Activation<'_>| {
+        let _readers_wait = change.exclusive();
+        let _ = activation.abort();
+    };
+    if let Err(e) = change.block_on(activation.fetch(fetcher)) {
+        abort(activation);
+        return link.report(Progress::Failed(SwitchError::Fetch(Box::new(e))));
+    }
+    if !link.proceed(Progress::Fetched) {
+        return abort(activation);
+    }
+    let built = {
+        let _readers_wait = change.exclusive();
+        let built = activation
+            .build()
+            .map_err(ResolveError::from)
+            .and_then(|_| Ok(services_of(root, ids, env)?))
+            .map_err(SwitchError::Build)
+            .and_then(|new| match write_note(root.path(), hash) {
+                Ok(()) => Ok(new),
+                Err(e) => Err(SwitchError::Note(Box::new(e))),
+            });
+        match built {
+            Ok(new) => Ok((new, activation)),
+            Err(e) => {
+                let _ = activation.abort();
+                Err(e)
+            }
+        }
+    };
+    let (new, activation) = match built {
+        Ok(built) => built,
+        Err(e) => return link.report(Progress::Failed(e)),
+    };
+    if !link.proceed(Progress::Built(new)) {
+        let _readers_wait = change.exclusive();
+        let _ = activation.abort();
+        clear_note(root.path());
+        return;
+    }
+    let _readers_wait = change.exclusive();
+    match activation.switch() {
+        Ok(switched) => {
+            tracing::info!(generation = switched.generation, hash = %switched.hash, "switched");
+            link.report(Progress::Switched);
+        }
+        Err(e) => {
+            let _ = root.recover();
+            clear_note(root.path());
+            link.report(Progress::Failed(SwitchError::Switch(Box::new(e))));
+        }
+    }
 }

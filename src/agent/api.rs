@@ -17,13 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::NodePhase;
 use crate::pkg::accepted::AcceptedVersions;
-use crate::pkg::trust::{self, Policy};
-use crate::pkg::{FetchOptions, Fetcher, PackageId, Root, RootError};
+use crate::pkg::trust::{self, Grant, Policy};
+use crate::pkg::{FetchOptions, Fetcher, PackageId, RootError};
 
+use super::root::{NodeRoot, blocking};
 use super::trust::UNTRUSTED;
 
 /// Errors of the local API's set-up.
@@ -104,8 +105,9 @@ pub enum ActivateRefusal {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The node root (the agent's, under its exclusive lock).
-    pub root: Arc<Mutex<Root>>,
+    /// The node root, shared with the agent loop: reads never wait for a
+    /// fetch or a service stopping.
+    pub root: NodeRoot,
     /// The bearer token; `None` leaves the API open (loopback only).
     pub token: Option<String>,
     /// The agent loop's inbox for activations.
@@ -207,14 +209,14 @@ fn root_failure(e: RootError) -> Response {
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
-    match state.root.lock().await.list() {
+    match state.root.read(|root| root.list()).await {
         Ok(list) => Json(json!({ "packages": list })).into_response(),
         Err(e) => root_failure(e),
     }
 }
 
 async fn active(State(state): State<ApiState>) -> Response {
-    match state.root.lock().await.active() {
+    match state.root.read(|root| root.active()).await {
         Ok(Some(set)) => Json(set).into_response(),
         Ok(None) => {
             Json(json!({"generation": null, "ids": [], "hash": null, "time": null})).into_response()
@@ -232,33 +234,35 @@ struct AddBody {
     repository: Option<String>,
 }
 
+/// What `POST /add` fetches, once the trust rules allow it.
+enum AddPlan {
+    /// The archive at a URL.
+    Url(String, Fetcher),
+    /// An id from a repository's index.
+    Index(PackageId, Box<Grant>, Fetcher),
+    /// An id that must already be cached.
+    Cached(PackageId),
+}
+
 async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Response {
-    let root = state.root.lock().await;
-    let result = match (&body.id, &body.url, &body.repository) {
+    let plan = match (body.id, body.url, body.repository) {
         (None, Some(url), _) => {
-            if let Err(refusal) = trust::decide_archive(&state.policy, url) {
+            if let Err(refusal) = trust::decide_archive(&state.policy, &url) {
                 return untrusted(refusal.to_string());
             }
-            let fetcher = Fetcher::new(url, vec![], state.fetch.clone());
-            root.add_url(url, &fetcher).await.map(|_| ())
+            let fetcher = Fetcher::new(&url, vec![], state.fetch.clone());
+            AddPlan::Url(url, fetcher)
         }
         (Some(id), None, Some(repo)) => {
-            let grant = match trust::decide(&state.policy, repo, &[]) {
+            let grant = match trust::decide(&state.policy, &repo, &[]) {
                 Ok(grant) => grant,
                 Err(refusal) => return untrusted(refusal.to_string()),
             };
             let versions = Some(state.versions.clone());
             let fetcher = Fetcher::granted(&grant, state.fetch.clone(), versions);
-            let missing = root.missing(std::slice::from_ref(id));
-            match root.fetch_packages(&missing, &fetcher).await {
-                Err(RootError::Fetch(e)) if e.is_untrusted() => {
-                    return untrusted(grant.refusing(&e));
-                }
-                other => other.map(|_| ()),
-            }
+            AddPlan::Index(id, Box::new(grant), fetcher)
         }
-        (Some(id), None, None) if root.missing(std::slice::from_ref(id)).is_empty() => Ok(()),
-        (Some(id), None, None) => Err(RootError::NotCached(id.clone())),
+        (Some(id), None, None) => AddPlan::Cached(id),
         _ => {
             return failure(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -266,10 +270,30 @@ async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Respon
             );
         }
     };
-    match result {
-        Ok(()) => Json(json!({ "packages": root.list().unwrap_or_default() })).into_response(),
-        Err(e) => root_failure(e),
-    }
+    // Fetching into the cache holds the change lock only: reads go on.
+    let change = state.root.change().await;
+    blocking(move || {
+        let root = change.root();
+        let result = match plan {
+            AddPlan::Url(url, fetcher) => change.block_on(root.add_url(&url, &fetcher)).map(|_| ()),
+            AddPlan::Index(id, grant, fetcher) => {
+                let missing = root.missing(std::slice::from_ref(&id));
+                match change.block_on(root.fetch_packages(&missing, &fetcher)) {
+                    Err(RootError::Fetch(e)) if e.is_untrusted() => {
+                        return untrusted(grant.refusing(&e));
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+            AddPlan::Cached(id) if root.missing(std::slice::from_ref(&id)).is_empty() => Ok(()),
+            AddPlan::Cached(id) => Err(RootError::NotCached(id)),
+        };
+        match result {
+            Ok(()) => Json(json!({ "packages": root.list().unwrap_or_default() })).into_response(),
+            Err(e) => root_failure(e),
+        }
+    })
+    .await
 }
 
 /// The body of `POST /remove`.
@@ -280,7 +304,12 @@ struct RemoveBody {
 }
 
 async fn remove(State(state): State<ApiState>, Json(body): Json<RemoveBody>) -> Response {
-    match state.root.lock().await.remove(&body.id) {
+    let id = body.id.clone();
+    match state
+        .root
+        .change_exclusively(move |root| root.remove(&id))
+        .await
+    {
         Ok(()) => Json(json!({ "removed": body.id })).into_response(),
         Err(e) => root_failure(e),
     }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod health;
 pub mod reconcile;
 pub mod register;
+pub mod root;
 pub mod service;
 pub mod state;
 pub mod supervisor;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use kube::Client;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::NodeInstallStatus;
@@ -28,7 +29,8 @@ use crate::pkg::accepted::AcceptedVersions;
 use crate::pkg::{FetchOptions, Root};
 
 use self::activate::Switcher;
-use self::register::{Desired, Reporter};
+use self::register::{Desired, Reporter, StatusApi};
+use self::root::NodeRoot;
 use self::service::AgentEnv;
 use self::supervisor::{ProcessSupervisor, Supervisor, SystemdSupervisor};
 
@@ -132,15 +134,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         instance_id: args.instance_id.clone(),
         ..ni.status.clone().unwrap_or_default()
     };
-    let reporter = Reporter::new(&client, &args.node_name, status);
+    let reporter = Reporter::new(status);
     let stop = CancellationToken::new();
     let (desired_tx, desired_rx) = watch::channel(Desired::of(&ni));
     let (activate_tx, activate_rx) = mpsc::channel(4);
-    let root = Arc::new(Mutex::new(root));
+    let root = NodeRoot::new(root);
     let fetch = FetchOptions::default();
-    let versions = AcceptedVersions::under(root.lock().await.path());
-    let env = AgentEnv::new(&args.node_name, root.lock().await.path(), &args.env);
-    let run_dir = root.lock().await.path().join("run");
+    let versions = AcceptedVersions::under(root.path());
+    let env = AgentEnv::new(&args.node_name, root.path(), &args.env);
+    let run_dir = root.path().join("run");
     let supervisor: Arc<dyn Supervisor> = match args.supervisor {
         SupervisorKind::Process => Arc::new(ProcessSupervisor::new(&run_dir)),
         SupervisorKind::Systemd => Arc::new(SystemdSupervisor::new(&args.systemctl, &run_dir)),
@@ -177,6 +179,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         requests: activate_rx,
         tick,
     };
+    let status_api = StatusApi::new(&client, &args.node_name);
     let tasks = [
         tokio::spawn(register::watch_target(
             client,
@@ -185,7 +188,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             desired_tx,
             stop.clone(),
         )),
-        tokio::spawn(register::heartbeat_loop(reporter, tick, stop.clone())),
+        tokio::spawn(register::write_status(
+            reporter,
+            tick,
+            stop.clone(),
+            move |status| {
+                let status_api = status_api.clone();
+                async move { status_api.write(status).await }
+            },
+        )),
     ];
     let server = tokio::spawn(api::serve(listener, router, stop.clone()));
     let stopper = stop.clone();

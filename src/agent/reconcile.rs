@@ -14,7 +14,9 @@ use crate::api::conditions::{self, Observed, types};
 use crate::api::{NodePhase, NodeTarget};
 use crate::pkg::{PackageId, set_hash};
 
-use super::activate::{DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, Switcher, read_note};
+use super::activate::{
+    DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, SwitchError, Switcher, read_note,
+};
 use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
 use super::register::{Desired, Reporter};
 use super::state::{self, Action, Facts};
@@ -70,12 +72,12 @@ impl Agent {
 
     async fn startup(&mut self) {
         let desired = self.desired.borrow().clone();
-        let previous = self.reporter.snapshot().await;
-        let recovery = {
-            let root = self.switcher.root.lock().await;
-            root.recovery()
-                .map(|r| format!("{:?}", r.outcome).to_lowercase())
-        };
+        let previous = self.reporter.snapshot();
+        let recovery = self
+            .switcher
+            .root
+            .recovery()
+            .map(|r| format!("{:?}", r.outcome).to_lowercase());
         let message = format!(
             "agent started (journal recovery: {})",
             recovery.unwrap_or_else(|| "none".into())
@@ -97,7 +99,7 @@ impl Agent {
 
     async fn reconcile(&mut self, desired: &Desired) {
         let active = self.active_facts().await;
-        let note = read_note(self.switcher.root.lock().await.path());
+        let note = self.switcher.root.read(|root| read_note(root.path())).await;
         let target = desired.target.as_ref();
         let facts = Facts {
             target: target.map(|t| t.set_hash.as_str()),
@@ -111,10 +113,10 @@ impl Agent {
                 let req = request(t);
                 let computed = set_hash(&req.ids);
                 if computed != t.set_hash || req.ids.len() != t.packages.len() {
-                    let reason = format!(
-                        "spec.target.setHash {} does not match its packages (whose hash is {computed}); the target is malformed, fix the operator or the PackageSet",
-                        t.set_hash
-                    );
+                    let reason = SwitchError::Malformed {
+                        set_hash: t.set_hash.clone(),
+                        computed,
+                    };
                     return self
                         .finish(Outcome::Failed(reason), &t.set_hash, desired)
                         .await;
@@ -142,8 +144,8 @@ impl Agent {
         let services = match self.switcher.active_services().await {
             Ok(s) => s,
             Err(e) => {
-                let phase = self.reporter.snapshot().await.phase;
-                return self.report(phase, e, false, desired).await;
+                let phase = self.reporter.snapshot().phase;
+                return self.report(phase, e.to_string(), false, desired).await;
             }
         };
         let mut health = self.switcher.ensure_running(&services).await;
@@ -158,7 +160,7 @@ impl Agent {
             tokio::time::sleep(super::activate::PROBE_INTERVAL).await;
             health = self.switcher.ensure_running(&services).await;
         }
-        let previous = self.reporter.snapshot().await;
+        let previous = self.reporter.snapshot();
         if action != Action::HoldFailed {
             self.reason = None;
         }
@@ -233,10 +235,10 @@ impl Agent {
         };
         let message = match &outcome {
             Outcome::Active => format!("set {hash} activated locally"),
-            Outcome::RolledBack(r) | Outcome::Failed(r) | Outcome::Refused(r) => r.clone(),
+            Outcome::RolledBack(r) | Outcome::Failed(r) | Outcome::Refused(r) => r.to_string(),
         };
         self.reason = matches!(outcome, Outcome::Refused(_)).then_some(UNTRUSTED);
-        let healthy = outcome == Outcome::Active;
+        let healthy = matches!(outcome, Outcome::Active);
         self.report(phase, message.clone(), healthy, desired).await;
         let reply = match outcome {
             Outcome::Active => Ok(ActivateReply {
@@ -258,8 +260,7 @@ impl Agent {
     }
 
     async fn active_facts(&self) -> ActiveFacts {
-        let root = self.switcher.root.lock().await;
-        facts_of(&root)
+        self.switcher.root.read(facts_of).await
     }
 
     /// Writes the status: the real active set, the phase and Ready.
@@ -285,26 +286,23 @@ impl Agent {
         }
         let failed = self.failed.clone();
         let reason = self.reason.map(str::to_owned);
-        self.reporter
-            .update(|s| {
-                s.observed_generation = desired.generation;
-                s.active = active.ids;
-                s.active_hash = active.hash;
-                s.cached = active.cached;
-                s.phase = phase;
-                s.message = Some(message);
-                s.reason = reason;
-                s.failed_hash = failed;
-                let observed =
-                    Observed::new(types::READY, ready.ready, ready.reason, ready.message);
-                conditions::set(
-                    &mut s.conditions,
-                    observed,
-                    desired.generation,
-                    Timestamp::now(),
-                );
-            })
-            .await;
+        self.reporter.update(|s| {
+            s.observed_generation = desired.generation;
+            s.active = active.ids;
+            s.active_hash = active.hash;
+            s.cached = active.cached;
+            s.phase = phase;
+            s.message = Some(message);
+            s.reason = reason;
+            s.failed_hash = failed;
+            let observed = Observed::new(types::READY, ready.ready, ready.reason, ready.message);
+            conditions::set(
+                &mut s.conditions,
+                observed,
+                desired.generation,
+                Timestamp::now(),
+            );
+        });
     }
 }
 
@@ -352,19 +350,9 @@ impl PhaseSink for Sink<'_> {
     fn phase(&self, phase: NodePhase, message: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!(node = %self.agent.node, ?phase, "{message}");
-            // The switch holds the root while it builds and stops services:
-            // report the disk when it is free, else the last known facts.
-            let active = match self.agent.switcher.root.try_lock() {
-                Ok(root) => facts_of(&root),
-                Err(_) => {
-                    let s = self.agent.reporter.snapshot().await;
-                    ActiveFacts {
-                        ids: s.active,
-                        hash: s.active_hash,
-                        cached: s.cached,
-                    }
-                }
-            };
+            // Between the steps of a switch the root is readable: report
+            // the disk.
+            let active = self.agent.active_facts().await;
             self.agent
                 .report_with(active, phase, message, false, self.desired)
                 .await;

@@ -1,9 +1,9 @@
 //! The agent's NodeInstall: created or adopted at start, its status written
-//! by server-side apply (never touching `spec`, which the operator owns),
-//! a heartbeat, and a watch on the object's target.
+//! by server-side apply (never touching `spec`, which the operator owns) by
+//! one writer task that also heartbeats, and a watch on the object's target.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeTarget};
@@ -117,50 +117,64 @@ pub async fn register(
     Ok(ni)
 }
 
-/// The agent's view of its status, written in full by server-side apply on
-/// every change and every heartbeat.
+/// The agent's view of its status. Changing it never waits for the API
+/// server: the latest status goes into a `watch` channel, and one task,
+/// [`write_status`], writes it in full by server-side apply on every change
+/// and every heartbeat. When the API server is slow, intermediate statuses
+/// are skipped; the latest always wins.
 #[derive(Clone)]
 pub struct Reporter {
-    api: Api<NodeInstall>,
-    node: String,
-    status: Arc<Mutex<NodeInstallStatus>>,
+    status: watch::Sender<NodeInstallStatus>,
 }
 
 impl Reporter {
-    /// A reporter for `node`, starting from `initial` (the status read at
-    /// registration, so that condition transition times survive restarts).
-    pub fn new(client: &Client, node: &str, initial: NodeInstallStatus) -> Self {
+    /// A reporter starting from `initial` (the status read at registration,
+    /// so that condition transition times survive restarts).
+    pub fn new(initial: NodeInstallStatus) -> Self {
+        Self {
+            status: watch::Sender::new(initial),
+        }
+    }
+
+    /// A copy of the latest status.
+    pub fn snapshot(&self) -> NodeInstallStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Changes the status with `change`; the writer writes it when anything
+    /// differs.
+    pub fn update(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
+        self.status.send_if_modified(|status| {
+            let before = status.clone();
+            change(status);
+            *status != before
+        });
+    }
+
+    /// The latest status and its changes.
+    pub fn subscribe(&self) -> watch::Receiver<NodeInstallStatus> {
+        self.status.subscribe()
+    }
+}
+
+/// Where the agent's status goes: the status subresource of its NodeInstall.
+#[derive(Clone)]
+pub struct StatusApi {
+    api: Api<NodeInstall>,
+    node: String,
+}
+
+impl StatusApi {
+    /// The status of the NodeInstall named `node`.
+    pub fn new(client: &Client, node: &str) -> Self {
         Self {
             api: Api::all(client.clone()),
             node: node.to_owned(),
-            status: Arc::new(Mutex::new(initial)),
         }
     }
 
-    /// A copy of the status as last reported.
-    pub async fn snapshot(&self) -> NodeInstallStatus {
-        self.status.lock().await.clone()
-    }
-
-    /// Changes the status with `change` and writes it when anything but the
-    /// heartbeat differs.
-    pub async fn update(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
-        let mut status = self.status.lock().await;
-        let before = status.clone();
-        change(&mut status);
-        if *status != before {
-            self.apply(&mut status).await;
-        }
-    }
-
-    /// Writes the status with a fresh heartbeat.
-    pub async fn heartbeat(&self) {
-        let mut status = self.status.lock().await;
-        self.apply(&mut status).await;
-    }
-
-    async fn apply(&self, status: &mut NodeInstallStatus) {
-        status.heartbeat = Some(Time(Timestamp::now()));
+    /// Writes `status`, logging a failure (the next heartbeat retries).
+    pub async fn write(&self, status: NodeInstallStatus) {
         let body = serde_json::json!({
             "apiVersion": "theseus.dev/v1alpha1",
             "kind": "NodeInstall",
@@ -178,14 +192,36 @@ impl Reporter {
     }
 }
 
-/// Writes a heartbeat every `every` until `stop`.
-pub async fn heartbeat_loop(reporter: Reporter, every: Duration, stop: CancellationToken) {
+/// The status writer: writes the latest status of `reporter` with `write`
+/// whenever it changes and, with a fresh heartbeat, every `every`, until
+/// `stop` (writing a change not yet written on the way out).
+pub async fn write_status<W, F>(
+    reporter: Reporter,
+    every: Duration,
+    stop: CancellationToken,
+    mut write: W,
+) where
+    W: FnMut(NodeInstallStatus) -> F,
+    F: Future<Output = ()>,
+{
+    let mut latest = reporter.subscribe();
+    drop(reporter);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => reporter.heartbeat().await,
-            () = stop.cancelled() => return,
+        let go_on = tokio::select! {
+            changed = latest.changed() => changed.is_ok(),
+            _ = tick.tick() => true,
+            () = stop.cancelled() => false,
+        };
+        if !go_on && !latest.borrow().has_changed() {
+            return;
+        }
+        let mut status = latest.borrow_and_update().clone();
+        status.heartbeat = Some(Time(Timestamp::now()));
+        write(status).await;
+        if !go_on {
+            return;
         }
     }
 }
@@ -241,5 +277,70 @@ pub async fn watch_target(
             Some(Err(e)) => tracing::warn!(%node, "watch: {e}"),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_writer_never_holds_up_an_update_and_the_latest_status_wins() {
+        let reporter = Reporter::new(NodeInstallStatus::default());
+        let written: Arc<Mutex<Vec<NodeInstallStatus>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let log = written.clone();
+        let writer = tokio::spawn(write_status(
+            reporter.clone(),
+            Duration::from_secs(3600),
+            stop.clone(),
+            move |status| {
+                let log = log.clone();
+                async move {
+                    // An API server that takes 200 ms per write.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    log.lock().unwrap().push(status);
+                }
+            },
+        ));
+        let started = Instant::now();
+        for i in 0..100 {
+            reporter.update(|s| s.message = Some(format!("step {i}")));
+            tokio::task::yield_now().await;
+        }
+        let updating = started.elapsed();
+        assert!(updating < Duration::from_millis(150), "{updating:?}");
+        let last = |w: &Mutex<Vec<NodeInstallStatus>>| {
+            w.lock().unwrap().last().and_then(|s| s.message.clone())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while last(&written).as_deref() != Some("step 99") {
+            assert!(Instant::now() < deadline, "the latest status is written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let writes = written.lock().unwrap().len();
+        assert!(
+            writes < 10,
+            "{writes} writes: intermediate ones are skipped"
+        );
+        assert!(
+            written
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.heartbeat.is_some())
+        );
+
+        reporter.update(|s| s.message = Some("last".into()));
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(
+            last(&written).as_deref(),
+            Some("last"),
+            "written on the way out"
+        );
     }
 }

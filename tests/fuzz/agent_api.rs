@@ -17,9 +17,10 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 use theseus::agent::api::{self, ActivateRefusal, ActivateReply, ApiState};
+use theseus::agent::root::NodeRoot;
 use theseus::api::NodePhase;
 use theseus::pkg::{ActivateOptions, FetchOptions, Root};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use crate::engine::{Verdict, mutate, pick};
@@ -99,7 +100,7 @@ struct World {
     runtime: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     repo: String,
-    root: Arc<Mutex<Root>>,
+    root: NodeRoot,
     app: axum::Router,
 }
 
@@ -125,7 +126,7 @@ fn world() -> World {
     std::fs::create_dir(dir.path().join("outside")).unwrap();
     std::fs::write(dir.path().join("outside/secret"), "keep").unwrap();
     build_repo(&dir.path().join("repo"));
-    let root = Arc::new(Mutex::new(Root::open(&dir.path().join("root")).unwrap()));
+    let root = NodeRoot::new(Root::open(&dir.path().join("root")).unwrap());
     let (repo, app) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let repo = format!("http://{}", listener.local_addr().unwrap());
@@ -145,24 +146,30 @@ fn world() -> World {
 }
 
 /// The router with a stand-in agent loop that activates through the library.
-fn app(root: Arc<Mutex<Root>>, root_dir: &std::path::Path) -> axum::Router {
+fn app(root: NodeRoot, root_dir: &std::path::Path) -> axum::Router {
     let (tx, mut rx) = mpsc::channel::<api::ActivateRequest>(1);
     let loop_root = root.clone();
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
-            let root = loop_root.lock().await;
-            let reply = match root
-                .activate(&req.ids, None, ActivateOptions::default())
-                .await
-            {
-                Ok(s) => Ok(ActivateReply {
-                    hash: s.hash,
+            let ids = req.ids.clone();
+            let activated = loop_root
+                .change_exclusively(move |root| {
+                    let activation = root.activate(&ids, None, ActivateOptions::default());
+                    tokio::runtime::Handle::current()
+                        .block_on(activation)
+                        .map(|switched| switched.hash)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+            let reply = match activated {
+                Ok(hash) => Ok(ActivateReply {
+                    hash,
                     phase: NodePhase::Active,
                     message: "ok".into(),
                 }),
                 Err(e) => Err(ActivateRefusal::Failed {
                     phase: NodePhase::RolledBack,
-                    message: e.to_string(),
+                    message: e,
                 }),
             };
             let _ = req.reply.send(reply);
@@ -229,12 +236,13 @@ impl World {
     }
 
     fn root_is_whole(&self) -> Verdict {
-        let root = self.root.blocking_lock();
-        root.list()
-            .map_err(|e| format!("the root cannot be listed: {e}"))?;
-        root.active()
-            .map_err(|e| format!("the active set cannot be read: {e}"))?;
-        Ok(())
+        self.runtime.block_on(self.root.read(|root| {
+            root.list()
+                .map_err(|e| format!("the root cannot be listed: {e}"))?;
+            root.active()
+                .map_err(|e| format!("the active set cannot be read: {e}"))?;
+            Ok(())
+        }))
     }
 
     fn nothing_outside(&self) -> Verdict {
