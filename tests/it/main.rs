@@ -10,8 +10,10 @@
 //! binary of its own.
 //!
 //! Tests run concurrently in this one process: none sets an environment
-//! variable or the working directory of the process, listens on a fixed
-//! port, or uses a cluster object or etcd prefix another test could use.
+//! variable or the working directory of the process, or uses a cluster
+//! object, etcd prefix or port another test could use. Ports come from
+//! `support::free_port` (10000–19999) or the kernel; only the demo has
+//! fixed ones (27080–27104, its quickstart's), which no other test uses.
 
 // Without `failpoints` the crash tests are not compiled, and some helpers
 // only they use go unused.
