@@ -12,7 +12,8 @@
 //! `cargo test --all-targets` (without `--bench`) it does a 500-container
 //! smoke run.
 
-#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // the benchmark uses a part of the tests' support
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

@@ -11,7 +11,8 @@
 //! testbed's moto otherwise. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it does the same with 5 instances.
 
-#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // the benchmark uses a part of the tests' support
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

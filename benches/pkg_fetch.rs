@@ -6,9 +6,9 @@
 //! `cargo bench --bench pkg_fetch` runs the full size. Without `--bench`
 //! (as `cargo test --all-targets` runs it) it is a quick smoke run.
 
-#[path = "../tests/common/repo_server.rs"]
+#[path = "../tests/it/support/repo_server.rs"]
 mod repo_server;
-#[path = "../tests/common/run.rs"]
+#[path = "../tests/it/support/run.rs"]
 mod run;
 
 use repo_server::RepoServer;

@@ -8,7 +8,8 @@
 //! THESEUS_BENCH_SWITCH_MS (3000). Run by `cargo test --all-targets` (without
 //! `--bench`), it does a quick smoke run of 10 nodes instead.
 
-#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // the benchmark uses a part of the tests' support
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,6 @@
+//! The layout solver: table tests rule by rule, properties against brute
+//! force, and templates end to end.
+
+mod props;
+mod solver;
+mod templates;
