@@ -4,7 +4,7 @@
 #
 #   docker build -t theseus:0.1.0 .
 #
-# tests/container.rs checks this file's structure (no Docker engine is needed
+# tests/it/container.rs checks this file's structure (no Docker engine is needed
 # for that); `make dockerfile-lint` runs hadolint on it.
 
 # --- builder: the official Rust image, release build from the lock file ----

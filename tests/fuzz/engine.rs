@@ -4,7 +4,7 @@
 //! Each input runs on a worker thread; the runner waits for it with a
 //! deadline, so a hang is reported (with the input saved) instead of
 //! wedging the test. A panic or a broken property saves the input under
-//! `target/fuzz-crashes/TARGET/` and fails the test with the seed that
+//! `target/tmp/fuzz-crashes/TARGET/` and fails the test with the seed that
 //! reproduces the run.
 //!
 //! Settings (environment):
