@@ -5,15 +5,12 @@
 use std::sync::Mutex;
 
 use axum::http::StatusCode;
-use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::nodepool::identity::Mode;
 use crate::nodepool::provider::{CLUSTER_TAG, LAUNCH_TAG};
 use crate::shared::fake_api::{self, Call, Log, ok};
-use crate::shared::halt::HaltStore;
-use crate::shared::metrics::Metrics;
 use crate::shared::stores::Stores;
 
 /// A provider whose instances live in memory; every call is logged as
@@ -113,20 +110,9 @@ fn answer(call: &Call) -> fake_api::Answer {
 
 /// A context over the fake API server with `provider` as the pool's.
 fn context(client: kube::Client, pool: &NodePool, provider: Arc<FakeProvider>) -> PoolContext {
-    let reporter = Reporter {
-        controller: "test".into(),
-        instance: None,
-    };
+    let (ctx, recorder) = fake_api::shared(client.clone(), Stores::default());
     let pc = PoolContext {
-        ctx: Shared {
-            client: client.clone(),
-            metrics: Metrics::default(),
-            halt: HaltStore::new(client.clone(), "theseus-system"),
-            reporter: reporter.clone(),
-            namespace: "theseus-system".into(),
-            selector: None,
-            stores: Stores::default(),
-        },
+        ctx,
         config: Config {
             state_dir: "/nonexistent".into(),
             cluster_name: "c".into(),
@@ -136,7 +122,7 @@ fn context(client: kube::Client, pool: &NodePool, provider: Arc<FakeProvider>) -
             identity_namespace: "theseus-nodes".into(),
             identity_prefix: "theseus-node-".into(),
         },
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder,
         providers: Arc::new(Mutex::new(HashMap::new())),
         evictions: client,
         identity: None,
@@ -225,11 +211,7 @@ async fn a_conflict_on_the_plan_launches_nothing() {
         error_policy(Arc::new(p), &err, pc.clone()),
         Action::requeue(Duration::from_millis(200))
     );
-    let metrics = pc.ctx.metrics.render();
-    assert!(
-        metrics.contains(r#"controller="nodepool",reason="Conflict""#),
-        "{metrics}"
-    );
+    fake_api::assert_failure_counted(&pc.ctx.metrics, "nodepool", "Conflict");
 }
 
 #[tokio::test]

@@ -2,15 +2,12 @@
 //! PackageSet controller's requests, in order, for one pass.
 
 use axum::http::StatusCode;
-use kube::runtime::events::Reporter;
 use kube::runtime::{reflector, watcher};
 use serde_json::json;
 
 use super::*;
 use crate::pkg::index::{Index, IndexEntry};
 use crate::shared::fake_api::{self, Call, Log, ok, status};
-use crate::shared::halt::HaltStore;
-use crate::shared::metrics::Metrics;
 use crate::shared::stores::{Nodes, Stores};
 
 fn set() -> PackageSet {
@@ -77,27 +74,16 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
         .write()
         .expect("index cache")
         .insert("repo".into(), Arc::new(index()));
-    let reporter = Reporter {
-        controller: "test".into(),
-        instance: None,
-    };
+    let (ctx, recorder) = fake_api::shared(client, stores);
     SetContext {
-        ctx: Shared {
-            client: client.clone(),
-            metrics: Metrics::default(),
-            halt: HaltStore::new(client.clone(), "theseus-system"),
-            reporter: reporter.clone(),
-            namespace: "theseus-system".into(),
-            selector: None,
-            stores,
-        },
+        ctx,
         config: Config {
             stale_after: Duration::from_secs(60),
         },
         nodes: node_store,
         sets: set_store,
         repositories,
-        recorder: Recorder::new(client, reporter),
+        recorder,
     }
 }
 
@@ -183,11 +169,7 @@ async fn a_conflict_on_the_reservation_writes_no_target() {
         Action::requeue(Duration::from_millis(100)),
         "a conflict is planned again shortly"
     );
-    let metrics = sc.ctx.metrics.render();
-    assert!(
-        metrics.contains(r#"controller="packageset",reason="Conflict""#),
-        "{metrics}"
-    );
+    fake_api::assert_failure_counted(&sc.ctx.metrics, "packageset", "Conflict");
 }
 
 #[tokio::test]

@@ -115,3 +115,38 @@ pub fn status(code: u16, reason: &str) -> Answer {
 pub fn ok(object: impl serde::Serialize) -> Answer {
     (StatusCode::OK, serde_json::to_value(object).expect("json"))
 }
+
+/// The shared handle of a scenario: `client` (the fake API server), fresh
+/// metrics, no selector, and `stores`; and an event recorder over it.
+pub fn shared(
+    client: kube::Client,
+    stores: super::stores::Stores,
+) -> (super::Shared, kube::runtime::events::Recorder) {
+    let reporter = kube::runtime::events::Reporter {
+        controller: "test".into(),
+        instance: None,
+    };
+    let shared = super::Shared {
+        client: client.clone(),
+        metrics: super::metrics::Metrics::default(),
+        halt: super::halt::HaltStore::new(client.clone(), "theseus-system"),
+        reporter: reporter.clone(),
+        namespace: "theseus-system".into(),
+        selector: None,
+        stores,
+    };
+    (
+        shared,
+        kube::runtime::events::Recorder::new(client, reporter),
+    )
+}
+
+/// Asserts that `metrics` counted a failed reconcile of `controller` for
+/// `reason` (the step's name).
+pub fn assert_failure_counted(metrics: &super::metrics::Metrics, controller: &str, reason: &str) {
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!(r#"controller="{controller}",reason="{reason}""#)),
+        "no {controller} failure counted for {reason}:\n{text}"
+    );
+}
