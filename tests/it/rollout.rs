@@ -55,6 +55,9 @@ impl Rig {
 }
 
 /// Polls the fleet and records the most nodes ever unavailable at once.
+/// Each poll is one LIST, a snapshot at one resourceVersion: reading the
+/// nodes one by one would count a node that finished and the node started
+/// after it as unavailable together.
 fn observe(fleet_nodes: Vec<String>, client: Client) -> (Arc<AtomicUsize>, Arc<AtomicBool>) {
     let max = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -62,13 +65,20 @@ fn observe(fleet_nodes: Vec<String>, client: Client) -> (Arc<AtomicUsize>, Arc<A
     tokio::spawn(async move {
         let api: Api<theseus::api::NodeInstall> = Api::all(client);
         while !s.load(Ordering::Relaxed) {
-            let mut count = 0;
-            for name in &fleet_nodes {
-                if let Ok(node) = api.get(name).await {
-                    count += usize::from(unavailable(&node));
-                }
+            if let Ok(list) = api.list(&kube::api::ListParams::default()).await {
+                let count = list
+                    .items
+                    .iter()
+                    .filter(|n| {
+                        n.metadata
+                            .name
+                            .as_ref()
+                            .is_some_and(|name| fleet_nodes.contains(name))
+                    })
+                    .filter(|n| unavailable(n))
+                    .count();
+                m.fetch_max(count, Ordering::Relaxed);
             }
-            m.fetch_max(count, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
