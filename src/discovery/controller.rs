@@ -147,14 +147,16 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     crd_served(groups.clone()).await?;
     let labelled = crate::shared::scoped(None).labels(NAME_LABEL);
     let scoped = crate::shared::scoped(ctx.selector.as_deref());
-    // Deployments and pods are watched in the controller's namespace (all
-    // when it has none).
     let controller = Controller::new(groups.clone(), scoped.clone())
-        .owns(ctx.api::<Deployment>(), labelled.clone())
-        .watches(ctx.api::<Pod>(), labelled.clone(), |pod| {
-            let name = pod.labels().get(NAME_LABEL)?.clone();
-            Some(ObjectRef::new(&name).within(&pod.namespace()?))
-        });
+        .owns(Api::<Deployment>::all(ctx.client.clone()), labelled.clone())
+        .watches(
+            Api::<Pod>::all(ctx.client.clone()),
+            labelled.clone(),
+            |pod| {
+                let name = pod.labels().get(NAME_LABEL)?.clone();
+                Some(ObjectRef::new(&name).within(&pod.namespace()?))
+            },
+        );
     let store = controller.store();
     let same_path = store.clone();
     let (notify, notified) = futures::channel::mpsc::unbounded();

@@ -19,8 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,16 @@ pub enum Error {
     ReadHalt {
         /// The set.
         set: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// observe: the set's PackageRepository could not be read.
+    #[error("PackageSet {set}: cannot read PackageRepository {repository}: {source}")]
+    ReadRepository {
+        /// The set.
+        set: String,
+        /// The repository.
+        repository: String,
         /// The cause.
         source: kube::Error,
     },
@@ -92,6 +102,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::ReadHalt { .. } => "ReadHalt",
+            Error::ReadRepository { .. } => "ReadRepository",
             Error::WriteStatus { .. } => "WriteStatus",
             Error::Conflict { .. } => "Conflict",
             Error::WriteTarget { .. } => "WriteTarget",
@@ -105,7 +116,6 @@ struct SetContext {
     config: Config,
     nodes: Store<NodeInstall>,
     sets: Store<PackageSet>,
-    repositories: Store<PackageRepository>,
     recorder: Recorder,
 }
 
@@ -121,14 +131,7 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
         let config = ctx.watch_config();
         let controller = Controller::new(Api::<PackageSet>::all(client.clone()), config.clone());
         let sets = controller.store();
-        let by_halt = sets.clone();
-        // All repositories, as the GET it replaces read them: a set may name
-        // one that the operator's selector does not match.
-        let (repositories, repo_woken) =
-            watch_repositories(&client, crate::shared::scoped(None), sets.clone(), &stop);
-        if repositories.wait_until_ready().await.is_err() {
-            return;
-        }
+        let (by_halt, by_repo) = (sets.clone(), sets.clone());
         let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.namespace);
         let halt_config =
             crate::shared::scoped(None).fields(&format!("metadata.name={HALT_CONFIGMAP}"));
@@ -138,13 +141,20 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
             config: settings,
             nodes,
             sets,
-            repositories,
             recorder,
         });
         controller
             .reconcile_all_on(woken)
-            .reconcile_on(repo_woken)
             .watches(halt_api, halt_config, move |_| all_sets(&by_halt))
+            .watches(Api::<PackageRepository>::all(client), config, move |repo| {
+                let name = repo.name_any();
+                by_repo
+                    .state()
+                    .iter()
+                    .filter(|s| s.spec.repository == name)
+                    .map(|s| ObjectRef::from_obj(&**s))
+                    .collect::<Vec<_>>()
+            })
             .graceful_shutdown_on(async move { stop.cancelled().await })
             .run(reconcile, error_policy, shared)
             .for_each(|_| async {})
@@ -216,41 +226,6 @@ fn watch_nodes(
         }
     });
     (nodes, woken)
-}
-
-/// A store of PackageRepositories (read by every pass instead of a GET),
-/// and the sets to wake when one changes, after the store took it in.
-fn watch_repositories(
-    client: &kube::Client,
-    config: watcher::Config,
-    sets: Store<PackageSet>,
-    stop: &CancellationToken,
-) -> (
-    Store<PackageRepository>,
-    futures::channel::mpsc::UnboundedReceiver<ObjectRef<PackageSet>>,
-) {
-    let (store, writer) = reflector::store::<PackageRepository>();
-    let (wake, woken) = futures::channel::mpsc::unbounded();
-    let stream = reflector::reflector(writer, watcher(Api::all(client.clone()), config))
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |repo| {
-            if let Ok(repo) = repo {
-                let name = repo.name_any();
-                for set in sets.state().iter().filter(|s| s.spec.repository == name) {
-                    let _ = wake.unbounded_send(ObjectRef::from_obj(&**set));
-                }
-            }
-            async {}
-        });
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = stream => {}
-            () = stop.cancelled() => {}
-        }
-    });
-    (store, woken)
 }
 
 fn all_sets(store: &Store<PackageSet>) -> Vec<ObjectRef<PackageSet>> {
@@ -325,18 +300,21 @@ struct Observed {
     nodes: Vec<Arc<NodeInstall>>,
 }
 
-/// observe: the halt (read fresh: a halt holds from the next pass), the
-/// repository (from the store) and its verified index, the nodes.
+/// observe: the halt, the repository and its verified index, the nodes.
 async fn observe(set: &PackageSet, sc: &SetContext) -> Result<Observed, Error> {
     let name = set.name_any();
     let halt = sc.ctx.halt.get().await.map_err(|source| Error::ReadHalt {
         set: name.clone(),
         source,
     })?;
-    let repository = sc
-        .repositories
-        .get(&ObjectRef::new(&set.spec.repository))
-        .map(|r| (*r).clone());
+    let repository = Api::<PackageRepository>::all(sc.ctx.client.clone())
+        .get_opt(&set.spec.repository)
+        .await
+        .map_err(|source| Error::ReadRepository {
+            set: name,
+            repository: set.spec.repository.clone(),
+            source,
+        })?;
     let index = sc
         .ctx
         .stores

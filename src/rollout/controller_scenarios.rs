@@ -67,8 +67,6 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
         ..Stores::default()
     };
     let node_store = stores.nodes.store().clone();
-    let (repositories, mut repo_writer) = reflector::store::<PackageRepository>();
-    repo_writer.apply_watcher_event(&watcher::Event::Apply(repository()));
     stores
         .indexes
         .write()
@@ -82,7 +80,6 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
         },
         nodes: node_store,
         sets: set_store,
-        repositories,
         recorder,
     }
 }
@@ -91,6 +88,7 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
 fn answer(status_code: u16) -> impl Fn(&Call) -> fake_api::Answer {
     move |call: &Call| match (call.method.as_str(), call.path.as_str()) {
         ("GET", p) if p.contains("/configmaps/") => status(404, "NotFound"),
+        ("GET", p) if p.contains("/packagerepositories/repo") => ok(repository()),
         ("PATCH", p) if p.contains("/packagesets/web/status") => {
             if status_code == 200 {
                 ok(set())
@@ -122,6 +120,7 @@ async fn a_batch_writes_the_reservation_before_any_target() {
         lines,
         [
             "GET /api/v1/namespaces/theseus-system/configmaps/theseus-halt",
+            "GET /apis/theseus.dev/v1alpha1/packagerepositories/repo",
             "PATCH /apis/theseus.dev/v1alpha1/packagesets/web/status",
             "PATCH /apis/theseus.dev/v1alpha1/nodeinstalls/n0",
             "PATCH /apis/theseus.dev/v1alpha1/nodeinstalls/n1",
@@ -129,7 +128,7 @@ async fn a_batch_writes_the_reservation_before_any_target() {
         "observe, record the reservation, then act on the batch (budget 2)"
     );
     let calls = log.calls();
-    let reservation = &calls[1].body;
+    let reservation = &calls[2].body;
     assert_eq!(
         reservation["metadata"]["resourceVersion"], "7",
         "{reservation}"
@@ -139,7 +138,7 @@ async fn a_batch_writes_the_reservation_before_any_target() {
         json!(["n0", "n1"]),
         "{reservation}"
     );
-    for call in &calls[2..] {
+    for call in &calls[3..] {
         assert_eq!(
             call.body["metadata"]["resourceVersion"], "3",
             "{}",
