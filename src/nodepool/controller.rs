@@ -244,8 +244,9 @@ async fn pass(pool: &NodePool, pc: &PoolContext, replicas: usize) -> Result<Pass
         });
     };
     let now = Timestamp::now();
-    let drains = drain_pass(pool, pc, &seen.recorded).await?;
-    let decided = decide(pool, pc, &seen, &drains, replicas, now);
+    let recorded = pool_status::recorded(&seen.status, now);
+    let drains = drain_pass(pool, pc, &recorded).await?;
+    let decided = decide(pool, pc, &seen, &recorded, &drains, replicas, now);
     let (next, changed, version) = record(pool, pc, &seen, &decided, now).await?;
     report(pc, pool, &changed).await;
     let remaining = act(pool, pc, &seen, &decided, &next, version, now).await?;
@@ -261,7 +262,6 @@ struct Observed {
     status: NodePoolStatus,
     listed: Vec<Instance>,
     nodes: Vec<plan::NodeView>,
-    recorded: Vec<Recorded>,
 }
 
 /// observe: the provider, its listing of the pool's instances, the pool's
@@ -292,14 +292,11 @@ async fn observe(pool: &NodePool, pc: &PoolContext) -> Result<Option<Observed>, 
         }
     };
     let nodes = pool_nodes(pool, pc);
-    let status = pool.status.clone().unwrap_or_default();
-    let recorded = pool_status::recorded(&status, Timestamp::now());
     Ok(Some(Observed {
         provider,
-        status,
+        status: pool.status.clone().unwrap_or_default(),
         listed,
         nodes,
-        recorded,
     }))
 }
 
@@ -308,6 +305,7 @@ fn decide(
     pool: &NodePool,
     pc: &PoolContext,
     seen: &Observed,
+    recorded: &[Recorded],
     drains: &BTreeMap<String, DrainOutcome>,
     replicas: usize,
     now: Timestamp,
@@ -324,7 +322,7 @@ fn decide(
         .collect();
     let decided = plan::plan(&plan::Input {
         pool: &pool_view(pool, pc, &seen.status, replicas),
-        recorded: &seen.recorded,
+        recorded,
         listed: &listed,
         nodes: &seen.nodes,
         drains,

@@ -203,9 +203,14 @@ fn watch_nodes(
     let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
     let node_stream = ctx.stores.nodes.subscribe().for_each(move |event| {
         let changed = match event {
-            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+            watcher::Event::Apply(node) => {
                 let fingerprint = NodeFingerprint::of(&node);
                 seen.insert(node.name_any(), fingerprint.clone()).as_ref() != Some(&fingerprint)
+            }
+            // A re-list is taken in whole and acted on once, at InitDone.
+            watcher::Event::InitApply(node) => {
+                seen.insert(node.name_any(), NodeFingerprint::of(&node));
+                false
             }
             watcher::Event::Delete(node) => seen.remove(&node.name_any()).is_some(),
             watcher::Event::InitDone => true,
