@@ -14,6 +14,7 @@ pub mod state;
 pub mod supervisor;
 pub mod trust;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use kube::Client;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::NodeInstallStatus;
+use crate::api::{NodeInstall, NodeInstallStatus};
 use crate::pkg::accepted::AcceptedVersions;
 use crate::pkg::{FetchOptions, Root};
 
@@ -113,59 +114,27 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     api::check_bind(args.listen, args.api_token.as_deref())?;
     let labels = register::parse_labels(&args.labels)?;
-    let policy = Arc::new(args.trust.policy()?);
-    if policy.trusted_keys().is_empty() && !policy.allow_unsigned() {
-        tracing::warn!(
-            "this agent trusts no signing key and will refuse every target: pass --trusted-key (or --trust-config)"
-        );
-    }
-    tracing::info!("{}", policy.summary());
+    let policy = trust_policy(&args)?;
     let listener = api::bind(args.listen).await?;
     let root_path = args.root.clone();
     let root = tokio::task::spawn_blocking(move || Root::open(&root_path)).await??;
-    let client = Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot build a Kubernetes client (check KUBECONFIG or the service account): {e}"
-        )
-    })?;
-    let ni = register::register(&client, &args.node_name, &labels).await?;
-    let status = NodeInstallStatus {
-        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
-        instance_id: args.instance_id.clone(),
-        ..ni.status.clone().unwrap_or_default()
-    };
-    let reporter = Reporter::new(status);
+    let (client, ni, reporter) = register_node(&args, &labels).await?;
     let stop = CancellationToken::new();
     let (desired_tx, desired_rx) = watch::channel(Desired::of(&ni));
     let (activate_tx, activate_rx) = mpsc::channel(4);
-    let root = NodeRoot::new(root);
-    let fetch = FetchOptions::default();
-    let versions = AcceptedVersions::under(root.path());
-    let env = AgentEnv::new(&args.node_name, root.path(), &args.env);
-    let run_dir = root.path().join("run");
-    let supervisor: Arc<dyn Supervisor> = match args.supervisor {
-        SupervisorKind::Process => Arc::new(ProcessSupervisor::new(&run_dir)),
-        SupervisorKind::Systemd => Arc::new(SystemdSupervisor::new(&args.systemctl, &run_dir)),
-    };
+    let switcher = switcher(&args, NodeRoot::new(root), policy);
     let router = api::router(api::ApiState {
-        root: root.clone(),
+        root: switcher.root.clone(),
         token: args.api_token.clone(),
         activate: activate_tx,
-        fetch: fetch.clone(),
-        policy: policy.clone(),
-        versions: versions.clone(),
+        fetch: switcher.fetch.clone(),
+        policy: switcher.policy.clone(),
+        versions: switcher.versions.clone(),
     });
     let tick = Duration::from_secs(args.heartbeat_seconds);
     let agent = reconcile::Agent {
         node: args.node_name.clone(),
-        switcher: Switcher {
-            root,
-            supervisor: supervisor.clone(),
-            env,
-            fetch,
-            policy,
-            versions,
-        },
+        switcher,
         reporter: reporter.clone(),
         // A target refused as untrusted is tried again after a restart,
         // which is how a changed trust configuration takes effect.
@@ -179,23 +148,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         requests: activate_rx,
         tick,
     };
-    let status_api = StatusApi::new(&client, &args.node_name);
     let tasks = [
         tokio::spawn(register::watch_target(
-            client,
+            client.clone(),
             args.node_name.clone(),
             labels,
             desired_tx,
             stop.clone(),
         )),
-        tokio::spawn(register::write_status(
+        tokio::spawn(status_writer(
+            &client,
+            &args.node_name,
             reporter,
             tick,
-            stop.clone(),
-            move |status| {
-                let status_api = status_api.clone();
-                async move { status_api.write(status).await }
-            },
+            &stop,
         )),
     ];
     let server = tokio::spawn(api::serve(listener, router, stop.clone()));
@@ -215,6 +181,72 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     server.await??;
     Ok(())
+}
+
+/// Registers the node's NodeInstall and starts its status from what the
+/// API holds, with this agent's version and instance.
+async fn register_node(
+    args: &AgentArgs,
+    labels: &BTreeMap<String, String>,
+) -> anyhow::Result<(Client, NodeInstall, Reporter)> {
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot build a Kubernetes client (check KUBECONFIG or the service account): {e}"
+        )
+    })?;
+    let ni = register::register(&client, &args.node_name, labels).await?;
+    let status = NodeInstallStatus {
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        instance_id: args.instance_id.clone(),
+        ..ni.status.clone().unwrap_or_default()
+    };
+    Ok((client, ni, Reporter::new(status)))
+}
+
+/// The one task that writes the node's status: the latest the reporter
+/// holds, on change and every `tick`.
+fn status_writer(
+    client: &Client,
+    node: &str,
+    reporter: Reporter,
+    tick: Duration,
+    stop: &CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let status_api = StatusApi::new(client, node);
+    register::write_status(reporter, tick, stop.clone(), move |status| {
+        let status_api = status_api.clone();
+        async move { status_api.write(status).await }
+    })
+}
+
+/// The trust policy from the arguments, warning when it refuses everything.
+fn trust_policy(args: &AgentArgs) -> anyhow::Result<Arc<crate::pkg::trust::Policy>> {
+    let policy = Arc::new(args.trust.policy()?);
+    if policy.trusted_keys().is_empty() && !policy.allow_unsigned() {
+        tracing::warn!(
+            "this agent trusts no signing key and will refuse every target: pass --trusted-key (or --trust-config)"
+        );
+    }
+    tracing::info!("{}", policy.summary());
+    Ok(policy)
+}
+
+/// What switches the node's package: its root, its service supervisor,
+/// the environment services see, and the trust checks.
+fn switcher(args: &AgentArgs, root: NodeRoot, policy: Arc<crate::pkg::trust::Policy>) -> Switcher {
+    let run_dir = root.path().join("run");
+    let supervisor: Arc<dyn Supervisor> = match args.supervisor {
+        SupervisorKind::Process => Arc::new(ProcessSupervisor::new(&run_dir)),
+        SupervisorKind::Systemd => Arc::new(SystemdSupervisor::new(&args.systemctl, &run_dir)),
+    };
+    Switcher {
+        env: AgentEnv::new(&args.node_name, root.path(), &args.env),
+        versions: AcceptedVersions::under(root.path()),
+        root,
+        supervisor,
+        fetch: FetchOptions::default(),
+        policy,
+    }
 }
 
 async fn shutdown_signal() {

@@ -33,6 +33,7 @@ use super::status::{self, Blocked, Observation};
 use super::sync::{self, Command, Reports};
 use super::{FIELD_MANAGER, FINALIZER, NAME_LABEL, deployment, projection};
 use crate::api::ServiceGroup;
+use crate::shared::metrics::Metrics;
 
 /// What the ServiceGroup controller and the publisher need.
 #[derive(Clone)]
@@ -53,6 +54,8 @@ pub struct Context {
     pub namespace: Option<String>,
     /// Only ServiceGroups whose labels match this selector; all when `None`.
     pub selector: Option<String>,
+    /// Where reconciles and their failures are counted.
+    pub metrics: Metrics,
 }
 
 impl Context {
@@ -71,6 +74,7 @@ impl Context {
             write_concurrency: 4,
             namespace: None,
             selector: None,
+            metrics: Metrics::default(),
         }
     }
 
@@ -86,25 +90,33 @@ impl Context {
     }
 }
 
-/// What went wrong reconciling a ServiceGroup.
+/// What went wrong reconciling a ServiceGroup; each variant names the step
+/// that failed, and [`ControllerError::reason`] is the metric's reason.
 #[derive(Debug, Error)]
 pub enum ControllerError {
-    /// A Kubernetes request failed.
-    #[error("cannot {what} for ServiceGroup {object}: {source}")]
-    Kube {
-        /// What was attempted.
-        what: &'static str,
+    /// apply: the group's Deployment could not be applied.
+    #[error("cannot apply the Deployment for ServiceGroup {object}: {source}")]
+    ApplyDeployment {
         /// `namespace/name`.
         object: String,
         /// The API error.
         #[source]
         source: kube::Error,
     },
-    /// The group's keys could not be removed.
+    /// record: the group's status could not be written.
+    #[error("cannot write the status for ServiceGroup {object}: {source}")]
+    WriteStatus {
+        /// `namespace/name`.
+        object: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// remove: the group's keys could not be removed.
     #[error(
         "cannot remove the keys of ServiceGroup {object} from the discovery etcd: {message}; its deletion completes once etcd is reachable"
     )]
-    Etcd {
+    RemoveKeys {
         /// `namespace/name`.
         object: String,
         /// Why.
@@ -113,7 +125,8 @@ pub enum ControllerError {
     /// The publisher loop has stopped.
     #[error("the discovery publisher stopped; restart the operator")]
     PublisherStopped,
-    /// The finalizer helper failed.
+    /// The finalizer helper failed (adding or removing the finalizer, or
+    /// one of the steps above inside it).
     #[error("finalizer of ServiceGroup failed: {0}")]
     Finalizer(#[source] Box<finalizer::Error<ControllerError>>),
     /// The ServiceGroup CRD is not served.
@@ -123,8 +136,29 @@ pub enum ControllerError {
     CrdMissing(#[source] kube::Error),
 }
 
+impl ControllerError {
+    /// The step that failed, as the metric's reason; a step that failed
+    /// inside the finalizer is named by its own variant.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ControllerError::ApplyDeployment { .. } => "ApplyDeployment",
+            ControllerError::WriteStatus { .. } => "WriteStatus",
+            ControllerError::RemoveKeys { .. } => "RemoveKeys",
+            ControllerError::PublisherStopped => "PublisherStopped",
+            ControllerError::CrdMissing(_) => "CrdMissing",
+            ControllerError::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                finalizer::Error::AddFinalizer(_) => "AddFinalizer",
+                finalizer::Error::RemoveFinalizer(_) => "RemoveFinalizer",
+                _ => "Finalizer",
+            },
+        }
+    }
+}
+
 struct State {
     client: Client,
+    metrics: Metrics,
     recorder: Recorder,
     layout: Layout,
     groups: Store<ServiceGroup>,
@@ -148,43 +182,23 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     let labelled = crate::shared::scoped(None).labels(NAME_LABEL);
     let scoped = crate::shared::scoped(ctx.selector.as_deref());
     let controller = Controller::new(groups.clone(), scoped.clone())
-        .owns(Api::<Deployment>::all(ctx.client.clone()), labelled.clone())
-        .watches(
-            Api::<Pod>::all(ctx.client.clone()),
-            labelled.clone(),
-            |pod| {
-                let name = pod.labels().get(NAME_LABEL)?.clone();
-                Some(ObjectRef::new(&name).within(&pod.namespace()?))
-            },
-        );
+        .owns(ctx.api::<Deployment>(), labelled.clone())
+        .watches(ctx.api::<Pod>(), labelled.clone(), |pod| {
+            let name = pod.labels().get(NAME_LABEL)?.clone();
+            Some(ObjectRef::new(&name).within(&pod.namespace()?))
+        });
     let store = controller.store();
     let same_path = store.clone();
     let (notify, notified) = futures::channel::mpsc::unbounded();
     let controller = controller
         .watches(groups, scoped, move |sg| sharing_path(&same_path, &sg))
         .reconcile_on(notified);
-
-    let (pod_store, pod_writer) = reflector::store();
-    let pod_events =
-        reflector::reflector(pod_writer, watcher(ctx.api::<Pod>(), labelled)).default_backoff();
     let (commands, command_rx) = mpsc::channel(64);
     let reports = Reports::default();
-    let publisher = sync::run(
-        sync::Sync {
-            etcd: ctx.etcd.clone(),
-            groups: store.clone(),
-            pods: pod_store,
-            reports: reports.clone(),
-            notify,
-            resync_every: ctx.resync_interval,
-            concurrency: ctx.write_concurrency,
-        },
-        command_rx,
-        pod_events.boxed(),
-    )
-    .boxed();
+    let publisher = publisher(&ctx, store.clone(), reports.clone(), notify, command_rx);
     let state = Arc::new(State {
         client: ctx.client.clone(),
+        metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         layout: Layout::new(&ctx.etcd.prefix),
         groups: store,
@@ -203,6 +217,35 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
         () = controller => Ok(()),
         () = publisher => Err(ControllerError::PublisherStopped),
     }
+}
+
+/// The publisher, fed by its own reflector of the groups' pods and by the
+/// controller's commands.
+fn publisher(
+    ctx: &Context,
+    groups: Store<ServiceGroup>,
+    reports: Reports,
+    notify: futures::channel::mpsc::UnboundedSender<ObjectRef<ServiceGroup>>,
+    commands: mpsc::Receiver<Command>,
+) -> BoxFuture<'static, ()> {
+    let labelled = crate::shared::scoped(None).labels(NAME_LABEL);
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_events =
+        reflector::reflector(pod_writer, watcher(ctx.api::<Pod>(), labelled)).default_backoff();
+    sync::run(
+        sync::Sync {
+            etcd: ctx.etcd.clone(),
+            groups,
+            pods: pod_store,
+            reports,
+            notify,
+            resync_every: ctx.resync_interval,
+            concurrency: ctx.write_concurrency,
+        },
+        commands,
+        pod_events.boxed(),
+    )
+    .boxed()
 }
 
 /// Fails with a hint when the ServiceGroup CRD is not installed. Boxed for
@@ -250,6 +293,7 @@ async fn reconcile_group(
     let namespace = sg.namespace().unwrap_or_default();
     let api: Api<ServiceGroup> = Api::namespaced(state.client.clone(), &namespace);
     let reference = ObjectRef::from_obj(sg.as_ref());
+    state.metrics.reconciled("servicegroup");
     let action = finalizer(&api, FINALIZER, sg, |event| async {
         match event {
             finalizer::Event::Apply(sg) => state.apply(&sg).await,
@@ -268,6 +312,7 @@ fn error_policy(sg: Arc<ServiceGroup>, error: &ControllerError, state: Arc<State
     let count = failures.entry(reference).or_insert(0);
     *count += 1;
     let wait = retry_delay(*count);
+    state.metrics.failed("servicegroup", error.reason());
     tracing::warn!(group = %describe(&sg), %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
@@ -363,7 +408,10 @@ impl State {
             &Patch::Apply(&desired),
         )
         .await
-        .map_err(|source| kube_error("apply the Deployment", sg, source))
+        .map_err(|source| ControllerError::ApplyDeployment {
+            object: describe(sg),
+            source,
+        })
     }
 
     async fn write_status(
@@ -387,7 +435,10 @@ impl State {
                 &Patch::Apply(&patch),
             )
             .await
-            .map_err(|source| kube_error("write the status", sg, source))?;
+            .map_err(|source| ControllerError::WriteStatus {
+                object: describe(sg),
+                source,
+            })?;
         }
         for t in transitions {
             crate::shared::status::publish_one(
@@ -434,7 +485,7 @@ impl State {
         answer
             .await
             .map_err(|_| ControllerError::PublisherStopped)?
-            .map_err(|message| ControllerError::Etcd {
+            .map_err(|message| ControllerError::RemoveKeys {
                 object: describe(sg),
                 message,
             })
@@ -443,14 +494,6 @@ impl State {
 
 fn describe(sg: &ServiceGroup) -> String {
     format!("{}/{}", sg.namespace().unwrap_or_default(), sg.name_any())
-}
-
-fn kube_error(what: &'static str, sg: &ServiceGroup, source: kube::Error) -> ControllerError {
-    ControllerError::Kube {
-        what,
-        object: describe(sg),
-        source,
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

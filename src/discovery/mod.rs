@@ -48,6 +48,9 @@ pub fn operator_controller(
         };
         let mut discovery = Context::new(shared.client.clone(), etcd);
         discovery.selector = shared.selector.clone();
+        discovery.metrics = shared.metrics.clone();
+        discovery.recorder =
+            kube::runtime::events::Recorder::new(shared.client.clone(), shared.reporter.clone());
         tokio::select! {
             result = run(discovery) => {
                 if let Err(err) = result {

@@ -87,51 +87,67 @@ pub async fn get(
         return Ok(p.clone());
     }
     let provider: Arc<dyn Provider> = match pool.spec.provider.type_ {
-        ProviderType::Aws => {
-            let settings = pool
-                .spec
-                .provider
-                .aws
-                .clone()
-                .ok_or(Error::MissingSettings {
-                    pool: name.clone(),
-                    kind: "Aws",
-                    field: "aws",
-                })?;
-            let client = aws::client(&settings, keys).await;
-            Arc::new(Ec2::new(
-                client,
-                owner.clone(),
-                settings,
-                &pool.spec.node_labels,
-            ))
-        }
-        ProviderType::Local => {
-            let settings = pool.spec.provider.local.clone().unwrap_or_default();
-            let dir = settings
-                .state_dir
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| config.state_dir.join("nodepools").join(&name));
-            let program = std::env::current_exe().map_err(|source| Error::Program {
-                pool: name.clone(),
-                source,
-            })?;
-            let labels: BTreeMap<String, String> = pool.spec.node_labels.clone();
-            Arc::new(Local::new(
-                owner.clone(),
-                dir,
-                program,
-                labels,
-                settings.service_port_base,
-                identity.cloned(),
-            ))
-        }
+        ProviderType::Aws => aws_provider(pool, owner.clone(), keys).await?,
+        ProviderType::Local => local_provider(pool, owner.clone(), config, identity)?,
     };
     cache
         .lock()
         .expect("provider cache")
         .insert(owner.uid, (key, provider.clone()));
     Ok(provider)
+}
+
+/// An EC2 provider from `spec.provider.aws`.
+async fn aws_provider(
+    pool: &NodePool,
+    owner: Owner,
+    keys: Option<(String, String)>,
+) -> Result<Arc<dyn Provider>, Error> {
+    let settings = pool
+        .spec
+        .provider
+        .aws
+        .clone()
+        .ok_or(Error::MissingSettings {
+            pool: owner.pool.clone(),
+            kind: "Aws",
+            field: "aws",
+        })?;
+    let client = aws::client(&settings, keys).await;
+    Ok(Arc::new(Ec2::new(
+        client,
+        owner,
+        settings,
+        &pool.spec.node_labels,
+    )))
+}
+
+/// A local-process provider from `spec.provider.local`, its nodes under
+/// the pool's state directory.
+fn local_provider(
+    pool: &NodePool,
+    owner: Owner,
+    config: &Config,
+    identity: Option<&Arc<NodeIdentity>>,
+) -> Result<Arc<dyn Provider>, Error> {
+    let settings = pool.spec.provider.local.clone().unwrap_or_default();
+    let dir = settings
+        .state_dir
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| config.state_dir.join("nodepools").join(&owner.pool));
+    let program = std::env::current_exe().map_err(|source| Error::Program {
+        pool: owner.pool.clone(),
+        source,
+    })?;
+    let labels: BTreeMap<String, String> = pool.spec.node_labels.clone();
+    Ok(Arc::new(Local::new(
+        owner,
+        dir,
+        program,
+        labels,
+        settings.service_port_base,
+        identity.cloned(),
+    )))
 }
 
 /// What a cached provider was built from: rebuilt when it changes.

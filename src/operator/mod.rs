@@ -190,27 +190,12 @@ pub fn controllers(args: &OperatorArgs) -> Vec<Controller> {
 /// controllers dies (an error: the process exits non-zero and is restarted).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let controllers = controllers(&args);
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
-    // The elector and the halt endpoints write whether or not we lead.
-    let client = Client::try_from(config.clone())
-        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let elector = Elector::new(
-        client.clone(),
-        LeaseConfig {
-            namespace: args.namespace.clone(),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            duration: Duration::from_secs(args.lease_seconds),
-        },
-    );
-    // The controllers write only while the lease is ours.
-    let fenced = kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?
-        .with_layer(&fence::FenceLayer(elector.leadership()))
-        .build();
+    let Clients {
+        client,
+        fenced,
+        elector,
+    } = clients(&args, &identity).await?;
     let token = halt_token(&client, &args).await?;
     let halt = HaltStore::new(client.clone(), &args.namespace);
     // One watch of NodeInstalls for every controller, from the start: a
@@ -236,23 +221,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             ..Stores::default()
         },
     };
-
     let readiness = http::Readiness::not_yet("not connected to the API server yet");
-    let state = http::HttpState {
-        halt,
-        token,
-        metrics: shared.metrics.clone(),
-        readiness: readiness.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    serve_http(
+        args.listen,
+        http::HttpState {
+            halt,
+            token,
+            metrics: shared.metrics.clone(),
+            readiness: readiness.clone(),
+        },
+    )
+    .await?;
     info!(listen = %args.listen, identity = %identity, "operator starting");
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, http::router(state)).await {
-            warn!(error = %err, "HTTP server stopped");
-        }
-    });
 
     client
         .apiserver_version()
@@ -277,6 +257,63 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let outcome = lead::lead(leading, spawn, &readiness, shutdown).await;
     // The controllers have stopped: hand the lease over at once.
     campaign.abort();
+    release(&elector).await;
+    outcome.map_err(|died| anyhow::anyhow!("{died}; exiting so that the operator is restarted"))
+}
+
+/// The operator's API clients and its lease.
+struct Clients {
+    /// Writes whether or not this replica leads (the elector, the halt).
+    client: Client,
+    /// Writes only while the lease is ours (every controller).
+    fenced: Client,
+    /// Campaigns for the lease.
+    elector: Elector,
+}
+
+async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
+    let client = Client::try_from(config.clone())
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let elector = Elector::new(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.to_owned(),
+            duration: Duration::from_secs(args.lease_seconds),
+        },
+    );
+    let fenced = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?
+        .with_layer(&fence::FenceLayer(elector.leadership()))
+        .build();
+    Ok(Clients {
+        client,
+        fenced,
+        elector,
+    })
+}
+
+/// Serves `/metrics`, the probes and the halt endpoints on `listen`, in
+/// the background.
+async fn serve_http(listen: std::net::SocketAddr, state: http::HttpState) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, http::router(state)).await {
+            warn!(error = %err, "HTTP server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Gives the lease up, so that a standby takes over without waiting for it
+/// to expire.
+async fn release(elector: &Elector) {
     match elector.release().await {
         Ok(true) => info!("released the leader lease"),
         Ok(false) => {}
@@ -284,7 +321,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             warn!(error = %err, "cannot release the leader lease; a standby takes over when it expires")
         }
     }
-    outcome.map_err(|died| anyhow::anyhow!("{died}; exiting so that the operator is restarted"))
 }
 
 /// The controller's future, with the test-only failpoint

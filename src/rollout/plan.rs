@@ -188,81 +188,82 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let threshold_reached = failed >= set.failure_threshold.max(1) as usize;
     let hold = hold_reason(input, threshold_reached);
 
-    let standings: Vec<(&NodeView, Standing, bool)> = nodes
+    let standings: Vec<Stand<'_>> = nodes
         .iter()
-        .map(|n| {
-            (
-                *n,
-                standing(n, hash, hold.is_some()),
-                is_stale(n, input.stale_after, input.now),
-            )
+        .map(|n| Stand {
+            node: n,
+            standing: standing(n, hash, hold.is_some()),
+            stale: is_stale(n, input.stale_after, input.now),
         })
         .collect();
-    let count = |want: &[Standing]| {
-        standings
-            .iter()
-            .filter(|(_, s, _)| want.contains(s))
-            .count()
-    };
-    let in_progress: Vec<String> = standings
-        .iter()
-        .filter(|(_, s, _)| matches!(s, Standing::Switching | Standing::Verifying))
-        .map(|(n, _, _)| n.name.clone())
-        .collect();
-    let unavailable = standings
-        .iter()
-        .filter(|(_, s, stale)| *stale || matches!(s, Standing::Switching | Standing::Verifying))
-        .count();
-    let counts = Counts {
-        desired: nodes.len(),
-        updated: count(&[Standing::Done, Standing::Verifying]),
-        ready: standings
-            .iter()
-            .filter(|(_, s, stale)| *s == Standing::Done && !stale)
-            .count(),
-        failed: count(&[Standing::Failed]),
-        in_progress: in_progress.len(),
-        stale: standings.iter().filter(|(_, _, stale)| *stale).count(),
-    };
-
-    let adopt: Vec<String> = standings
-        .iter()
-        .filter(|(n, s, _)| *s == Standing::Done && n.target_hash.as_deref() != Some(hash))
-        .map(|(n, _, _)| n.name.clone())
-        .collect();
-    // Only a reservation makes a node switching without its target, and a
-    // hold voids reservations: a held set retargets nothing.
-    let retarget: Vec<String> = standings
-        .iter()
-        .filter(|(n, s, _)| *s == Standing::Switching && n.target_hash.as_deref() != Some(hash))
-        .map(|(n, _, _)| n.name.clone())
-        .collect();
+    let in_progress = names(&standings, |s| {
+        matches!(s.standing, Standing::Switching | Standing::Verifying)
+    });
+    let counts = counts(&standings, in_progress.len());
     let pending: Vec<&NodeView> = standings
         .iter()
-        .filter(|(_, s, stale)| *s == Standing::Pending && !stale)
-        .map(|(n, _, _)| *n)
+        .filter(|s| s.standing == Standing::Pending && !s.stale)
+        .map(|s| s.node)
         .collect();
-
     let wait_left = wait_left(input, &standings, !in_progress.is_empty());
-
     let start: Vec<String> = if hold.is_some() || wait_left.is_some() {
         Vec::new()
     } else {
+        let unavailable = standings.iter().filter(|s| s.unavailable()).count();
         let room = budget(&set.max_unavailable, nodes.len()).saturating_sub(unavailable);
         pending.iter().take(room).map(|n| n.name.clone()).collect()
     };
-
     let remaining = pending.len() + counts.stale;
-    let conditions = conditions(&counts, hold, threshold_reached, input.halt, remaining);
-    let requeue_after = requeue(wait_left, &counts, input.stale_after);
     Plan {
         start,
-        adopt,
-        retarget,
+        adopt: names(&standings, |s| {
+            s.standing == Standing::Done && s.node.target_hash.as_deref() != Some(hash)
+        }),
+        // Only a reservation makes a node switching without its target, and
+        // a hold voids reservations: a held set retargets nothing.
+        retarget: names(&standings, |s| {
+            s.standing == Standing::Switching && s.node.target_hash.as_deref() != Some(hash)
+        }),
         in_progress,
+        conditions: conditions(&counts, hold, threshold_reached, input.halt, remaining),
+        requeue_after: requeue(wait_left, &counts, input.stale_after),
         counts,
-        conditions,
-        requeue_after,
+    }
+}
+
+/// A node with how it stands and whether its heartbeat is stale.
+struct Stand<'a> {
+    node: &'a NodeView,
+    standing: Standing,
+    stale: bool,
+}
+
+impl Stand<'_> {
+    /// Stale, or between its old and new package: it counts against the
+    /// budget.
+    fn unavailable(&self) -> bool {
+        self.stale || matches!(self.standing, Standing::Switching | Standing::Verifying)
+    }
+}
+
+/// The names of the nodes that match `keep`, in name order.
+fn names(standings: &[Stand<'_>], keep: impl Fn(&Stand<'_>) -> bool) -> Vec<String> {
+    standings
+        .iter()
+        .filter(|s| keep(s))
+        .map(|s| s.node.name.clone())
+        .collect()
+}
+
+fn counts(standings: &[Stand<'_>], in_progress: usize) -> Counts {
+    let count = |keep: &dyn Fn(&Stand<'_>) -> bool| standings.iter().filter(|s| keep(s)).count();
+    Counts {
+        desired: standings.len(),
+        updated: count(&|s| matches!(s.standing, Standing::Done | Standing::Verifying)),
+        ready: count(&|s| s.standing == Standing::Done && !s.stale),
+        failed: count(&|s| s.standing == Standing::Failed),
+        in_progress,
+        stale: count(&|s| s.stale),
     }
 }
 
@@ -288,11 +289,7 @@ fn hold_reason(input: &Input<'_>, threshold_reached: bool) -> Option<Hold> {
 
 /// With `waitSeconds`, nodes switch in batches: a new batch starts only when
 /// none is switching and the last node finished at least `wait` ago.
-fn wait_left(
-    input: &Input<'_>,
-    standings: &[(&NodeView, Standing, bool)],
-    busy: bool,
-) -> Option<Duration> {
+fn wait_left(input: &Input<'_>, standings: &[Stand<'_>], busy: bool) -> Option<Duration> {
     if input.set.wait.is_zero() {
         return None;
     }
@@ -301,8 +298,8 @@ fn wait_left(
     }
     let last_done = standings
         .iter()
-        .filter(|(_, s, _)| *s == Standing::Done)
-        .filter_map(|(n, _, _)| n.ready_since)
+        .filter(|s| s.standing == Standing::Done)
+        .filter_map(|s| s.node.ready_since)
         .max()?;
     let elapsed = input.now.duration_since(last_done);
     let wait = SignedDuration::try_from(input.set.wait).ok()?;
@@ -329,49 +326,44 @@ fn conditions(
     halt: Option<&str>,
     remaining: usize,
 ) -> Vec<Observed<'static>> {
-    let complete = counts.ready == counts.desired;
-    let available = if complete {
-        Observed::new(
-            types::AVAILABLE,
-            true,
-            "RolloutComplete",
-            format!("{} of {} nodes run the set", counts.ready, counts.desired),
-        )
-    } else {
-        Observed::new(
-            types::AVAILABLE,
-            false,
-            "NodesUpdating",
-            format!("{} of {} nodes run the set", counts.ready, counts.desired),
-        )
-    };
-    let progressing = match hold {
-        _ if complete => Observed::new(
-            types::PROGRESSING,
-            false,
-            "RolloutComplete",
-            "every node runs the set",
-        ),
-        Some(Hold::Halted) => {
-            Observed::new(types::PROGRESSING, false, "Halted", "rollouts are halted")
+    vec![
+        available(counts),
+        progressing(counts, hold, remaining),
+        degraded(counts),
+        halted(counts, halt, threshold_reached),
+    ]
+}
+
+fn available(counts: &Counts) -> Observed<'static> {
+    let message = format!("{} of {} nodes run the set", counts.ready, counts.desired);
+    match counts.ready == counts.desired {
+        true => Observed::new(types::AVAILABLE, true, "RolloutComplete", message),
+        false => Observed::new(types::AVAILABLE, false, "NodesUpdating", message),
+    }
+}
+
+fn progressing(counts: &Counts, hold: Option<Hold>, remaining: usize) -> Observed<'static> {
+    let stopped = |reason, message| Observed::new(types::PROGRESSING, false, reason, message);
+    match hold {
+        _ if counts.ready == counts.desired => {
+            stopped("RolloutComplete", "every node runs the set")
         }
-        Some(Hold::FailureThreshold) => Observed::new(
-            types::PROGRESSING,
-            false,
-            "FailureThreshold",
-            "the failure threshold was reached",
-        ),
-        Some(Hold::Paused) => {
-            Observed::new(types::PROGRESSING, false, "Paused", "spec.paused is true")
+        Some(Hold::Halted) => stopped("Halted", "rollouts are halted"),
+        Some(Hold::FailureThreshold) => {
+            stopped("FailureThreshold", "the failure threshold was reached")
         }
+        Some(Hold::Paused) => stopped("Paused", "spec.paused is true"),
         None => Observed::new(
             types::PROGRESSING,
             true,
             "NodesUpdating",
             format!("{} switching, {} waiting", counts.in_progress, remaining),
         ),
-    };
-    let degraded = if counts.failed > 0 {
+    }
+}
+
+fn degraded(counts: &Counts) -> Observed<'static> {
+    if counts.failed > 0 {
         Observed::new(
             types::DEGRADED,
             true,
@@ -387,8 +379,11 @@ fn conditions(
         )
     } else {
         Observed::new(types::DEGRADED, false, "AsExpected", "no node failed")
-    };
-    let halted = match (halt, threshold_reached) {
+    }
+}
+
+fn halted(counts: &Counts, halt: Option<&str>, threshold_reached: bool) -> Observed<'static> {
+    match (halt, threshold_reached) {
         (Some(reason), _) => Observed::new(types::HALTED, true, "Halted", reason.to_owned()),
         (None, true) => Observed::new(
             types::HALTED,
@@ -400,8 +395,7 @@ fn conditions(
             ),
         ),
         (None, false) => Observed::new(types::HALTED, false, "NotHalted", "rollouts may proceed"),
-    };
-    vec![available, progressing, degraded, halted]
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 /// Labels naming a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
-    /// `packageset`, `packagerepository`, `servicegroup`, `nodepool`.
+    /// `packageset`, `packagerepository`, `servicegroup`, `nodepool`, …
     pub controller: String,
 }
 
@@ -21,7 +21,7 @@ pub struct ControllerLabels {
 pub struct ErrorLabels {
     /// The controller.
     pub controller: String,
-    /// The error variant, e.g. `Kube` or `InvalidSpec`.
+    /// The step that failed, e.g. `WriteStatus` or `Launch`.
     pub reason: String,
 }
 
