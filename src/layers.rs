@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("repository", 4),
     ("nodepool", 4),
     ("discovery", 4),
+    ("cluster", 4),
     ("operator", 5),
     ("cli", 6),
 ];

@@ -20,7 +20,8 @@
 //!    the watch configuration;
 //! 4. the controllers, one folder each, never importing each other:
 //!    [`rollout`] (PackageSet), [`repository`] (PackageRepository),
-//!    [`nodepool`], [`discovery`] (ServiceGroup and the etcd tree); and
+//!    [`nodepool`], [`discovery`] (ServiceGroup and the etcd tree),
+//!    [`cluster`] (ClusterTemplate and Cluster: validation and layouts); and
 //!    beside them the node [`agent`], which uses only `api` and `pkg`;
 //! 5. [`operator`]: wiring only: each controller's typed configuration
 //!    from the arguments, leader election, the HTTP endpoints;
@@ -32,6 +33,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod discovery;
 #[cfg(test)]
 mod layers;

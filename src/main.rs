@@ -51,8 +51,9 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli::completions::CompletionsArgs),
-    /// Run the operator: the PackageSet, PackageRepository, ServiceGroup and
-    /// NodePool controllers under leader election, and the /halt, /resume,
+    /// Run the operator: the PackageSet, PackageRepository, ServiceGroup,
+    /// NodePool, ClusterTemplate and Cluster controllers under leader
+    /// election, and the /halt, /resume,
     /// /healthz, /readyz and /metrics endpoints.
     Operator(theseus::operator::OperatorArgs),
     /// Run the node agent: register the NodeInstall, follow its target,
@@ -81,6 +82,8 @@ enum Command {
     Groups(cli::groups::GroupsArgs),
     /// Solve a cluster template for a size, or validate it.
     Template(cli::template::TemplateArgs),
+    /// Show a cluster's layout.
+    Cluster(cli::cluster::ClusterArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -105,6 +108,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Discover(args) => ok(cli::discover::run(&args)),
         Command::Groups(args) => ok(cli::groups::run(&args)),
         Command::Template(args) => runtime()?.block_on(cli::template::run(args)),
+        Command::Cluster(args) => runtime()?.block_on(cli::cluster::run(args)),
     }
 }
 

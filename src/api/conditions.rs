@@ -133,6 +133,10 @@ pub mod types {
     pub const SCALING: &str = "Scaling";
     /// The object claims something another object already owns.
     pub const CONFLICT: &str = "Conflict";
+    /// The object is well-formed and names only what exists.
+    pub const VALID: &str = "Valid";
+    /// A layout of nodes and services was found for the cluster.
+    pub const LAYOUT_SOLVED: &str = "LayoutSolved";
 }
 
 #[cfg(test)]

@@ -183,6 +183,7 @@ pub fn controllers(args: &OperatorArgs) -> Vec<Controller> {
         Controller::new("nodepool", move |shared, stop| {
             crate::nodepool::controller::run(shared, nodepool.clone(), stop)
         }),
+        Controller::new("cluster", crate::cluster::run),
     ]
 }
 

@@ -29,16 +29,18 @@ pub fn merge(
 }
 
 /// Whether a condition is bad news, the one rule every controller's events
-/// follow: a `Degraded`, `Halted` or `Conflict` condition that is True, or
-/// any condition whose reason says the spec is invalid, a dependency is
-/// unavailable or another object conflicts.
+/// follow: a `Degraded`, `Halted` or `Conflict` condition that is True, a
+/// `Valid` or `LayoutSolved` condition that is False, or any condition
+/// whose reason says the spec is invalid, a dependency is unavailable or
+/// another object conflicts.
 pub fn is_bad_news(type_: &str, status: &str, reason: &str) -> bool {
     let bad_condition = matches!(type_, "Degraded" | "Halted" | "Conflict") && status == "True";
+    let bad_false = matches!(type_, "Valid" | "LayoutSolved") && status == "False";
     let bad_reason = matches!(
         reason,
         "InvalidSpec" | "EtcdUnavailable" | "Conflict" | "Untrusted"
     );
-    bad_condition || bad_reason
+    bad_condition || bad_false || bad_reason
 }
 
 /// One event per changed condition, a Warning when [`is_bad_news`]; the
@@ -90,6 +92,8 @@ mod severity_tests {
             ("Valid", "False", "InvalidSpec"),
             ("Published", "False", "EtcdUnavailable"),
             ("Ready", "False", "Untrusted"),
+            ("Valid", "False", "UnknownService"),
+            ("LayoutSolved", "False", "Unsatisfiable"),
         ] {
             assert!(
                 is_bad_news(type_, status, reason),
@@ -101,6 +105,8 @@ mod severity_tests {
             ("Halted", "False", "Running"),
             ("Available", "True", "RolledOut"),
             ("Progressing", "True", "Rolling"),
+            ("Valid", "True", "Valid"),
+            ("LayoutSolved", "True", "Solved"),
         ] {
             assert!(
                 !is_bad_news(type_, status, reason),

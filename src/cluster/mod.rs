@@ -1,0 +1,159 @@
+//! The ClusterTemplate and Cluster controllers: templates get `Valid`, a
+//! `revision` and the sizes they can be solved for; clusters get a layout
+//! (which nodes, of which NodeClass, run which services) or the reason no
+//! layout exists.
+//!
+//! Both read one catalog: a shared reflector per kind (ServiceDefinition,
+//! NodeClass, ClusterTemplate, Cluster), each watched once. A change to a
+//! service or a node class re-assesses every template and re-solves every
+//! cluster; a template's change re-assesses the templates (a parent or an
+//! include may have changed) and re-solves the clusters made from it.
+//!
+//! Each reconcile is a list of steps: observe (a snapshot of the catalog
+//! stores) → decide (pure: [`template::assess`], [`solve::decide`]) →
+//! record (status, only when it changed) → report (events, metrics).
+
+pub mod solve;
+pub mod template;
+
+#[cfg(test)]
+mod scenarios;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Cluster, ClusterTemplate, NodeClass, ServiceDefinition};
+use crate::layout::Catalog;
+use crate::shared::Shared;
+
+/// The catalog's stores, each filled by one watch.
+#[derive(Clone)]
+pub struct Stores {
+    /// ServiceDefinitions.
+    pub services: Store<ServiceDefinition>,
+    /// NodeClasses.
+    pub node_classes: Store<NodeClass>,
+    /// ClusterTemplates (unresolved).
+    pub templates: Store<ClusterTemplate>,
+}
+
+impl Stores {
+    /// The catalog as it stands now.
+    pub fn catalog(&self) -> Catalog {
+        let mut catalog = Catalog::default();
+        for s in self.services.state() {
+            catalog.services.insert(s.name_any(), s.spec.clone());
+        }
+        for c in self.node_classes.state() {
+            catalog.node_classes.insert(c.name_any(), c.spec.clone());
+        }
+        for t in self.templates.state() {
+            catalog.templates.insert(t.name_any(), t.spec.clone());
+        }
+        catalog
+    }
+}
+
+/// How many events a subscriber of a shared reflector may fall behind.
+const BUFFER: usize = 256;
+
+/// A shared reflector of `K` (cluster-wide, or only the objects the
+/// operator's selector matches): its store, the stream that must be
+/// polled to fill it, and a subscription to the objects it applies.
+fn shared_reflector<K>(
+    ctx: &Shared,
+    api: Api<K>,
+) -> (
+    Store<K>,
+    BoxFuture<'static, ()>,
+    reflector::ReflectHandle<K>,
+)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store_shared(BUFFER);
+    let subscriber = writer.subscribe().expect("a shared store has subscribers");
+    let driver = watcher(api, ctx.watch_config())
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|_| futures::future::ready(()))
+        .boxed();
+    (store, driver, subscriber)
+}
+
+/// One `()` per object a subscription sees: "something in the catalog
+/// changed".
+fn ticks<K: Send + Sync + 'static>(
+    sub: impl Stream<Item = Arc<K>> + Send + 'static,
+) -> impl Stream<Item = ()> + Send + 'static {
+    sub.map(|_| ())
+}
+
+/// Runs both controllers until `stop` is cancelled.
+pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let client = ctx.client.clone();
+        let (services, services_driver, services_sub) =
+            shared_reflector::<ServiceDefinition>(&ctx, Api::all(client.clone()));
+        let (node_classes, classes_driver, classes_sub) =
+            shared_reflector::<NodeClass>(&ctx, Api::all(client.clone()));
+        let (templates, templates_driver, templates_sub) =
+            shared_reflector::<ClusterTemplate>(&ctx, Api::all(client.clone()));
+        let (clusters, clusters_driver, clusters_sub) =
+            shared_reflector::<Cluster>(&ctx, Api::all(client.clone()));
+        let stores = Stores {
+            services,
+            node_classes,
+            templates: templates.clone(),
+        };
+        let catalog_changed =
+            || futures::stream::select(ticks(services_sub.clone()), ticks(classes_sub.clone()));
+        let templates_controller = template::controller(
+            ctx.clone(),
+            stores.clone(),
+            templates_sub.clone(),
+            futures::stream::select(catalog_changed(), ticks(templates_sub.clone())),
+            stop.clone(),
+        );
+        let by_template = clusters.clone();
+        let clusters_controller = solve::controller(
+            ctx.clone(),
+            stores.clone(),
+            (clusters_sub, clusters),
+            templates_sub,
+            move |t: Arc<ClusterTemplate>| made_from(&by_template, &t.name_any()),
+            catalog_changed(),
+            stop.clone(),
+        );
+        let drivers = futures::future::join4(
+            services_driver,
+            classes_driver,
+            templates_driver,
+            clusters_driver,
+        );
+        // The controllers end when `stop` is cancelled (after their
+        // reconciles in flight); the reflectors end with them.
+        tokio::select! {
+            _ = drivers => {}
+            _ = futures::future::join(templates_controller, clusters_controller) => {}
+        }
+    })
+}
+
+/// The clusters made from `template`.
+pub fn made_from(clusters: &Store<Cluster>, template: &str) -> Vec<ObjectRef<Cluster>> {
+    clusters
+        .state()
+        .iter()
+        .filter(|c| c.spec.template == template)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}

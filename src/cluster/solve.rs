@@ -1,0 +1,386 @@
+//! The Cluster controller's solve step: the cluster's layout from its
+//! template, size and services, solved against the layout it has (so a
+//! change moves as few services as it can), recorded only when it changes.
+//! A change that has no layout leaves the old one in place and says why in
+//! `LayoutSolved`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::Stores;
+use crate::api::conditions::{Observed, types};
+use crate::api::{Cluster, ClusterStatus, ClusterTemplate, LayoutNode};
+use crate::layout::{self, Catalog, Outcome, Request, RequestError};
+use crate::shared::{MANAGER, Shared, status};
+
+/// The controller's name in metrics.
+pub const NAME: &str = "cluster";
+
+/// Errors of the Cluster controller, each naming its step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// decide: the solve task panicked or was cancelled.
+    #[error("Cluster {name}: the solve did not finish: {message}")]
+    Solve {
+        /// `namespace/name`.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// record: the cluster's status could not be written.
+    #[error("Cluster {name}: cannot write its status: {source}")]
+    WriteStatus {
+        /// `namespace/name`.
+        name: String,
+        /// The cause.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The step that failed, as the metric's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Solve { .. } => "Solve",
+            Error::WriteStatus { .. } => "WriteStatus",
+        }
+    }
+}
+
+/// What a cluster's reconcile needs.
+pub struct Context {
+    /// The shared handle.
+    pub ctx: Shared,
+    /// The catalog.
+    pub stores: Stores,
+    /// Events.
+    pub recorder: Recorder,
+}
+
+/// The controller over the shared cluster reflector; a template's change
+/// reconciles the clusters `made_from` it, and `catalog_changed` every
+/// cluster.
+pub fn controller(
+    ctx: Shared,
+    stores: Stores,
+    clusters: (ReflectHandle<Cluster>, Store<Cluster>),
+    templates: ReflectHandle<ClusterTemplate>,
+    made_from: impl Fn(Arc<ClusterTemplate>) -> Vec<ObjectRef<Cluster>> + Send + Sync + 'static,
+    catalog_changed: impl Stream<Item = ()> + Send + 'static,
+    stop: CancellationToken,
+) -> BoxFuture<'static, ()> {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let context = Arc::new(Context {
+        ctx,
+        stores,
+        recorder,
+    });
+    Controller::for_shared_stream(clusters.0, clusters.1)
+        .watches_shared_stream(templates, made_from)
+        .reconcile_all_on(catalog_changed)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .boxed()
+}
+
+pub(super) fn error_policy(cluster: Arc<Cluster>, err: &Error, cx: Arc<Context>) -> Action {
+    warn!(cluster = %describe(&cluster), error = %err, "reconcile failed");
+    cx.ctx.metrics.failed(NAME, err.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// One pass: observe (the catalog) → decide ([`decide`]) → record (status,
+/// when it changed) → report (events).
+pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action, Error> {
+    cx.ctx.metrics.reconciled(NAME);
+    if cluster.spec.paused {
+        return Ok(Action::await_change());
+    }
+    let catalog = cx.stores.catalog();
+    let decision = {
+        let input = cluster.clone();
+        tokio::task::spawn_blocking(move || decide(&catalog, &input))
+            .await
+            .map_err(|e| Error::Solve {
+                name: describe(&cluster),
+                message: e.to_string(),
+            })?
+    };
+    let previous = cluster.status.clone().unwrap_or_default();
+    let (next, changed) = next_status(&cluster, &previous, &decision, Timestamp::now());
+    if next != previous {
+        record(&cluster, &cx.ctx, &next).await?;
+    }
+    report(&cx, &cluster, &previous, &next, &changed).await;
+    Ok(Action::await_change())
+}
+
+/// The status after `decision`: the new layout and its hash when there is
+/// one, the old layout otherwise; and the conditions whose status changed.
+fn next_status(
+    cluster: &Cluster,
+    previous: &ClusterStatus,
+    decision: &Decision,
+    now: Timestamp,
+) -> (
+    ClusterStatus,
+    Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) {
+    let mut next = previous.clone();
+    let changed = status::merge(
+        &mut next.conditions,
+        decision.conditions.clone(),
+        cluster.metadata.generation,
+        now,
+    );
+    next.observed_generation = cluster.metadata.generation;
+    if let Some(layout) = &decision.layout {
+        next.layout = layout.clone();
+        next.layout_hash = Some(layout_hash(layout));
+        next.template_revision = decision.template_revision.clone();
+    }
+    (next, changed)
+}
+
+/// record: the status, by server-side apply.
+async fn record(cluster: &Cluster, ctx: &Shared, status: &ClusterStatus) -> Result<(), Error> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &cluster.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster", "status": status
+            })),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            name: describe(cluster),
+            source,
+        })?;
+    Ok(())
+}
+
+/// report: an event per changed condition, and one when the layout changed
+/// while it stayed solved.
+async fn report(
+    cx: &Context,
+    cluster: &Cluster,
+    previous: &ClusterStatus,
+    next: &ClusterStatus,
+    changed: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    let reference = cluster.object_ref(&());
+    status::publish(&cx.recorder, &reference, changed).await;
+    let relaid = previous.layout_hash.is_some() && previous.layout_hash != next.layout_hash;
+    if relaid && changed.iter().all(|c| c.type_ != types::LAYOUT_SOLVED) {
+        let message = format!(
+            "{} → {} nodes ({})",
+            previous.layout.len(),
+            next.layout.len(),
+            summary(&next.layout)
+        );
+        status::publish_one(
+            &cx.recorder,
+            &reference,
+            types::LAYOUT_SOLVED,
+            "True",
+            "LayoutChanged",
+            &message,
+        )
+        .await;
+    }
+}
+
+/// What a pass concludes for a cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The layout to record, when it differs from the cluster's.
+    pub layout: Option<Vec<LayoutNode>>,
+    /// The template revision the new layout was solved against.
+    pub template_revision: Option<String>,
+    /// `Valid` and `LayoutSolved`.
+    pub conditions: Vec<Observed<'static>>,
+}
+
+/// Pure: the cluster's layout from `catalog`, solved against the layout
+/// it has, or why there is none.
+pub fn decide(catalog: &Catalog, cluster: &Cluster) -> Decision {
+    let spec = &cluster.spec;
+    let current: &[LayoutNode] = cluster
+        .status
+        .as_ref()
+        .map(|s| s.layout.as_slice())
+        .unwrap_or_default();
+    let kept = kept(current);
+    let Some(template) = catalog.templates.get(&spec.template) else {
+        return not_valid(
+            "TemplateNotFound",
+            format!(
+                "spec.template: ClusterTemplate {} does not exist; create it or name another",
+                spec.template
+            ),
+            &kept,
+        );
+    };
+    if template.partial {
+        return not_valid(
+            "PartialTemplate",
+            format!(
+                "spec.template: ClusterTemplate {} is partial (other templates include it); name a complete template",
+                spec.template
+            ),
+            &kept,
+        );
+    }
+    let request = Request {
+        size: u32::try_from(spec.size).unwrap_or(0),
+        services: spec.services.clone(),
+        node_class: spec.node_class.clone(),
+    };
+    let revision = layout::resolve::resolve(catalog, &spec.template)
+        .ok()
+        .map(|r| layout::resolve::revision(&r));
+    let valid = Observed::new(
+        types::VALID,
+        true,
+        "Valid",
+        format!("template {} and the request are valid", spec.template),
+    );
+    match layout::solve_request(
+        catalog,
+        &spec.template,
+        &request,
+        current,
+        &cluster.name_any(),
+    ) {
+        Ok(Outcome::Solved { layout, objective }) => Decision {
+            conditions: vec![
+                valid,
+                Observed::new(
+                    types::LAYOUT_SOLVED,
+                    true,
+                    "Solved",
+                    format!(
+                        "{} nodes ({}); total cost {}",
+                        layout.len(),
+                        summary(&layout),
+                        objective.cost
+                    ),
+                ),
+            ],
+            layout: (layout.as_slice() != current).then_some(layout),
+            template_revision: revision,
+        },
+        Ok(Outcome::Unsatisfiable(explanation)) => Decision {
+            conditions: vec![
+                valid,
+                Observed::new(
+                    types::LAYOUT_SOLVED,
+                    false,
+                    "Unsatisfiable",
+                    format!("{explanation}{kept}"),
+                ),
+            ],
+            layout: None,
+            template_revision: None,
+        },
+        Err(RequestError::Invalid { findings, .. }) => {
+            let reason = findings
+                .first()
+                .map_or("InvalidSpec", |f| f.reason.as_str());
+            let message = findings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            not_valid(reason, message, &kept)
+        }
+        Err(RequestError::Request(message)) => not_valid("InvalidSpec", message, &kept),
+        Err(RequestError::Solver(e)) => Decision {
+            conditions: vec![
+                valid,
+                Observed::new(
+                    types::LAYOUT_SOLVED,
+                    false,
+                    "SolverLimit",
+                    format!("{e}{kept}"),
+                ),
+            ],
+            layout: None,
+            template_revision: None,
+        },
+    }
+}
+
+/// `Valid` False for `reason`, and `LayoutSolved` False pointing at it.
+fn not_valid(reason: &'static str, message: String, kept: &str) -> Decision {
+    Decision {
+        conditions: vec![
+            Observed::new(types::VALID, false, reason, message),
+            Observed::new(
+                types::LAYOUT_SOLVED,
+                false,
+                "NotValid",
+                format!("the cluster is not valid (see the Valid condition){kept}"),
+            ),
+        ],
+        layout: None,
+        template_revision: None,
+    }
+}
+
+/// What the message says of a layout that stays.
+fn kept(current: &[LayoutNode]) -> String {
+    match current.len() {
+        0 => String::new(),
+        n => format!("; the previous layout of {n} nodes stays"),
+    }
+}
+
+/// `2×[namenode], 3×[datanode]`: how many nodes run each service set, in
+/// the order the sets first appear.
+pub fn summary(layout: &[LayoutNode]) -> String {
+    let mut sets: Vec<(&[String], usize)> = Vec::new();
+    for node in layout {
+        match sets
+            .iter_mut()
+            .find(|(s, _)| *s == node.services.as_slice())
+        {
+            Some((_, n)) => *n += 1,
+            None => sets.push((&node.services, 1)),
+        }
+    }
+    sets.iter()
+        .map(|(s, n)| format!("{n}×[{}]", s.join(",")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A short hash of a layout.
+pub fn layout_hash(layout: &[LayoutNode]) -> String {
+    let bytes = serde_json::to_vec(layout).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..8])
+}
+
+fn describe(cluster: &Cluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
