@@ -507,6 +507,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_step_failing_inside_the_finalizer_is_named_by_its_own_step() {
+        let keys = || ControllerError::RemoveKeys {
+            object: "ns/web".into(),
+            message: "etcd unreachable".into(),
+        };
+        assert_eq!(keys().reason(), "RemoveKeys");
+        let wrapped = ControllerError::Finalizer(Box::new(finalizer::Error::CleanupFailed(keys())));
+        assert_eq!(wrapped.reason(), "RemoveKeys");
+        let unnamed = ControllerError::Finalizer(Box::new(finalizer::Error::UnnamedObject));
+        assert_eq!(unnamed.reason(), "Finalizer");
+        assert_eq!(
+            ControllerError::PublisherStopped.reason(),
+            "PublisherStopped"
+        );
+    }
+
+    #[test]
     fn retries_back_off_from_one_second_to_five_minutes() {
         let waits: Vec<u64> = [1, 2, 3, 5, 9, 10, 30]
             .iter()
