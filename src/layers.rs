@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pkg", 2),
     ("layout", 2),
     ("shared", 3),
+    ("config", 3),
     ("agent", 4),
     ("rollout", 4),
     ("repository", 4),

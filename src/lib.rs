@@ -15,7 +15,9 @@
 //! 1. [`api`]: the kinds (CRD types) and the conditions helper;
 //! 2. [`pkg`]: the package format and the node's root, no Kubernetes; and
 //!    [`layout`]: the layout solver, pure;
-//! 3. [`shared`]: what every controller uses: the `Shared` handle (client,
+//! 3. [`config`]: the config generator (modules and values → packages
+//!    named by the hash of their content), pure; and [`shared`]: what
+//!    every controller uses: the `Shared` handle (client,
 //!    reporter, metrics, halt, scope, stores), status and events helpers,
 //!    the watch configuration;
 //! 4. the controllers, one folder each, never importing each other:
@@ -34,6 +36,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod discovery;
 #[cfg(test)]
 mod layers;

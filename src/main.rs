@@ -84,6 +84,8 @@ enum Command {
     Template(cli::template::TemplateArgs),
     /// Show a cluster's layout.
     Cluster(cli::cluster::ClusterArgs),
+    /// Render configuration packages from modules and values.
+    Config(cli::config::ConfigArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -109,6 +111,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Groups(args) => ok(cli::groups::run(&args)),
         Command::Template(args) => runtime()?.block_on(cli::template::run(args)),
         Command::Cluster(args) => runtime()?.block_on(cli::cluster::run(args)),
+        Command::Config(args) => cli::config::run(&args),
     }
 }
 

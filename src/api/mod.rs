@@ -13,6 +13,8 @@
 mod cluster;
 mod cluster_template;
 pub mod conditions;
+mod config_bundle;
+mod config_module;
 mod node_class;
 mod node_install;
 mod node_pool;
@@ -23,6 +25,8 @@ mod service_group;
 
 pub use cluster::*;
 pub use cluster_template::*;
+pub use config_bundle::*;
+pub use config_module::*;
 pub use node_class::*;
 pub use node_install::*;
 pub use node_pool::*;
@@ -62,6 +66,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         NodeClass::crd(),
         ClusterTemplate::crd(),
         Cluster::crd(),
+        ConfigModule::crd(),
+        ConfigBundle::crd(),
     ]
 }
 

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod completions;
+pub mod config;
 pub mod crds;
 pub mod discover;
 pub mod groups;

@@ -210,7 +210,7 @@ async fn load(source: &Source) -> anyhow::Result<Catalog> {
 }
 
 /// `path` itself, or the `.yaml`/`.yml` files in it, sorted.
-fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_owned()]);
     }

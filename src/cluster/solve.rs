@@ -227,78 +227,37 @@ pub fn decide(catalog: &Catalog, cluster: &Cluster) -> Decision {
         .map(|s| s.layout.as_slice())
         .unwrap_or_default();
     let kept = kept(current);
-    let Some(template) = catalog.templates.get(&spec.template) else {
-        return not_valid(
-            "TemplateNotFound",
-            format!(
-                "spec.template: ClusterTemplate {} does not exist; create it or name another",
-                spec.template
-            ),
-            &kept,
-        );
-    };
-    if template.partial {
-        return not_valid(
-            "PartialTemplate",
-            format!(
-                "spec.template: ClusterTemplate {} is partial (other templates include it); name a complete template",
-                spec.template
-            ),
-            &kept,
-        );
+    if let Some(blocked) = template_unusable(catalog, &spec.template, &kept) {
+        return blocked;
     }
     let request = Request {
         size: u32::try_from(spec.size).unwrap_or(0),
         services: spec.services.clone(),
         node_class: spec.node_class.clone(),
     };
-    let revision = layout::resolve::resolve(catalog, &spec.template)
-        .ok()
-        .map(|r| layout::resolve::revision(&r));
-    let valid = Observed::new(
-        types::VALID,
-        true,
-        "Valid",
-        format!("template {} and the request are valid", spec.template),
-    );
-    match layout::solve_request(
-        catalog,
-        &spec.template,
-        &request,
-        current,
-        &cluster.name_any(),
-    ) {
-        Ok(Outcome::Solved { layout, objective }) => Decision {
-            conditions: vec![
-                valid,
-                Observed::new(
-                    types::LAYOUT_SOLVED,
-                    true,
-                    "Solved",
-                    format!(
-                        "{} nodes ({}); total cost {}",
-                        layout.len(),
-                        summary(&layout),
-                        objective.cost
-                    ),
-                ),
-            ],
-            layout: (layout.as_slice() != current).then_some(layout),
-            template_revision: revision,
-        },
-        Ok(Outcome::Unsatisfiable(explanation)) => Decision {
-            conditions: vec![
-                valid,
-                Observed::new(
-                    types::LAYOUT_SOLVED,
-                    false,
-                    "Unsatisfiable",
-                    format!("{explanation}{kept}"),
-                ),
-            ],
-            layout: None,
-            template_revision: None,
-        },
+    let prefix = cluster.name_any();
+    match layout::solve_request(catalog, &spec.template, &request, current, &prefix) {
+        Ok(Outcome::Solved { layout, objective }) => {
+            let message = format!(
+                "{} nodes ({}); total cost {}",
+                layout.len(),
+                summary(&layout),
+                objective.cost
+            );
+            Decision {
+                conditions: solved(&spec.template, true, "Solved", message),
+                layout: (layout.as_slice() != current).then_some(layout),
+                template_revision: layout::resolve::resolve(catalog, &spec.template)
+                    .ok()
+                    .map(|r| layout::resolve::revision(&r)),
+            }
+        }
+        Ok(Outcome::Unsatisfiable(explanation)) => unsolved(solved(
+            &spec.template,
+            false,
+            "Unsatisfiable",
+            format!("{explanation}{kept}"),
+        )),
         Err(RequestError::Invalid { findings, .. }) => {
             let reason = findings
                 .first()
@@ -311,19 +270,60 @@ pub fn decide(catalog: &Catalog, cluster: &Cluster) -> Decision {
             not_valid(reason, message, &kept)
         }
         Err(RequestError::Request(message)) => not_valid("InvalidSpec", message, &kept),
-        Err(RequestError::Solver(e)) => Decision {
-            conditions: vec![
-                valid,
-                Observed::new(
-                    types::LAYOUT_SOLVED,
-                    false,
-                    "SolverLimit",
-                    format!("{e}{kept}"),
-                ),
-            ],
-            layout: None,
-            template_revision: None,
-        },
+        Err(RequestError::Solver(e)) => unsolved(solved(
+            &spec.template,
+            false,
+            "SolverLimit",
+            format!("{e}{kept}"),
+        )),
+    }
+}
+
+/// `Valid` False when the template is missing or partial.
+fn template_unusable(catalog: &Catalog, template: &str, kept: &str) -> Option<Decision> {
+    match catalog.templates.get(template) {
+        None => Some(not_valid(
+            "TemplateNotFound",
+            format!(
+                "spec.template: ClusterTemplate {template} does not exist; create it or name another"
+            ),
+            kept,
+        )),
+        Some(t) if t.partial => Some(not_valid(
+            "PartialTemplate",
+            format!(
+                "spec.template: ClusterTemplate {template} is partial (other templates include it); name a complete template"
+            ),
+            kept,
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `Valid` True and `LayoutSolved` as given.
+fn solved(
+    template: &str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+) -> Vec<Observed<'static>> {
+    vec![
+        Observed::new(
+            types::VALID,
+            true,
+            "Valid",
+            format!("template {template} and the request are valid"),
+        ),
+        Observed::new(types::LAYOUT_SOLVED, status, reason, message),
+    ]
+}
+
+/// No new layout: the conditions say why.
+fn unsolved(conditions: Vec<Observed<'static>>) -> Decision {
+    Decision {
+        conditions,
+        layout: None,
+        template_revision: None,
     }
 }
 

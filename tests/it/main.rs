@@ -25,6 +25,7 @@ mod agent;
 mod api;
 mod chart;
 mod cli;
+mod config;
 mod container;
 mod demo;
 mod discovery;
