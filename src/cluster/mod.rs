@@ -61,6 +61,62 @@ impl Stores {
     }
 }
 
+/// What a reconcile of either controller needs.
+pub struct Context {
+    /// The shared handle.
+    pub ctx: Shared,
+    /// The catalog.
+    pub stores: Stores,
+    /// Events.
+    pub recorder: kube::runtime::events::Recorder,
+}
+
+impl Context {
+    /// A context whose events are reported as the operator.
+    pub fn new(ctx: Shared, stores: Stores) -> Arc<Self> {
+        let recorder =
+            kube::runtime::events::Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        Arc::new(Self {
+            ctx,
+            stores,
+            recorder,
+        })
+    }
+}
+
+/// Errors of both controllers, each naming its step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// decide: the pure step, on a blocking thread, did not finish.
+    #[error("{object}: the {step} did not finish: {message}")]
+    Decide {
+        /// `ClusterTemplate NAME` or `Cluster NAMESPACE/NAME`.
+        object: String,
+        /// `assessment` or `solve`.
+        step: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// record: the status could not be written.
+    #[error("{object}: cannot write its status: {source}")]
+    WriteStatus {
+        /// `ClusterTemplate NAME` or `Cluster NAMESPACE/NAME`.
+        object: String,
+        /// The cause.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The step that failed, as the metric's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Decide { .. } => "Decide",
+            Error::WriteStatus { .. } => "WriteStatus",
+        }
+    }
+}
+
 /// How many events a subscriber of a shared reflector may fall behind.
 const BUFFER: usize = 256;
 

@@ -8,7 +8,7 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use super::{Stores, solve, template};
+use super::{Context, Stores, solve, template};
 use crate::api::conditions::{self, types};
 use crate::api::{Cluster, ClusterTemplate, LayoutNode, NodeClass, ServiceDefinition};
 use crate::shared::fake_api::{self, Call, Log, ok, status};
@@ -73,9 +73,9 @@ fn cluster(size: i32, layout: Value) -> Cluster {
     }))
 }
 
-fn solve_context(client: kube::Client, stores: Stores) -> Arc<solve::Context> {
+fn solve_context(client: kube::Client, stores: Stores) -> Arc<Context> {
     let (ctx, recorder) = fake_api::shared(client, stores::Stores::default());
-    Arc::new(solve::Context {
+    Arc::new(Context {
         ctx,
         stores,
         recorder,
@@ -189,7 +189,7 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
     let client = fake_api::client(&log, answer);
     let stores = catalog(5);
     let (ctx, recorder) = fake_api::shared(client, stores::Stores::default());
-    let cx = Arc::new(template::Context {
+    let cx = Arc::new(Context {
         ctx,
         stores: stores.clone(),
         recorder,

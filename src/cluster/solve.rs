@@ -10,65 +10,22 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::Stores;
+use super::{Context, Error, Stores};
 use crate::api::conditions::{Observed, types};
 use crate::api::{Cluster, ClusterStatus, ClusterTemplate, LayoutNode};
 use crate::layout::{self, Catalog, Outcome, Request, RequestError};
-use crate::shared::{MANAGER, Shared, status};
+use crate::shared::{Shared, status};
 
 /// The controller's name in metrics.
 pub const NAME: &str = "cluster";
-
-/// Errors of the Cluster controller, each naming its step.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// decide: the solve task panicked or was cancelled.
-    #[error("Cluster {name}: the solve did not finish: {message}")]
-    Solve {
-        /// `namespace/name`.
-        name: String,
-        /// Why.
-        message: String,
-    },
-    /// record: the cluster's status could not be written.
-    #[error("Cluster {name}: cannot write its status: {source}")]
-    WriteStatus {
-        /// `namespace/name`.
-        name: String,
-        /// The cause.
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    /// The step that failed, as the metric's reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Solve { .. } => "Solve",
-            Error::WriteStatus { .. } => "WriteStatus",
-        }
-    }
-}
-
-/// What a cluster's reconcile needs.
-pub struct Context {
-    /// The shared handle.
-    pub ctx: Shared,
-    /// The catalog.
-    pub stores: Stores,
-    /// Events.
-    pub recorder: Recorder,
-}
 
 /// The controller over the shared cluster reflector; a template's change
 /// reconciles the clusters `made_from` it, and `catalog_changed` every
@@ -82,12 +39,7 @@ pub fn controller(
     catalog_changed: impl Stream<Item = ()> + Send + 'static,
     stop: CancellationToken,
 ) -> BoxFuture<'static, ()> {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let context = Arc::new(Context {
-        ctx,
-        stores,
-        recorder,
-    });
+    let context = Context::new(ctx, stores);
     Controller::for_shared_stream(clusters.0, clusters.1)
         .watches_shared_stream(templates, made_from)
         .reconcile_all_on(catalog_changed)
@@ -115,8 +67,9 @@ pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action
         let input = cluster.clone();
         tokio::task::spawn_blocking(move || decide(&catalog, &input))
             .await
-            .map_err(|e| Error::Solve {
-                name: describe(&cluster),
+            .map_err(|e| Error::Decide {
+                object: format!("Cluster {}", describe(&cluster)),
+                step: "solve",
                 message: e.to_string(),
             })?
     };
@@ -158,18 +111,12 @@ fn next_status(
 
 /// record: the status, by server-side apply.
 async fn record(cluster: &Cluster, ctx: &Shared, status: &ClusterStatus) -> Result<(), Error> {
-    let namespace = cluster.namespace().unwrap_or_default();
-    Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &cluster.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster", "status": status
-            })),
-        )
+    let api =
+        Api::<Cluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    status::apply_status(&api, &cluster.name_any(), status)
         .await
         .map_err(|source| Error::WriteStatus {
-            name: describe(cluster),
+            object: format!("Cluster {}", describe(cluster)),
             source,
         })?;
     Ok(())
@@ -259,14 +206,7 @@ pub fn decide(catalog: &Catalog, cluster: &Cluster) -> Decision {
             format!("{explanation}{kept}"),
         )),
         Err(RequestError::Invalid { findings, .. }) => {
-            let reason = findings
-                .first()
-                .map_or("InvalidSpec", |f| f.reason.as_str());
-            let message = findings
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let (reason, message) = layout::validate::condition(&findings);
             not_valid(reason, message, &kept)
         }
         Err(RequestError::Request(message)) => not_valid("InvalidSpec", message, &kept),

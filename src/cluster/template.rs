@@ -8,64 +8,21 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ReflectHandle;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::Stores;
+use super::{Context, Error, Stores};
 use crate::api::conditions::{Observed, types};
 use crate::api::{ClusterTemplate, ClusterTemplateStatus};
 use crate::layout::{self, Catalog, Finding, Request};
-use crate::shared::{MANAGER, Shared, status};
+use crate::shared::{Shared, status};
 
 /// The controller's name in metrics.
 pub const NAME: &str = "clustertemplate";
-
-/// Errors of the ClusterTemplate controller, each naming its step.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// decide: the assessment task panicked or was cancelled.
-    #[error("ClusterTemplate {name}: the assessment did not finish: {message}")]
-    Assess {
-        /// The template.
-        name: String,
-        /// Why.
-        message: String,
-    },
-    /// record: the template's status could not be written.
-    #[error("ClusterTemplate {name}: cannot write its status: {source}")]
-    WriteStatus {
-        /// The template.
-        name: String,
-        /// The cause.
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    /// The step that failed, as the metric's reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Assess { .. } => "Assess",
-            Error::WriteStatus { .. } => "WriteStatus",
-        }
-    }
-}
-
-/// What a template's reconcile needs.
-pub struct Context {
-    /// The shared handle.
-    pub ctx: Shared,
-    /// The catalog.
-    pub stores: Stores,
-    /// Events.
-    pub recorder: Recorder,
-}
 
 /// The controller over the shared template reflector, reconciling every
 /// template when `catalog_changed` ticks.
@@ -76,13 +33,8 @@ pub fn controller(
     catalog_changed: impl Stream<Item = ()> + Send + 'static,
     stop: CancellationToken,
 ) -> BoxFuture<'static, ()> {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let store = stores.templates.clone();
-    let context = Arc::new(Context {
-        ctx,
-        stores,
-        recorder,
-    });
+    let context = Context::new(ctx, stores);
     Controller::for_shared_stream(templates, store)
         .reconcile_all_on(catalog_changed)
         .graceful_shutdown_on(async move { stop.cancelled().await })
@@ -107,8 +59,9 @@ pub async fn reconcile(template: Arc<ClusterTemplate>, cx: Arc<Context>) -> Resu
         let input = name.clone();
         tokio::task::spawn_blocking(move || assess(&catalog, &input))
             .await
-            .map_err(|e| Error::Assess {
-                name: name.clone(),
+            .map_err(|e| Error::Decide {
+                object: format!("ClusterTemplate {name}"),
+                step: "assessment",
                 message: e.to_string(),
             })?
     };
@@ -137,17 +90,11 @@ async fn record(
     ctx: &Shared,
     status: &ClusterTemplateStatus,
 ) -> Result<(), Error> {
-    Api::<ClusterTemplate>::all(ctx.client.clone())
-        .patch_status(
-            &template.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterTemplate", "status": status
-            })),
-        )
+    let api = Api::<ClusterTemplate>::all(ctx.client.clone());
+    status::apply_status(&api, &template.name_any(), status)
         .await
         .map_err(|source| Error::WriteStatus {
-            name: template.name_any(),
+            object: format!("ClusterTemplate {}", template.name_any()),
             source,
         })?;
     Ok(())
@@ -225,14 +172,7 @@ pub fn assess(catalog: &Catalog, name: &str) -> Assessment {
 /// `Valid` False, its reason the first finding's and its message every
 /// finding with its field path.
 fn invalid(findings: &[Finding], revision: Option<String>) -> Assessment {
-    let reason = findings
-        .first()
-        .map_or("InvalidSpec", |f| f.reason.as_str());
-    let message = findings
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
+    let (reason, message) = layout::validate::condition(findings);
     Assessment {
         valid: Observed::new(types::VALID, false, reason, message),
         revision,

@@ -23,7 +23,6 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -424,21 +423,12 @@ impl State {
         if next != previous {
             let api: Api<ServiceGroup> =
                 Api::namespaced(self.client.clone(), &sg.namespace().unwrap_or_default());
-            let patch = json!({
-                "apiVersion": "theseus.dev/v1alpha1",
-                "kind": "ServiceGroup",
-                "status": next,
-            });
-            api.patch_status(
-                &sg.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| ControllerError::WriteStatus {
-                object: describe(sg),
-                source,
-            })?;
+            crate::shared::status::apply_status(&api, &sg.name_any(), &next)
+                .await
+                .map_err(|source| ControllerError::WriteStatus {
+                    object: describe(sg),
+                    source,
+                })?;
         }
         for t in transitions {
             crate::shared::status::publish_one(

@@ -79,6 +79,20 @@ impl fmt::Display for Finding {
     }
 }
 
+/// The reason (the first finding's) and the message (every finding with
+/// its field path) of a `Valid=False` condition.
+pub fn condition(findings: &[Finding]) -> (&'static str, String) {
+    let reason = findings
+        .first()
+        .map_or("InvalidSpec", |f| f.reason.as_str());
+    let message = findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    (reason, message)
+}
+
 /// Checks a resolved template's names and its default services.
 pub fn template(catalog: &Catalog, t: &ClusterTemplateSpec) -> Vec<Finding> {
     let mut out = Vec::new();

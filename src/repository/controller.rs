@@ -11,11 +11,10 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -24,7 +23,7 @@ use crate::api::{PackageRepository, PackageRepositoryStatus};
 use crate::pkg::index::{Index, parse_public_key};
 use crate::pkg::trust::{self, Stale};
 use crate::pkg::{FetchError, FetchOptions, Fetcher};
-use crate::shared::{MANAGER, Shared, status};
+use crate::shared::{Shared, status};
 
 /// Errors of the PackageRepository controller, each naming its step.
 #[derive(Debug, thiserror::Error)]
@@ -158,18 +157,12 @@ async fn record(
     status: &PackageRepositoryStatus,
 ) -> Result<(), Error> {
     let api: Api<PackageRepository> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &repo.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository", "status": status
-        })),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus {
-        name: repo.name_any(),
-        source,
-    })?;
+    status::apply_status(&api, &repo.name_any(), status)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            name: repo.name_any(),
+            source,
+        })?;
     Ok(())
 }
 

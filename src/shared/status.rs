@@ -9,6 +9,29 @@ use tracing::warn;
 
 use crate::api::conditions::{self, Observed};
 
+/// Writes `status` as the whole status of `name` by server-side apply,
+/// field manager [`super::MANAGER`] (forced: the operator owns status).
+pub async fn apply_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(super::MANAGER).force(),
+        &kube::api::Patch::Apply(patch),
+    )
+    .await
+}
+
 /// Merges `observed` into `current` (see [`conditions::set`]) and returns the
 /// conditions whose status changed, for events.
 pub fn merge(

@@ -4,20 +4,11 @@
 
 use std::time::Duration;
 
-use theseus::cli::template::add_documents;
 use theseus::layout::{self, Catalog, Request};
 
 use crate::support::fleet::{Operator, RUN_LABEL};
+use crate::support::layout::examples;
 use crate::support::{self, TestNamespace, repo_root, test_logs, theseus};
-
-fn examples() -> Catalog {
-    let mut catalog = Catalog::default();
-    for entry in std::fs::read_dir(repo_root().join("examples/catalog")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        add_documents(&mut catalog, &text).unwrap();
-    }
-    catalog
-}
 
 /// What `theseus template validate` would give as feasible sizes.
 fn feasible_sizes(catalog: &Catalog, template: &str) -> String {
@@ -35,29 +26,22 @@ fn feasible_sizes(catalog: &Catalog, template: &str) -> String {
     serde_json::to_string(&layout::sizes::format_ranges(&ranges)).unwrap()
 }
 
+/// `kubectl get cluster analytics -o jsonpath=PATH`.
+fn cluster_field(tb: &support::TestbedEnv, ns: &str, jsonpath: &str) -> String {
+    let output = format!("jsonpath={jsonpath}");
+    tb.kubectl_ok(&["get", "cluster", "analytics", "-n", ns, "-o", &output])
+}
+
 fn layout_solved(tb: &support::TestbedEnv, ns: &str, field: &str) -> String {
-    tb.kubectl_ok(&[
-        "get",
-        "cluster",
-        "analytics",
-        "-n",
+    cluster_field(
+        tb,
         ns,
-        "-o",
-        &format!(r#"jsonpath={{.status.conditions[?(@.type=="LayoutSolved")].{field}}}"#),
-    ])
+        &format!(r#"{{.status.conditions[?(@.type=="LayoutSolved")].{field}}}"#),
+    )
 }
 
 fn layout_of(tb: &support::TestbedEnv, ns: &str) -> Vec<theseus::api::LayoutNode> {
-    let json = tb.kubectl_ok(&[
-        "get",
-        "cluster",
-        "analytics",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.layout}",
-    ]);
-    serde_json::from_str(&json).unwrap_or_default()
+    serde_json::from_str(&cluster_field(tb, ns, "{.status.layout}")).unwrap_or_default()
 }
 
 fn cluster_layout(tb: &support::TestbedEnv, ns: &str) -> (i32, String) {
@@ -70,6 +54,29 @@ fn cluster_layout(tb: &support::TestbedEnv, ns: &str) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Sets the cluster's size and waits for `condition` (`kubectl wait`).
+fn resize(tb: &support::TestbedEnv, ns: &str, size: u32, condition: &str) {
+    let patch = format!(r#"{{"spec":{{"size":{size}}}}}"#);
+    tb.kubectl_ok(&[
+        "patch",
+        "cluster",
+        "analytics",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    tb.kubectl_ok(&[
+        "wait",
+        "-n",
+        ns,
+        &format!("--for=condition={condition}"),
+        "cluster/analytics",
+        "--timeout=60s",
+    ]);
 }
 
 #[tokio::test]
@@ -152,24 +159,7 @@ async fn clusters_of_the_example_templates_get_layouts_that_kubectl_wait_and_the
 
     // Too small for the template: the old layout stays and the condition
     // carries the explanation in the template's field paths.
-    tb.kubectl_ok(&[
-        "patch",
-        "cluster",
-        "analytics",
-        "-n",
-        &ns.name,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"size":3}}"#,
-    ]);
-    tb.kubectl_ok(&[
-        "wait",
-        "-n",
-        &ns.name,
-        "--for=condition=LayoutSolved=false",
-        "cluster/analytics",
-        "--timeout=60s",
-    ]);
+    resize(&tb, &ns.name, 3, "LayoutSolved=false");
     assert_eq!(layout_solved(&tb, &ns.name, "reason"), "Unsatisfiable");
     let message = layout_solved(&tb, &ns.name, "message");
     assert!(
@@ -183,24 +173,7 @@ async fn clusters_of_the_example_templates_get_layouts_that_kubectl_wait_and_the
     assert!(text.contains("Unsatisfiable"), "{text}");
 
     // Growing to eight keeps the six nodes as they were and adds two.
-    tb.kubectl_ok(&[
-        "patch",
-        "cluster",
-        "analytics",
-        "-n",
-        &ns.name,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"size":8}}"#,
-    ]);
-    tb.kubectl_ok(&[
-        "wait",
-        "-n",
-        &ns.name,
-        "--for=condition=LayoutSolved",
-        "cluster/analytics",
-        "--timeout=60s",
-    ]);
+    resize(&tb, &ns.name, 8, "LayoutSolved");
     let eight = support::eventually(Duration::from_secs(30), "eight nodes", || async {
         let l = layout_of(&tb, &ns.name);
         if l.len() == 8 {

@@ -8,17 +8,8 @@ use std::process::Command;
 use theseus::cli::template::add_documents;
 use theseus::layout::{self, Catalog, Outcome, Reason, Request, resolve, sizes, validate};
 
-use crate::support::layout::catalog;
+use crate::support::layout::{catalog, examples};
 use crate::support::{self, repo_root, theseus};
-
-fn examples() -> Catalog {
-    let mut catalog = Catalog::default();
-    for entry in std::fs::read_dir(repo_root().join("examples/catalog")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        add_documents(&mut catalog, &text).unwrap();
-    }
-    catalog
-}
 
 /// The fixture catalog plus more templates, as YAML documents.
 fn with_templates(docs: &str) -> Catalog {

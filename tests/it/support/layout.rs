@@ -156,3 +156,13 @@ pub fn assert_minimal(name: &str, model: &Model) {
         only[i] = true;
     }
 }
+
+/// The catalog of `examples/catalog/`.
+pub fn examples() -> Catalog {
+    let mut catalog = Catalog::default();
+    for entry in std::fs::read_dir(crate::support::repo_root().join("examples/catalog")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        add_documents(&mut catalog, &text).unwrap();
+    }
+    catalog
+}
