@@ -35,6 +35,8 @@ mod order;
 mod tasks;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 use schemars::JsonSchema;
