@@ -20,6 +20,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("layout", 2),
     ("shared", 3),
     ("config", 3),
+    // Above `layout`, whose Catalog it reads; it imports only `layout` and `api`.
+    ("plan", 3),
     ("agent", 4),
     ("rollout", 4),
     ("repository", 4),

@@ -16,10 +16,11 @@
 //! 2. [`pkg`]: the package format and the node's root, no Kubernetes; and
 //!    [`layout`]: the layout solver, pure;
 //! 3. [`config`]: the config generator (modules and values → packages
-//!    named by the hash of their content), pure; and [`shared`]: what
-//!    every controller uses: the `Shared` handle (client,
-//!    reporter, metrics, halt, scope, stores), status and events helpers,
-//!    the watch configuration;
+//!    named by the hash of their content), pure; [`plan`]: the cluster
+//!    planner (the tasks from one layout to another, in order), pure, on
+//!    `layout` and `api` only; and [`shared`]: what every controller
+//!    uses: the `Shared` handle (client, reporter, metrics, halt, scope,
+//!    stores), status and events helpers, the watch configuration;
 //! 4. the controllers, one folder each, never importing each other:
 //!    [`rollout`] (PackageSet), [`repository`] (PackageRepository),
 //!    [`nodepool`], [`discovery`] (ServiceGroup and the etcd tree),
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod nodepool;
 pub mod operator;
 pub mod pkg;
+pub mod plan;
 pub mod repository;
 pub mod rollout;
 pub mod shared;
