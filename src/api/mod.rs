@@ -11,6 +11,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod cluster;
+mod cluster_plan;
 mod cluster_template;
 pub mod conditions;
 mod config_bundle;
@@ -24,6 +25,7 @@ mod service_definition;
 mod service_group;
 
 pub use cluster::*;
+pub use cluster_plan::*;
 pub use cluster_template::*;
 pub use config_bundle::*;
 pub use config_module::*;
@@ -66,6 +68,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         NodeClass::crd(),
         ClusterTemplate::crd(),
         Cluster::crd(),
+        ClusterPlan::crd(),
         ConfigModule::crd(),
         ConfigBundle::crd(),
     ]

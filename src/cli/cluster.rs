@@ -8,14 +8,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use crate::api::Cluster;
 use crate::api::conditions::{self, types};
+use crate::api::{Cluster, ClusterPlan, TaskState};
 
 /// Show clusters made from templates.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     theseus cluster layout analytics\n  \
-    theseus cluster layout analytics -n data -o yaml")]
+    theseus cluster layout analytics -n data -o yaml\n  \
+    theseus cluster plan analytics-create -n data")]
 pub struct ClusterArgs {
     #[command(subcommand)]
     command: ClusterCommand,
@@ -30,6 +31,22 @@ enum ClusterCommand {
         theseus cluster layout analytics\n  \
         theseus cluster layout analytics -n data -o yaml")]
     Layout(LayoutArgs),
+    /// Print a ClusterPlan's tasks node by node, each with its state and
+    /// what it waits for on other nodes, and the plan's phase and
+    /// progress.
+    #[command(after_help = "Examples:\n  \
+        theseus cluster plan analytics-create\n  \
+        kubectl get clusterplans -n data      # operation, progress, phase")]
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// The ClusterPlan.
+    name: String,
+    /// Its namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Args, Debug)]
@@ -57,6 +74,7 @@ enum Output {
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ClusterCommand::Layout(a) => layout(a).await,
+        ClusterCommand::Plan(a) => plan(a).await,
     }
 }
 
@@ -77,6 +95,78 @@ async fn layout(args: LayoutArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+    let plan = Api::<ClusterPlan>::namespaced(client, &args.namespace)
+        .get(&args.name)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read ClusterPlan {}/{}: {e}",
+                args.namespace,
+                args.name
+            )
+        })?;
+    std::io::stdout()
+        .lock()
+        .write_all(plan_tree(&plan).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A plan as text: a header with the operation, phase and progress, then
+/// each node with its tasks in order, their states, and the tasks of
+/// other nodes they wait for.
+fn plan_tree(plan: &ClusterPlan) -> String {
+    let status = plan.status.clone().unwrap_or_default();
+    let state = |id: &str| {
+        status
+            .tasks
+            .iter()
+            .find(|t| t.id == id)
+            .map_or(TaskState::Pending, |t| t.state)
+    };
+    let done = plan
+        .spec
+        .tasks
+        .iter()
+        .filter(|t| state(&t.id) == TaskState::Succeeded)
+        .count();
+    let mut s = format!(
+        "ClusterPlan {} of Cluster {}: {}, {:?}, {done}/{} tasks done\n",
+        plan.name_any(),
+        plan.spec.cluster,
+        plan.spec.operation.name(),
+        status.phase,
+        plan.spec.tasks.len()
+    );
+    let mut nodes: Vec<&str> = Vec::new();
+    for t in &plan.spec.tasks {
+        if !nodes.contains(&t.node.as_str()) {
+            nodes.push(&t.node);
+        }
+    }
+    for node in nodes {
+        s += &format!("{node}\n");
+        for t in plan.spec.tasks.iter().filter(|t| t.node == node) {
+            let what = t.id.strip_prefix(&format!("{node}/")).unwrap_or(&t.id);
+            let waits: Vec<&str> = t
+                .after
+                .iter()
+                .filter(|a| !a.starts_with(&format!("{node}/")))
+                .map(String::as_str)
+                .collect();
+            s += &format!("  {:<9} {what}", format!("{:?}", state(&t.id)));
+            if !waits.is_empty() {
+                s += &format!("  (after {})", waits.join(", "));
+            }
+            s += "\n";
+        }
+    }
+    s
 }
 
 /// The text shown for `cluster`, and whether its layout is solved for its
@@ -127,6 +217,37 @@ mod tests {
             "status": status
         }))
         .expect("a Cluster")
+    }
+
+    #[test]
+    fn a_plan_prints_node_by_node_with_states_and_waits_on_other_nodes() {
+        let plan: ClusterPlan = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+            "metadata": { "name": "c-create", "namespace": "data" },
+            "spec": {
+                "cluster": "c",
+                "operation": { "type": "create" },
+                "tasks": [
+                    { "id": "a/createNode", "node": "a", "action": "createNode" },
+                    { "id": "b/createNode", "node": "b", "action": "createNode" },
+                    { "id": "a/db/start", "node": "a", "service": "db", "action": "start",
+                      "after": ["a/createNode"] },
+                    { "id": "b/api/start", "node": "b", "service": "api", "action": "start",
+                      "after": ["a/db/start", "b/createNode"] }
+                ]
+            },
+            "status": { "phase": "Running", "tasks": [
+                { "id": "a/createNode", "state": "Succeeded", "attempts": 1 },
+                { "id": "a/db/start", "state": "Running", "attempts": 2 }
+            ] }
+        }))
+        .unwrap();
+        assert_eq!(
+            plan_tree(&plan),
+            "ClusterPlan c-create of Cluster c: create, Running, 1/4 tasks done\n\
+             a\n  Succeeded createNode\n  Running   db/start\n\
+             b\n  Pending   createNode\n  Pending   api/start  (after a/db/start)\n"
+        );
     }
 
     #[test]

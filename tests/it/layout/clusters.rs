@@ -235,3 +235,93 @@ spec: {template: hadoop, size: 0}
     tb.kubectl_ok(&["delete", "-n", &ns.name, "cluster/analytics"]);
     ns.delete(&client).await;
 }
+
+#[tokio::test]
+async fn a_plan_of_the_planner_is_stored_as_a_cluster_plan_that_kubectl_and_the_cli_show() {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use theseus::api::{ClusterPlan, ClusterPlanSpec};
+    use theseus::plan::{self, Operation};
+
+    let Some(tb) = support::with_crds() else {
+        return;
+    };
+    let client = tb.client().await;
+    let ns = TestNamespace::create(&tb, &client, "plans").await;
+    let catalog = examples();
+    let request = Request {
+        size: 5,
+        ..Default::default()
+    };
+    let layout::Outcome::Solved { layout: to, .. } =
+        layout::solve_request(&catalog, "hadoop", &request, &[], "analytics").unwrap()
+    else {
+        panic!("hadoop has a layout at 5");
+    };
+    let created = plan::plan(&[], &to, &catalog, &Operation::Create).unwrap();
+    let back = plan::inverse(&[], &to, &catalog, &Operation::Create).unwrap();
+    let object = ClusterPlan::new(
+        "analytics-create",
+        ClusterPlanSpec {
+            cluster: "analytics".into(),
+            operation: Operation::Create,
+            from: Vec::new(),
+            to: to.clone(),
+            tasks: created.tasks.clone(),
+            inverse: back.tasks,
+        },
+    );
+    let plans: Api<ClusterPlan> = Api::namespaced(client.clone(), &ns.name);
+    plans.create(&PostParams::default(), &object).await.unwrap();
+    let total = created.tasks.len();
+    let first = &created.tasks[0].id;
+    let status = serde_json::json!({
+        "phase": "Running",
+        "progress": format!("1/{total}"),
+        "tasks": [{ "id": first, "state": "Succeeded", "attempts": 1 }]
+    });
+    theseus::shared::status::apply_status(&plans, "analytics-create", &status)
+        .await
+        .unwrap();
+
+    let listed = tb.kubectl_ok(&["get", "cplan", "-n", &ns.name]);
+    assert!(
+        listed.contains("analytics")
+            && listed.contains("create")
+            && listed.contains(&format!("1/{total}"))
+            && listed.contains("Running"),
+        "{listed}"
+    );
+    let out = tb
+        .command(theseus())
+        .args(["cluster", "plan", "analytics-create", "-n", &ns.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("create, Running, 1/{total} tasks done")),
+        "{text}"
+    );
+    for node in &to {
+        assert!(
+            text.lines().any(|l| l == node.name),
+            "{} missing:\n{text}",
+            node.name
+        );
+    }
+    // The spec is immutable.
+    let changed = plans
+        .patch(
+            "analytics-create",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "cluster": "other" } })),
+        )
+        .await
+        .unwrap_err();
+    assert!(changed.to_string().contains("immutable"), "{changed}");
+    ns.delete(&client).await;
+}
