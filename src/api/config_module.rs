@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
     group = "theseus.dev",
     version = "v1alpha1",
     kind = "ConfigModule",
+    status = "ConfigModuleStatus",
     shortname = "cfgmod",
     category = "theseus",
     doc = "A configuration module: typed parameters, calculations, file templates and validations.",
@@ -57,6 +59,20 @@ pub struct ConfigModuleSpec {
     /// Rules the values must keep.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validations: Vec<Validation>,
+}
+
+/// How the module stands.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigModuleStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Valid: the templates and expressions compile (written by the
+    /// operator once it renders bundles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// The type of a parameter's value.

@@ -59,7 +59,10 @@ fn crds_prints_every_definition_in_group_theseus_dev() {
         kinds,
         [
             "Cluster",
+            "ClusterPlan",
             "ClusterTemplate",
+            "ConfigBundle",
+            "ConfigModule",
             "NodeClass",
             "NodeInstall",
             "NodePool",
