@@ -122,27 +122,32 @@ const BUFFER: usize = 256;
 
 /// A shared reflector of `K` (cluster-wide, or only the objects the
 /// operator's selector matches): its store, the stream that must be
-/// polled to fill it, and a subscription to the objects it applies.
-fn shared_reflector<K>(
+/// polled to fill it, and `N` subscriptions to the objects it applies.
+///
+/// Every subscription must be polled: an idle one fills its buffer and
+/// then holds the reflector (and so the store) still. Hence exactly one
+/// per consumer, none kept aside.
+fn shared_reflector<K, const N: usize>(
     ctx: &Shared,
     api: Api<K>,
 ) -> (
     Store<K>,
     BoxFuture<'static, ()>,
-    reflector::ReflectHandle<K>,
+    [reflector::ReflectHandle<K>; N],
 )
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store_shared(BUFFER);
-    let subscriber = writer.subscribe().expect("a shared store has subscribers");
+    let subscribers =
+        std::array::from_fn(|_| writer.subscribe().expect("a shared store has subscribers"));
     let driver = watcher(api, ctx.watch_config())
         .default_backoff()
         .reflect_shared(writer)
         .for_each(|_| futures::future::ready(()))
         .boxed();
-    (store, driver, subscriber)
+    (store, driver, subscribers)
 }
 
 /// One `()` per object a subscription sees: "something in the catalog
@@ -157,36 +162,37 @@ fn ticks<K: Send + Sync + 'static>(
 pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (services, services_driver, services_sub) =
-            shared_reflector::<ServiceDefinition>(&ctx, Api::all(client.clone()));
-        let (node_classes, classes_driver, classes_sub) =
-            shared_reflector::<NodeClass>(&ctx, Api::all(client.clone()));
-        let (templates, templates_driver, templates_sub) =
-            shared_reflector::<ClusterTemplate>(&ctx, Api::all(client.clone()));
-        let (clusters, clusters_driver, clusters_sub) =
-            shared_reflector::<Cluster>(&ctx, Api::all(client.clone()));
+        let (services, services_driver, [services_a, services_b]) =
+            shared_reflector::<ServiceDefinition, 2>(&ctx, Api::all(client.clone()));
+        let (node_classes, classes_driver, [classes_a, classes_b]) =
+            shared_reflector::<NodeClass, 2>(&ctx, Api::all(client.clone()));
+        let (templates, templates_driver, [templates_a, templates_b, templates_c]) =
+            shared_reflector::<ClusterTemplate, 3>(&ctx, Api::all(client.clone()));
+        let (clusters, clusters_driver, [clusters_a]) =
+            shared_reflector::<Cluster, 1>(&ctx, Api::all(client.clone()));
         let stores = Stores {
             services,
             node_classes,
             templates: templates.clone(),
         };
-        let catalog_changed =
-            || futures::stream::select(ticks(services_sub.clone()), ticks(classes_sub.clone()));
         let templates_controller = template::controller(
             ctx.clone(),
             stores.clone(),
-            templates_sub.clone(),
-            futures::stream::select(catalog_changed(), ticks(templates_sub.clone())),
+            templates_a,
+            futures::stream::select(
+                futures::stream::select(ticks(services_a), ticks(classes_a)),
+                ticks(templates_b),
+            ),
             stop.clone(),
         );
         let by_template = clusters.clone();
         let clusters_controller = solve::controller(
             ctx.clone(),
             stores.clone(),
-            (clusters_sub, clusters),
-            templates_sub,
+            (clusters_a, clusters),
+            templates_c,
             move |t: Arc<ClusterTemplate>| made_from(&by_template, &t.name_any()),
-            catalog_changed(),
+            futures::stream::select(ticks(services_b), ticks(classes_b)),
             stop.clone(),
         );
         let drivers = futures::future::join4(
