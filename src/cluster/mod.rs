@@ -142,10 +142,19 @@ where
     let (store, writer) = reflector::store_shared(BUFFER);
     let subscribers =
         std::array::from_fn(|_| writer.subscribe().expect("a shared store has subscribers"));
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     let driver = watcher(api, ctx.watch_config())
         .default_backoff()
         .reflect_shared(writer)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(move |event| {
+            if let Err(error) = event {
+                tracing::warn!(
+                    %error,
+                    "watching {kind}s failed; retrying (if the kind is not served, install the CRDs: theseus crds | kubectl apply --server-side -f -)"
+                );
+            }
+            futures::future::ready(())
+        })
         .boxed();
     (store, driver, subscribers)
 }
