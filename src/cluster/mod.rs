@@ -19,6 +19,7 @@ pub mod template;
 #[cfg(test)]
 mod scenarios;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -167,6 +168,20 @@ fn ticks<K: Send + Sync + 'static>(
     sub.map(|_| ())
 }
 
+/// Only the objects whose spec changed: first seen (by uid), or of a new
+/// generation. The controllers' own status writes, and the re-lists of a
+/// watch, wake nothing.
+fn spec_changes<K: Resource + Send + Sync + 'static>(
+    sub: impl Stream<Item = Arc<K>> + Send + 'static,
+) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    sub.filter(move |o| {
+        let generation = o.meta().generation;
+        let changed = seen.insert(o.uid().unwrap_or_default(), generation) != Some(generation);
+        futures::future::ready(changed)
+    })
+}
+
 /// Runs both controllers until `stop` is cancelled.
 pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
@@ -187,10 +202,10 @@ pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let templates_controller = template::controller(
             ctx.clone(),
             stores.clone(),
-            templates_a,
+            spec_changes(templates_a),
             futures::stream::select(
                 futures::stream::select(ticks(services_a), ticks(classes_a)),
-                ticks(templates_b),
+                ticks(spec_changes(templates_b)),
             ),
             stop.clone(),
         );
@@ -198,8 +213,8 @@ pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let clusters_controller = solve::controller(
             ctx.clone(),
             stores.clone(),
-            (clusters_a, clusters),
-            templates_c,
+            (spec_changes(clusters_a), clusters),
+            spec_changes(templates_c),
             move |t: Arc<ClusterTemplate>| made_from(&by_template, &t.name_any()),
             futures::stream::select(ticks(services_b), ticks(classes_b)),
             stop.clone(),
@@ -227,4 +242,35 @@ pub fn made_from(clusters: &Store<Cluster>, template: &str) -> Vec<ObjectRef<Clu
         .filter(|c| c.spec.template == template)
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod spec_change_tests {
+    use super::*;
+
+    fn template(uid: &str, generation: i64) -> Arc<ClusterTemplate> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterTemplate",
+                "metadata": { "name": "t", "uid": uid, "generation": generation },
+                "spec": {}
+            }))
+            .expect("a template"),
+        )
+    }
+
+    #[tokio::test]
+    async fn only_new_objects_and_new_generations_pass() {
+        let events = [
+            template("a", 1),
+            template("a", 1), // its own status write
+            template("a", 2), // a spec change
+            template("b", 1), // deleted and created again
+        ];
+        let passed: Vec<(String, i64)> = spec_changes(futures::stream::iter(events))
+            .map(|t| (t.uid().unwrap(), t.metadata.generation.unwrap()))
+            .collect()
+            .await;
+        assert_eq!(passed, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
+    }
 }

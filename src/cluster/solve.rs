@@ -12,7 +12,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,11 @@ pub const NAME: &str = "cluster";
 pub fn controller(
     ctx: Shared,
     stores: Stores,
-    clusters: (ReflectHandle<Cluster>, Store<Cluster>),
-    templates: ReflectHandle<ClusterTemplate>,
+    clusters: (
+        impl Stream<Item = Arc<Cluster>> + Send + 'static,
+        Store<Cluster>,
+    ),
+    templates: impl Stream<Item = Arc<ClusterTemplate>> + Send + 'static,
     made_from: impl Fn(Arc<ClusterTemplate>) -> Vec<ObjectRef<Cluster>> + Send + Sync + 'static,
     catalog_changed: impl Stream<Item = ()> + Send + 'static,
     stop: CancellationToken,

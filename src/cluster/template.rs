@@ -10,7 +10,6 @@ use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -29,7 +28,7 @@ pub const NAME: &str = "clustertemplate";
 pub fn controller(
     ctx: Shared,
     stores: Stores,
-    templates: ReflectHandle<ClusterTemplate>,
+    templates: impl Stream<Item = Arc<ClusterTemplate>> + Send + 'static,
     catalog_changed: impl Stream<Item = ()> + Send + 'static,
     stop: CancellationToken,
 ) -> BoxFuture<'static, ()> {
