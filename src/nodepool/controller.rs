@@ -167,15 +167,7 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
             evictions,
             identity,
         });
-        if shared
-            .ctx
-            .stores
-            .nodes
-            .store()
-            .wait_until_ready()
-            .await
-            .is_err()
-        {
+        if shared.ctx.stores.nodes.ready(NAME).await.is_err() {
             return;
         }
         // NodeInstall changes wake their pool, heartbeats excepted.

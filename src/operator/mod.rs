@@ -37,7 +37,9 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "theseus-system")]
     pub namespace: String,
 
-    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics, /halt, /resume).
+    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics, /halt,
+    /// /resume). Port 0 picks a free port; the log's "operator starting"
+    /// line names the address bound.
     #[arg(long, env = "THESEUS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
@@ -223,7 +225,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         },
     };
     let readiness = http::Readiness::not_yet("not connected to the API server yet");
-    serve_http(
+    let listen = serve_http(
         args.listen,
         http::HttpState {
             halt,
@@ -233,7 +235,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    info!(listen = %args.listen, identity = %identity, "operator starting");
+    info!(%listen, identity = %identity, "operator starting");
 
     client
         .apiserver_version()
@@ -299,17 +301,21 @@ async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients>
 }
 
 /// Serves `/metrics`, the probes and the halt endpoints on `listen`, in
-/// the background.
-async fn serve_http(listen: std::net::SocketAddr, state: http::HttpState) -> anyhow::Result<()> {
+/// the background; returns the address bound (port 0 picks a free port).
+async fn serve_http(
+    listen: std::net::SocketAddr,
+    state: http::HttpState,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, http::router(state)).await {
             warn!(error = %err, "HTTP server stopped");
         }
     });
-    Ok(())
+    Ok(bound)
 }
 
 /// Gives the lease up, so that a standby takes over without waiting for it

@@ -124,7 +124,7 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
     Box::pin(async move {
         let client = ctx.client.clone();
         let (nodes, woken) = watch_nodes(&ctx, &stop);
-        if wait_for_nodes(&nodes).await.is_err() {
+        if ctx.stores.nodes.ready(NAME).await.is_err() {
             return;
         }
 
@@ -160,24 +160,6 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
             .for_each(|_| async {})
             .await;
     })
-}
-
-/// Waits until the NodeInstall cache has its first full list, saying so
-/// every 10 s while it has not: no PackageSet is reconciled before.
-async fn wait_for_nodes(nodes: &Store<NodeInstall>) -> Result<(), ()> {
-    let started = std::time::Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), nodes.wait_until_ready()).await {
-            Ok(ready) => {
-                tracing::info!(waited = ?started.elapsed(), "NodeInstall cache ready; reconciling PackageSets");
-                return ready.map_err(|_| ());
-            }
-            Err(_) => tracing::warn!(
-                waited = ?started.elapsed(),
-                "the NodeInstall cache has no full list yet; PackageSets wait for it"
-            ),
-        }
-    }
 }
 
 /// The fleet-wide gauge of NodeInstalls by phase, from the node store.

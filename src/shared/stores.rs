@@ -93,6 +93,26 @@ impl Nodes {
         &self.store
     }
 
+    /// Waits until the store has its first full list, saying every 10 s
+    /// that `who` is still waiting; `Err` when the watch is gone for good.
+    pub async fn ready(&self, who: &str) -> Result<(), ()> {
+        let started = std::time::Instant::now();
+        loop {
+            let wait = self.store.wait_until_ready();
+            match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
+                Ok(ready) => {
+                    tracing::info!(waited = ?started.elapsed(), controller = who, "NodeInstall cache ready; reconciling");
+                    return ready.map_err(|_| ());
+                }
+                Err(_) => tracing::warn!(
+                    waited = ?started.elapsed(),
+                    controller = who,
+                    "the NodeInstall cache has no full list yet; the controller waits for it"
+                ),
+            }
+        }
+    }
+
     /// The watch's events from now on, starting with the store's current
     /// contents as a re-list (`Init`, `InitApply`…, `InitDone`); a
     /// subscriber that falls behind gets a re-list from the store again

@@ -17,7 +17,7 @@ use theseus::api::conditions::{self, Observed};
 use theseus::api::{NodeInstall, NodeInstallStatus, NodePhase};
 use tokio::task::JoinHandle;
 
-use super::{TestbedEnv, free_port, theseus};
+use super::{TestbedEnv, theseus};
 
 /// The label that ties a test's objects to its operator (`--selector`).
 pub const RUN_LABEL: &str = "theseus.dev/test-run";
@@ -66,13 +66,14 @@ impl Operator {
         extra_args: &[&str],
         extra_env: &[(&str, &str)],
     ) -> Operator {
-        let port = free_port();
+        // Port 0: the operator binds a free port and logs it, so that
+        // concurrent tests never race for one.
         let mut args = vec![
             "operator".into(),
             "--namespace".into(),
             namespace.into(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".into(),
             "--halt-token".into(),
             "test-token".into(),
             "--selector".into(),
@@ -88,7 +89,7 @@ impl Operator {
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut op = Operator {
             child: None,
-            http: format!("http://127.0.0.1:{port}"),
+            http: String::new(),
             args,
             env: env.clone(),
             log: log_dir.join(format!("operator-{identity}.log")),
@@ -135,6 +136,7 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let child = self
             .env
             .command(theseus())
@@ -146,6 +148,35 @@ impl Operator {
             .spawn()
             .unwrap();
         self.child = Some(ChildGuard(child));
+        if let Some(addr) = self.bound_address(offset) {
+            self.http = format!("http://{addr}");
+        }
+    }
+
+    /// The address the process logs as bound after `offset` of its log,
+    /// waiting up to 60 s; none when it exits first (a failpoint test).
+    fn bound_address(&mut self, offset: usize) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let fresh = strip_ansi(log.get(offset..).unwrap_or_default());
+            let addr = fresh
+                .lines()
+                .filter(|l| l.contains("operator starting"))
+                .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("listen=")));
+            if let Some(addr) = addr {
+                return Some(addr.to_owned());
+            }
+            if self.try_wait().is_some() {
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not start serving in 60 s; its log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The exit status, if the process has exited (e.g. at a failpoint).
@@ -167,6 +198,43 @@ impl Operator {
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
+}
+
+impl Drop for Operator {
+    /// A failing test shows the end of its operator's log with the failure,
+    /// so a CI run that keeps no files still says what the operator did.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let log = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        eprintln!(
+            "--- last {} lines of {} ---\n{}\n--- end of the operator log ---",
+            tail.len(),
+            self.log.display(),
+            tail.join("\n")
+        );
+    }
+}
+
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What the simulated agents did.
