@@ -1,11 +1,13 @@
 //! `theseus agent`: the node agent. It registers the node's NodeInstall,
 //! follows its `spec.target` (fetch → build → stop → switch → start →
 //! health check, rolling back on failure), supervises the active set's
-//! services, heartbeats, and serves the node's local HTTP API.
+//! services, runs the service action hook of its `spec.task` once per
+//! attempt, heartbeats, and serves the node's local HTTP API.
 
 pub mod activate;
 pub mod api;
 pub mod health;
+pub mod hooks;
 pub mod reconcile;
 pub mod register;
 pub mod root;
@@ -132,6 +134,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         versions: switcher.versions.clone(),
     });
     let tick = Duration::from_secs(args.heartbeat_seconds);
+    let hooks = hooks::Hooks::new(&switcher.root, &switcher.env, &reporter);
     let agent = reconcile::Agent {
         node: args.node_name.clone(),
         switcher,
@@ -147,6 +150,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         desired: desired_rx,
         requests: activate_rx,
         tick,
+        hooks,
     };
     let tasks = [
         tokio::spawn(register::watch_target(

@@ -1,7 +1,8 @@
 //! The agent loop: one task that owns every change to the node, so that a
 //! switch, a supervision pass and a local `POST /activate` never overlap.
 //! Each pass reads the facts, asks [`state::decide`] and carries out the
-//! answer.
+//! answer, then looks at `spec.task` ([`Hooks::pass`]): a hook runs in a
+//! task of its own, so the loop goes on while it runs.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::activate::{
     DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, SwitchError, Switcher, read_note,
 };
 use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
+use super::hooks::Hooks;
 use super::register::{Desired, Reporter};
 use super::state::{self, Action, Facts};
 use super::trust::UNTRUSTED;
@@ -44,6 +46,8 @@ pub struct Agent {
     /// The machine-readable reason of the last verdict (`Untrusted`), kept
     /// while the agent holds it.
     pub reason: Option<&'static str>,
+    /// Runs the service action hook of `spec.task`.
+    pub hooks: Hooks,
 }
 
 /// The active set as the status shows it.
@@ -55,15 +59,24 @@ struct ActiveFacts {
 
 impl Agent {
     /// Runs until `stop`: first reports the true state of the disk and
-    /// restarts the active set's services, then follows the target.
+    /// restarts the active set's services, then follows the target and the
+    /// task. A hook still running at `stop` is killed.
     pub async fn run(mut self, stop: CancellationToken) {
         self.startup().await;
+        self.follow(&stop).await;
+        self.hooks.shutdown().await;
+    }
+
+    async fn follow(&mut self, stop: &CancellationToken) {
         loop {
             let desired = self.desired.borrow_and_update().clone();
             self.reconcile(&desired).await;
+            self.hooks.pass(desired.task.as_ref()).await;
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(self.tick) => {}
+                // A finished hook: the next task may be waiting.
+                () = self.hooks.finished() => {}
                 Some(req) = self.requests.recv() => self.local_activate(req, &desired).await,
                 () = stop.cancelled() => return,
             }

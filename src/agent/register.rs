@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeTarget};
+use crate::api::{NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeTarget, NodeTask};
 
 /// The field manager of everything the agent writes.
 pub const MANAGER: &str = "theseus-agent";
@@ -233,6 +233,8 @@ pub struct Desired {
     pub generation: Option<i64>,
     /// `spec.target`.
     pub target: Option<NodeTarget>,
+    /// `spec.task`: the service action hook to run (once per attempt).
+    pub task: Option<NodeTask>,
 }
 
 impl Desired {
@@ -241,6 +243,7 @@ impl Desired {
         Self {
             generation: ni.metadata.generation,
             target: ni.spec.target.clone(),
+            task: ni.spec.task.clone(),
         }
     }
 }

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, RwLock, RwLockWriteGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, RwLockWriteGuard};
 
 use crate::pkg::{RecoveryReport, Root};
 
@@ -72,6 +72,18 @@ impl NodeRoot {
         .await
     }
 
+    /// Shares the root lock until the returned [`Held`] is dropped, for work
+    /// that must see one active set from its start to its end (a service
+    /// hook): a switch, a rollback or a removal waits for it. The holder
+    /// must not ask for the root lock again (with [`NodeRoot::read`]) while
+    /// it holds it: a writer waiting in between would deadlock them.
+    pub async fn hold_read(&self) -> Held {
+        Held {
+            root: self.root.clone(),
+            _guard: self.lock.clone().read_owned().await,
+        }
+    }
+
     /// Waits for the change lock: the holder is the only one changing the
     /// root until it drops the [`Change`].
     pub async fn change(&self) -> Change {
@@ -97,6 +109,21 @@ impl NodeRoot {
             change(held.root())
         })
         .await
+    }
+}
+
+/// A share of the root lock, held until dropped (see
+/// [`NodeRoot::hold_read`]).
+#[derive(Debug)]
+pub struct Held {
+    root: Arc<Root>,
+    _guard: OwnedRwLockReadGuard<()>,
+}
+
+impl Held {
+    /// The root, for reading on a blocking thread while the share is held.
+    pub fn root(&self) -> Arc<Root> {
+        self.root.clone()
     }
 }
 

@@ -13,10 +13,11 @@ use futures::future::BoxFuture;
 
 use super::service::ServiceSpec;
 
-/// How long to wait for a SIGKILLed process group to disappear.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for a signalled process group to disappear (also the
+/// time a hook has between SIGTERM and SIGKILL).
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often to look whether a stopping process is gone.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// Errors from starting or stopping a service.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +218,9 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-async fn signal_group(signal: &str, pid: u32) {
+/// Sends `signal` (`TERM`, `KILL`) to the process group `pid` with the
+/// `kill` program, logging when it cannot run.
+pub(crate) async fn signal_group(signal: &str, pid: u32) {
     let result = tokio::process::Command::new("kill")
         .args(["-s", signal, "--", &format!("-{pid}")])
         .stdout(Stdio::null())

@@ -27,6 +27,12 @@ use serde::{Deserialize, Serialize};
         json_path = r#".status.conditions[?(@.type=="LayoutSolved")].reason"#
     ),
     printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Available")].status"#
+    ),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".status.plan"),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -60,9 +66,67 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_class: Option<String>,
 
-    /// While true, the layout is neither solved again nor acted on.
+    /// While true, the layout is neither solved again nor acted on, and
+    /// the running plan starts no new task.
     #[serde(default)]
     pub paused: bool,
+
+    /// Whether a plan runs as soon as it is made (`Automatic`, the default)
+    /// or waits in AwaitingApproval for `theseus cluster approve NAME`.
+    #[serde(default)]
+    pub plan_approval: PlanApproval,
+
+    /// How plans run: retries per task and what a failure does.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// Whether a plan waits for approval.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PlanApproval {
+    /// Plans run when made.
+    #[default]
+    Automatic,
+    /// Plans wait until approved (`theseus cluster approve NAME`, or the
+    /// annotation `theseus.dev/approved: "true"` on the ClusterPlan).
+    Manual,
+}
+
+/// What a failed task does to its plan.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Run the plan's inverse tasks, back to the old layout.
+    #[default]
+    Rollback,
+    /// Stop where the plan stands, for a person to look.
+    Halt,
+}
+
+/// How a cluster's plans run.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    /// How many times a failed task is tried again (with backoff) before
+    /// the plan fails. Default 3.
+    #[serde(default = "default_task_retries")]
+    #[schemars(range(min = 0, max = 20))]
+    pub task_retries: i32,
+    /// What a task that failed every attempt does. Default Rollback.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            task_retries: default_task_retries(),
+            on_failure: OnFailure::default(),
+        }
+    }
+}
+
+fn default_task_retries() -> i32 {
+    3
 }
 
 /// One node of a layout.
@@ -99,8 +163,27 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout_hash: Option<String>,
 
-    /// LayoutSolved (False with reason Unsatisfiable and the explanation)
-    /// and Valid.
+    /// The layout the nodes run: where the last plan that finished left
+    /// the cluster (its `to`, or its `from` after a rollback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub applied_layout: Vec<LayoutNode>,
+
+    /// A hash of `appliedLayout` and of the configuration it runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+
+    /// The configuration the nodes run with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied_config: BTreeMap<String, String>,
+
+    /// The ClusterPlan running now, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+
+    /// LayoutSolved (False with reason Unsatisfiable and the explanation),
+    /// Valid, Available (the layout runs), Progressing (a plan runs),
+    /// Degraded (the last plan failed) and Halted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

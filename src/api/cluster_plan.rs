@@ -53,6 +53,12 @@ pub struct ClusterPlanSpec {
     /// The tasks, in an order that keeps every `after`.
     #[serde(default)]
     pub tasks: Vec<Task>,
+    /// The configuration the hooks of the plan see.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// The configuration before the plan, which the inverse tasks see.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub from_config: std::collections::BTreeMap<String, String>,
     /// The tasks that take `to` back to `from`, run when the plan fails
     /// and rolls back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,6 +97,9 @@ pub enum TaskState {
     Succeeded,
     /// Failed its last attempt.
     Failed,
+    /// Not run: in a rollback, an inverse task whose forward task never
+    /// ran has nothing to undo.
+    Skipped,
 }
 
 /// How a plan stands, task by task.
@@ -110,6 +119,14 @@ pub struct ClusterPlanStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub tasks: Vec<TaskStatus>,
+    /// Each inverse task that left Pending, by id, once the plan rolls
+    /// back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub rollback: Vec<TaskStatus>,
+    /// Why the plan failed: the task and its last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Conditions of the plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -133,6 +150,9 @@ pub struct TaskStatus {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Time>,
+    /// After a failed attempt: not tried again before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
     /// The last error, with the last lines of the action's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

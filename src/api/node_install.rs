@@ -1,5 +1,7 @@
 //! NodeInstall: one per node, the operator's target and the agent's report.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -28,6 +30,80 @@ pub struct NodeInstallSpec {
     /// until a PackageSet claims the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<NodeTarget>,
+
+    /// A cluster plan's task for this node: one service action hook to run
+    /// once per attempt. Written by the operator's cluster controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<NodeTask>,
+}
+
+/// One action hook of a service, for the agent to run once per attempt.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTask {
+    /// The plan's task id, e.g. `node-1/store/install`.
+    #[schemars(length(min = 1, max = 512))]
+    pub id: String,
+    /// Which attempt this is (from 1); a higher attempt runs the hook again,
+    /// the same one never does.
+    #[schemars(range(min = 1))]
+    pub attempt: i32,
+    /// The service the hook belongs to.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+    /// The phase: install, configure, initialize, start, stop or remove.
+    pub action: super::TaskAction,
+    /// The package (an active one) that `argv[0]` and the working directory
+    /// are inside; none when `argv[0]` is an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// The program and its arguments.
+    #[schemars(length(min = 1, max = 64))]
+    pub argv: Vec<String>,
+    /// Seconds before the hook is killed and the attempt fails.
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+    /// Extra environment of the hook (the cluster's configuration, its
+    /// name, which nodes run which service).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a hook attempt went.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum HookState {
+    /// Running now.
+    #[default]
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, timed out, could not start, or the agent restarted
+    /// while it ran (it is never run twice).
+    Failed,
+}
+
+/// The agent's report of the last hook attempt it ran.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTaskStatus {
+    /// The task id of `spec.task`.
+    pub id: String,
+    /// Its attempt.
+    pub attempt: i32,
+    /// How it went.
+    pub state: HookState,
+    /// The exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, with the last lines of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
 }
 
 /// Everything an agent needs to switch to a set, so that it reads nothing but
@@ -145,6 +221,10 @@ pub struct NodeInstallStatus {
     /// Package ids unpacked on the node (active or not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cached: Vec<String>,
+
+    /// The last hook attempt of `spec.task` the agent ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<NodeTaskStatus>,
 
     /// `Ready` is True when the active set is the target and healthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -305,3 +305,10 @@ pub struct PoolInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_started: Option<Time>,
 }
+
+/// The tag (EC2) or label naming the pool an instance belongs to.
+pub const POOL_TAG: &str = "theseus.dev/nodepool";
+
+/// The NodeInstall annotation `theseus node remove` sets: the node goes
+/// first when its pool shrinks.
+pub const REMOVE_ANNOTATION: &str = "theseus.dev/remove";

@@ -13,6 +13,8 @@
 //! stores) → decide (pure: [`template::assess`], [`solve::decide`]) →
 //! record (status, only when it changed) → report (events, metrics).
 
+pub mod drive;
+pub mod execute;
 pub mod solve;
 pub mod template;
 
@@ -106,6 +108,16 @@ pub enum Error {
         /// The cause.
         source: kube::Error,
     },
+    /// A step of driving the cluster's plan failed.
+    #[error("{object}: {step} failed: {source}")]
+    Act {
+        /// `Cluster NAMESPACE/NAME`.
+        object: String,
+        /// The step, e.g. `ApplyNodePool`.
+        step: &'static str,
+        /// The cause.
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -114,6 +126,7 @@ impl Error {
         match self {
             Error::Decide { .. } => "Decide",
             Error::WriteStatus { .. } => "WriteStatus",
+            Error::Act { step, .. } => step,
         }
     }
 }

@@ -105,7 +105,7 @@ async fn a_new_cluster_gets_its_layout_in_one_status_write_and_a_second_pass_wri
     let log = Log::default();
     let client = fake_api::client(&log, answer);
     let cx = solve_context(client, catalog(10));
-    solve::reconcile(Arc::new(cluster(3, json!([]))), cx.clone())
+    solve::solve(&Arc::new(cluster(3, json!([]))), &cx.clone())
         .await
         .expect("a pass");
     let written = only_status_write(&log, CLUSTER_STATUS);
@@ -132,7 +132,7 @@ async fn a_new_cluster_gets_its_layout_in_one_status_write_and_a_second_pass_wri
     again.status = Some(serde_json::from_value(written).unwrap());
     let log2 = Log::default();
     let client = fake_api::client(&log2, |_| status(500, "unexpected"));
-    solve::reconcile(Arc::new(again), solve_context(client, catalog(10)))
+    solve::solve(&Arc::new(again), &solve_context(client, catalog(10)))
         .await
         .expect("a pass with nothing to do");
     assert!(log2.lines().is_empty(), "{:?}", log2.lines());
@@ -147,7 +147,7 @@ async fn a_resize_past_the_template_keeps_the_old_layout_and_says_why() {
     let log = Log::default();
     let client = fake_api::client(&log, answer);
     let cx = solve_context(client, catalog(4));
-    solve::reconcile(Arc::new(cluster(6, old.clone())), cx)
+    solve::solve(&Arc::new(cluster(6, old.clone())), &cx)
         .await
         .expect("a pass");
     let written = only_status_write(&log, CLUSTER_STATUS);
@@ -174,7 +174,7 @@ async fn a_failed_status_write_is_an_error_named_by_its_step_and_counted() {
     let log = Log::default();
     let client = fake_api::client(&log, |_| status(409, "Conflict"));
     let cx = solve_context(client, catalog(10));
-    let err = solve::reconcile(Arc::new(cluster(2, json!([]))), cx.clone())
+    let err = solve::solve(&Arc::new(cluster(2, json!([]))), &cx.clone())
         .await
         .expect_err("the write fails");
     assert_eq!(err.reason(), "WriteStatus");

@@ -62,27 +62,38 @@ pub(super) fn error_policy(cluster: Arc<Cluster>, err: &Error, cx: Arc<Context>)
 /// when it changed) → report (events).
 pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action, Error> {
     cx.ctx.metrics.reconciled(NAME);
-    if cluster.spec.paused {
-        return Ok(Action::await_change());
-    }
+    let latest = if cluster.metadata.deletion_timestamp.is_none() && !cluster.spec.paused {
+        solve(&cluster, &cx).await?
+    } else {
+        None
+    };
+    super::drive::drive(latest.as_ref().unwrap_or(&cluster), &cx).await
+}
+
+/// The solve step: observe (the catalog) → decide ([`decide`]) → record
+/// (status, when it changed) → report (events); returns the cluster as
+/// recorded, when it was.
+pub(super) async fn solve(cluster: &Arc<Cluster>, cx: &Context) -> Result<Option<Cluster>, Error> {
     let catalog = cx.stores.catalog();
     let decision = {
         let input = cluster.clone();
         tokio::task::spawn_blocking(move || decide(&catalog, &input))
             .await
             .map_err(|e| Error::Decide {
-                object: format!("Cluster {}", describe(&cluster)),
+                object: format!("Cluster {}", describe(cluster)),
                 step: "solve",
                 message: e.to_string(),
             })?
     };
     let previous = cluster.status.clone().unwrap_or_default();
-    let (next, changed) = next_status(&cluster, &previous, &decision, Timestamp::now());
-    if next != previous {
-        record(&cluster, &cx.ctx, &next).await?;
-    }
-    report(&cx, &cluster, &previous, &next, &changed).await;
-    Ok(Action::await_change())
+    let (next, changed) = next_status(cluster, &previous, &decision, Timestamp::now());
+    let recorded = if next != previous {
+        Some(record(cluster, &cx.ctx, &next).await?)
+    } else {
+        None
+    };
+    report(cx, cluster, &previous, &next, &changed).await;
+    Ok(recorded)
 }
 
 /// The status after `decision`: the new layout and its hash when there is
@@ -113,7 +124,7 @@ fn next_status(
 }
 
 /// record: the status, by server-side apply.
-async fn record(cluster: &Cluster, ctx: &Shared, status: &ClusterStatus) -> Result<(), Error> {
+async fn record(cluster: &Cluster, ctx: &Shared, status: &ClusterStatus) -> Result<Cluster, Error> {
     let api =
         Api::<Cluster>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     status::apply_status(&api, &cluster.name_any(), status)
@@ -121,8 +132,7 @@ async fn record(cluster: &Cluster, ctx: &Shared, status: &ClusterStatus) -> Resu
         .map_err(|source| Error::WriteStatus {
             object: format!("Cluster {}", describe(cluster)),
             source,
-        })?;
-    Ok(())
+        })
 }
 
 /// report: an event per changed condition, and one when the layout changed

@@ -38,8 +38,6 @@ pub struct Config {
     pub identity_prefix: String,
 }
 
-/// The NodeInstall annotation `theseus node remove` sets: the node goes
-/// first when its pool shrinks.
-pub const REMOVE_ANNOTATION: &str = "theseus.dev/remove";
+pub use crate::api::REMOVE_ANNOTATION;
 #[cfg(test)]
 mod plan_props;

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 
-/// The tag (EC2) or label naming the pool an instance belongs to.
-pub const POOL_TAG: &str = "theseus.dev/nodepool";
+pub use crate::api::POOL_TAG;
 /// The tag naming the cluster (operator `--cluster-name`) that owns it.
 pub const CLUSTER_TAG: &str = "theseus.dev/cluster";
 /// The tag holding the launch sequence an instance was started with.

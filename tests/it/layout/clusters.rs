@@ -267,6 +267,8 @@ async fn a_plan_of_the_planner_is_stored_as_a_cluster_plan_that_kubectl_and_the_
             from: Vec::new(),
             to: to.clone(),
             tasks: created.tasks.clone(),
+            config: Default::default(),
+            from_config: Default::default(),
             inverse: back.tasks,
         },
     );

@@ -2,6 +2,7 @@
 //! force, and templates end to end.
 
 mod clusters;
+mod plans;
 mod props;
 mod solver;
 mod templates;

@@ -1,47 +1,19 @@
-//! `theseus cluster layout`: a Cluster's solved layout, as the operator
-//! recorded it, and why it is what it is.
+//! `theseus cluster layout` and `theseus cluster plan`: a Cluster's solved
+//! layout, as the operator recorded it, and a ClusterPlan's tasks.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
+use super::{ClusterRef, explain};
 use crate::api::conditions::{self, types};
 use crate::api::{Cluster, ClusterPlan, TaskState};
 
-/// Show clusters made from templates.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  \
-    theseus cluster layout analytics\n  \
-    theseus cluster layout analytics -n data -o yaml\n  \
-    theseus cluster plan analytics-create -n data")]
-pub struct ClusterArgs {
-    #[command(subcommand)]
-    command: ClusterCommand,
-}
-
-#[derive(Subcommand, Debug)]
-enum ClusterCommand {
-    /// Print a cluster's layout (nodes by class with their services) and
-    /// its LayoutSolved condition. Exits 2 while the cluster has no layout
-    /// for its current spec (unsatisfiable, invalid or not solved yet).
-    #[command(after_help = "Examples:\n  \
-        theseus cluster layout analytics\n  \
-        theseus cluster layout analytics -n data -o yaml")]
-    Layout(LayoutArgs),
-    /// Print a ClusterPlan's tasks node by node, each with its state and
-    /// what it waits for on other nodes, and the plan's phase and
-    /// progress.
-    #[command(after_help = "Examples:\n  \
-        theseus cluster plan analytics-create\n  \
-        kubectl get clusterplans -n data      # operation, progress, phase")]
-    Plan(PlanArgs),
-}
-
-#[derive(Args, Debug)]
-struct PlanArgs {
+pub(super) struct PlanArgs {
     /// The ClusterPlan.
     name: String,
     /// Its namespace.
@@ -50,12 +22,9 @@ struct PlanArgs {
 }
 
 #[derive(Args, Debug)]
-struct LayoutArgs {
-    /// The Cluster.
-    name: String,
-    /// Its namespace.
-    #[arg(long, short = 'n', default_value = "default")]
-    namespace: String,
+pub(super) struct LayoutArgs {
+    #[command(flatten)]
+    cluster: ClusterRef,
     /// How to print the layout.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -70,24 +39,13 @@ enum Output {
     Yaml,
 }
 
-/// Runs `theseus cluster`.
-pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        ClusterCommand::Layout(a) => layout(a).await,
-        ClusterCommand::Plan(a) => plan(a).await,
-    }
-}
-
-async fn layout(args: LayoutArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default()
+pub(super) async fn layout(client: Client, args: LayoutArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args
+        .cluster
+        .api(client)
+        .get(&args.cluster.name)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
-    let cluster = Api::<Cluster>::namespaced(client, &args.namespace)
-        .get(&args.name)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot read Cluster {}/{}: {e}", args.namespace, args.name)
-        })?;
+        .map_err(args.cluster.err("read"))?;
     let (text, solved) = render(&cluster, args.output)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(if solved {
@@ -97,20 +55,16 @@ async fn layout(args: LayoutArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the API server: {e}"))?;
+pub(super) async fn plan(client: Client, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let object = format!("ClusterPlan {}/{}", args.namespace, args.name);
+    let missing = format!(
+        "list the plans with `kubectl get clusterplans -n {}`; a Cluster's current one is in its status.plan",
+        args.namespace
+    );
     let plan = Api::<ClusterPlan>::namespaced(client, &args.namespace)
         .get(&args.name)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read ClusterPlan {}/{}: {e}",
-                args.namespace,
-                args.name
-            )
-        })?;
+        .map_err(|e| explain(&object, "read", Some(&missing), e))?;
     std::io::stdout()
         .lock()
         .write_all(plan_tree(&plan).as_bytes())?;
@@ -189,7 +143,7 @@ fn render(cluster: &Cluster, output: Output) -> anyhow::Result<(String, bool)> {
             if status.layout.is_empty() {
                 s += "no layout recorded\n";
             } else {
-                s += &super::template::table(&status.layout);
+                s += &crate::cli::template::table(&status.layout);
             }
             s += &match solved {
                 Some(c) => format!("LayoutSolved={} {}: {}\n", c.status, c.reason, c.message),

@@ -1,0 +1,836 @@
+//! The Cluster controller's plan step: when the solved layout (or the
+//! configuration) differs from what the nodes run, make a ClusterPlan and
+//! drive it to its end — NodePools per node class for the nodes, the
+//! NodeInstalls of the cluster's nodes for packages and hooks — then
+//! record where the cluster stands in its conditions.
+//!
+//! A pass: observe (the cluster, its plan, its nodes, the halt) → decide
+//! ([`super::execute::step`], pure) → record (the plan's status, by a
+//! compare-and-swap on its resourceVersion) → act (idempotent, from the
+//! recorded status only) → report (the Cluster's conditions and events).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::execute::{self, Desired, NodeView, World};
+use super::{Context, Error};
+use crate::api::conditions::{Observed, types};
+use crate::api::{
+    Cluster, ClusterPlan, ClusterPlanSpec, ClusterPlanStatus, LayoutNode, NodeInstall, NodePool,
+    NodeTarget, Operation, PackageRepository, PlanApproval, PlanPhase,
+};
+use crate::layout::Catalog;
+use crate::shared::status;
+
+/// The label naming a node's cluster (on NodePools and NodeInstalls).
+pub const CLUSTER_LABEL: &str = "theseus.dev/cluster";
+/// The label naming the cluster's namespace.
+pub const CLUSTER_NAMESPACE_LABEL: &str = "theseus.dev/cluster-namespace";
+/// The label binding a NodeInstall to a node of the layout.
+pub const NODE_LABEL: &str = "theseus.dev/cluster-node";
+/// The ClusterPlan annotation `theseus cluster approve` sets.
+pub const APPROVED_ANNOTATION: &str = "theseus.dev/approved";
+/// The Cluster finalizer: a deleted cluster runs its delete plan first.
+pub const FINALIZER: &str = "theseus.dev/cluster";
+/// How often a running plan is looked at.
+const POLL: Duration = Duration::from_secs(2);
+
+fn object(cluster: &Cluster) -> String {
+    format!(
+        "Cluster {}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+fn kube_err<'a>(
+    cluster: &'a Cluster,
+    step: &'static str,
+) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Act {
+        object: object(cluster),
+        step,
+        source,
+    }
+}
+
+/// One pass over a cluster whose layout is solved (or that is deleted).
+pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let clusters: Api<Cluster> = Api::namespaced(cx.ctx.client.clone(), &ns);
+    let deleting = cluster.metadata.deletion_timestamp.is_some();
+    let has_finalizer = cluster.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && !has_finalizer {
+        return Ok(Action::await_change());
+    }
+    if !deleting && !has_finalizer {
+        let mut finalizers = cluster.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": cluster.resource_version() } });
+        clusters
+            .patch(
+                &cluster.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kube_err(cluster, "AddFinalizer"))?;
+    }
+    let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
+    let mut st = cluster.status.clone().unwrap_or_default();
+    let current = match &st.plan {
+        Some(name) => plans
+            .get_opt(name)
+            .await
+            .map_err(kube_err(cluster, "ReadPlan"))?,
+        None => None,
+    };
+    let catalog = cx.stores.catalog();
+    let halted = cx
+        .ctx
+        .halt
+        .get()
+        .await
+        .map_err(kube_err(cluster, "ReadHalt"))?
+        .is_some();
+    let (goal, config) = goal(cluster, deleting);
+    let current = supersede(cluster, current, &goal, &config, &plans).await?;
+    let mut action = Action::requeue(POLL);
+    let mut problem = None;
+    match current.filter(|p| !finished(p)) {
+        Some(plan) => execute(cluster, &plan, &catalog, halted, cx).await?,
+        None => {
+            absorb(&mut st, &plans).await;
+            if hash_of(&goal, &config) == st.applied_hash.clone().unwrap_or_else(empty_hash) {
+                action = Action::requeue(Duration::from_secs(30));
+                if deleting {
+                    return finish_delete(cluster, &clusters, cx).await;
+                }
+            } else if let Some(err) =
+                start_plan(cluster, &mut st, &goal, &config, &catalog, cx).await?
+            {
+                problem = Some(err);
+            }
+        }
+    }
+    let latest = match &st.plan {
+        Some(name) => plans
+            .get_opt(name)
+            .await
+            .map_err(kube_err(cluster, "ReadPlan"))?,
+        None => None,
+    };
+    report(cluster, &clusters, st, latest.as_ref(), halted, problem, cx).await?;
+    Ok(action)
+}
+
+/// A plan that has not started a task and no longer leads to the goal
+/// (the layout or configuration changed meanwhile) is deleted: a new one
+/// is made.
+async fn supersede(
+    cluster: &Cluster,
+    current: Option<ClusterPlan>,
+    goal: &[LayoutNode],
+    config: &BTreeMap<String, String>,
+    plans: &Api<ClusterPlan>,
+) -> Result<Option<ClusterPlan>, Error> {
+    let Some(plan) = current else { return Ok(None) };
+    let phase = plan.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let idle = matches!(phase, PlanPhase::Pending | PlanPhase::AwaitingApproval);
+    let stale = hash_of(&plan.spec.to, &plan.spec.config) != hash_of(goal, config);
+    if !(idle && stale) || cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Some(plan));
+    }
+    match plans.delete(&plan.name_any(), &Default::default()).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(kube_err(cluster, "DeletePlan")(e)),
+    }
+}
+
+fn empty_hash() -> String {
+    hash_of(&[], &BTreeMap::new())
+}
+
+/// What the cluster should run: the solved layout and the configuration,
+/// or nothing once it is deleted.
+fn goal(cluster: &Cluster, deleting: bool) -> (Vec<LayoutNode>, BTreeMap<String, String>) {
+    if deleting {
+        return (Vec::new(), BTreeMap::new());
+    }
+    let layout = cluster
+        .status
+        .as_ref()
+        .map(|s| s.layout.clone())
+        .unwrap_or_default();
+    (layout, cluster.spec.config.clone())
+}
+
+/// A hash of a layout with its configuration.
+pub fn hash_of(layout: &[LayoutNode], config: &BTreeMap<String, String>) -> String {
+    let mut nodes = layout.to_vec();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let bytes = serde_json::to_vec(&(nodes, config)).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))[..16].to_owned()
+}
+
+fn finished(plan: &ClusterPlan) -> bool {
+    matches!(
+        plan.status.as_ref().map(|s| s.phase),
+        Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::RolledBack)
+    )
+}
+
+/// Takes in where the last plan left the cluster: a plan that succeeded
+/// moved it to its `to` layout and configuration.
+async fn absorb(st: &mut crate::api::ClusterStatus, plans: &Api<ClusterPlan>) {
+    let Some(name) = &st.plan else { return };
+    let Ok(Some(plan)) = plans.get_opt(name).await else {
+        return;
+    };
+    if plan.status.as_ref().map(|s| s.phase) == Some(PlanPhase::Succeeded) {
+        st.applied_layout = plan.spec.to.clone();
+        st.applied_config = plan.spec.config.clone();
+        st.applied_hash = Some(hash_of(&plan.spec.to, &plan.spec.config));
+    }
+}
+
+/// The operation that takes `from` to `to`, with the configuration
+/// change `from_config` → `config`.
+pub fn operation(
+    from: &[LayoutNode],
+    to: &[LayoutNode],
+    from_config: &BTreeMap<String, String>,
+    config: &BTreeMap<String, String>,
+) -> Operation {
+    let same = |a: &[LayoutNode], b: &[LayoutNode]| {
+        let key = |l: &[LayoutNode]| -> BTreeSet<(String, String, Vec<String>)> {
+            l.iter()
+                .map(|n| {
+                    let mut s = n.services.clone();
+                    s.sort();
+                    (n.name.clone(), n.node_class.clone(), s)
+                })
+                .collect()
+        };
+        key(a) == key(b)
+    };
+    if from.is_empty() {
+        return Operation::Create;
+    }
+    if to.is_empty() {
+        return Operation::Delete;
+    }
+    if same(from, to) && from_config != config {
+        return Operation::Reconfigure {
+            services: affected(to, from_config, config),
+        };
+    }
+    let grows = from.iter().all(|f| {
+        to.iter().any(|t| {
+            t.name == f.name
+                && t.node_class == f.node_class
+                && f.services.iter().all(|s| t.services.contains(s))
+        })
+    });
+    if grows && from.len() == to.len() {
+        Operation::AddServices
+    } else {
+        Operation::Scale
+    }
+}
+
+/// The services a configuration change touches: a key `SERVICE.KEY`
+/// touches SERVICE, any other key every service.
+fn affected(
+    layout: &[LayoutNode],
+    from: &BTreeMap<String, String>,
+    to: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let all: BTreeSet<&String> = layout.iter().flat_map(|n| &n.services).collect();
+    let keys: BTreeSet<&String> = from.keys().chain(to.keys()).collect();
+    let mut touched = BTreeSet::new();
+    for key in keys.into_iter().filter(|k| from.get(*k) != to.get(*k)) {
+        match key.split_once('.') {
+            Some((service, _)) if all.contains(&service.to_owned()) => {
+                touched.insert(service.to_owned());
+            }
+            _ => touched.extend(all.iter().map(|s| s.to_string())),
+        }
+    }
+    touched.into_iter().collect()
+}
+
+/// Makes the plan from what the nodes run to `goal`, unless the same
+/// change already failed (its plan, named by the change, still exists:
+/// delete it to try again). Returns the planner's refusal, if any.
+async fn start_plan(
+    cluster: &Cluster,
+    st: &mut crate::api::ClusterStatus,
+    goal: &[LayoutNode],
+    config: &BTreeMap<String, String>,
+    catalog: &Catalog,
+    cx: &Context,
+) -> Result<Option<String>, Error> {
+    let from = st.applied_layout.clone();
+    let from_config = st.applied_config.clone();
+    let mut operation = operation(&from, goal, &from_config, config);
+    // A layout change keeps the configuration the nodes run; the
+    // configuration's change is its own reconfigure plan afterwards.
+    let plan_config = match operation {
+        Operation::Scale | Operation::AddServices => from_config.clone(),
+        _ => config.clone(),
+    };
+    if matches!(operation, Operation::Reconfigure { ref services } if services.is_empty()) {
+        operation = Operation::Restart;
+    }
+    let name = plan_name(cluster, &from, &from_config, goal, &plan_config);
+    let plans: Api<ClusterPlan> = Api::namespaced(
+        cx.ctx.client.clone(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    if let Some(existing) = plans
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(cluster, "ReadPlan"))?
+    {
+        st.plan = Some(existing.name_any());
+        return Ok(None);
+    }
+    let made = crate::plan::plan(&from, goal, catalog, &operation)
+        .and_then(|p| Ok((p, crate::plan::inverse(&from, goal, catalog, &operation)?)));
+    let (forward, back) = match made {
+        Ok(plans) => plans,
+        Err(e) => {
+            return Ok(Some(format!(
+                "no plan from the running layout to the solved one: {e}"
+            )));
+        }
+    };
+    let spec = ClusterPlanSpec {
+        cluster: cluster.name_any(),
+        operation,
+        from,
+        to: goal.to_vec(),
+        tasks: forward.tasks,
+        config: plan_config,
+        from_config,
+        inverse: back.tasks,
+    };
+    let mut plan = ClusterPlan::new(&name, spec);
+    plan.metadata = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: cluster.namespace(),
+        labels: Some(cluster_labels(cluster)),
+        owner_references: cluster.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    };
+    match plans.create(&PostParams::default(), &plan).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(kube_err(cluster, "CreatePlan")(e)),
+    }
+    st.plan = Some(name);
+    Ok(None)
+}
+
+/// `CLUSTER-<hash of the change>`: the same change, the same name.
+fn plan_name(
+    cluster: &Cluster,
+    from: &[LayoutNode],
+    from_config: &BTreeMap<String, String>,
+    to: &[LayoutNode],
+    config: &BTreeMap<String, String>,
+) -> String {
+    let change = format!("{}>{}", hash_of(from, from_config), hash_of(to, config));
+    let digest = hex::encode(Sha256::digest(change.as_bytes()));
+    let mut base = cluster.name_any();
+    base.truncate(240);
+    format!("{base}-{}", &digest[..10])
+}
+
+/// The labels the cluster's plans, pools and nodes carry: the cluster's
+/// own (so an operator's `--selector` sees them) and the cluster's name.
+fn cluster_labels(cluster: &Cluster) -> BTreeMap<String, String> {
+    let mut labels = cluster.labels().clone();
+    labels.insert(CLUSTER_LABEL.into(), cluster.name_any());
+    labels.insert(
+        CLUSTER_NAMESPACE_LABEL.into(),
+        cluster.namespace().unwrap_or_default(),
+    );
+    labels
+}
+
+/// The NodePool of the cluster's nodes of `class`: `CLUSTER-CLASS`, cut
+/// short, and a hash of the namespace, cluster and class, so that it is
+/// unique and fits a label value (the nodes carry it) with room for the
+/// node's sequence number.
+pub fn pool_name(cluster: &Cluster, class: &str) -> String {
+    let ns = cluster.namespace().unwrap_or_default();
+    let full = format!("{ns}/{}/{class}", cluster.name_any());
+    let digest = hex::encode(Sha256::digest(full.as_bytes()));
+    let mut readable = format!("{}-{class}", cluster.name_any());
+    readable.truncate(40);
+    let readable = readable.trim_end_matches('-');
+    format!("{readable}-{}", &digest[..8])
+}
+
+/// One pass of a running plan: step, record, act.
+async fn execute(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    catalog: &Catalog,
+    halted: bool,
+    cx: &Context,
+) -> Result<(), Error> {
+    let installs = cluster_nodes(cluster, cx);
+    let views = views(&installs);
+    let world = World {
+        nodes: &views,
+        catalog,
+        cluster: &cluster.name_any(),
+        plan: &format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default()),
+        halted,
+        paused: cluster.spec.paused,
+        manual: cluster.spec.plan_approval == PlanApproval::Manual,
+        approved: plan
+            .annotations()
+            .get(APPROVED_ANNOTATION)
+            .map(String::as_str)
+            == Some("true"),
+        task_retries: cluster.spec.strategy.task_retries,
+        on_failure: cluster.spec.strategy.on_failure,
+        cancel: cluster.metadata.deletion_timestamp.is_some(),
+        now: Timestamp::now(),
+    };
+    let status = plan.status.clone().unwrap_or_default();
+    let next = execute::step(&plan.spec, &status, &world);
+    if next != status {
+        record_plan(cluster, plan, &next, cx).await?;
+    }
+    let desired = execute::desired(&plan.spec, &next, &world);
+    act(cluster, plan, &desired, &installs, catalog, cx).await
+}
+
+/// The NodeInstalls of the cluster's pools, from the shared store.
+fn cluster_nodes(cluster: &Cluster, cx: &Context) -> Vec<NodeInstall> {
+    let (name, ns) = (cluster.name_any(), cluster.namespace().unwrap_or_default());
+    cx.ctx
+        .stores
+        .nodes
+        .store()
+        .state()
+        .iter()
+        .filter(|n| {
+            n.labels().get(CLUSTER_LABEL) == Some(&name)
+                && n.labels().get(CLUSTER_NAMESPACE_LABEL) == Some(&ns)
+        })
+        .map(|n| (**n).clone())
+        .collect()
+}
+
+/// The bound nodes as the executor sees them.
+fn views(installs: &[NodeInstall]) -> BTreeMap<String, NodeView> {
+    installs
+        .iter()
+        .filter_map(|n| {
+            let node = n.labels().get(NODE_LABEL)?.clone();
+            let st = n.status.clone().unwrap_or_default();
+            let ready = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == types::READY && c.status == "True");
+            Some((
+                node,
+                NodeView {
+                    install: n.name_any(),
+                    registered: st.heartbeat.is_some(),
+                    active: st.active.clone(),
+                    failed_hash: st.failed_hash.clone(),
+                    message: st.message.clone(),
+                    task: st.task.clone(),
+                    ready,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// record: the plan's status, only over the version observed (a
+/// concurrent writer makes this pass end and the next start over).
+async fn record_plan(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    next: &ClusterPlanStatus,
+    cx: &Context,
+) -> Result<(), Error> {
+    let plans: Api<ClusterPlan> = Api::namespaced(
+        cx.ctx.client.clone(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    let mut updated = plan.clone();
+    updated.status = Some(next.clone());
+    plans
+        .replace_status(&plan.name_any(), &PostParams::default(), &updated)
+        .await
+        .map_err(kube_err(cluster, "WritePlan"))?;
+    Ok(())
+}
+
+/// act: pools sized to the nodes that should exist (the ones going
+/// marked first), new pool nodes bound to layout nodes, and each bound
+/// node's packages and hook.
+async fn act(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    desired: &Desired,
+    installs: &[NodeInstall],
+    catalog: &Catalog,
+    cx: &Context,
+) -> Result<(), Error> {
+    let nodes: Api<NodeInstall> = Api::all(cx.ctx.client.clone());
+    let bound: BTreeMap<String, &NodeInstall> = installs
+        .iter()
+        .filter_map(|n| Some((n.labels().get(NODE_LABEL)?.clone(), n)))
+        .collect();
+    for node in &desired.deleting {
+        if let Some(ni) = bound.get(node)
+            && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION)
+        {
+            {
+                let patch = json!({ "metadata": { "annotations": { crate::api::REMOVE_ANNOTATION: "true" } } });
+                nodes
+                    .patch(
+                        &ni.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(kube_err(cluster, "MarkRemoval"))?;
+            }
+        }
+    }
+    size_pools(cluster, plan, desired, catalog, cx).await?;
+    bind(cluster, desired, installs, &bound, &nodes).await?;
+    for (node, ni) in &bound {
+        if desired.exists.contains_key(node) {
+            put_node(cluster, ni, desired, node, catalog, &nodes, cx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One NodePool per node class of the plan, with as many replicas as
+/// nodes of the class should exist.
+async fn size_pools(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    desired: &Desired,
+    catalog: &Catalog,
+    cx: &Context,
+) -> Result<(), Error> {
+    let classes: BTreeSet<&String> = plan
+        .spec
+        .from
+        .iter()
+        .chain(&plan.spec.to)
+        .map(|n| &n.node_class)
+        .collect();
+    let pools: Api<NodePool> = Api::all(cx.ctx.client.clone());
+    for class in classes {
+        let Some(nc) = catalog.node_classes.get(class) else {
+            continue;
+        };
+        let replicas = desired.exists.values().filter(|c| *c == class).count();
+        let mut node_labels = nc.node_labels.clone();
+        node_labels.extend(cluster_labels(cluster));
+        let pool = json!({
+            "apiVersion": "theseus.dev/v1alpha1",
+            "kind": "NodePool",
+            "metadata": { "name": pool_name(cluster, class), "labels": cluster_labels(cluster) },
+            "spec": {
+                "replicas": replicas,
+                "provider": nc.provider,
+                "nodeLabels": node_labels,
+                "drainTimeoutSeconds": 30,
+                "drainTimeoutPolicy": "Force",
+            },
+        });
+        pools
+            .patch(
+                &pool_name(cluster, class),
+                &PatchParams::apply(crate::shared::MANAGER).force(),
+                &Patch::Apply(&pool),
+            )
+            .await
+            .map_err(kube_err(cluster, "ApplyNodePool"))?;
+    }
+    Ok(())
+}
+
+/// Binds each registered, unbound node of a class's pool to a layout
+/// node of that class that should exist and has none, both in name order.
+async fn bind(
+    cluster: &Cluster,
+    desired: &Desired,
+    installs: &[NodeInstall],
+    bound: &BTreeMap<String, &NodeInstall>,
+    nodes: &Api<NodeInstall>,
+) -> Result<(), Error> {
+    let mut free: BTreeMap<String, Vec<&NodeInstall>> = BTreeMap::new();
+    for ni in installs {
+        let unbound = !ni.labels().contains_key(NODE_LABEL)
+            && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION);
+        let pool = ni.labels().get(crate::api::POOL_TAG).cloned();
+        if let (true, Some(pool)) = (unbound, pool) {
+            free.entry(pool).or_default().push(ni);
+        }
+    }
+    for (node, class) in &desired.exists {
+        if bound.contains_key(node) {
+            continue;
+        }
+        let Some(candidates) = free.get_mut(&pool_name(cluster, class)) else {
+            continue;
+        };
+        candidates.sort_by_key(|n| n.name_any());
+        if candidates.is_empty() {
+            continue;
+        }
+        let ni = candidates.remove(0);
+        let patch = json!({ "metadata": { "labels": { NODE_LABEL: node } } });
+        nodes
+            .patch(
+                &ni.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kube_err(cluster, "BindNode"))?;
+    }
+    Ok(())
+}
+
+/// The node's target (its services' packages) and hook, when they differ
+/// from what it has.
+async fn put_node(
+    cluster: &Cluster,
+    ni: &NodeInstall,
+    desired: &Desired,
+    node: &str,
+    catalog: &Catalog,
+    nodes: &Api<NodeInstall>,
+    cx: &Context,
+) -> Result<(), Error> {
+    let mut patch = serde_json::Map::new();
+    let packages = desired.packages.get(node).cloned().unwrap_or_default();
+    let have = ni.spec.target.as_ref().map(|t| t.packages.clone());
+    if !packages.is_empty() && have.as_ref() != Some(&packages) {
+        let target = target(cluster, &packages, catalog, cx).await?;
+        patch.insert("target".into(), json!(target));
+    }
+    if let Some(task) = desired.hooks.get(node)
+        && ni.spec.task.as_ref() != Some(task)
+    {
+        patch.insert("task".into(), json!(task));
+    }
+    if patch.is_empty() {
+        return Ok(());
+    }
+    nodes
+        .patch(
+            &ni.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": patch })),
+        )
+        .await
+        .map_err(kube_err(cluster, "WriteNode"))?;
+    Ok(())
+}
+
+/// A target of `packages` from the repository of the services that
+/// carry them.
+async fn target(
+    cluster: &Cluster,
+    packages: &[String],
+    catalog: &Catalog,
+    cx: &Context,
+) -> Result<NodeTarget, Error> {
+    let repository = catalog
+        .services
+        .values()
+        .filter(|s| s.packages.iter().any(|p| packages.contains(p)))
+        .find_map(|s| s.repository.clone())
+        .unwrap_or_default();
+    let repos: Api<PackageRepository> = Api::all(cx.ctx.client.clone());
+    let repo = repos
+        .get(&repository)
+        .await
+        .map_err(kube_err(cluster, "ReadRepository"))?;
+    let ids: Vec<crate::pkg::PackageId> = packages.iter().filter_map(|p| p.parse().ok()).collect();
+    Ok(NodeTarget {
+        package_set: format!("cluster:{}", cluster.name_any()),
+        set_hash: crate::pkg::set_hash(&ids),
+        packages: packages.to_vec(),
+        repository_url: repo.spec.url.clone(),
+        public_keys: repo.spec.public_keys.clone(),
+        health_timeout_seconds: None,
+    })
+}
+
+/// A deleted cluster whose delete plan finished: its pools go, then the
+/// finalizer.
+async fn finish_delete(
+    cluster: &Cluster,
+    clusters: &Api<Cluster>,
+    cx: &Context,
+) -> Result<Action, Error> {
+    let pools: Api<NodePool> = Api::all(cx.ctx.client.clone());
+    let selector = format!("{CLUSTER_LABEL}={}", cluster.name_any());
+    let owned = pools
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err(cluster, "ListNodePools"))?;
+    for pool in owned
+        .items
+        .iter()
+        .filter(|p| p.labels().get(CLUSTER_NAMESPACE_LABEL) == cluster.namespace().as_ref())
+    {
+        match pools.delete(&pool.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(kube_err(cluster, "DeleteNodePool")(e)),
+        }
+    }
+    let finalizers: Vec<String> = cluster
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": cluster.resource_version() } });
+    clusters
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube_err(cluster, "RemoveFinalizer"))?;
+    Ok(Action::await_change())
+}
+
+/// report: the cluster's conditions from its plan, written with the
+/// applied layout; events for the conditions that changed.
+async fn report(
+    cluster: &Cluster,
+    clusters: &Api<Cluster>,
+    mut st: crate::api::ClusterStatus,
+    plan: Option<&ClusterPlan>,
+    halted: bool,
+    problem: Option<String>,
+    cx: &Context,
+) -> Result<(), Error> {
+    let observed = conditions(&st, plan, halted, problem);
+    let before = st.clone();
+    let changed = status::merge(
+        &mut st.conditions,
+        observed,
+        cluster.metadata.generation,
+        Timestamp::now(),
+    );
+    if st != before || !changed.is_empty() {
+        status::apply_status(clusters, &cluster.name_any(), &st)
+            .await
+            .map_err(kube_err(cluster, "WriteStatus"))?;
+    }
+    status::publish(&cx.recorder, &cluster.object_ref(&()), &changed).await;
+    Ok(())
+}
+
+/// Available, Progressing, Degraded and Halted, from the plan.
+pub fn conditions(
+    st: &crate::api::ClusterStatus,
+    plan: Option<&ClusterPlan>,
+    halted: bool,
+    problem: Option<String>,
+) -> Vec<Observed<'static>> {
+    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
+    let phase = plan.map(|_| plan_status.phase);
+    let progress = plan_status.progress.clone().unwrap_or_default();
+    let name = plan.map(|p| p.name_any()).unwrap_or_default();
+    let running = matches!(
+        phase,
+        Some(
+            PlanPhase::Pending
+                | PlanPhase::AwaitingApproval
+                | PlanPhase::Running
+                | PlanPhase::RollingBack
+        )
+    );
+    vec![
+        halted_condition(halted),
+        if running {
+            let message = format!("plan {name} ({:?}): {progress}", plan_status.phase);
+            Observed::new(types::PROGRESSING, true, "PlanRunning", message)
+        } else {
+            Observed::new(
+                types::PROGRESSING,
+                false,
+                "Complete",
+                format!("no plan runs; the last: {name}"),
+            )
+        },
+        degraded(phase, &name, plan_status.message.as_deref(), problem),
+        if st.applied_layout.is_empty() {
+            Observed::new(types::AVAILABLE, false, "NotRunning", "no layout runs yet")
+        } else {
+            let message = format!(
+                "{} nodes run the layout {}",
+                st.applied_layout.len(),
+                st.applied_hash.as_deref().unwrap_or_default()
+            );
+            Observed::new(types::AVAILABLE, true, "LayoutRunning", message)
+        },
+    ]
+}
+
+fn halted_condition(halted: bool) -> Observed<'static> {
+    if halted {
+        let message = "the fleet is halted: no plan starts a task until `theseus resume`";
+        Observed::new(types::HALTED, true, "Halted", message)
+    } else {
+        Observed::new(types::HALTED, false, "NotHalted", "plans run")
+    }
+}
+
+fn degraded(
+    phase: Option<PlanPhase>,
+    name: &str,
+    message: Option<&str>,
+    problem: Option<String>,
+) -> Observed<'static> {
+    let message = message.unwrap_or_default();
+    match (phase, problem) {
+        (_, Some(p)) => Observed::new(types::DEGRADED, true, "NoPlan", p),
+        (Some(PlanPhase::RolledBack), None) => Observed::new(
+            types::DEGRADED,
+            true,
+            "RolledBack",
+            format!("plan {name}: {message}"),
+        ),
+        (Some(PlanPhase::Failed), None) => {
+            let message =
+                format!("plan {name}: {message}; delete the ClusterPlan to try the change again");
+            Observed::new(types::DEGRADED, true, "PlanFailed", message)
+        }
+        _ => Observed::new(types::DEGRADED, false, "AsPlanned", "no plan failed"),
+    }
+}

@@ -1,0 +1,1009 @@
+//! The plan executor's pure step: from a ClusterPlan, its status and what
+//! the nodes report, the next status and what the nodes should be told.
+//!
+//! A pass first records, then acts. [`step`] starts the tasks whose
+//! predecessors finished (a task is recorded Running, its attempt counted,
+//! before anything is done for it), notices the tasks that finished or
+//! failed, retries failed attempts with backoff, and moves the plan's
+//! phase. [`desired`] then derives, from the recorded status alone, what
+//! every node should have: whether it exists, its packages, the hook it
+//! runs. Acting on it is idempotent, so a pass that crashes after the
+//! record is repeated by the next pass without running a task twice: a
+//! hook runs once per (task, attempt) on the agent.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::{
+    ClusterPlanSpec, ClusterPlanStatus, HookState, LayoutNode, NodeTask, NodeTaskStatus, OnFailure,
+    PlanPhase, Task, TaskAction, TaskState, TaskStatus,
+};
+use crate::layout::Catalog;
+
+/// The side of a plan a task is on, in its hook's id.
+const FORWARD: &str = "forward";
+/// See [`FORWARD`].
+const ROLLBACK: &str = "rollback";
+
+/// The id of a task's hook on its node: unique across plans and their
+/// rollbacks (a node runs `node-1/db/start` in many plans; the agent runs
+/// each hook id and attempt once).
+pub fn hook_id(plan: &str, side: &str, task: &Task) -> String {
+    format!("{plan}/{side}/{}", task.id)
+}
+
+/// How long a task may run before its attempt fails, hooks aside (they
+/// have their own timeout, plus [`HOOK_GRACE`]).
+pub const NODE_TIMEOUT: SignedDuration = SignedDuration::from_secs(600);
+/// Time the agent has past a hook's own timeout to report it.
+pub const HOOK_GRACE: SignedDuration = SignedDuration::from_secs(60);
+/// The longest wait between attempts.
+const MAX_BACKOFF_SECS: i64 = 60;
+
+/// What one node of the layout reports, once a NodeInstall is bound to it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeView {
+    /// The NodeInstall's name.
+    pub install: String,
+    /// The agent has reported (a heartbeat).
+    pub registered: bool,
+    /// The active package ids.
+    pub active: Vec<String>,
+    /// The set hash the agent last failed and rolled back.
+    pub failed_hash: Option<String>,
+    /// What the agent says, for a failure's message.
+    pub message: Option<String>,
+    /// The agent's report of its last hook.
+    pub task: Option<NodeTaskStatus>,
+    /// The node's `Ready` condition is True.
+    pub ready: bool,
+}
+
+/// Everything a step reads besides the plan.
+pub struct World<'a> {
+    /// The bound nodes, by layout node name.
+    pub nodes: &'a BTreeMap<String, NodeView>,
+    /// The catalog (packages and hooks of the services).
+    pub catalog: &'a Catalog,
+    /// The cluster's name, for hooks' environment.
+    pub cluster: &'a str,
+    /// The plan's name (and uid), for hooks' ids.
+    pub plan: &'a str,
+    /// The fleet-wide halt is on.
+    pub halted: bool,
+    /// The cluster is paused.
+    pub paused: bool,
+    /// The plan waits for approval unless approved.
+    pub manual: bool,
+    /// The plan carries the approval annotation.
+    pub approved: bool,
+    /// Retries per task.
+    pub task_retries: i32,
+    /// What a failed task does.
+    pub on_failure: OnFailure,
+    /// The cluster is deleted: a plan that has not finished turns back.
+    pub cancel: bool,
+    /// The time of the pass.
+    pub now: Timestamp,
+}
+
+/// What became of a running task this pass.
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Waiting,
+    Done,
+    Failed(String),
+}
+
+/// The plan's status after this pass.
+pub fn step(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> ClusterPlanStatus {
+    let mut next = status.clone();
+    let forward = matches!(
+        next.phase,
+        PlanPhase::Pending | PlanPhase::AwaitingApproval | PlanPhase::Running
+    );
+    if w.cancel && forward {
+        next.phase = PlanPhase::RollingBack;
+        next.message = Some("cancelled: the cluster is deleted; undoing what ran".into());
+        abandon_running(&mut next.tasks, w.now);
+        next.rollback = skipped_inverse(spec, &next.tasks);
+    }
+    match next.phase {
+        PlanPhase::Pending | PlanPhase::AwaitingApproval => {
+            next.phase = if w.manual && !w.approved {
+                PlanPhase::AwaitingApproval
+            } else {
+                PlanPhase::Running
+            };
+            if next.phase == PlanPhase::Running {
+                return step(spec, &next, w);
+            }
+        }
+        PlanPhase::Running => run_forward(spec, &mut next, w),
+        PlanPhase::RollingBack => run_inverse(spec, &mut next, w),
+        PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::RolledBack => {}
+    }
+    next.progress = Some(progress(spec, &next));
+    next
+}
+
+fn run_forward(spec: &ClusterPlanSpec, next: &mut ClusterPlanStatus, w: &World) {
+    let failed = advance(&spec.tasks, &mut next.tasks, FORWARD, w);
+    if let Some((task, error)) = failed {
+        let attempts = attempts_of(&next.tasks, &task);
+        let why = format!("task {task} failed after {attempts} attempts: {error}");
+        match w.on_failure {
+            OnFailure::Halt => {
+                next.phase = PlanPhase::Failed;
+                next.message = Some(format!("{why}; onFailure is Halt: the plan stops here"));
+            }
+            OnFailure::Rollback => {
+                next.phase = PlanPhase::RollingBack;
+                next.message = Some(format!("{why}; rolling back by the inverse plan"));
+                abandon_running(&mut next.tasks, w.now);
+                next.rollback = skipped_inverse(spec, &next.tasks);
+                run_inverse(spec, next, w);
+            }
+        }
+    } else if all_done(&spec.tasks, &next.tasks) && settled(spec, next, w) {
+        next.phase = PlanPhase::Succeeded;
+    }
+}
+
+fn run_inverse(spec: &ClusterPlanSpec, next: &mut ClusterPlanStatus, w: &World) {
+    let failed = advance(&spec.inverse, &mut next.rollback, ROLLBACK, w);
+    if let Some((task, error)) = failed {
+        let first = next.message.clone().unwrap_or_default();
+        next.phase = PlanPhase::Failed;
+        next.message = Some(format!(
+            "{first}; the rollback failed too at task {task}: {error}; the cluster needs a person (see `theseus cluster plan`)"
+        ));
+    } else if all_done(&spec.inverse, &next.rollback) && settled(spec, next, w) {
+        next.phase = PlanPhase::RolledBack;
+    }
+}
+
+/// Notices finished attempts, retries or fails them, and starts what may
+/// start; returns the task that failed its last attempt, with why.
+fn advance(
+    tasks: &[Task],
+    states: &mut Vec<TaskStatus>,
+    side: &str,
+    w: &World,
+) -> Option<(String, String)> {
+    let mut failed = None;
+    for task in tasks {
+        let Some(state) = states.iter_mut().find(|s| s.id == task.id) else {
+            continue;
+        };
+        if state.state != TaskState::Running {
+            continue;
+        }
+        match outcome(task, state, side, w) {
+            Outcome::Waiting => {}
+            Outcome::Done => {
+                state.state = TaskState::Succeeded;
+                state.finished = Some(Time(w.now));
+            }
+            Outcome::Failed(error) => {
+                if fail_attempt(state, &error, w) && failed.is_none() {
+                    failed = Some((task.id.clone(), error));
+                }
+            }
+        }
+    }
+    if failed.is_none() && !w.halted && !w.paused {
+        start_ready(tasks, states, w.now);
+    }
+    failed
+}
+
+/// Records a failed attempt: back to Pending with a backoff, or Failed
+/// when no retry is left (then true).
+fn fail_attempt(state: &mut TaskStatus, error: &str, w: &World) -> bool {
+    state.last_error = Some(error.to_owned());
+    if state.attempts <= w.task_retries {
+        let backoff = 1i64 << state.attempts.clamp(0, 6);
+        state.state = TaskState::Pending;
+        state.retry_after = Some(Time(
+            w.now + SignedDuration::from_secs(backoff.min(MAX_BACKOFF_SECS)),
+        ));
+        false
+    } else {
+        state.state = TaskState::Failed;
+        state.finished = Some(Time(w.now));
+        true
+    }
+}
+
+/// Starts every Pending task whose predecessors all finished and whose
+/// backoff passed.
+fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp) {
+    let finished: BTreeSet<String> = states
+        .iter()
+        .filter(|s| matches!(s.state, TaskState::Succeeded | TaskState::Skipped))
+        .map(|s| s.id.clone())
+        .collect();
+    for task in tasks {
+        if !task.after.iter().all(|a| finished.contains(a)) {
+            continue;
+        }
+        let state = match states.iter().position(|s| s.id == task.id) {
+            Some(i) => &mut states[i],
+            None => {
+                states.push(TaskStatus {
+                    id: task.id.clone(),
+                    ..TaskStatus::default()
+                });
+                states.last_mut().expect("just pushed")
+            }
+        };
+        let backed_off = state.retry_after.as_ref().is_none_or(|t| t.0 <= now);
+        if state.state == TaskState::Pending && backed_off {
+            state.state = TaskState::Running;
+            state.attempts += 1;
+            state.started = Some(Time(now));
+            state.finished = None;
+            state.retry_after = None;
+        }
+    }
+}
+
+/// What became of a running task, from the nodes' reports.
+fn outcome(task: &Task, state: &TaskStatus, side: &str, w: &World) -> Outcome {
+    let started = state.started.as_ref().map_or(w.now, |t| t.0);
+    let node = w.nodes.get(&task.node);
+    let result = match task.action {
+        TaskAction::CreateNode | TaskAction::Bootstrap => {
+            if node.is_some_and(|n| n.registered) {
+                Outcome::Done
+            } else {
+                Outcome::Waiting
+            }
+        }
+        TaskAction::DeleteNode => {
+            if node.is_none() {
+                Outcome::Done
+            } else {
+                Outcome::Waiting
+            }
+        }
+        _ => service_outcome(task, state, side, node, w),
+    };
+    let limit = timeout(task, w.catalog);
+    if result == Outcome::Waiting && w.now.duration_since(started) > limit {
+        return Outcome::Failed(format!("timed out after {}s", limit.as_secs()));
+    }
+    result
+}
+
+/// A service task: for an install, the node's switch to its packages
+/// first; then the hook, when the service has one for the action.
+fn service_outcome(
+    task: &Task,
+    state: &TaskStatus,
+    side: &str,
+    node: Option<&NodeView>,
+    w: &World,
+) -> Outcome {
+    let Some(node) = node else {
+        return Outcome::Failed(format!("node {} has no NodeInstall bound to it", task.node));
+    };
+    if task.action == TaskAction::Install {
+        let wanted = service_packages(task.service.as_deref(), w.catalog);
+        if let Some(failed) = switch_failed(node, &wanted) {
+            return Outcome::Failed(failed);
+        }
+        if !switched(node, task, w.catalog) {
+            return Outcome::Waiting;
+        }
+    }
+    if hook_of(task, w.catalog).is_none() {
+        return Outcome::Done;
+    }
+    match &node.task {
+        Some(t) if t.id == hook_id(w.plan, side, task) && t.attempt == state.attempts => {
+            match t.state {
+                HookState::Running => Outcome::Waiting,
+                HookState::Succeeded => Outcome::Done,
+                HookState::Failed => Outcome::Failed(
+                    t.message
+                        .clone()
+                        .unwrap_or_else(|| format!("the {} hook failed", task.action.as_str())),
+                ),
+            }
+        }
+        _ => Outcome::Waiting,
+    }
+}
+
+fn service_packages(service: Option<&str>, catalog: &Catalog) -> Vec<String> {
+    service
+        .and_then(|s| catalog.services.get(s))
+        .map(|d| d.packages.clone())
+        .unwrap_or_default()
+}
+
+/// The node rolled back a set holding the service's packages.
+fn switch_failed(node: &NodeView, wanted: &[String]) -> Option<String> {
+    let failed = node.failed_hash.as_ref()?;
+    if wanted.is_empty() || wanted.iter().all(|p| node.active.contains(p)) {
+        return None;
+    }
+    Some(format!(
+        "the node's switch to set {failed} failed and was rolled back: {}",
+        node.message.as_deref().unwrap_or("no message")
+    ))
+}
+
+/// The node's active set holds every package of the task's service.
+fn switched(node: &NodeView, task: &Task, catalog: &Catalog) -> bool {
+    service_packages(task.service.as_deref(), catalog)
+        .iter()
+        .all(|p| node.active.contains(p))
+}
+
+/// The hook of a service task, when its service defines one.
+fn hook_of<'c>(task: &Task, catalog: &'c Catalog) -> Option<&'c crate::api::Action> {
+    let actions = &catalog.services.get(task.service.as_deref()?)?.actions;
+    match task.action {
+        TaskAction::Install => actions.install.as_ref(),
+        TaskAction::Configure => actions.configure.as_ref(),
+        TaskAction::Initialize => actions.initialize.as_ref(),
+        TaskAction::Start => actions.start.as_ref(),
+        TaskAction::Stop => actions.stop.as_ref(),
+        TaskAction::Remove => actions.remove.as_ref(),
+        TaskAction::CreateNode | TaskAction::Bootstrap | TaskAction::DeleteNode => None,
+    }
+}
+
+/// How long an attempt of `task` may take.
+fn timeout(task: &Task, catalog: &Catalog) -> SignedDuration {
+    let hook = hook_of(task, catalog)
+        .map(|h| SignedDuration::from_secs(i64::from(h.timeout_seconds)) + HOOK_GRACE);
+    match task.action {
+        TaskAction::Install => NODE_TIMEOUT + hook.unwrap_or_default(),
+        _ => hook.unwrap_or(NODE_TIMEOUT),
+    }
+}
+
+fn attempts_of(states: &[TaskStatus], id: &str) -> i32 {
+    states.iter().find(|s| s.id == id).map_or(0, |s| s.attempts)
+}
+
+/// Tasks still running when the plan turns to roll back are given up:
+/// their inverse undoes whatever they did.
+fn abandon_running(states: &mut [TaskStatus], now: Timestamp) {
+    for s in states.iter_mut().filter(|s| s.state == TaskState::Running) {
+        s.state = TaskState::Failed;
+        s.finished = Some(Time(now));
+        s.last_error = Some("abandoned: the plan rolls back".into());
+    }
+}
+
+/// The forward action whose effect an inverse task undoes.
+fn undoes(action: TaskAction) -> &'static [TaskAction] {
+    use TaskAction::*;
+    match action {
+        CreateNode | Bootstrap => &[DeleteNode],
+        Install | Initialize => &[Remove],
+        Configure => &[Configure, Remove],
+        Start => &[Stop],
+        Stop => &[Start],
+        Remove => &[Install],
+        DeleteNode => &[CreateNode],
+    }
+}
+
+/// The inverse tasks with nothing to undo, recorded Skipped: their
+/// forward counterpart (same node and service) never ran.
+fn skipped_inverse(spec: &ClusterPlanSpec, forward: &[TaskStatus]) -> Vec<TaskStatus> {
+    let ran: BTreeSet<&str> = forward
+        .iter()
+        .filter(|s| s.attempts > 0)
+        .map(|s| s.id.as_str())
+        .collect();
+    let ran_task = |node: &str, service: Option<&str>, action: TaskAction| {
+        spec.tasks.iter().any(|t| {
+            t.node == node
+                && t.service.as_deref() == service
+                && t.action == action
+                && ran.contains(t.id.as_str())
+        })
+    };
+    spec.inverse
+        .iter()
+        .filter(|t| {
+            !undoes(t.action)
+                .iter()
+                .any(|a| ran_task(&t.node, t.service.as_deref(), *a))
+        })
+        .map(|t| TaskStatus {
+            id: t.id.clone(),
+            state: TaskState::Skipped,
+            last_error: Some("nothing to undo: its forward task never ran".into()),
+            ..TaskStatus::default()
+        })
+        .collect()
+}
+
+fn all_done(tasks: &[Task], states: &[TaskStatus]) -> bool {
+    tasks.iter().all(|t| {
+        states
+            .iter()
+            .any(|s| s.id == t.id && matches!(s.state, TaskState::Succeeded | TaskState::Skipped))
+    })
+}
+
+/// Every bound node runs the packages it should: the last switches (a
+/// service removed from a node that stays) are part of the plan.
+fn settled(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> bool {
+    let want = desired(spec, status, w);
+    want.packages.iter().all(|(node, packages)| {
+        w.nodes.get(node).is_none_or(|n| {
+            let mut active = n.active.clone();
+            active.sort();
+            packages.is_empty() || active == *packages
+        })
+    })
+}
+
+/// `done/total` of the list running; a rollback says so.
+fn progress(spec: &ClusterPlanSpec, status: &ClusterPlanStatus) -> String {
+    let done = |tasks: &[Task], states: &[TaskStatus]| {
+        tasks
+            .iter()
+            .filter(|t| {
+                states.iter().any(|s| {
+                    s.id == t.id && matches!(s.state, TaskState::Succeeded | TaskState::Skipped)
+                })
+            })
+            .count()
+    };
+    match status.phase {
+        PlanPhase::RollingBack | PlanPhase::RolledBack => format!(
+            "rollback {}/{}",
+            done(&spec.inverse, &status.rollback),
+            spec.inverse.len()
+        ),
+        _ => format!("{}/{}", done(&spec.tasks, &status.tasks), spec.tasks.len()),
+    }
+}
+
+/// What the nodes should have, from the recorded status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// The layout nodes that should exist, with their NodeClass.
+    pub exists: BTreeMap<String, String>,
+    /// The layout nodes being deleted (their NodeInstall is marked for
+    /// removal first).
+    pub deleting: BTreeSet<String>,
+    /// The packages each node should have active, sorted.
+    pub packages: BTreeMap<String, Vec<String>>,
+    /// The hook each node should run now.
+    pub hooks: BTreeMap<String, NodeTask>,
+}
+
+/// What every node should have, given the tasks recorded as started and
+/// finished: a node exists from its createNode's start to its
+/// deleteNode's; a service's packages are on a node from its install's
+/// start to its remove's end; a hook is asked for while its task runs
+/// (an install's hook once the node switched).
+pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> Desired {
+    let mut exists: BTreeMap<String, String> = spec
+        .from
+        .iter()
+        .map(|n| (n.name.clone(), n.node_class.clone()))
+        .collect();
+    let mut present: BTreeSet<(String, String)> = services_of(&spec.from);
+    let mut deleting = BTreeSet::new();
+    let lists = [
+        (FORWARD, &spec.tasks, &status.tasks, &spec.to, &spec.config),
+        (
+            ROLLBACK,
+            &spec.inverse,
+            &status.rollback,
+            &spec.from,
+            &spec.from_config,
+        ),
+    ];
+    let mut hooks = BTreeMap::new();
+    for (side, tasks, states, layout, config) in lists {
+        for task in tasks.iter() {
+            let Some(state) = states.iter().find(|s| s.id == task.id && s.attempts > 0) else {
+                continue;
+            };
+            apply(
+                task,
+                state,
+                layout,
+                &mut exists,
+                &mut present,
+                &mut deleting,
+            );
+            if state.state == TaskState::Running
+                && let Some(hook) = hook_task(task, state, side, layout, config, w)
+            {
+                hooks.insert(task.node.clone(), hook);
+            }
+        }
+    }
+    let packages = exists
+        .keys()
+        .map(|node| (node.clone(), node_packages(node, &present, w.catalog)))
+        .collect();
+    Desired {
+        exists,
+        deleting,
+        packages,
+        hooks,
+    }
+}
+
+fn services_of(layout: &[LayoutNode]) -> BTreeSet<(String, String)> {
+    layout
+        .iter()
+        .flat_map(|n| n.services.iter().map(|s| (n.name.clone(), s.clone())))
+        .collect()
+}
+
+/// The effect of a started task on the nodes' existence and services.
+fn apply(
+    task: &Task,
+    state: &TaskStatus,
+    layout: &[LayoutNode],
+    exists: &mut BTreeMap<String, String>,
+    present: &mut BTreeSet<(String, String)>,
+    deleting: &mut BTreeSet<String>,
+) {
+    let key = |s: &String| (task.node.clone(), s.clone());
+    match task.action {
+        TaskAction::CreateNode => {
+            let class = layout
+                .iter()
+                .find(|n| n.name == task.node)
+                .map(|n| n.node_class.clone())
+                .unwrap_or_default();
+            exists.insert(task.node.clone(), class);
+            deleting.remove(&task.node);
+        }
+        TaskAction::DeleteNode => {
+            exists.remove(&task.node);
+            present.retain(|(n, _)| *n != task.node);
+            if state.state == TaskState::Running {
+                deleting.insert(task.node.clone());
+            }
+        }
+        TaskAction::Install => {
+            if let Some(s) = &task.service {
+                present.insert(key(s));
+            }
+        }
+        TaskAction::Remove if state.state == TaskState::Succeeded => {
+            if let Some(s) = &task.service {
+                present.remove(&key(s));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn node_packages(
+    node: &str,
+    present: &BTreeSet<(String, String)>,
+    catalog: &Catalog,
+) -> Vec<String> {
+    let mut packages: Vec<String> = present
+        .iter()
+        .filter(|(n, _)| n == node)
+        .flat_map(|(_, s)| service_packages(Some(s), catalog))
+        .collect();
+    packages.sort();
+    packages.dedup();
+    packages
+}
+
+/// The hook a running task asks its node for, if it has one (an
+/// install's only once the node has the service's packages).
+fn hook_task(
+    task: &Task,
+    state: &TaskStatus,
+    side: &str,
+    layout: &[LayoutNode],
+    config: &BTreeMap<String, String>,
+    w: &World,
+) -> Option<NodeTask> {
+    let hook = hook_of(task, w.catalog)?;
+    let service = task.service.clone()?;
+    if task.action == TaskAction::Install
+        && !w
+            .nodes
+            .get(&task.node)
+            .is_some_and(|n| switched(n, task, w.catalog))
+    {
+        return None;
+    }
+    Some(NodeTask {
+        id: hook_id(w.plan, side, task),
+        attempt: state.attempts,
+        package: service_packages(Some(&service), w.catalog)
+            .into_iter()
+            .next(),
+        service,
+        action: task.action,
+        argv: hook.argv.clone(),
+        timeout_seconds: hook.timeout_seconds,
+        env: hook_env(w.cluster, &task.node, layout, config),
+    })
+}
+
+/// A hook's environment: the cluster, the node, which nodes run each
+/// service (`THESEUS_NODES_<SERVICE>`, comma-separated) and the
+/// configuration (`THESEUS_CONFIG_<KEY>`), names upper-cased with every
+/// other character than a letter or digit made `_`.
+pub fn hook_env(
+    cluster: &str,
+    node: &str,
+    layout: &[LayoutNode],
+    config: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("THESEUS_CLUSTER".to_owned(), cluster.to_owned());
+    env.insert("THESEUS_CLUSTER_NODE".to_owned(), node.to_owned());
+    let mut by_service: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in layout {
+        for s in &n.services {
+            by_service.entry(s).or_default().push(&n.name);
+        }
+    }
+    for (service, nodes) in by_service {
+        env.insert(
+            format!("THESEUS_NODES_{}", env_name(service)),
+            nodes.join(","),
+        );
+    }
+    for (key, value) in config {
+        env.insert(format!("THESEUS_CONFIG_{}", env_name(key)), value.clone());
+    }
+    env
+}
+
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Action as Hook, Actions, Operation, ServiceDefinitionSpec};
+
+    /// `db` (package db--1, a start hook) and `app` needing db at runtime
+    /// (package app--1, no hooks), on nodes n0 (db) and n1 (app).
+    fn fixture() -> (ClusterPlanSpec, Catalog) {
+        let mut catalog = Catalog::default();
+        let start = Some(Hook {
+            argv: vec!["bin/start".into()],
+            timeout_seconds: 10,
+        });
+        catalog.services.insert(
+            "db".into(),
+            ServiceDefinitionSpec {
+                packages: vec!["db--1".into()],
+                actions: Actions {
+                    start,
+                    ..Actions::default()
+                },
+                ..ServiceDefinitionSpec::default()
+            },
+        );
+        let mut app = ServiceDefinitionSpec {
+            packages: vec!["app--1".into()],
+            ..ServiceDefinitionSpec::default()
+        };
+        app.dependencies.runtime.requires = vec!["db".into()];
+        catalog.services.insert("app".into(), app);
+        let to = vec![
+            LayoutNode {
+                name: "n0".into(),
+                node_class: "box".into(),
+                services: vec!["db".into()],
+            },
+            LayoutNode {
+                name: "n1".into(),
+                node_class: "box".into(),
+                services: vec!["app".into()],
+            },
+        ];
+        let op = Operation::Create;
+        let forward = crate::plan::plan(&[], &to, &catalog, &op).unwrap();
+        let back = crate::plan::inverse(&[], &to, &catalog, &op).unwrap();
+        let spec = ClusterPlanSpec {
+            cluster: "c".into(),
+            operation: op,
+            from: Vec::new(),
+            to,
+            tasks: forward.tasks,
+            config: BTreeMap::new(),
+            from_config: BTreeMap::new(),
+            inverse: back.tasks,
+        };
+        (spec, catalog)
+    }
+
+    fn world<'a>(
+        nodes: &'a BTreeMap<String, NodeView>,
+        catalog: &'a Catalog,
+        now: i64,
+    ) -> World<'a> {
+        World {
+            nodes,
+            catalog,
+            cluster: "c",
+            plan: "p",
+            halted: false,
+            paused: false,
+            manual: false,
+            approved: false,
+            task_retries: 1,
+            on_failure: OnFailure::Rollback,
+            cancel: false,
+            now: Timestamp::from_second(now).unwrap(),
+        }
+    }
+
+    fn state<'s>(st: &'s ClusterPlanStatus, id: &str) -> Option<&'s TaskStatus> {
+        st.tasks.iter().find(|t| t.id == id)
+    }
+
+    fn node(active: &[&str], task: Option<(&str, i32, HookState)>) -> NodeView {
+        NodeView {
+            install: "ni".into(),
+            registered: true,
+            active: active.iter().map(|s| s.to_string()).collect(),
+            task: task.map(|(id, attempt, state)| NodeTaskStatus {
+                id: id.into(),
+                attempt,
+                state,
+                message: Some("exit code 1".into()),
+                ..NodeTaskStatus::default()
+            }),
+            ..NodeView::default()
+        }
+    }
+
+    #[test]
+    fn a_create_starts_nodes_first_switches_packages_then_hooks_and_succeeds() {
+        let (spec, catalog) = fixture();
+        let empty = BTreeMap::new();
+        let st = step(
+            &spec,
+            &ClusterPlanStatus::default(),
+            &world(&empty, &catalog, 0),
+        );
+        assert_eq!(st.phase, PlanPhase::Running);
+        let running: Vec<&str> = st
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| t.id.as_str())
+            .collect();
+        assert_eq!(running, ["n0/createNode", "n1/createNode"]);
+        let want = desired(&spec, &st, &world(&empty, &catalog, 0));
+        assert_eq!(want.exists.len(), 2, "both nodes should exist now");
+        assert!(want.packages.values().all(Vec::is_empty), "no service yet");
+
+        // The nodes register; bootstrap, then the installs switch packages.
+        let mut nodes = BTreeMap::from([
+            ("n0".into(), node(&[], None)),
+            ("n1".into(), node(&[], None)),
+        ]);
+        let mut st = st;
+        for t in 1..4 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+        }
+        assert_eq!(
+            state(&st, "n0/db/install").unwrap().state,
+            TaskState::Running
+        );
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 4));
+        assert_eq!(want.packages["n0"], ["db--1"]);
+        assert!(want.hooks.is_empty(), "no hook before the switch");
+
+        // Switched: db's install has no hook, so it is done; the start hook
+        // is asked for once its task runs, and app starts after db.
+        nodes.insert("n0".into(), node(&["db--1"], None));
+        nodes.insert("n1".into(), node(&["app--1"], None));
+        for t in 4..12 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+        }
+        assert_eq!(state(&st, "n0/db/start").unwrap().state, TaskState::Running);
+        assert!(
+            state(&st, "n1/app/start").is_none_or(|s| s.attempts == 0),
+            "app starts after db"
+        );
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 12));
+        let hook = &want.hooks["n0"];
+        assert_eq!(
+            (hook.id.as_str(), hook.attempt),
+            ("p/forward/n0/db/start", 1)
+        );
+        assert_eq!(hook.env["THESEUS_NODES_APP"], "n1");
+
+        nodes.insert(
+            "n0".into(),
+            node(
+                &["db--1"],
+                Some(("p/forward/n0/db/start", 1, HookState::Succeeded)),
+            ),
+        );
+        for t in 12..16 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+        }
+        assert_eq!(st.phase, PlanPhase::Succeeded, "{:?}", st.tasks);
+        assert_eq!(
+            st.progress.as_deref(),
+            Some(format!("{0}/{0}", spec.tasks.len()).as_str())
+        );
+        assert!(st.tasks.iter().all(|t| t.attempts == 1), "{:?}", st.tasks);
+    }
+
+    /// Runs the create until db's start hook runs, on nodes that switch.
+    fn until_db_starts(
+        spec: &ClusterPlanSpec,
+        catalog: &Catalog,
+    ) -> (ClusterPlanStatus, BTreeMap<String, NodeView>) {
+        let nodes = BTreeMap::from([
+            ("n0".into(), node(&["db--1"], None)),
+            ("n1".into(), node(&["app--1"], None)),
+        ]);
+        let mut st = ClusterPlanStatus::default();
+        for t in 0..12 {
+            st = step(spec, &st, &world(&nodes, catalog, t));
+        }
+        assert_eq!(state(&st, "n0/db/start").unwrap().state, TaskState::Running);
+        (st, nodes)
+    }
+
+    #[test]
+    fn a_failed_hook_is_retried_after_a_backoff_then_the_plan_rolls_back_what_ran() {
+        let (spec, catalog) = fixture();
+        let (st, mut nodes) = until_db_starts(&spec, &catalog);
+        nodes.insert(
+            "n0".into(),
+            node(
+                &["db--1"],
+                Some(("p/forward/n0/db/start", 1, HookState::Failed)),
+            ),
+        );
+        let st = step(&spec, &st, &world(&nodes, &catalog, 20));
+        let db = state(&st, "n0/db/start").unwrap();
+        assert_eq!((db.state, db.attempts), (TaskState::Pending, 1));
+        assert_eq!(db.last_error.as_deref(), Some("exit code 1"));
+        let st = step(&spec, &st, &world(&nodes, &catalog, 21));
+        assert_eq!(
+            state(&st, "n0/db/start").unwrap().state,
+            TaskState::Pending,
+            "backing off"
+        );
+        let st = step(&spec, &st, &world(&nodes, &catalog, 22));
+        assert_eq!(state(&st, "n0/db/start").unwrap().attempts, 2, "the retry");
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 22));
+        assert_eq!(
+            want.hooks["n0"].attempt, 2,
+            "a new attempt runs the hook again"
+        );
+
+        nodes.insert(
+            "n0".into(),
+            node(
+                &["db--1"],
+                Some(("p/forward/n0/db/start", 2, HookState::Failed)),
+            ),
+        );
+        let st = step(&spec, &st, &world(&nodes, &catalog, 23));
+        assert_eq!(st.phase, PlanPhase::RollingBack);
+        assert!(
+            st.message
+                .as_deref()
+                .unwrap()
+                .contains("task n0/db/start failed after 2 attempts")
+        );
+        let skipped: Vec<&str> = st
+            .rollback
+            .iter()
+            .filter(|t| t.state == TaskState::Skipped)
+            .map(|t| t.id.as_str())
+            .collect();
+        assert!(
+            skipped.contains(&"n1/app/stop"),
+            "app never started: {skipped:?}"
+        );
+        assert!(!skipped.contains(&"n0/db/stop"), "db's start ran: undo it");
+        assert!(!skipped.contains(&"n0/deleteNode"), "{skipped:?}");
+    }
+
+    #[test]
+    fn halt_and_pause_start_nothing_and_manual_plans_wait_for_approval() {
+        let (spec, catalog) = fixture();
+        let empty = BTreeMap::new();
+        let mut w = world(&empty, &catalog, 0);
+        w.halted = true;
+        let st = step(&spec, &ClusterPlanStatus::default(), &w);
+        assert_eq!(st.phase, PlanPhase::Running);
+        assert!(
+            st.tasks.iter().all(|t| t.state == TaskState::Pending),
+            "{:?}",
+            st.tasks
+        );
+        w.halted = false;
+        w.paused = true;
+        assert!(
+            step(&spec, &st, &w)
+                .tasks
+                .iter()
+                .all(|t| t.state == TaskState::Pending)
+        );
+
+        let mut w = world(&empty, &catalog, 0);
+        w.manual = true;
+        let st = step(&spec, &ClusterPlanStatus::default(), &w);
+        assert_eq!(st.phase, PlanPhase::AwaitingApproval);
+        assert!(st.tasks.is_empty());
+        w.approved = true;
+        let st = step(&spec, &st, &w);
+        assert_eq!(st.phase, PlanPhase::Running);
+        assert_eq!(
+            st.tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_deleted_cluster_turns_its_plan_back_and_a_halt_policy_stops_it() {
+        let (spec, catalog) = fixture();
+        let (st, mut nodes) = until_db_starts(&spec, &catalog);
+        let mut w = world(&nodes, &catalog, 30);
+        w.cancel = true;
+        let back = step(&spec, &st, &w);
+        assert_eq!(back.phase, PlanPhase::RollingBack);
+        assert_eq!(
+            state(&back, "n0/db/start").unwrap().state,
+            TaskState::Failed,
+            "abandoned"
+        );
+
+        nodes.insert(
+            "n0".into(),
+            node(
+                &["db--1"],
+                Some(("p/forward/n0/db/start", 1, HookState::Failed)),
+            ),
+        );
+        let mut w = world(&nodes, &catalog, 30);
+        w.task_retries = 0;
+        w.on_failure = OnFailure::Halt;
+        let stopped = step(&spec, &st, &w);
+        assert_eq!(stopped.phase, PlanPhase::Failed);
+        assert!(
+            stopped
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("onFailure is Halt")
+        );
+        assert!(stopped.rollback.is_empty());
+    }
+}
