@@ -61,6 +61,23 @@ fn kube_err<'a>(
     }
 }
 
+/// A merge patch of `name`, its failure named by `step`.
+async fn merge<K>(
+    api: &Api<K>,
+    name: &str,
+    patch: &serde_json::Value,
+    cluster: &Cluster,
+    step: &'static str,
+) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_err(cluster, step))?;
+    Ok(())
+}
+
 /// One pass over a cluster whose layout is solved (or that is deleted).
 pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let ns = cluster.namespace().unwrap_or_default();
@@ -74,14 +91,14 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
         let mut finalizers = cluster.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
         let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": cluster.resource_version() } });
-        clusters
-            .patch(
-                &cluster.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(kube_err(cluster, "AddFinalizer"))?;
+        merge(
+            &clusters,
+            &cluster.name_any(),
+            &patch,
+            cluster,
+            "AddFinalizer",
+        )
+        .await?;
     }
     let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
     let mut st = cluster.status.clone().unwrap_or_default();
@@ -104,17 +121,19 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let current = supersede(cluster, current, &goal, &config, &plans).await?;
     let mut action = Action::requeue(POLL);
     let mut problem = None;
-    match current.filter(|p| !finished(p)) {
-        Some(plan) => execute(cluster, &plan, &catalog, halted, cx).await?,
-        None => {
-            absorb(&mut st, &plans).await;
+    match current {
+        Some(plan) if !finished(&plan) => {
+            execute(cluster, &plan, &plans, &catalog, halted, cx).await?
+        }
+        last => {
+            absorb(&mut st, last.as_ref());
             if hash_of(&goal, &config) == st.applied_hash.clone().unwrap_or_else(empty_hash) {
                 action = Action::requeue(Duration::from_secs(30));
                 if deleting {
                     return finish_delete(cluster, &clusters, cx).await;
                 }
             } else if let Some(err) =
-                start_plan(cluster, &mut st, &goal, &config, &catalog, cx).await?
+                start_plan(cluster, &mut st, &goal, &config, &catalog, &plans).await?
             {
                 problem = Some(err);
             }
@@ -188,13 +207,10 @@ fn finished(plan: &ClusterPlan) -> bool {
     )
 }
 
-/// Takes in where the last plan left the cluster: a plan that succeeded
-/// moved it to its `to` layout and configuration.
-async fn absorb(st: &mut crate::api::ClusterStatus, plans: &Api<ClusterPlan>) {
-    let Some(name) = &st.plan else { return };
-    let Ok(Some(plan)) = plans.get_opt(name).await else {
-        return;
-    };
+/// Takes in where the last plan (as read this pass) left the cluster: a
+/// plan that succeeded moved it to its `to` layout and configuration.
+fn absorb(st: &mut crate::api::ClusterStatus, last: Option<&ClusterPlan>) {
+    let Some(plan) = last else { return };
     if plan.status.as_ref().map(|s| s.phase) == Some(PlanPhase::Succeeded) {
         st.applied_layout = plan.spec.to.clone();
         st.applied_config = plan.spec.config.clone();
@@ -277,7 +293,7 @@ async fn start_plan(
     goal: &[LayoutNode],
     config: &BTreeMap<String, String>,
     catalog: &Catalog,
-    cx: &Context,
+    plans: &Api<ClusterPlan>,
 ) -> Result<Option<String>, Error> {
     let from = st.applied_layout.clone();
     let from_config = st.applied_config.clone();
@@ -292,10 +308,6 @@ async fn start_plan(
         operation = Operation::Restart;
     }
     let name = plan_name(cluster, &from, &from_config, goal, &plan_config);
-    let plans: Api<ClusterPlan> = Api::namespaced(
-        cx.ctx.client.clone(),
-        &cluster.namespace().unwrap_or_default(),
-    );
     if let Some(existing) = plans
         .get_opt(&name)
         .await
@@ -386,6 +398,7 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
 async fn execute(
     cluster: &Cluster,
     plan: &ClusterPlan,
+    plans: &Api<ClusterPlan>,
     catalog: &Catalog,
     halted: bool,
     cx: &Context,
@@ -413,7 +426,7 @@ async fn execute(
     let status = plan.status.clone().unwrap_or_default();
     let next = execute::step(&plan.spec, &status, &world);
     if next != status {
-        record_plan(cluster, plan, &next, cx).await?;
+        record_plan(cluster, plan, &next, plans).await?;
     }
     let desired = execute::desired(&plan.spec, &next, &world);
     act(cluster, plan, &desired, &installs, catalog, cx).await
@@ -469,12 +482,8 @@ async fn record_plan(
     cluster: &Cluster,
     plan: &ClusterPlan,
     next: &ClusterPlanStatus,
-    cx: &Context,
+    plans: &Api<ClusterPlan>,
 ) -> Result<(), Error> {
-    let plans: Api<ClusterPlan> = Api::namespaced(
-        cx.ctx.client.clone(),
-        &cluster.namespace().unwrap_or_default(),
-    );
     let mut updated = plan.clone();
     updated.status = Some(next.clone());
     plans
@@ -504,17 +513,9 @@ async fn act(
         if let Some(ni) = bound.get(node)
             && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION)
         {
-            {
-                let patch = json!({ "metadata": { "annotations": { crate::api::REMOVE_ANNOTATION: "true" } } });
-                nodes
-                    .patch(
-                        &ni.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                    .map_err(kube_err(cluster, "MarkRemoval"))?;
-            }
+            let patch =
+                json!({ "metadata": { "annotations": { crate::api::REMOVE_ANNOTATION: "true" } } });
+            merge(&nodes, &ni.name_any(), &patch, cluster, "MarkRemoval").await?;
         }
     }
     size_pools(cluster, plan, desired, catalog, cx).await?;
@@ -606,14 +607,7 @@ async fn bind(
         }
         let ni = candidates.remove(0);
         let patch = json!({ "metadata": { "labels": { NODE_LABEL: node } } });
-        nodes
-            .patch(
-                &ni.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(kube_err(cluster, "BindNode"))?;
+        merge(nodes, &ni.name_any(), &patch, cluster, "BindNode").await?;
     }
     Ok(())
 }
@@ -644,15 +638,14 @@ async fn put_node(
     if patch.is_empty() {
         return Ok(());
     }
-    nodes
-        .patch(
-            &ni.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "spec": patch })),
-        )
-        .await
-        .map_err(kube_err(cluster, "WriteNode"))?;
-    Ok(())
+    merge(
+        nodes,
+        &ni.name_any(),
+        &json!({ "spec": patch }),
+        cluster,
+        "WriteNode",
+    )
+    .await
 }
 
 /// A target of `packages` from the repository of the services that
@@ -716,14 +709,14 @@ async fn finish_delete(
         .cloned()
         .collect();
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": cluster.resource_version() } });
-    clusters
-        .patch(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(kube_err(cluster, "RemoveFinalizer"))?;
+    merge(
+        clusters,
+        &cluster.name_any(),
+        &patch,
+        cluster,
+        "RemoveFinalizer",
+    )
+    .await?;
     Ok(Action::await_change())
 }
 
