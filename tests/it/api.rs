@@ -163,7 +163,11 @@ fn short_names_and_printer_columns_are_as_documented() {
             "ctpl",
             &["Valid", "Sizes", "Parent", "Age"][..],
         ),
-        ("Cluster", "cl", &["Template", "Size", "Layout", "Age"][..]),
+        (
+            "Cluster",
+            "cl",
+            &["Template", "Size", "Layout", "Available", "Plan", "Age"][..],
+        ),
     ];
     for (kind, short, columns) in expect {
         let crd = api::crds()
