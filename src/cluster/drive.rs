@@ -122,12 +122,23 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let mut action = Action::requeue(POLL);
     let mut problem = None;
     match current {
-        Some(plan) if !finished(&plan) => {
-            execute(cluster, &plan, &plans, &catalog, halted, cx).await?
+        Some(mut plan) if !finished(&plan) => {
+            let next = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
+            // A plan that ended in this pass is taken in with the same
+            // status write that says no plan runs.
+            plan.status = Some(next);
+            absorb(&mut st, Some(&plan));
         }
         last => {
             absorb(&mut st, last.as_ref());
-            if hash_of(&goal, &config) == st.applied_hash.clone().unwrap_or_else(empty_hash) {
+            // A deleted cluster is done once nothing runs; another, once
+            // it runs its layout with its configuration.
+            let done = if deleting {
+                st.applied_layout.is_empty()
+            } else {
+                hash_of(&goal, &config) == st.applied_hash.clone().unwrap_or_else(empty_hash)
+            };
+            if done {
                 action = Action::requeue(Duration::from_secs(30));
                 if deleting {
                     return finish_delete(cluster, &clusters, cx).await;
@@ -179,10 +190,11 @@ fn empty_hash() -> String {
 }
 
 /// What the cluster should run: the solved layout and the configuration,
-/// or nothing once it is deleted.
+/// or no node once it is deleted (the delete plan's hooks still see the
+/// configuration).
 fn goal(cluster: &Cluster, deleting: bool) -> (Vec<LayoutNode>, BTreeMap<String, String>) {
     if deleting {
-        return (Vec::new(), BTreeMap::new());
+        return (Vec::new(), cluster.spec.config.clone());
     }
     let layout = cluster
         .status
@@ -394,7 +406,8 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
     format!("{readable}-{}", &digest[..8])
 }
 
-/// One pass of a running plan: step, record, act.
+/// One pass of a running plan: step, record, act; returns the plan's
+/// status as recorded.
 async fn execute(
     cluster: &Cluster,
     plan: &ClusterPlan,
@@ -402,7 +415,7 @@ async fn execute(
     catalog: &Catalog,
     halted: bool,
     cx: &Context,
-) -> Result<(), Error> {
+) -> Result<ClusterPlanStatus, Error> {
     let installs = cluster_nodes(cluster, cx);
     let views = views(&installs);
     let world = World {
@@ -420,7 +433,10 @@ async fn execute(
             == Some("true"),
         task_retries: cluster.spec.strategy.task_retries,
         on_failure: cluster.spec.strategy.on_failure,
-        cancel: cluster.metadata.deletion_timestamp.is_some(),
+        // A deleted cluster turns back the plan it was running, not
+        // the delete plan that follows it.
+        cancel: cluster.metadata.deletion_timestamp.is_some()
+            && plan.spec.operation != Operation::Delete,
         now: Timestamp::now(),
     };
     let status = plan.status.clone().unwrap_or_default();
@@ -429,7 +445,8 @@ async fn execute(
         record_plan(cluster, plan, &next, plans).await?;
     }
     let desired = execute::desired(&plan.spec, &next, &world);
-    act(cluster, plan, &desired, &installs, catalog, cx).await
+    act(cluster, plan, &desired, &installs, catalog, cx).await?;
+    Ok(next)
 }
 
 /// The NodeInstalls of the cluster's pools, from the shared store.
@@ -451,29 +468,29 @@ fn cluster_nodes(cluster: &Cluster, cx: &Context) -> Vec<NodeInstall> {
 
 /// The bound nodes as the executor sees them.
 fn views(installs: &[NodeInstall]) -> BTreeMap<String, NodeView> {
-    installs
+    installs.iter().filter_map(view).collect()
+}
+
+/// A bound node as the executor sees it: its layout node and its view.
+pub(super) fn view(n: &NodeInstall) -> Option<(String, NodeView)> {
+    let node = n.labels().get(NODE_LABEL)?.clone();
+    let st = n.status.clone().unwrap_or_default();
+    let ready = st
+        .conditions
         .iter()
-        .filter_map(|n| {
-            let node = n.labels().get(NODE_LABEL)?.clone();
-            let st = n.status.clone().unwrap_or_default();
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == types::READY && c.status == "True");
-            Some((
-                node,
-                NodeView {
-                    install: n.name_any(),
-                    registered: st.heartbeat.is_some(),
-                    active: st.active.clone(),
-                    failed_hash: st.failed_hash.clone(),
-                    message: st.message.clone(),
-                    task: st.task.clone(),
-                    ready,
-                },
-            ))
-        })
-        .collect()
+        .any(|c| c.type_ == types::READY && c.status == "True");
+    Some((
+        node,
+        NodeView {
+            install: n.name_any(),
+            registered: st.heartbeat.is_some(),
+            active: st.active.clone(),
+            failed_hash: st.failed_hash.clone(),
+            message: st.message.clone(),
+            task: st.task.clone(),
+            ready,
+        },
+    ))
 }
 
 /// record: the plan's status, only over the version observed (a
@@ -633,7 +650,19 @@ async fn put_node(
     if let Some(task) = desired.hooks.get(node)
         && ni.spec.task.as_ref() != Some(task)
     {
-        patch.insert("task".into(), json!(task));
+        let mut value = json!(task);
+        // A merge patch merges maps: the previous task's variables that
+        // this one lacks are removed explicitly.
+        if let Some(old) = &ni.spec.task {
+            let env = &mut value["env"];
+            if !env.is_object() {
+                *env = json!({});
+            }
+            for key in old.env.keys().filter(|k| !task.env.contains_key(*k)) {
+                env[key] = serde_json::Value::Null;
+            }
+        }
+        patch.insert("task".into(), value);
     }
     if patch.is_empty() {
         return Ok(());

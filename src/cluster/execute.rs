@@ -400,9 +400,19 @@ fn undoes(action: TaskAction) -> &'static [TaskAction] {
 /// The inverse tasks with nothing to undo, recorded Skipped: their
 /// forward counterpart (same node and service) never ran.
 fn skipped_inverse(spec: &ClusterPlanSpec, forward: &[TaskStatus]) -> Vec<TaskStatus> {
+    // An install that did not succeed left nothing to remove: a failed
+    // switch was rolled back by the agent, and the node's packages are
+    // the ones of the installs that succeeded.
     let ran: BTreeSet<&str> = forward
         .iter()
         .filter(|s| s.attempts > 0)
+        .filter(|s| {
+            s.state == TaskState::Succeeded
+                || spec
+                    .tasks
+                    .iter()
+                    .any(|t| t.id == s.id && t.action != TaskAction::Install)
+        })
         .map(|s| s.id.as_str())
         .collect();
     let ran_task = |node: &str, service: Option<&str>, action: TaskAction| {
@@ -929,6 +939,42 @@ mod tests {
             "app never started: {skipped:?}"
         );
         assert!(!skipped.contains(&"n0/db/stop"), "db's start ran: undo it");
+        assert!(!skipped.contains(&"n0/deleteNode"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_failed_install_is_not_removed_by_the_rollback() {
+        let (spec, catalog) = fixture();
+        let mut nodes = BTreeMap::from([
+            ("n0".into(), node(&[], None)),
+            ("n1".into(), node(&["app--1"], None)),
+        ]);
+        let mut st = ClusterPlanStatus::default();
+        for t in 0..4 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+        }
+        assert_eq!(
+            state(&st, "n0/db/install").unwrap().state,
+            TaskState::Running
+        );
+        // The agent could not switch to db's set and rolled it back.
+        let mut failed = node(&[], None);
+        failed.failed_hash = Some("h".into());
+        nodes.insert("n0".into(), failed);
+        let mut w = world(&nodes, &catalog, 5);
+        w.task_retries = 0;
+        let st = step(&spec, &st, &w);
+        assert_eq!(st.phase, PlanPhase::RollingBack, "{:?}", st.message);
+        let skipped: Vec<&str> = st
+            .rollback
+            .iter()
+            .filter(|t| t.state == TaskState::Skipped)
+            .map(|t| t.id.as_str())
+            .collect();
+        assert!(
+            skipped.contains(&"n0/db/remove"),
+            "nothing of db is installed: {skipped:?}"
+        );
         assert!(!skipped.contains(&"n0/deleteNode"), "{skipped:?}");
     }
 

@@ -17,6 +17,7 @@ pub mod drive;
 pub mod execute;
 pub mod solve;
 pub mod template;
+mod wake;
 
 #[cfg(test)]
 mod scenarios;

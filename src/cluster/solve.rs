@@ -28,8 +28,10 @@ use crate::shared::{Shared, status};
 pub const NAME: &str = "cluster";
 
 /// The controller over the shared cluster reflector; a template's change
-/// reconciles the clusters `made_from` it, and `catalog_changed` every
-/// cluster.
+/// reconciles the clusters `made_from` it, `catalog_changed` every
+/// cluster, and a node's changed report (see [`super::wake`]) its
+/// cluster. It starts once the NodeInstall cache holds a full list (plans
+/// are driven from what the nodes report).
 pub fn controller(
     ctx: Shared,
     stores: Stores,
@@ -43,13 +45,23 @@ pub fn controller(
     stop: CancellationToken,
 ) -> BoxFuture<'static, ()> {
     let context = Context::new(ctx, stores);
-    Controller::for_shared_stream(clusters.0, clusters.1)
-        .watches_shared_stream(templates, made_from)
-        .reconcile_all_on(catalog_changed)
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|_| async {})
-        .boxed()
+    async move {
+        if context.ctx.stores.nodes.ready(NAME).await.is_err() {
+            return;
+        }
+        let nodes_changed = crate::shared::wake::to_wake::<super::wake::ClusterNode>(
+            context.ctx.stores.nodes.subscribe(),
+        );
+        Controller::for_shared_stream(clusters.0, clusters.1)
+            .watches_shared_stream(templates, made_from)
+            .reconcile_all_on(catalog_changed)
+            .reconcile_on(nodes_changed)
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile, error_policy, context)
+            .for_each(|_| async {})
+            .await
+    }
+    .boxed()
 }
 
 pub(super) fn error_policy(cluster: Arc<Cluster>, err: &Error, cx: Arc<Context>) -> Action {
@@ -62,6 +74,25 @@ pub(super) fn error_policy(cluster: Arc<Cluster>, err: &Error, cx: Arc<Context>)
 /// when it changed) → report (events).
 pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action, Error> {
     cx.ctx.metrics.reconciled(NAME);
+    // The cache may not have this controller's last status write yet (a
+    // node's report wakes it at once): both steps decide from the
+    // cluster as stored, never from an older status.
+    let api = Api::<Cluster>::namespaced(
+        cx.ctx.client.clone(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    let Some(cluster) = api
+        .get_opt(&cluster.name_any())
+        .await
+        .map_err(|source| Error::Act {
+            object: format!("Cluster {}", describe(&cluster)),
+            step: "ReadCluster",
+            source,
+        })?
+        .map(Arc::new)
+    else {
+        return Ok(Action::await_change());
+    };
     let latest = if cluster.metadata.deletion_timestamp.is_none() && !cluster.spec.paused {
         solve(&cluster, &cx).await?
     } else {

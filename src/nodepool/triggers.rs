@@ -4,10 +4,9 @@
 //! from a NodeInstall wakes its pool: the pool label, the instance id, the
 //! removal request, the object's arrival and departure. A stale heartbeat is
 //! found by time (the planner looks again soon while a node is not ready).
+//! The filtering itself is [`crate::shared::wake`]'s.
 
-use std::collections::{HashMap, HashSet};
-
-use futures::{Stream, StreamExt, stream};
+use futures::Stream;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -15,6 +14,7 @@ use kube::runtime::watcher;
 use super::REMOVE_ANNOTATION;
 use super::provider::POOL_TAG;
 use crate::api::{NodeInstall, NodePool};
+use crate::shared::wake::{self, View};
 
 /// What the NodePool planner reads from one NodeInstall.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,9 +29,14 @@ pub struct Relevant {
     pub deleting: bool,
 }
 
-impl Relevant {
-    /// The parts of `ni` the planner reads.
-    pub fn of(ni: &NodeInstall) -> Relevant {
+/// Remembers what was last seen of each NodeInstall and says which pools a
+/// watch event concerns.
+pub type Filter = wake::Filter<Relevant>;
+
+impl View for Relevant {
+    type Owner = NodePool;
+
+    fn of(ni: &NodeInstall) -> Relevant {
         Relevant {
             pool: ni.labels().get(POOL_TAG).cloned(),
             instance_id: ni.status.as_ref().and_then(|s| s.instance_id.clone()),
@@ -39,64 +44,9 @@ impl Relevant {
             deleting: ni.metadata.deletion_timestamp.is_some(),
         }
     }
-}
 
-/// Remembers what was last seen of each NodeInstall and says which pools a
-/// watch event concerns.
-#[derive(Debug, Default)]
-pub struct Filter {
-    seen: HashMap<String, Relevant>,
-    relisted: HashSet<String>,
-}
-
-impl Filter {
-    /// The pools to wake for `event` (none for a heartbeat-only change).
-    pub fn wake(&mut self, event: watcher::Event<NodeInstall>) -> Vec<ObjectRef<NodePool>> {
-        let pools = match event {
-            watcher::Event::Apply(ni) => self.update(&ni),
-            watcher::Event::InitApply(ni) => {
-                self.relisted.insert(ni.name_any());
-                self.update(&ni)
-            }
-            watcher::Event::Delete(ni) => self
-                .seen
-                .remove(&ni.name_any())
-                .and_then(|r| r.pool)
-                .into_iter()
-                .chain(Relevant::of(&ni).pool)
-                .collect(),
-            watcher::Event::Init => {
-                self.relisted.clear();
-                Vec::new()
-            }
-            // Objects missing from a re-list were deleted meanwhile.
-            watcher::Event::InitDone => {
-                let relisted = std::mem::take(&mut self.relisted);
-                let gone: Vec<String> = self
-                    .seen
-                    .keys()
-                    .filter(|name| !relisted.contains(*name))
-                    .cloned()
-                    .collect();
-                gone.iter()
-                    .filter_map(|name| self.seen.remove(name).and_then(|r| r.pool))
-                    .collect()
-            }
-        };
-        let mut pools = pools;
-        pools.sort();
-        pools.dedup();
-        pools.iter().map(|p| ObjectRef::new(p)).collect()
-    }
-
-    fn update(&mut self, ni: &NodeInstall) -> Vec<String> {
-        let now = Relevant::of(ni);
-        match self.seen.insert(ni.name_any(), now.clone()) {
-            Some(before) if before == now => Vec::new(),
-            // A node that moved between pools concerns both.
-            Some(before) => before.pool.into_iter().chain(now.pool).collect(),
-            None => now.pool.into_iter().collect(),
-        }
+    fn owner(&self) -> Option<ObjectRef<NodePool>> {
+        self.pool.as_deref().map(ObjectRef::new)
     }
 }
 
@@ -105,8 +55,7 @@ impl Filter {
 pub fn pools_to_wake(
     events: impl Stream<Item = watcher::Event<NodeInstall>> + Send + 'static,
 ) -> impl Stream<Item = ObjectRef<NodePool>> + Send + 'static {
-    let mut filter = Filter::default();
-    events.flat_map(move |event| stream::iter(filter.wake(event)))
+    wake::to_wake::<Relevant>(events)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod halt;
 pub mod metrics;
 pub mod status;
 pub mod stores;
+pub mod wake;
 
 use kube::Client;
 use kube::runtime::events::Reporter;

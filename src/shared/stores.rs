@@ -40,6 +40,11 @@ const EVENT_BUFFER: usize = 1024;
 pub struct Nodes {
     store: Store<NodeInstall>,
     events: broadcast::Sender<watcher::Event<NodeInstall>>,
+    /// `Some(true)` once the store has its first full list, `Some(false)`
+    /// when its watch ended before. (kube's `Store::wait_until_ready`
+    /// wakes only the last of several concurrent waiters; one task waits
+    /// on it and tells every controller through this channel.)
+    ready: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 impl Default for Nodes {
@@ -72,7 +77,17 @@ impl Nodes {
                 () = stop.cancelled() => {}
             }
         });
-        Nodes { store, events }
+        let (tell, ready) = tokio::sync::watch::channel(None);
+        let waited = store.clone();
+        tokio::spawn(async move {
+            let ready = waited.wait_until_ready().await.is_ok();
+            tell.send_replace(Some(ready));
+        });
+        Nodes {
+            store,
+            events,
+            ready,
+        }
     }
 
     /// A store holding `nodes`, ready, with no watch behind it.
@@ -85,7 +100,12 @@ impl Nodes {
         writer.apply_watcher_event(&watcher::Event::InitDone);
         // The writer goes; the store keeps what it was given.
         let (events, _) = broadcast::channel(1);
-        Nodes { store, events }
+        let (_, ready) = tokio::sync::watch::channel(Some(true));
+        Nodes {
+            store,
+            events,
+            ready,
+        }
     }
 
     /// The store.
@@ -97,13 +117,15 @@ impl Nodes {
     /// that `who` is still waiting; `Err` when the watch is gone for good.
     pub async fn ready(&self, who: &str) -> Result<(), ()> {
         let started = std::time::Instant::now();
+        let mut ready = self.ready.clone();
         loop {
-            let wait = self.store.wait_until_ready();
+            let wait = ready.wait_for(Option::is_some);
             match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
-                Ok(ready) => {
+                Ok(Ok(state)) if *state == Some(true) => {
                     tracing::info!(waited = ?started.elapsed(), controller = who, "NodeInstall cache ready; reconciling");
-                    return ready.map_err(|_| ());
+                    return Ok(());
                 }
+                Ok(_) => return Err(()),
                 Err(_) => tracing::warn!(
                     waited = ?started.elapsed(),
                     controller = who,
