@@ -39,7 +39,8 @@
 //! (1000). Run by `cargo test --all-targets` (without `--bench`) it does a
 //! smoke run of 6 nodes with 200 ms hooks, which still checks that the
 //! plan succeeded. Without the testbed it is skipped, or fails when `CI`
-//! is set. The operator's log is under `target/test-logs/RUN/`.
+//! is set. The operator's log, and every task's times as watched
+//! (`tasks.json`), are under `target/test-logs/RUN/`.
 
 #[allow(dead_code)] // the benchmark uses a part of the tests' support
 #[path = "../tests/it/support/mod.rs"]
@@ -557,8 +558,12 @@ fn breakdown(
     seen: &Seen,
     plan_ref: &str,
     install_of: &HashMap<String, String>,
-) -> f64 {
+) -> (f64, HashMap<String, String>) {
     let mut rows: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut details: HashMap<String, String> = HashMap::new();
+    // A step's time from the task's start, for the path as run.
+    let step =
+        |name: &str, at: Option<&f64>, start: f64| at.map(|a| format!("{name} {:+.2}", a - start));
     let mut by_action: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut push = |row: usize, value: Option<f64>| {
         if let Some(v) = value {
@@ -579,6 +584,9 @@ fn breakdown(
                 let at = ni.and_then(|n| seen.registered.get(n));
                 push(0, at.map(|a| a - span.start));
                 push(1, at.map(|a| span.end - a));
+                if let Some(d) = step("registered", at, span.start) {
+                    details.insert(t.id.clone(), d);
+                }
             }
             TaskAction::Bootstrap => push(2, Some(span.duration())),
             a if runs_hook(a) => {
@@ -589,16 +597,24 @@ fn breakdown(
                     .map_or(1, |s| s.attempts);
                 let key = (hook_id(plan_ref, "forward", t), attempt);
                 let mut handed = Some(span.start);
+                let mut steps = Vec::new();
                 if a == TaskAction::Install {
                     let target = ni.and_then(|n| seen.targeted.get(n));
                     let active = ni.and_then(|n| seen.switched.get(n));
                     push(3, target.map(|t| t - span.start));
                     push(4, target.zip(active).map(|(t, a)| a - t));
                     handed = active.map(|a| a.max(span.start));
+                    steps.push(step("target", target, span.start));
+                    steps.push(step("active", active, span.start));
                 }
                 let asked = seen.asked.get(&key);
                 let running = seen.hook_running.get(&key);
                 let done = seen.hook_done.get(&key);
+                steps.push(step("hook", asked, span.start));
+                steps.push(step("running", running, span.start));
+                steps.push(step("done", done, span.start));
+                let steps: Vec<String> = steps.into_iter().flatten().collect();
+                details.insert(t.id.clone(), steps.join(", "));
                 push(5, handed.zip(asked).map(|(h, a)| a - h));
                 push(6, asked.zip(running).map(|(a, r)| r - a));
                 push(7, running.zip(done).map(|(r, d)| d - r));
@@ -631,12 +647,17 @@ fn breakdown(
             spread(durations)
         );
     }
-    median(rows.get(&4).cloned().unwrap_or_default())
+    (median(rows.get(&4).cloned().unwrap_or_default()), details)
 }
 
 /// Prints the chain of tasks that ended the plan, as it ran: from the
 /// last task to finish, back through the dependency that finished last.
-fn as_run(tasks: &[Task], spans: &BTreeMap<String, Span>, run: &str) {
+fn as_run(
+    tasks: &[Task],
+    spans: &BTreeMap<String, Span>,
+    details: &HashMap<String, String>,
+    run: &str,
+) {
     let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     let first = spans.values().map(|s| s.start).fold(f64::MAX, f64::min);
     let end = |id: &str| spans.get(id).map_or(f64::MIN, |s| s.end);
@@ -656,11 +677,17 @@ fn as_run(tasks: &[Task], spans: &BTreeMap<String, Span>, run: &str) {
         chain.push(before);
         task = before;
     }
-    println!("  the path that ended the plan, as it ran (seconds from the first start):");
+    println!(
+        "  the path that ended the plan, as it ran (seconds from the first start; \
+         in brackets, what the watches saw, from the task's start):"
+    );
     for t in chain.iter().rev() {
         let s = spans[&t.id];
+        let seen = details
+            .get(&t.id)
+            .map_or(String::new(), |d| format!("  [{d}]"));
         println!(
-            "    {:>6.2} → {:>6.2}  ({:>5.2} s)  {}",
+            "    {:>6.2} → {:>6.2}  ({:>5.2} s)  {}{seen}",
             s.start - first,
             s.end - first,
             s.duration(),
@@ -989,7 +1016,7 @@ async fn main() {
         .filter_map(|ni| Some((ni.labels().get(NODE_LABEL)?.clone(), ni.name_any())))
         .collect();
     let plan_ref = format!("{plan_name}.{}", plan.uid().unwrap_or_default());
-    let switch = breakdown(tasks, &st, &spans, &seen, &plan_ref, &install_of);
+    let (switch, details) = breakdown(tasks, &st, &spans, &seen, &plan_ref, &install_of);
     let writes = seen.writes.get(&plan_name).cloned().unwrap_or_default();
     let intervals: Vec<f64> = writes.windows(2).map(|w| w[1] - w[0]).collect();
     println!(
@@ -1009,7 +1036,44 @@ async fn main() {
         "    longest waits between plan versions: {} (from the first task start)",
         longest.join(", ")
     );
-    as_run(tasks, &spans, &run);
+    as_run(tasks, &spans, &details, &run);
+    // Every task's times, for a closer look: tasks.json next to the
+    // operator's log.
+    let rel = |at: Option<&f64>| at.map(|a| ((a - first) * 1000.0).round() / 1000.0);
+    let rows: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|t| {
+            let span = spans[&t.id];
+            let ni = install_of.get(&t.node);
+            let attempt = st
+                .tasks
+                .iter()
+                .find(|s| s.id == t.id)
+                .map_or(1, |s| s.attempts);
+            let key = (hook_id(&plan_ref, "forward", t), attempt);
+            serde_json::json!({
+                "id": t.id, "node": t.node, "action": t.action.as_str(),
+                "start": rel(Some(&span.start)), "end": rel(Some(&span.end)),
+                "registered": rel(ni.and_then(|n| seen.registered.get(n))),
+                "target": rel(ni.and_then(|n| seen.targeted.get(n))),
+                "active": rel(ni.and_then(|n| seen.switched.get(n))),
+                "hook": rel(seen.asked.get(&key)),
+                "running": rel(seen.hook_running.get(&key)),
+                "done": rel(seen.hook_done.get(&key)),
+            })
+        })
+        .collect();
+    let writes: Vec<Option<f64>> = writes.iter().map(|w| rel(Some(w))).collect();
+    let dump = serde_json::json!({ "tasks": rows, "planVersions": writes });
+    let _ = std::fs::write(logs.join("tasks.json"), dump.to_string());
+    let log = std::fs::read_to_string(logs.join("operator-bench.log")).unwrap_or_default();
+    let lost = log.matches("stepping down").count();
+    if lost > 0 {
+        println!(
+            "  NOTE: the operator lost its leader lease {lost} time(s) during the run \
+             (`--lease-seconds 4`, as the tests start it); its controllers stopped meanwhile"
+        );
+    }
     println!("  from the status's own timestamps (whole seconds):");
     println!(
         "    launch {:.2} s, ideal {:.2} s, actual {:.2} s, ratio {:.3}, staged {:.2} s, \

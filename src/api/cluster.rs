@@ -7,6 +7,14 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The label naming a node's cluster (on the cluster's ClusterPlans,
+/// NodePools and NodeInstalls).
+pub const CLUSTER_LABEL: &str = "theseus.dev/cluster";
+/// The label naming the cluster's namespace.
+pub const CLUSTER_NAMESPACE_LABEL: &str = "theseus.dev/cluster-namespace";
+/// The label binding a NodeInstall to a node of the cluster's layout.
+pub const NODE_LABEL: &str = "theseus.dev/cluster-node";
+
 /// A cluster made from a ClusterTemplate: the operator solves which nodes,
 /// of which NodeClass, run which services, and records the layout.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -29,12 +29,7 @@ use crate::api::{
 use crate::layout::Catalog;
 use crate::shared::status;
 
-/// The label naming a node's cluster (on NodePools and NodeInstalls).
-pub const CLUSTER_LABEL: &str = "theseus.dev/cluster";
-/// The label naming the cluster's namespace.
-pub const CLUSTER_NAMESPACE_LABEL: &str = "theseus.dev/cluster-namespace";
-/// The label binding a NodeInstall to a node of the layout.
-pub const NODE_LABEL: &str = "theseus.dev/cluster-node";
+pub use crate::api::{CLUSTER_LABEL, CLUSTER_NAMESPACE_LABEL, NODE_LABEL};
 /// The ClusterPlan annotation `theseus cluster approve` sets.
 pub const APPROVED_ANNOTATION: &str = "theseus.dev/approved";
 /// The Cluster finalizer: a deleted cluster runs its delete plan first.
@@ -127,6 +122,10 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
             // A plan that ended in this pass is taken in with the same
             // status write that says no plan runs.
             plan.status = Some(next);
+            if finished(&plan) {
+                let phase = plan.status.as_ref().map(|s| s.phase);
+                tracing::info!(cluster = %object(cluster), plan = %plan.name_any(), ?phase, "plan ended");
+            }
             absorb(&mut st, Some(&plan));
         }
         last => {
@@ -357,7 +356,13 @@ async fn start_plan(
         ..ObjectMeta::default()
     };
     match plans.create(&PostParams::default(), &plan).await {
-        Ok(_) => {}
+        Ok(_) => tracing::info!(
+            cluster = %object(cluster),
+            plan = %name,
+            operation = plan.spec.operation.name(),
+            tasks = plan.spec.tasks.len(),
+            "made a plan"
+        ),
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(kube_err(cluster, "CreatePlan")(e)),
     }
@@ -365,7 +370,11 @@ async fn start_plan(
     Ok(None)
 }
 
-/// `CLUSTER-<hash of the change>`: the same change, the same name.
+/// `CLUSTER-<hash of the change and the cluster's generation>`: the same
+/// change of the same spec, the same name — a pass repeated after a crash
+/// finds the plan it made, and a change that failed is not tried again
+/// until the spec changes or its plan is deleted; a change made again
+/// later (scaled up, down, then up) gets a plan of its own.
 fn plan_name(
     cluster: &Cluster,
     from: &[LayoutNode],
@@ -373,7 +382,12 @@ fn plan_name(
     to: &[LayoutNode],
     config: &BTreeMap<String, String>,
 ) -> String {
-    let change = format!("{}>{}", hash_of(from, from_config), hash_of(to, config));
+    let change = format!(
+        "{}>{}@{}",
+        hash_of(from, from_config),
+        hash_of(to, config),
+        cluster.metadata.generation.unwrap_or_default()
+    );
     let digest = hex::encode(Sha256::digest(change.as_bytes()));
     let mut base = cluster.name_any();
     base.truncate(240);
@@ -849,8 +863,9 @@ fn degraded(
             format!("plan {name}: {message}"),
         ),
         (Some(PlanPhase::Failed), None) => {
-            let message =
-                format!("plan {name}: {message}; delete the ClusterPlan to try the change again");
+            let message = format!(
+                "plan {name}: {message}; change the cluster's spec or delete the ClusterPlan to try again"
+            );
             Observed::new(types::DEGRADED, true, "PlanFailed", message)
         }
         _ => Observed::new(types::DEGRADED, false, "AsPlanned", "no plan failed"),

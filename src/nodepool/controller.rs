@@ -377,6 +377,10 @@ async fn act(
     drain::uncordon(&pc.evictions, &pool.name_any(), &staying)
         .await
         .map_err(Error::Uncordon)?;
+    let api: Api<NodeInstall> = Api::all(pc.ctx.client.clone());
+    for node in &decided.forget_nodes {
+        delete_node(pool, &api, node).await?;
+    }
     if decided.terminate.is_empty() && decided.launch.is_none() {
         return Ok(decided.instances.len());
     }
@@ -491,19 +495,22 @@ async fn terminate(
     info!(nodepool = %pool.name_any(), ids = ?ids, "terminated");
     let api: Api<NodeInstall> = Api::all(pc.ctx.client.clone());
     for node in &decided.remove_nodes {
-        match api.delete(node, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::DeleteNode {
-                    pool: pool.name_any(),
-                    node: node.clone(),
-                    source,
-                });
-            }
-        }
+        delete_node(pool, &api, node).await?;
     }
     Ok(())
+}
+
+/// Deletes the NodeInstall `node` of `pool` (gone already is fine).
+async fn delete_node(pool: &NodePool, api: &Api<NodeInstall>, node: &str) -> Result<(), Error> {
+    match api.delete(node, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::DeleteNode {
+            pool: pool.name_any(),
+            node: node.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// The finalizer's last step, once the removal passes have drained and

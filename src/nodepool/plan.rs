@@ -189,6 +189,9 @@ pub struct Plan {
     pub terminate: Vec<String>,
     /// NodeInstalls to delete once their instances are terminated.
     pub remove_nodes: Vec<String>,
+    /// NodeInstalls to delete now: their instance is neither listed nor
+    /// recorded (a pass terminated it and ended before deleting them).
+    pub forget_nodes: Vec<String>,
     /// Unrecorded instances left alone because they are young.
     pub strays: Vec<String>,
     /// `status.firstSeen` to record: unrecorded listed instances without a
@@ -237,6 +240,16 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .chain(seen.orphans)
         .collect();
     let remove_nodes = terminating.iter().filter_map(|i| i.node.clone()).collect();
+    let forget_nodes = input
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.instance_id.as_ref().is_some_and(|id| {
+                !input.listed.iter().any(|l| &l.id == id) && !instances.iter().any(|i| &i.id == id)
+            })
+        })
+        .map(|n| n.name.clone())
+        .collect();
     let replicas = instances
         .iter()
         .filter(|i| i.state != State::Terminating)
@@ -250,6 +263,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         launch,
         terminate,
         remove_nodes,
+        forget_nodes,
         strays: seen.strays,
         first_seen: seen.first_seen,
         cancelled: notes.cancelled,

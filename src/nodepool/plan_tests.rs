@@ -301,6 +301,20 @@ fn a_drained_instance_is_terminated_and_its_node_install_removed() {
     assert_eq!(p.replicas, 0);
 }
 
+#[test]
+fn a_node_install_whose_instance_is_gone_is_deleted_and_no_other() {
+    // The pass that terminated `b` ended before deleting its NodeInstall.
+    let mut w = World::new(pool(1), vec![joined("a", 100)]);
+    w.nodes.push(agent("b"));
+    let p = w.plan();
+    assert_eq!(p.forget_nodes, vec!["n-b".to_string()]);
+    assert!(p.terminate.is_empty());
+    // A recorded instance the listing lags behind keeps its node.
+    let mut w = World::new(pool(1), vec![joined("a", 100)]);
+    w.listed.clear();
+    assert!(w.plan().forget_nodes.is_empty());
+}
+
 fn blocked(age: i64, policy: DrainTimeoutPolicy) -> Plan {
     let mut w = World::new(pool(0), vec![joined("a", 100)]);
     w.pool.drain_policy = policy;

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod pools;
 pub mod repo_server;
 pub mod run;
+pub mod shop;
 
 use std::collections::HashMap;
 use std::future::Future;
