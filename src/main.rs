@@ -82,7 +82,8 @@ enum Command {
     Groups(cli::groups::GroupsArgs),
     /// Solve a cluster template for a size, or validate it.
     Template(cli::template::TemplateArgs),
-    /// Show a cluster's layout.
+    /// Create, scale, amend, reconfigure, approve and delete Clusters; follow
+    /// their plans and layouts.
     Cluster(cli::cluster::ClusterArgs),
     /// Render configuration packages from modules and values.
     Config(cli::config::ConfigArgs),

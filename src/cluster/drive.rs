@@ -156,8 +156,50 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
             .map_err(kube_err(cluster, "ReadPlan"))?,
         None => None,
     };
-    report(cluster, &clusters, st, latest.as_ref(), halted, problem, cx).await?;
+    let health = Health::of(&st.applied_layout, &cluster_nodes(cluster, cx));
+    let observed = conditions(&st, latest.as_ref(), halted, problem, &health);
+    report(cluster, &clusters, st, observed, cx).await?;
     Ok(action)
+}
+
+/// How the nodes of the running layout are: Ready or not, the ones going
+/// (marked for removal by a running plan) aside.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Health {
+    /// Layout nodes whose NodeInstall is Ready.
+    pub ready: usize,
+    /// Layout nodes that count.
+    pub total: usize,
+    /// The ones that are not Ready, with why.
+    pub not_ready: Vec<String>,
+}
+
+impl Health {
+    /// The health of `layout` on `installs`.
+    pub fn of(layout: &[LayoutNode], installs: &[NodeInstall]) -> Health {
+        let mut health = Health::default();
+        // A node without services has no package set to be Ready with.
+        for node in layout.iter().filter(|n| !n.services.is_empty()) {
+            let install = installs
+                .iter()
+                .find(|n| n.labels().get(NODE_LABEL) == Some(&node.name));
+            if install.is_some_and(|n| n.annotations().contains_key(crate::api::REMOVE_ANNOTATION))
+            {
+                continue;
+            }
+            health.total += 1;
+            match install.and_then(view) {
+                Some((_, v)) if v.ready => health.ready += 1,
+                Some((_, v)) => health.not_ready.push(format!(
+                    "{}: {}",
+                    node.name,
+                    v.message.as_deref().unwrap_or("not Ready")
+                )),
+                None => health.not_ready.push(format!("{}: no node", node.name)),
+            }
+        }
+        health
+    }
 }
 
 /// A plan that has not started a task and no longer leads to the goal
@@ -769,12 +811,9 @@ async fn report(
     cluster: &Cluster,
     clusters: &Api<Cluster>,
     mut st: crate::api::ClusterStatus,
-    plan: Option<&ClusterPlan>,
-    halted: bool,
-    problem: Option<String>,
+    observed: Vec<Observed<'static>>,
     cx: &Context,
 ) -> Result<(), Error> {
-    let observed = conditions(&st, plan, halted, problem);
     let before = st.clone();
     let changed = status::merge(
         &mut st.conditions,
@@ -791,12 +830,14 @@ async fn report(
     Ok(())
 }
 
-/// Available, Progressing, Degraded and Halted, from the plan.
+/// Halted, Progressing and Degraded from the plan; Available from the
+/// running layout's nodes.
 pub fn conditions(
     st: &crate::api::ClusterStatus,
     plan: Option<&ClusterPlan>,
     halted: bool,
     problem: Option<String>,
+    health: &Health,
 ) -> Vec<Observed<'static>> {
     let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
     let phase = plan.map(|_| plan_status.phase);
@@ -825,17 +866,29 @@ pub fn conditions(
             )
         },
         degraded(phase, &name, plan_status.message.as_deref(), problem),
-        if st.applied_layout.is_empty() {
-            Observed::new(types::AVAILABLE, false, "NotRunning", "no layout runs yet")
-        } else {
-            let message = format!(
-                "{} nodes run the layout {}",
-                st.applied_layout.len(),
-                st.applied_hash.as_deref().unwrap_or_default()
-            );
-            Observed::new(types::AVAILABLE, true, "LayoutRunning", message)
-        },
+        available(st, health),
     ]
+}
+
+fn available(st: &crate::api::ClusterStatus, health: &Health) -> Observed<'static> {
+    if st.applied_layout.is_empty() {
+        return Observed::new(types::AVAILABLE, false, "NotRunning", "no layout runs yet");
+    }
+    if health.ready < health.total {
+        let message = format!(
+            "{} of {} nodes ready; {}",
+            health.ready,
+            health.total,
+            health.not_ready.join("; ")
+        );
+        return Observed::new(types::AVAILABLE, false, "NodesNotReady", message);
+    }
+    let message = format!(
+        "{} nodes run the layout {}, every one Ready",
+        st.applied_layout.len(),
+        st.applied_hash.as_deref().unwrap_or_default()
+    );
+    Observed::new(types::AVAILABLE, true, "LayoutRunning", message)
 }
 
 fn halted_condition(halted: bool) -> Observed<'static> {
@@ -869,5 +922,77 @@ fn degraded(
             Observed::new(types::DEGRADED, true, "PlanFailed", message)
         }
         _ => Observed::new(types::DEGRADED, false, "AsPlanned", "no plan failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::conditions::Status;
+
+    fn layout_node(name: &str) -> LayoutNode {
+        LayoutNode {
+            name: name.into(),
+            node_class: "box".into(),
+            services: vec!["db".into()],
+        }
+    }
+
+    fn install(node: &str, ready: bool, going: bool) -> NodeInstall {
+        let mut ni: NodeInstall = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+            "metadata": { "name": format!("pool-{node}"), "labels": { NODE_LABEL: node } },
+            "spec": {},
+            "status": { "message": "set h failed its health check", "conditions": [{
+                "type": "Ready", "status": if ready { "True" } else { "False" },
+                "reason": "R", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }] }
+        }))
+        .unwrap();
+        if going {
+            ni.annotations_mut()
+                .insert(crate::api::REMOVE_ANNOTATION.into(), "true".into());
+        }
+        ni
+    }
+
+    fn available(layout: &[LayoutNode], installs: &[NodeInstall]) -> (bool, String, String) {
+        let st = crate::api::ClusterStatus {
+            applied_layout: layout.to_vec(),
+            ..Default::default()
+        };
+        let health = Health::of(layout, installs);
+        let c = super::available(&st, &health);
+        (c.status == Status::True, c.reason.to_string(), c.message)
+    }
+
+    #[test]
+    fn available_needs_every_running_node_ready_except_the_ones_going() {
+        let layout = [layout_node("n1"), layout_node("n2")];
+        let (ok, reason, _) = available(
+            &layout,
+            &[install("n1", true, false), install("n2", true, false)],
+        );
+        assert!(ok, "{reason}");
+        let (ok, reason, message) = available(
+            &layout,
+            &[install("n1", true, false), install("n2", false, false)],
+        );
+        assert!(!ok);
+        assert_eq!(reason, "NodesNotReady");
+        assert!(
+            message.contains("1 of 2") && message.contains("n2: set h failed"),
+            "{message}"
+        );
+        let (ok, _, message) = available(&layout, &[install("n1", true, false)]);
+        assert!(!ok && message.contains("n2: no node"), "{message}");
+        let (ok, _, _) = available(
+            &layout,
+            &[install("n1", true, false), install("n2", false, true)],
+        );
+        assert!(ok, "a node a plan removes does not count");
+        assert!(!available(&[], &[]).0, "nothing runs yet");
     }
 }
