@@ -232,15 +232,7 @@ async fn a_failing_start_hook_is_retried_then_rolled_back_or_with_halt_stops() {
 
     // With onFailure: Halt, the same change (its plan deleted to try
     // again) stops at the failure: nothing is undone.
-    shop.tb.kubectl_ok(&[
-        "patch",
-        "-n",
-        &shop.ns.name,
-        "cluster/shop",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"strategy":{"taskRetries":1,"onFailure":"Halt"}}}"#,
-    ]);
+    shop.patch_spec(r#"{"strategy":{"taskRetries":1,"onFailure":"Halt"}}"#);
     shop.tb.kubectl_ok(&[
         "delete",
         "-n",
@@ -296,15 +288,7 @@ async fn halt_pause_and_manual_approval_each_hold_a_plan_until_released() {
     shop.cli(&["approve", "shop"]);
     shop.wait("Available", "240s");
     assert_eq!(shop.plan_name().await.as_deref(), Some(waiting.as_str()));
-    shop.tb.kubectl_ok(&[
-        "patch",
-        "-n",
-        &shop.ns.name,
-        "cluster/shop",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"planApproval":"Automatic"}}"#,
-    ]);
+    shop.patch_spec(r#"{"planApproval":"Automatic"}"#);
 
     // Halt: the next plan starts no task until resumed.
     let (code, body) = shop
@@ -324,27 +308,11 @@ async fn halt_pause_and_manual_approval_each_hold_a_plan_until_released() {
     assert_succeeded(&resumed);
 
     // Pause: the same.
-    shop.tb.kubectl_ok(&[
-        "patch",
-        "-n",
-        &shop.ns.name,
-        "cluster/shop",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"paused":true}}"#,
-    ]);
+    shop.patch_spec(r#"{"paused":true}"#);
     let mark = shop.lines().len();
     shop.cli(&["set", "shop", "mode=paused"]);
     held(&shop, &resumed.name_any(), mark).await;
-    shop.tb.kubectl_ok(&[
-        "patch",
-        "-n",
-        &shop.ns.name,
-        "cluster/shop",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"paused":false}}"#,
-    ]);
+    shop.patch_spec(r#"{"paused":false}"#);
     let unpaused = shop
         .ended_plan(Some(&resumed.name_any()), Duration::from_secs(240))
         .await;

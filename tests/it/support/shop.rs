@@ -246,6 +246,19 @@ impl Shop {
         );
     }
 
+    /// A merge patch of the cluster's spec with `spec` (JSON).
+    pub fn patch_spec(&self, spec: &str) {
+        self.tb.kubectl_ok(&[
+            "patch",
+            "-n",
+            &self.ns.name,
+            "cluster/shop",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{spec}}}"#),
+        ]);
+    }
+
     /// `theseus cluster ARGS… -n NS`, which must succeed.
     pub fn cli(&self, args: &[&str]) -> String {
         support::run::stdout_ok(
