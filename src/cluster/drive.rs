@@ -146,6 +146,9 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
                 start_plan(cluster, &mut st, &goal, &config, &catalog, &plans).await?
             {
                 problem = Some(err);
+            } else {
+                // The new plan's first pass, at once.
+                action = Action::requeue(Duration::from_millis(50));
             }
         }
     }
@@ -593,13 +596,24 @@ async fn act(
     }
     size_pools(cluster, plan, desired, catalog, cx).await?;
     bind(cluster, desired, installs, &bound, &nodes).await?;
+    // The nodes are told at once, not one after another: a task on the
+    // last node in name order starts as soon as one on the first.
+    let mut puts = Vec::new();
     for (node, ni) in &bound {
         if desired.exists.contains_key(node) {
-            put_node(cluster, ni, desired, node, catalog, &nodes, cx).await?;
+            puts.push(put_node(cluster, ni, desired, node, catalog, &nodes, cx));
         }
+    }
+    while !puts.is_empty() {
+        let rest = puts.split_off(puts.len().min(PARALLEL_WRITES));
+        futures::future::try_join_all(puts).await?;
+        puts = rest;
     }
     Ok(())
 }
+
+/// How many nodes a pass writes to at once.
+const PARALLEL_WRITES: usize = 16;
 
 /// One NodePool per node class of the plan, with as many replicas as
 /// nodes of the class should exist.
@@ -802,6 +816,9 @@ async fn finish_delete(
         "RemoveFinalizer",
     )
     .await?;
+    if let Ok(mut solved) = cx.solved.lock() {
+        solved.remove(&cluster.uid().unwrap_or_default());
+    }
     Ok(Action::await_change())
 }
 

@@ -97,8 +97,26 @@ enum Outcome {
     Failed(String),
 }
 
-/// The plan's status after this pass.
+/// The plan's status after this pass: [`step_once`] until nothing more
+/// changes, so that tasks with nothing to wait for (a bootstrap of a node
+/// already Ready, a task without a hook) and the tasks after them move in
+/// the same pass instead of one pass each.
 pub fn step(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> ClusterPlanStatus {
+    let mut next = step_once(spec, status, w);
+    // Each round that changes something finishes or starts a task; a
+    // task moves at most three times (pending, running, done).
+    for _ in 0..3 * (spec.tasks.len() + spec.inverse.len()) + 3 {
+        let again = step_once(spec, &next, w);
+        if again == next {
+            break;
+        }
+        next = again;
+    }
+    next
+}
+
+/// One round of a pass: start what can start, notice what ended.
+fn step_once(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> ClusterPlanStatus {
     let mut next = status.clone();
     let forward = matches!(
         next.phase,
@@ -118,7 +136,7 @@ pub fn step(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> Cl
                 PlanPhase::Running
             };
             if next.phase == PlanPhase::Running {
-                return step(spec, &next, w);
+                return step_once(spec, &next, w);
             }
         }
         PlanPhase::Running => run_forward(spec, &mut next, w),

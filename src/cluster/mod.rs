@@ -49,6 +49,35 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// A fingerprint of the catalog as it stands now (every object's name
+    /// and resourceVersion): equal fingerprints, the same catalog.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut versions: Vec<(String, String, Option<String>)> = Vec::new();
+        versions.extend(
+            self.services
+                .state()
+                .iter()
+                .map(|o| ("s".into(), o.name_any(), o.resource_version())),
+        );
+        versions.extend(
+            self.node_classes
+                .state()
+                .iter()
+                .map(|o| ("n".into(), o.name_any(), o.resource_version())),
+        );
+        versions.extend(
+            self.templates
+                .state()
+                .iter()
+                .map(|o| ("t".into(), o.name_any(), o.resource_version())),
+        );
+        versions.sort();
+        versions.hash(&mut h);
+        h.finish()
+    }
+
     /// The catalog as it stands now.
     pub fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::default();
@@ -73,6 +102,10 @@ pub struct Context {
     pub stores: Stores,
     /// Events.
     pub recorder: kube::runtime::events::Recorder,
+    /// What each cluster (by uid) was last solved from: its generation,
+    /// the catalog's fingerprint and the layout hash it then had. A pass
+    /// with the same inputs (a node's report woke it) does not solve again.
+    pub solved: std::sync::Mutex<HashMap<String, (Option<i64>, u64, Option<String>)>>,
 }
 
 impl Context {
@@ -84,6 +117,7 @@ impl Context {
             ctx,
             stores,
             recorder,
+            solved: Default::default(),
         })
     }
 }

@@ -79,6 +79,7 @@ fn solve_context(client: kube::Client, stores: Stores) -> Arc<Context> {
         ctx,
         stores,
         recorder,
+        solved: Default::default(),
     })
 }
 
@@ -193,6 +194,7 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
         ctx,
         stores: stores.clone(),
         recorder,
+        solved: Default::default(),
     });
     let t = stores.templates.state()[0].clone();
     template::reconcile(t.clone(), cx).await.expect("a pass");

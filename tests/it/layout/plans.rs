@@ -384,7 +384,7 @@ async fn an_operator_killed_at_random_moments_finishes_every_plan_with_no_task_t
     let mut previous: Option<String> = None;
     // A create, then scales up and down until enough kills happened.
     let cycle = [5, 3, 4, 3];
-    for i in 0..60 {
+    for i in 0..120 {
         if i > 0 && kills >= wanted {
             break;
         }
@@ -403,7 +403,7 @@ async fn an_operator_killed_at_random_moments_finishes_every_plan_with_no_task_t
         // Kill and restart the operator at random moments until the
         // plan for this size has ended.
         loop {
-            tokio::time::sleep(Duration::from_millis(moments.next_ms(200, 2500))).await;
+            tokio::time::sleep(Duration::from_millis(moments.next_ms(50, 1200))).await;
             let ended = match shop.plan_name().await {
                 Some(name) if Some(&name) != previous.as_ref() => {
                     let phase = shop.plan(&name).await.status.map(|s| s.phase);
