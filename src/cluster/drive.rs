@@ -475,13 +475,53 @@ async fn execute(
     halted: bool,
     cx: &Context,
 ) -> Result<ClusterPlanStatus, Error> {
-    let installs = cluster_nodes(cluster, cx);
+    let mut installs = cluster_nodes(cluster, cx);
+    let status = plan.status.clone().unwrap_or_default();
+    let plan_id = format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default());
+    let name = cluster.name_any();
+    let now = Timestamp::now();
+    // Nodes that registered since the last pass are bound first, so that
+    // this pass's step sees them (their createNode ends now, not a pass
+    // later).
+    {
+        let views = views(&installs);
+        let world = world(cluster, plan, &views, catalog, halted, &name, &plan_id, now);
+        let desired = execute::desired(&plan.spec, &status, &world);
+        let nodes: Api<NodeInstall> = Api::all(cx.ctx.client.clone());
+        for (install, node) in bind(cluster, &desired, &installs, &nodes).await? {
+            if let Some(ni) = installs.iter_mut().find(|n| n.name_any() == install) {
+                ni.labels_mut().insert(NODE_LABEL.into(), node);
+            }
+        }
+    }
     let views = views(&installs);
-    let world = World {
-        nodes: &views,
+    let world = world(cluster, plan, &views, catalog, halted, &name, &plan_id, now);
+    let next = execute::step(&plan.spec, &status, &world);
+    if next != status {
+        record_plan(cluster, plan, &next, plans).await?;
+    }
+    let desired = execute::desired(&plan.spec, &next, &world);
+    act(cluster, plan, &desired, &installs, catalog, cx).await?;
+    Ok(next)
+}
+
+/// What a step of `plan` reads besides the plan.
+#[allow(clippy::too_many_arguments)]
+fn world<'a>(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    views: &'a BTreeMap<String, NodeView>,
+    catalog: &'a Catalog,
+    halted: bool,
+    name: &'a str,
+    plan_id: &'a str,
+    now: Timestamp,
+) -> World<'a> {
+    World {
+        nodes: views,
         catalog,
-        cluster: &cluster.name_any(),
-        plan: &format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default()),
+        cluster: name,
+        plan: plan_id,
         halted,
         paused: cluster.spec.paused,
         manual: cluster.spec.plan_approval == PlanApproval::Manual,
@@ -496,16 +536,8 @@ async fn execute(
         // the delete plan that follows it.
         cancel: cluster.metadata.deletion_timestamp.is_some()
             && plan.spec.operation != Operation::Delete,
-        now: Timestamp::now(),
-    };
-    let status = plan.status.clone().unwrap_or_default();
-    let next = execute::step(&plan.spec, &status, &world);
-    if next != status {
-        record_plan(cluster, plan, &next, plans).await?;
+        now,
     }
-    let desired = execute::desired(&plan.spec, &next, &world);
-    act(cluster, plan, &desired, &installs, catalog, cx).await?;
-    Ok(next)
 }
 
 /// The NodeInstalls of the cluster's pools, from the shared store.
@@ -595,7 +627,7 @@ async fn act(
         }
     }
     size_pools(cluster, plan, desired, catalog, cx).await?;
-    bind(cluster, desired, installs, &bound, &nodes).await?;
+    bind(cluster, desired, installs, &nodes).await?;
     // The nodes are told at once, not one after another: a task on the
     // last node in name order starts as soon as one on the first.
     let mut puts = Vec::new();
@@ -604,10 +636,18 @@ async fn act(
             puts.push(put_node(cluster, ni, desired, node, catalog, &nodes, cx));
         }
     }
-    while !puts.is_empty() {
-        let rest = puts.split_off(puts.len().min(PARALLEL_WRITES));
-        futures::future::try_join_all(puts).await?;
-        puts = rest;
+    in_parallel(puts).await
+}
+
+/// Runs `writes`, [`PARALLEL_WRITES`] at a time; the first error ends it.
+async fn in_parallel<F>(mut writes: Vec<F>) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>>,
+{
+    while !writes.is_empty() {
+        let rest = writes.split_off(writes.len().min(PARALLEL_WRITES));
+        futures::future::try_join_all(writes).await?;
+        writes = rest;
     }
     Ok(())
 }
@@ -669,9 +709,12 @@ async fn bind(
     cluster: &Cluster,
     desired: &Desired,
     installs: &[NodeInstall],
-    bound: &BTreeMap<String, &NodeInstall>,
     nodes: &Api<NodeInstall>,
-) -> Result<(), Error> {
+) -> Result<Vec<(String, String)>, Error> {
+    let bound: BTreeSet<&String> = installs
+        .iter()
+        .filter_map(|n| n.labels().get(NODE_LABEL))
+        .collect();
     let mut free: BTreeMap<String, Vec<&NodeInstall>> = BTreeMap::new();
     for ni in installs {
         let unbound = !ni.labels().contains_key(NODE_LABEL)
@@ -681,8 +724,9 @@ async fn bind(
             free.entry(pool).or_default().push(ni);
         }
     }
+    let mut binds = Vec::new();
     for (node, class) in &desired.exists {
-        if bound.contains_key(node) {
+        if bound.contains(node) {
             continue;
         }
         let Some(candidates) = free.get_mut(&pool_name(cluster, class)) else {
@@ -693,10 +737,18 @@ async fn bind(
             continue;
         }
         let ni = candidates.remove(0);
-        let patch = json!({ "metadata": { "labels": { NODE_LABEL: node } } });
-        merge(nodes, &ni.name_any(), &patch, cluster, "BindNode").await?;
+        binds.push((ni.name_any(), node.clone()));
     }
-    Ok(())
+    let patches: Vec<serde_json::Value> = binds
+        .iter()
+        .map(|(_, node)| json!({ "metadata": { "labels": { NODE_LABEL: node } } }))
+        .collect();
+    let mut writes = Vec::new();
+    for ((name, _), patch) in binds.iter().zip(&patches) {
+        writes.push(merge(nodes, name, patch, cluster, "BindNode"));
+    }
+    in_parallel(writes).await?;
+    Ok(binds)
 }
 
 /// The node's target (its services' packages) and hook, when they differ

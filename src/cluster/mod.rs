@@ -105,8 +105,12 @@ pub struct Context {
     /// What each cluster (by uid) was last solved from: its generation,
     /// the catalog's fingerprint and the layout hash it then had. A pass
     /// with the same inputs (a node's report woke it) does not solve again.
-    pub solved: std::sync::Mutex<HashMap<String, (Option<i64>, u64, Option<String>)>>,
+    pub solved: std::sync::Mutex<HashMap<String, SolvedFrom>>,
 }
+
+/// A cluster's generation, the catalog's fingerprint and the cluster's
+/// layout hash, as a solve read them.
+pub type SolvedFrom = (Option<i64>, u64, Option<String>);
 
 impl Context {
     /// A context whose events are reported as the operator.
