@@ -5,6 +5,7 @@
 //! attempt, heartbeats, and serves the node's local HTTP API.
 
 pub mod activate;
+pub mod address;
 pub mod api;
 pub mod health;
 pub mod hooks;
@@ -55,7 +56,9 @@ pub enum SupervisorKind {
     theseus agent --node-name dev-1 --root /tmp/dev-1 --listen 127.0.0.1:7071 --env PORT=8081 \\\n      \
     --allow-unsigned   # development only\n\n\
     An agent refuses every target until it trusts a key (--trusted-key) and the target's\n\
-    repository is allowed (--allowed-repository); --allow-unsigned is for development only.")]
+    repository is allowed (--allowed-repository); --allow-unsigned is for development only.\n\
+    It reports --address (else its first non-loopback IPv4 address, else its host name) as\n\
+    status.address: where a Cluster's services on this node are published for discovery.")]
 pub struct AgentArgs {
     /// The node's name; also the name of its NodeInstall.
     #[arg(long, env = "THESEUS_NODE_NAME")]
@@ -95,6 +98,14 @@ pub struct AgentArgs {
     /// The cloud instance id to report (NodePools set it).
     #[arg(long, env = "THESEUS_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// The address peers reach this node at (an IP address or a host
+    /// name), reported as the NodeInstall's status.address; a Cluster's
+    /// services are published in the discovery tree at it. Default: the
+    /// host's first non-loopback IPv4 address (the source address of its
+    /// default route), else its host name.
+    #[arg(long, env = "THESEUS_NODE_ADDRESS", value_name = "ADDRESS", value_parser = address::parse)]
+    pub address: Option<String>,
 
     #[command(flatten)]
     pub trust: trust::TrustArgs,
@@ -188,7 +199,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// Registers the node's NodeInstall and starts its status from what the
-/// API holds, with this agent's version and instance.
+/// API holds, with this agent's version, instance and address.
 async fn register_node(
     args: &AgentArgs,
     labels: &BTreeMap<String, String>,
@@ -202,6 +213,7 @@ async fn register_node(
     let status = NodeInstallStatus {
         agent_version: Some(env!("CARGO_PKG_VERSION").into()),
         instance_id: args.instance_id.clone(),
+        address: address::resolve(args.address.as_deref()),
         ..ni.status.clone().unwrap_or_default()
     };
     Ok((client, ni, Reporter::new(status)))

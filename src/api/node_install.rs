@@ -218,6 +218,12 @@ pub struct NodeInstallStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
 
+    /// The address peers reach the node at (an IP address or a host name),
+    /// as its agent reports it (`--address`). A Cluster's services are
+    /// published in the discovery tree at their nodes' addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+
     /// Package ids unpacked on the node (active or not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cached: Vec<String>,

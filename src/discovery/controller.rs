@@ -1,7 +1,8 @@
 //! The ServiceGroup controller: runs each group as a Deployment it owns,
 //! takes the group's status from that Deployment and the publisher, and
 //! holds a finalizer that removes the group's keys from etcd when the group
-//! is deleted. [`run`] starts it together with the publisher.
+//! is deleted. [`run`] starts it together with the publisher, which also
+//! publishes the Clusters' services ([`clusters`](super::clusters)).
 //!
 //! A reconcile is a list of named steps: resolve (pure: path and owner) →
 //! remove a previous path → apply the Deployment → ask for a publish →
@@ -26,13 +27,15 @@ use kube::{Api, Client, Resource, ResourceExt};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cluster_sync::ClusterSync;
 use super::config::EtcdConfig;
 use super::paths::Layout;
 use super::status::{self, Blocked, Observation};
 use super::sync::{self, Command, Reports};
 use super::{FIELD_MANAGER, FINALIZER, NAME_LABEL, deployment, projection};
-use crate::api::ServiceGroup;
+use crate::api::{Cluster, ServiceGroup};
 use crate::shared::metrics::Metrics;
+use crate::shared::stores::Nodes;
 
 /// What the ServiceGroup controller and the publisher need.
 #[derive(Clone)]
@@ -51,10 +54,15 @@ pub struct Context {
     /// Only ServiceGroups (and their Deployments and pods) in this
     /// namespace; all namespaces when `None`.
     pub namespace: Option<String>,
-    /// Only ServiceGroups whose labels match this selector; all when `None`.
+    /// Only ServiceGroups (and Clusters, and NodeInstalls) whose labels
+    /// match this selector; all when `None`.
     pub selector: Option<String>,
     /// Where reconciles and their failures are counted.
     pub metrics: Metrics,
+    /// The NodeInstalls of the Clusters whose services are published: the
+    /// operator's shared watch; `None` watches them for this controller
+    /// alone (with `selector`).
+    pub nodes: Option<Nodes>,
 }
 
 impl Context {
@@ -74,6 +82,7 @@ impl Context {
             namespace: None,
             selector: None,
             metrics: Metrics::default(),
+            nodes: None,
         }
     }
 
@@ -194,7 +203,20 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
         .reconcile_on(notified);
     let (commands, command_rx) = mpsc::channel(64);
     let reports = Reports::default();
-    let publisher = publisher(&ctx, store.clone(), reports.clone(), notify, command_rx);
+    // A watch of NodeInstalls of its own, when not given one, ends with it.
+    let own_watch = tokio_util::sync::CancellationToken::new();
+    let _own_watch = own_watch.clone().drop_guard();
+    let nodes = ctx.nodes.clone().unwrap_or_else(|| {
+        let scope = crate::shared::scoped(ctx.selector.as_deref());
+        Nodes::watch(ctx.client.clone(), scope, own_watch)
+    });
+    let inputs = Inputs {
+        groups: store.clone(),
+        nodes,
+        reports: reports.clone(),
+        notify,
+    };
+    let publisher = publisher(&ctx, inputs, command_rx);
     let state = Arc::new(State {
         client: ctx.client.clone(),
         metrics: ctx.metrics.clone(),
@@ -218,31 +240,50 @@ async fn run_controllers(ctx: Context) -> Result<(), ControllerError> {
     }
 }
 
-/// The publisher, fed by its own reflector of the groups' pods and by the
-/// controller's commands.
-fn publisher(
-    ctx: &Context,
+/// What the publisher shares with the controller.
+struct Inputs {
     groups: Store<ServiceGroup>,
+    nodes: Nodes,
     reports: Reports,
     notify: futures::channel::mpsc::UnboundedSender<ObjectRef<ServiceGroup>>,
+}
+
+/// The publisher, fed by its own reflectors of the groups' pods and of the
+/// Clusters, by the NodeInstalls' events and by the controller's commands.
+fn publisher(
+    ctx: &Context,
+    inputs: Inputs,
     commands: mpsc::Receiver<Command>,
 ) -> BoxFuture<'static, ()> {
     let labelled = crate::shared::scoped(None).labels(NAME_LABEL);
     let (pod_store, pod_writer) = reflector::store();
-    let pod_events =
+    let pods =
         reflector::reflector(pod_writer, watcher(ctx.api::<Pod>(), labelled)).default_backoff();
+    let scoped = crate::shared::scoped(ctx.selector.as_deref());
+    let (cluster_store, cluster_writer) = reflector::store();
+    let clusters = reflector::reflector(cluster_writer, watcher(ctx.api::<Cluster>(), scoped))
+        .default_backoff();
+    let recorder = Some(ctx.recorder.clone());
+    let cluster_sync = ClusterSync::new(cluster_store, inputs.nodes.store().clone(), recorder);
+    let events = sync::Events {
+        pods: pods.boxed(),
+        clusters: clusters.boxed(),
+        nodes: inputs.nodes.subscribe().boxed(),
+    };
     sync::run(
         sync::Sync {
             etcd: ctx.etcd.clone(),
-            groups,
+            groups: inputs.groups,
             pods: pod_store,
-            reports,
-            notify,
+            clusters: cluster_sync,
+            nodes: inputs.nodes,
+            reports: inputs.reports,
+            notify: inputs.notify,
             resync_every: ctx.resync_interval,
             concurrency: ctx.write_concurrency,
         },
         commands,
-        pod_events.boxed(),
+        events,
     )
     .boxed()
 }

@@ -1,17 +1,21 @@
 //! Service discovery: the etcd tree (docs/architecture.md, "The etcd
 //! discovery tree"), the ServiceGroup
 //! controller that runs each group as a Deployment, and the publisher that
-//! keeps the tree a projection of each group's ready pods.
+//! keeps the tree a projection of each group's ready pods and of each
+//! Cluster's services on its ready nodes.
 //!
 //! - [`paths`]: the key layout and group encoding (pure);
 //! - [`tree`]: the driver operations over etcd v3;
 //! - [`diff`]: desired against actual keys, as transactions (pure);
 //! - [`projection`]: pods and ServiceGroups to tree contents (pure);
+//! - [`clusters`]: Clusters and their NodeInstalls to tree contents (pure);
 //! - [`publisher`]: writes groups into the tree under a lease;
 //! - [`lease`]: keeps that lease alive from a task of its own;
 //! - [`controller`]: the ServiceGroup controller and [`run`];
 //! - [`follow`]: what an application uses to follow a group.
 
+mod cluster_sync;
+pub mod clusters;
 pub mod config;
 pub mod controller;
 pub mod deployment;
@@ -33,8 +37,9 @@ pub use model::{ContainerInfo, GroupConfig, PortMapping};
 pub use tree::{Tree, TreeError};
 
 /// The ServiceGroup controller and publisher as one of `theseus operator`'s
-/// controllers: runs while the operator leads, publishing into `etcd`;
-/// without an etcd (`--no-discovery`) it idles.
+/// controllers: runs while the operator leads, publishing ServiceGroups and
+/// the Clusters' services into `etcd`; without an etcd (`--no-discovery`)
+/// it idles.
 pub fn operator_controller(
     shared: crate::shared::Shared,
     etcd: Option<EtcdConfig>,
@@ -49,6 +54,7 @@ pub fn operator_controller(
         let mut discovery = Context::new(shared.client.clone(), etcd);
         discovery.selector = shared.selector.clone();
         discovery.metrics = shared.metrics.clone();
+        discovery.nodes = Some(shared.stores.nodes.clone());
         discovery.recorder =
             kube::runtime::events::Recorder::new(shared.client.clone(), shared.reporter.clone());
         tokio::select! {

@@ -1,15 +1,18 @@
-//! The publisher loop: watches the groups' pods, and on every change —
-//! and on start, on a re-list, on a replaced lease and every resync
-//! interval — publishes the affected groups. It is the only writer of
-//! published groups, so a group's removal (sent by the controller's
-//! finalizer) never races with a publish of the same group.
+//! The publisher loop: watches the groups' pods, the Clusters and their
+//! NodeInstalls, and on every change — and on start, on a re-list, on a
+//! replaced lease and every resync interval — publishes the affected
+//! groups (a ServiceGroup's, or a cluster's service, see
+//! [`clusters`](super::clusters)). It is the only writer of published
+//! groups, so a group's removal (sent by the controller's finalizer) never
+//! races with a publish of the same group.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -18,13 +21,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::NAME_LABEL;
+use super::cluster_sync::{ClusterSync, Work};
 use super::config::EtcdConfig;
 use super::paths::Layout;
 use super::projection;
 use super::publisher::{GroupState, PublishError, Publisher};
 use super::status::Published;
 use super::tree::{Tree, backoff};
-use crate::api::ServiceGroup;
+use crate::api::{Cluster, NodeInstall, ServiceGroup};
+use crate::shared::stores::Nodes;
 
 /// What the publisher did last per ServiceGroup (`namespace`, `name`).
 pub(crate) type Reports = Arc<Mutex<HashMap<(String, String), Published>>>;
@@ -51,10 +56,32 @@ pub(crate) struct Sync {
     pub etcd: EtcdConfig,
     pub groups: Store<ServiceGroup>,
     pub pods: Store<Pod>,
+    /// The clusters' part of the loop.
+    pub clusters: ClusterSync,
+    /// The NodeInstalls (for their first full list).
+    pub nodes: Nodes,
     pub reports: Reports,
     pub notify: UnboundedSender<ObjectRef<ServiceGroup>>,
     pub resync_every: Duration,
     pub concurrency: usize,
+}
+
+/// The publisher loop's event streams.
+pub(crate) struct Events {
+    /// The groups' pods.
+    pub pods: BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>,
+    /// The Clusters.
+    pub clusters: BoxStream<'static, Result<watcher::Event<Cluster>, watcher::Error>>,
+    /// The NodeInstalls.
+    pub nodes: BoxStream<'static, watcher::Event<NodeInstall>>,
+}
+
+/// A part of the loop whose inputs are listed: it may publish.
+enum Gate {
+    /// Pods and ServiceGroups.
+    Groups,
+    /// Clusters and NodeInstalls (opened after [`Gate::Groups`]).
+    Clusters,
 }
 
 struct Loop {
@@ -64,16 +91,19 @@ struct Loop {
     full: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    groups_open: bool,
+    clusters_open: bool,
 }
 
 /// Runs until the command channel closes or the future is dropped.
-pub(crate) async fn run(
-    sync: Sync,
-    mut commands: mpsc::Receiver<Command>,
-    pod_events: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send,
-) {
-    let mut pod_events = std::pin::pin!(pod_events);
+pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, events: Events) {
+    let Events {
+        mut pods,
+        mut clusters,
+        mut nodes,
+    } = events;
     let resync_every = sync.resync_every;
+    let mut gates = gates(&sync);
     let mut state = Loop {
         sync,
         publisher: None,
@@ -81,39 +111,42 @@ pub(crate) async fn run(
         full: true,
         failures: 0,
         retry_at: None,
+        groups_open: false,
+        clusters_open: false,
     };
-    // Pods and groups must be listed before the first (full) publish, or
-    // it would remove the entries of pods not seen yet.
-    let pods_ready = state.sync.pods.clone();
-    let groups_ready = state.sync.groups.clone();
-    let mut ready = Box::pin(async move {
-        let _ = pods_ready.wait_until_ready().await;
-        let _ = groups_ready.wait_until_ready().await;
-    })
-    .fuse();
-    let mut is_ready = false;
     let mut resync = tokio::time::interval(resync_every);
     // The lease is renewed by the publisher's own task; this loop only
     // hears when it was replaced, and then publishes everything again.
     let mut lease_changes: Option<watch::Receiver<i64>> = None;
     loop {
-        if is_ready {
-            state.flush_if_due().await;
-        }
+        state.flush_if_due().await;
         if lease_changes.is_none() {
             lease_changes = state.publisher.as_ref().map(Publisher::lease_changes);
         }
         let retry_at = state.retry_at;
+        let all_open = state.clusters_open;
         tokio::select! {
-            () = &mut ready, if !is_ready => is_ready = true,
+            Some(gate) = gates.next(), if !all_open => state.open(gate),
             command = commands.recv() => match command {
                 Some(command) => state.handle(command).await,
                 None => return,
             },
-            Some(event) = pod_events.next() => {
+            Some(event) = pods.next() => {
                 state.on_pod_event(event);
-                while let Some(Some(event)) = pod_events.next().now_or_never() {
+                while let Some(Some(event)) = pods.next().now_or_never() {
                     state.on_pod_event(event);
+                }
+            }
+            Some(event) = clusters.next() => {
+                state.on_cluster_event(event);
+                while let Some(Some(event)) = clusters.next().now_or_never() {
+                    state.on_cluster_event(event);
+                }
+            }
+            Some(event) = nodes.next() => {
+                state.on_node_event(&event);
+                while let Some(Some(event)) = nodes.next().now_or_never() {
+                    state.on_node_event(&event);
                 }
             }
             _ = resync.tick() => state.full = true,
@@ -121,6 +154,31 @@ pub(crate) async fn run(
             () = sleep_until(retry_at), if retry_at.is_some() => state.retry_at = None,
         }
     }
+}
+
+/// The gates, in order: pods and groups must be listed before the first
+/// (full) publish, or it would remove the entries of pods not seen yet;
+/// clusters and their NodeInstalls before their groups are. One after
+/// the other (kube's `wait_until_ready` wakes one waiter of a store only),
+/// so clusters that cannot be listed never hold ServiceGroups back.
+fn gates(sync: &Sync) -> BoxStream<'static, Gate> {
+    let (pods, groups) = (sync.pods.clone(), sync.groups.clone());
+    let (clusters, nodes) = (sync.clusters.store(), sync.nodes.clone());
+    let listed = async move {
+        let _ = pods.wait_until_ready().await;
+        let _ = groups.wait_until_ready().await;
+        Gate::Groups
+    };
+    let clusters_listed = async move {
+        let _ = clusters.wait_until_ready().await;
+        if nodes.ready("discovery").await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Gate::Clusters
+    };
+    futures::stream::once(listed)
+        .chain(futures::stream::once(clusters_listed))
+        .boxed()
 }
 
 /// Resolves when the lease was replaced; never without a publisher.
@@ -138,6 +196,25 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Loop {
+    fn open(&mut self, gate: Gate) {
+        match gate {
+            Gate::Groups => self.groups_open = true,
+            Gate::Clusters => self.clusters_open = true,
+        }
+        self.full = true;
+    }
+
+    fn on_cluster_event(&mut self, event: Result<watcher::Event<Cluster>, watcher::Error>) {
+        match event {
+            Ok(event) => self.full |= self.sync.clusters.on_cluster(&event),
+            Err(error) => tracing::warn!(%error, "watching Clusters failed; retrying"),
+        }
+    }
+
+    fn on_node_event(&mut self, event: &watcher::Event<NodeInstall>) {
+        self.full |= self.sync.clusters.on_node(event);
+    }
+
     fn on_pod_event(&mut self, event: Result<watcher::Event<Pod>, watcher::Error>) {
         match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => {
@@ -166,6 +243,7 @@ impl Loop {
                 let result = self.remove(&service, &group).await;
                 if result.is_ok() {
                     lock(&self.sync.reports).remove(&owner);
+                    self.sync.clusters.path_freed(&group);
                 }
                 let _ = done.send(result.map_err(|e| e.to_string()));
             }
@@ -202,7 +280,9 @@ impl Loop {
     }
 
     async fn flush_if_due(&mut self) {
-        if (self.dirty.is_empty() && !self.full) || self.retry_at.is_some() {
+        let clusters_dirty = self.clusters_open && self.sync.clusters.is_dirty();
+        let idle = self.dirty.is_empty() && !self.full && !clusters_dirty;
+        if !self.groups_open || idle || self.retry_at.is_some() {
             return;
         }
         match self.flush().await {
@@ -219,6 +299,36 @@ impl Loop {
     async fn flush(&mut self) -> Result<(), PublishError> {
         // Connecting may replace the lease, which makes this a full publish.
         let connected = self.publisher().await.map(|_| ());
+        let (publishable, mut states) = self.group_states();
+        let groups = states.len();
+        let clusters = self.clusters_open.then(|| {
+            self.sync
+                .clusters
+                .work(self.full, &self.sync.groups.state())
+        });
+        states.extend(clusters.iter().flat_map(|w| w.publish.iter().cloned()));
+        let result = match (connected, &self.publisher) {
+            (Ok(()), Some(publisher)) => write(publisher, &states, clusters.as_ref()).await,
+            (Err(error), _) => Err(error),
+            (Ok(()), None) => Ok(()),
+        };
+        self.report_all(&publishable, &states[..groups], &result);
+        if let Some(work) = clusters {
+            self.sync.clusters.warn(&work).await;
+            if result.is_ok() {
+                self.sync.clusters.done(work);
+            }
+        }
+        if result.is_ok() {
+            self.dirty.clear();
+            self.full = false;
+        }
+        result
+    }
+
+    /// The ServiceGroups to publish (all of them when full, else the
+    /// changed ones) and what each should hold.
+    fn group_states(&self) -> (Vec<Arc<ServiceGroup>>, Vec<GroupState>) {
         let all = self.sync.groups.state();
         let targets: Vec<Arc<ServiceGroup>> = if self.full {
             all.clone()
@@ -229,23 +339,27 @@ impl Loop {
                 .collect()
         };
         let pods = pods_by_group(&self.sync.pods);
-        let (publishable, states): (Vec<&Arc<ServiceGroup>>, Vec<GroupState>) = targets
-            .iter()
+        targets
+            .into_iter()
             .filter(|sg| projection::publishable(sg, all.iter().map(AsRef::as_ref)))
             .filter_map(|sg| {
-                let own = pods.get(&key(sg)).map(Vec::as_slice).unwrap_or_default();
-                let state = projection::group_state(sg, own.iter().map(AsRef::as_ref)).ok()?;
+                let own = pods.get(&key(&sg)).map(Vec::as_slice).unwrap_or_default();
+                let state = projection::group_state(&sg, own.iter().map(AsRef::as_ref)).ok()?;
                 Some((sg, state))
             })
-            .unzip();
-        let result = match (connected, &self.publisher) {
-            (Ok(()), Some(publisher)) => publisher.publish(&states).await.map(|_| ()),
-            (Err(error), _) => Err(error),
-            (Ok(()), None) => Ok(()),
-        };
+            .unzip()
+    }
+
+    /// Tells each published ServiceGroup how its publish went.
+    fn report_all(
+        &self,
+        publishable: &[Arc<ServiceGroup>],
+        states: &[GroupState],
+        result: &Result<(), PublishError>,
+    ) {
         let layout = Layout::new(&self.sync.etcd.prefix);
         let error = result.as_ref().err().map(ToString::to_string);
-        for (sg, state) in publishable.iter().zip(&states) {
+        for (sg, state) in publishable.iter().zip(states) {
             let report = Published {
                 path: layout.group(&state.service, &state.group),
                 containers: state.containers.len(),
@@ -253,11 +367,6 @@ impl Loop {
             };
             self.report(sg, report);
         }
-        if result.is_ok() {
-            self.dirty.clear();
-            self.full = false;
-        }
-        result
     }
 
     fn report(&self, sg: &ServiceGroup, report: Published) {
@@ -266,6 +375,27 @@ impl Loop {
             let _ = self.sync.notify.unbounded_send(ObjectRef::from_obj(sg));
         }
     }
+}
+
+/// Publishes `states`, then removes the groups clusters no longer have.
+async fn write(
+    publisher: &Publisher,
+    states: &[GroupState],
+    clusters: Option<&Work>,
+) -> Result<(), PublishError> {
+    publisher.publish(states).await?;
+    for (service, group) in clusters.iter().flat_map(|w| &w.remove) {
+        let removed = publisher.remove(service, group).await?;
+        if removed > 0 {
+            tracing::info!(
+                service,
+                group,
+                removed,
+                "removed a cluster's group from the discovery tree"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn key(sg: &ServiceGroup) -> (String, String) {

@@ -190,6 +190,8 @@ impl Local {
             .args(["--labels", &labels.join(",")])
             .args(["--instance-id", &self.id(seq)])
             .args(["--listen", "127.0.0.1:0", "--heartbeat-seconds", "5"])
+            // Its services listen on this machine: peers reach it there.
+            .args(["--address", "127.0.0.1"])
             .args(port.map(|p| format!("--env=PORT={p}")))
             .stdin(Stdio::null())
             .stdout(log)

@@ -84,8 +84,11 @@ impl Operator {
             "4".into(),
             "--stale-after-seconds".into(),
             "30".into(),
-            "--no-discovery".into(),
         ];
+        // Discovery stays off unless the test gives it an etcd.
+        if !extra_args.iter().any(|a| a.starts_with("--discovery-etcd")) {
+            args.push("--no-discovery".into());
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut op = Operator {
             child: None,
