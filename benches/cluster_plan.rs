@@ -57,8 +57,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use support::fleet::{Operator, RUN_LABEL};
-use support::repo_server::RepoServer;
-use support::{TestNamespace, TestbedEnv, test_logs, theseus};
+use support::{TestNamespace, TestbedEnv, test_logs};
 use theseus::api::{
     Cluster, ClusterPlan, ClusterPlanStatus, HookState, NodeInstall, PlanPhase, Task, TaskAction,
     TaskState,
@@ -87,26 +86,6 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// CPU seconds (user + system) and peak resident memory (KiB) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / 100.0, hwm)
-}
-
 /// The hook of every action of every service: it takes `ms`.
 fn hook_script(ms: u64) -> String {
     format!("#!/bin/sh\nexec sleep {}.{:03}\n", ms / 1000, ms % 1000)
@@ -114,33 +93,6 @@ fn hook_script(ms: u64) -> String {
 
 /// The four services, with their install and runtime dependencies.
 const SERVICES: [&str; 4] = ["store", "api", "cache", "worker"];
-
-/// Builds and signs a repository of one package per service, each with
-/// the hook; returns (the server, its public key).
-fn repository(dir: &Path, run: &str, hook: &str) -> (RepoServer, String) {
-    let repo = dir.join("repo");
-    let secret = dir.join("repo.key");
-    let key = support::run::stdout_ok(
-        Command::new(theseus())
-            .args(["repo", "keygen", "--out"])
-            .arg(&secret),
-    )
-    .trim()
-    .to_owned();
-    for service in SERVICES {
-        let id = format!("{run}-{service}--1.0");
-        let src = support::pkg::package_dir(dir, &id, &[], &[("bin/hook", hook)]);
-        theseus::pkg::build::build(&src, &repo.join("packages")).unwrap();
-    }
-    support::run::stdout_ok(
-        Command::new(theseus())
-            .args(["repo", "index"])
-            .arg(&repo)
-            .arg("--sign-key")
-            .arg(&secret),
-    );
-    (RepoServer::start(Command::new(theseus()), &repo), key)
-}
 
 /// How many nodes run each service in a cluster of `nodes`.
 fn counts(nodes: u64) -> [(&'static str, u64); 4] {
@@ -158,10 +110,12 @@ fn counts(nodes: u64) -> [(&'static str, u64); 4] {
 /// with one service per node) and the Cluster.
 fn manifests(run: &str, url: &str, key: &str, nodes: u64, hook_ms: u64) -> (String, String) {
     let timeout = hook_ms / 1000 + 60;
-    let hook = format!("{{argv: [/bin/sh, bin/hook], timeoutSeconds: {timeout}}}");
-    let actions = format!(
-        "{{install: {hook}, configure: {hook}, initialize: {hook}, start: {hook}, stop: {hook}, remove: {hook}}}"
-    );
+    let actions = |service: &str| {
+        let hook = format!("{{argv: [/bin/sh, bin/{run}-{service}], timeoutSeconds: {timeout}}}");
+        format!(
+            "{{install: {hook}, configure: {hook}, initialize: {hook}, start: {hook}, stop: {hook}, remove: {hook}}}"
+        )
+    };
     let deps = |service: &str| match service {
         "api" => format!(
             "{{install: {{requires: [{run}-store]}}, runtime: {{requires: [{run}-store], uses: [{run}-cache]}}}}"
@@ -191,10 +145,11 @@ spec:
   repository: {run}
   packages: [{run}-{service}--1.0]
   dependencies: {}
-  actions: {actions}
+  actions: {}
 ---
 ",
-            deps(service)
+            deps(service),
+            actions(service)
         );
     }
     let names: Vec<String> = SERVICES.iter().map(|s| format!("{run}-{s}")).collect();
@@ -812,7 +767,9 @@ async fn main() {
     let ns = TestNamespace::create(&tb, &client, "cplan").await;
     let run = ns.name.clone();
     let work = tempfile::tempdir().unwrap();
-    let (server, key) = repository(work.path(), &run, &hook_script(hook_ms));
+    let names: Vec<String> = SERVICES.iter().map(|s| format!("{run}-{s}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (server, key) = support::shop::hook_repository(work.path(), &names, &hook_script(hook_ms));
     let state = work.path().join("state");
     let state_arg = state.to_str().unwrap().to_owned();
     let logs = test_logs(&run);
@@ -864,7 +821,7 @@ async fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (cpu_before, _) = usage(pid);
+    let (cpu_before, _) = support::run::usage(pid);
     eprintln!("creating cluster {CLUSTER} of {nodes} nodes, hooks of {hook_ms} ms …");
     let out = tb.kubectl_stdin(&["apply", "-n", &ns.name], &cluster);
     assert!(
@@ -909,7 +866,7 @@ async fn main() {
             }
         }
     }
-    let (cpu_after, peak_kib) = usage(pid);
+    let (cpu_after, peak_kib) = support::run::usage(pid);
     // The last status writes reach the watches.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for w in &watches {

@@ -28,26 +28,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// CPU seconds (user + system) and peak resident memory (KiB) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / 100.0, hwm)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let Some(tb) = support::testbed() else {
@@ -89,7 +69,7 @@ async fn main() {
     let operator = Operator::start(&tb, &run, &run, "bench", &logs);
     let pid = operator.pid();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (cpu_before, _) = usage(pid);
+    let (cpu_before, _) = support::run::usage(pid);
 
     let sets: Api<PackageSet> = Api::all(client.clone());
     let set = json!({
@@ -125,7 +105,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total = started.elapsed();
-    let (cpu_after, peak_kib) = usage(pid);
+    let (cpu_after, peak_kib) = support::run::usage(pid);
 
     let switch_times = fleet.log.lock().unwrap().switch_times.clone();
     let mean = switch_times.iter().sum::<Duration>() / switch_times.len().max(1) as u32;

@@ -30,9 +30,16 @@ if [ "$THESEUS_SERVICE $THESEUS_ACTION" = "$THESEUS_CONFIG_FAIL" ]; then
 fi
 "#;
 
-/// Builds and signs a repository of one package per service; returns
-/// (the server, its public key).
+/// Builds and signs a repository of one package per service, each with
+/// [`HOOK`]; returns (the server, its public key).
 pub fn repository(dir: &Path, services: &[&str]) -> (RepoServer, String) {
+    hook_repository(dir, services, HOOK)
+}
+
+/// Builds and signs a repository of one package `SERVICE--1.0` per
+/// service, each holding `hook` at `bin/SERVICE`; returns (the server,
+/// its public key).
+pub fn hook_repository(dir: &Path, services: &[&str], hook: &str) -> (RepoServer, String) {
     let repo = dir.join("repo");
     let secret = dir.join("repo.key");
     let key = support::run::stdout_ok(
@@ -45,8 +52,8 @@ pub fn repository(dir: &Path, services: &[&str]) -> (RepoServer, String) {
     for service in services {
         let id = format!("{service}--1.0");
         // Each package its own path: a node's packages are merged.
-        let hook = format!("bin/{service}");
-        let src = support::pkg::package_dir(dir, &id, &[], &[(hook.as_str(), HOOK)]);
+        let path = format!("bin/{service}");
+        let src = support::pkg::package_dir(dir, &id, &[], &[(path.as_str(), hook)]);
         theseus::pkg::build::build(&src, &repo.join("packages")).unwrap();
     }
     support::run::stdout_ok(
