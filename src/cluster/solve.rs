@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -52,10 +53,26 @@ pub fn controller(
         let nodes_changed = crate::shared::wake::to_wake::<super::wake::ClusterNode>(
             context.ctx.stores.nodes.subscribe(),
         );
+        // A halt or a resume concerns every cluster at once.
+        let halt_api: Api<ConfigMap> =
+            Api::namespaced(context.ctx.client.clone(), &context.ctx.namespace);
+        let halt_config = crate::shared::scoped(None).fields(&format!(
+            "metadata.name={}",
+            crate::shared::halt::HALT_CONFIGMAP
+        ));
+        let every = clusters.1.clone();
+        let all_clusters = move |_| {
+            every
+                .state()
+                .iter()
+                .map(|c| ObjectRef::from_obj(&**c))
+                .collect::<Vec<_>>()
+        };
         Controller::for_shared_stream(clusters.0, clusters.1)
             .watches_shared_stream(templates, made_from)
             .reconcile_all_on(catalog_changed)
             .reconcile_on(nodes_changed)
+            .watches(halt_api, halt_config, all_clusters)
             .graceful_shutdown_on(async move { stop.cancelled().await })
             .run(reconcile, error_policy, context)
             .for_each(|_| async {})
