@@ -123,19 +123,7 @@ fn manifests(run: &str, url: &str, key: &str, nodes: u64, hook_ms: u64) -> (Stri
         "worker" => format!("{{runtime: {{requires: [{run}-api]}}}}"),
         _ => "{}".to_owned(),
     };
-    let mut catalog = format!(
-        "apiVersion: theseus.dev/v1alpha1
-kind: PackageRepository
-metadata: {{name: {run}, labels: {{{RUN_LABEL}: {run}}}}}
-spec: {{url: '{url}/', publicKeys: ['{key}']}}
----
-apiVersion: theseus.dev/v1alpha1
-kind: NodeClass
-metadata: {{name: {run}-box, labels: {{{RUN_LABEL}: {run}}}}}
-spec: {{provider: {{type: Local, local: {{}}}}}}
----
-"
-    );
+    let mut catalog = support::shop::repository_and_class(run, url, key);
     for service in SERVICES {
         catalog += &format!(
             "apiVersion: theseus.dev/v1alpha1

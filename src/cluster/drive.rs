@@ -116,7 +116,7 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let current = supersede(cluster, current, &goal, &config, &plans).await?;
     let mut action = Action::requeue(POLL);
     let mut problem = None;
-    match current {
+    let latest = match current {
         Some(mut plan) if !finished(&plan) => {
             let next = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
             // A plan that ended in this pass is taken in with the same
@@ -127,6 +127,7 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
                 tracing::info!(cluster = %object(cluster), plan = %plan.name_any(), ?phase, "plan ended");
             }
             absorb(&mut st, Some(&plan));
+            Some(plan)
         }
         last => {
             absorb(&mut st, last.as_ref());
@@ -142,22 +143,24 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
                 if deleting {
                     return finish_delete(cluster, &clusters, cx).await;
                 }
+                last
             } else if let Some(err) =
                 start_plan(cluster, &mut st, &goal, &config, &catalog, &plans).await?
             {
                 problem = Some(err);
+                last
             } else {
                 // The new plan's first pass, at once.
                 action = Action::requeue(Duration::from_millis(50));
+                match &st.plan {
+                    Some(name) => plans
+                        .get_opt(name)
+                        .await
+                        .map_err(kube_err(cluster, "ReadPlan"))?,
+                    None => None,
+                }
             }
         }
-    }
-    let latest = match &st.plan {
-        Some(name) => plans
-            .get_opt(name)
-            .await
-            .map_err(kube_err(cluster, "ReadPlan"))?,
-        None => None,
     };
     let health = Health::of(&st.applied_layout, &cluster_nodes(cluster, cx));
     let observed = conditions(&st, latest.as_ref(), halted, problem, &health);

@@ -66,6 +66,24 @@ pub fn hook_repository(dir: &Path, services: &[&str], hook: &str) -> (RepoServer
     (RepoServer::start(Command::new(theseus()), &repo), key)
 }
 
+/// The PackageRepository `RUN` (at `url`, signed by `key`) and the Local
+/// NodeClass `RUN-box`, as YAML documents.
+pub fn repository_and_class(run: &str, url: &str, key: &str) -> String {
+    format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: PackageRepository
+metadata: {{name: {run}, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{url: '{url}/', publicKeys: ['{key}']}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: NodeClass
+metadata: {{name: {run}-box, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{provider: {{type: Local, local: {{}}}}}}
+---
+"
+    )
+}
+
 /// The catalog: services `RUN-store`, `RUN-api`, `RUN-cache` (the
 /// template's defaults) and `RUN-web` (to amend with), a Local node class
 /// and a template placing the three on their own nodes.
@@ -88,19 +106,7 @@ spec:
 "
         )
     };
-    let mut text = format!(
-        "apiVersion: theseus.dev/v1alpha1
-kind: PackageRepository
-metadata: {{name: {run}, labels: {{{RUN_LABEL}: {run}}}}}
-spec: {{url: '{url}/', publicKeys: ['{key}']}}
----
-apiVersion: theseus.dev/v1alpha1
-kind: NodeClass
-metadata: {{name: {run}-box, labels: {{{RUN_LABEL}: {run}}}}}
-spec: {{provider: {{type: Local, local: {{}}}}}}
----
-"
-    );
+    let mut text = repository_and_class(run, url, key);
     text += &service("store", "{}");
     text += &service(
         "api",
