@@ -64,6 +64,14 @@ pub async fn reconcile(template: Arc<ClusterTemplate>, cx: Arc<Context>) -> Resu
                 message: e.to_string(),
             })?
     };
+    // A template found invalid is assessed again after a while: the
+    // catalog it was read against may have been half listed (a service
+    // seen missing at start-up), and no later event need say otherwise.
+    let action = if assessed.valid.status == crate::api::conditions::Status::True {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(20))
+    };
     let now = Timestamp::now();
     let previous = template.status.clone().unwrap_or_default();
     let mut next = previous.clone();
@@ -80,7 +88,7 @@ pub async fn reconcile(template: Arc<ClusterTemplate>, cx: Arc<Context>) -> Resu
         record(&template, &cx.ctx, &next).await?;
     }
     status::publish(&cx.recorder, &template.object_ref(&()), &changed).await;
-    Ok(Action::await_change())
+    Ok(action)
 }
 
 /// record: the status, by server-side apply.
