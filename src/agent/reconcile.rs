@@ -71,7 +71,10 @@ impl Agent {
         loop {
             let desired = self.desired.borrow_and_update().clone();
             self.reconcile(&desired).await;
-            self.hooks.pass(desired.task.as_ref()).await;
+            let active = self.active_facts().await;
+            if !awaits_switch(&desired, active.hash.as_deref(), self.failed.as_deref()) {
+                self.hooks.pass(desired.task.as_ref()).await;
+            }
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(self.tick) => {}
@@ -319,6 +322,27 @@ impl Agent {
     }
 }
 
+/// The task's hook runs from a package of the target that is not active
+/// yet: it waits for the switch (an install's hook comes with the packages
+/// it installs, in one write). A target that failed does not hold it back:
+/// the hook is then refused, with the active set in its message.
+fn awaits_switch(desired: &Desired, active_hash: Option<&str>, failed: Option<&str>) -> bool {
+    let (Some(task), Some(target)) = (&desired.task, &desired.target) else {
+        return false;
+    };
+    let Some(package) = &task.package else {
+        return false;
+    };
+    let pending =
+        active_hash != Some(target.set_hash.as_str()) && failed != Some(target.set_hash.as_str());
+    pending
+        && target.packages.iter().any(|p| {
+            p == package
+                || p.parse::<PackageId>()
+                    .is_ok_and(|id| id.name() == package.as_str())
+        })
+}
+
 fn facts_of(root: &crate::pkg::Root) -> ActiveFacts {
     let set = root.active().ok().flatten();
     let cached = root.list().unwrap_or_default();
@@ -370,5 +394,62 @@ impl PhaseSink for Sink<'_> {
                 .report_with(active, phase, message, false, self.desired)
                 .await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NodeTask, TaskAction};
+
+    fn desired(package: Option<&str>, packages: &[&str]) -> Desired {
+        Desired {
+            generation: Some(1),
+            target: Some(NodeTarget {
+                set_hash: "new".into(),
+                packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+                ..NodeTarget::default()
+            }),
+            task: Some(NodeTask {
+                id: "plan/forward/node-1/db/install".into(),
+                attempt: 1,
+                service: "db".into(),
+                action: TaskAction::Install,
+                package: package.map(str::to_owned),
+                argv: vec!["bin/db-install".into()],
+                timeout_seconds: 60,
+                env: std::collections::BTreeMap::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_hook_waits_only_for_a_pending_switch_to_its_own_package() {
+        let d = desired(Some("db"), &["db--1.0", "web--2.0"]);
+        // The target holding the hook's package is not active yet: wait.
+        assert!(awaits_switch(&d, Some("old"), None));
+        assert!(awaits_switch(&d, None, None));
+        // Active: run.
+        assert!(!awaits_switch(&d, Some("new"), None));
+        // The switch failed: run, to be refused with what is active.
+        assert!(!awaits_switch(&d, Some("old"), Some("new")));
+        // A package named by id, and one the target lacks.
+        assert!(awaits_switch(
+            &desired(Some("db--1.0"), &["db--1.0"]),
+            None,
+            None
+        ));
+        assert!(!awaits_switch(
+            &desired(Some("cache"), &["db--1.0"]),
+            None,
+            None
+        ));
+        // A hook from no package, or no task.
+        assert!(!awaits_switch(&desired(None, &["db--1.0"]), None, None));
+        let none = Desired {
+            task: None,
+            ..desired(Some("db"), &["db--1.0"])
+        };
+        assert!(!awaits_switch(&none, None, None));
     }
 }

@@ -54,7 +54,9 @@ pub struct NodeTask {
     /// The phase: install, configure, initialize, start, stop or remove.
     pub action: super::TaskAction,
     /// The package (an active one) that `argv[0]` and the working directory
-    /// are inside; none when `argv[0]` is an absolute path.
+    /// are inside; none when `argv[0]` is an absolute path. While the
+    /// target holds it but the node has not switched to it yet, the hook
+    /// waits for the switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
     /// The program and its arguments.

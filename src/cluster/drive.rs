@@ -642,21 +642,21 @@ async fn act(
     in_parallel(puts).await
 }
 
-/// Runs `writes`, [`PARALLEL_WRITES`] at a time; the first error ends it.
-async fn in_parallel<F>(mut writes: Vec<F>) -> Result<(), Error>
+/// Runs `writes`, up to [`PARALLEL_WRITES`] at a time (the next starts as
+/// soon as one ends); the first error ends it.
+async fn in_parallel<F>(writes: Vec<F>) -> Result<(), Error>
 where
     F: std::future::Future<Output = Result<(), Error>>,
 {
-    while !writes.is_empty() {
-        let rest = writes.split_off(writes.len().min(PARALLEL_WRITES));
-        futures::future::try_join_all(writes).await?;
-        writes = rest;
-    }
-    Ok(())
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(writes)
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect()
+        .await
 }
 
 /// How many nodes a pass writes to at once.
-const PARALLEL_WRITES: usize = 16;
+const PARALLEL_WRITES: usize = 32;
 
 /// One NodePool per node class of the plan, with as many replicas as
 /// nodes of the class should exist.

@@ -518,7 +518,7 @@ pub struct Desired {
 /// finished: a node exists from its createNode's start to its
 /// deleteNode's; a service's packages are on a node from its install's
 /// start to its remove's end; a hook is asked for while its task runs
-/// (an install's hook once the node switched).
+/// (an install's with its packages: the agent runs it after the switch).
 pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> Desired {
     let mut exists: BTreeMap<String, String> = spec
         .from
@@ -633,8 +633,9 @@ fn node_packages(
     packages
 }
 
-/// The hook a running task asks its node for, if it has one (an
-/// install's only once the node has the service's packages).
+/// The hook a running task asks its node for, if it has one. An
+/// install's goes out with the packages it installs, in the same write:
+/// the agent runs it once it has switched to them.
 fn hook_task(
     task: &Task,
     state: &TaskStatus,
@@ -645,14 +646,6 @@ fn hook_task(
 ) -> Option<NodeTask> {
     let hook = hook_of(task, w.catalog)?;
     let service = task.service.clone()?;
-    if task.action == TaskAction::Install
-        && !w
-            .nodes
-            .get(&task.node)
-            .is_some_and(|n| switched(n, task, w.catalog))
-    {
-        return None;
-    }
     Some(NodeTask {
         id: hook_id(w.plan, side, task),
         attempt: state.attempts,
@@ -845,7 +838,7 @@ mod tests {
         );
         let want = desired(&spec, &st, &world(&nodes, &catalog, 4));
         assert_eq!(want.packages["n0"], ["db--1"]);
-        assert!(want.hooks.is_empty(), "no hook before the switch");
+        assert!(want.hooks.is_empty(), "db's install has no hook");
 
         // Switched: db's install has no hook, so it is done; the start hook
         // is asked for once its task runs, and app starts after db.
@@ -883,6 +876,46 @@ mod tests {
             Some(format!("{0}/{0}", spec.tasks.len()).as_str())
         );
         assert!(st.tasks.iter().all(|t| t.attempts == 1), "{:?}", st.tasks);
+    }
+
+    #[test]
+    fn an_install_hook_goes_out_with_its_packages_and_ends_after_the_switch() {
+        let (spec, mut catalog) = fixture();
+        let db = catalog.services.get_mut("db").unwrap();
+        db.actions.install = Some(Hook {
+            argv: vec!["bin/install".into()],
+            timeout_seconds: 10,
+        });
+        let registered = BTreeMap::from([
+            ("n0".into(), node(&[], None)),
+            ("n1".into(), node(&[], None)),
+        ]);
+        let mut st = ClusterPlanStatus::default();
+        for t in 0..4 {
+            st = step(&spec, &st, &world(&registered, &catalog, t));
+        }
+        let install = "n0/db/install";
+        assert_eq!(state(&st, install).unwrap().state, TaskState::Running);
+        // One write tells the node both: the packages and the hook.
+        let want = desired(&spec, &st, &world(&registered, &catalog, 4));
+        assert_eq!(want.packages["n0"], ["db--1"]);
+        assert_eq!(want.hooks["n0"].id, "p/forward/n0/db/install");
+        assert_eq!(want.hooks["n0"].package.as_deref(), Some("db--1"));
+
+        // A hook reported done before the switch shows does not end it.
+        let hook = ("p/forward/n0/db/install", 1, HookState::Succeeded);
+        let early = BTreeMap::from([
+            ("n0".into(), node(&[], Some(hook))),
+            ("n1".into(), node(&[], None)),
+        ]);
+        st = step(&spec, &st, &world(&early, &catalog, 5));
+        assert_eq!(state(&st, install).unwrap().state, TaskState::Running);
+        let switched = BTreeMap::from([
+            ("n0".into(), node(&["db--1"], Some(hook))),
+            ("n1".into(), node(&[], None)),
+        ]);
+        st = step(&spec, &st, &world(&switched, &catalog, 6));
+        assert_eq!(state(&st, install).unwrap().state, TaskState::Succeeded);
     }
 
     /// Runs the create until db's start hook runs, on nodes that switch.
