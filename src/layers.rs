@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("nodepool", 4),
     ("discovery", 4),
     ("cluster", 4),
+    ("configgen", 4),
     ("operator", 5),
     ("cli", 6),
 ];

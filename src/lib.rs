@@ -38,6 +38,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod configgen;
 pub mod discovery;
 #[cfg(test)]
 mod layers;

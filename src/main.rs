@@ -55,7 +55,7 @@ enum Command {
     /// NodePool, ClusterTemplate and Cluster controllers under leader
     /// election, and the /halt, /resume,
     /// /healthz, /readyz and /metrics endpoints.
-    Operator(theseus::operator::OperatorArgs),
+    Operator(Box<theseus::operator::OperatorArgs>),
     /// Run the node agent: register the NodeInstall, follow its target,
     /// supervise the active services and serve the local HTTP API.
     Agent(theseus::agent::AgentArgs),
@@ -102,7 +102,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Crds(args) => ok(cli::crds::run(&args)),
         Command::Policy(args) => ok(cli::policy::run(&args)),
         Command::Completions(args) => ok(cli::completions::run(&args, &mut Cli::command())),
-        Command::Operator(args) => ok(runtime()?.block_on(theseus::operator::run(args))),
+        Command::Operator(args) => ok(runtime()?.block_on(theseus::operator::run(*args))),
         Command::Rollout(args) => runtime()?.block_on(cli::rollout::run(args)),
         Command::Agent(args) => ok(runtime()?.block_on(theseus::agent::run(args))),
         Command::Node(args) => ok(runtime()?.block_on(cli::node::run(args))),

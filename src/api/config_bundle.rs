@@ -120,6 +120,15 @@ pub struct ConfigBundleStatus {
     /// Every parameter and calculation with its value; secrets masked.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expanded_config: BTreeMap<String, String>,
+    /// Every parameter's value as last rendered, defaults included and
+    /// secrets left out: an immutable parameter may not differ from its
+    /// value here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "any_map")]
+    pub rendered_values: BTreeMap<String, serde_json::Value>,
+    /// Where the packages are served: the operator's signed repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_url: Option<String>,
 
     /// Rendered (False lists every error and unset parameter, with field
     /// paths) and Published.

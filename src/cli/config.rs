@@ -12,8 +12,7 @@ use kube::ResourceExt;
 use serde::Deserialize;
 
 use crate::api::{ConfigBundle, ConfigBundleSpec, ConfigModule, ConfigModuleSpec};
-use crate::config::{self, Facts, Package};
-use crate::pkg::build::build;
+use crate::config::{self, Facts};
 
 /// Generate configuration packages.
 #[derive(Args, Debug)]
@@ -81,7 +80,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         }
     };
     for package in &rendered.packages {
-        write_package(package, &args.out_dir)?;
+        crate::configgen::archive::write(package, &args.out_dir)?;
         let for_ = match package.service.as_str() {
             "" => "every node".to_owned(),
             s => format!("nodes running {s}"),
@@ -94,32 +93,6 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `package` as `DIR/ID.tar.gz`: its files and a `pkginfo.json`
-/// holding only the id, through the deterministic package builder.
-fn write_package(package: &Package, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".config-render-")
-        .tempdir_in(dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    for (path, file) in &package.files {
-        let target = staging.path().join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&target, &file.content)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode))?;
-    }
-    let info = serde_json::json!({ "id": package.id });
-    std::fs::write(
-        staging.path().join("pkginfo.json"),
-        serde_json::to_vec_pretty(&info)?,
-    )?;
-    build(staging.path(), dir)?;
-    Ok(())
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {

@@ -117,6 +117,9 @@ pub struct Rendered {
     pub packages: Vec<Package>,
     /// Every parameter and calculation with its value, secrets masked.
     pub expanded: BTreeMap<String, String>,
+    /// Every parameter's value but the secrets', defaults included: the
+    /// `previous` of the next render, for immutable parameters.
+    pub values: BTreeMap<String, serde_json::Value>,
     /// The sha256 of the inputs.
     pub input_digest: String,
 }

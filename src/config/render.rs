@@ -55,9 +55,15 @@ pub fn render(
             },
         );
     }
+    let values = resolved
+        .iter()
+        .filter(|(name, _)| !parameters.get(name.as_str()).is_some_and(|(_, p)| p.secret))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     Ok(Rendered {
         packages: packages(&bundle.package, files),
         expanded,
+        values,
         input_digest: input_digest(&modules, bundle, facts),
     })
 }

@@ -1,5 +1,9 @@
-//! The operator's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the
-//! SLA monitor's `POST /halt` and `POST /resume` (bearer token).
+//! The operator's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, the
+//! SLA monitor's `POST /halt` and `POST /resume` (bearer token), and the
+//! repository of generated configuration packages under
+//! `/config-repository/` (`index.json`, `index.json.sig`,
+//! `packages/ID.tar.gz`), read from the API server so that every replica
+//! serves the same bytes.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +31,8 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// Whether the replica is ready, and why not.
     pub readiness: Readiness,
+    /// The generated packages' repository.
+    pub config_repository: Option<crate::configgen::store::Repository>,
 }
 
 /// Whether `/readyz` answers 200: not before the operator has reached the
@@ -68,7 +74,33 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/halt", post(halt))
         .route("/resume", post(resume))
+        .route("/config-repository/{*path}", get(config_file))
         .with_state(state)
+}
+
+/// A file of the generated packages' repository.
+async fn config_file(
+    State(state): State<HttpState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Response {
+    let Some(repository) = &state.config_repository else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no repository of generated packages here",
+        );
+    };
+    match repository.file(&path).await {
+        Ok(Some(bytes)) => {
+            let kind = if path.ends_with(".tar.gz") {
+                "application/gzip"
+            } else {
+                "application/json"
+            };
+            ([(header::CONTENT_TYPE, kind)], bytes).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no file {path}")),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

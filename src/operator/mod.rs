@@ -130,6 +130,19 @@ pub struct OperatorArgs {
     /// Node NODE's ServiceAccount is this prefix followed by NODE.
     #[arg(long, default_value = "theseus-node-")]
     pub node_identity_prefix: String,
+
+    /// The secret key (a file from `theseus repo keygen`) that signs the
+    /// index of the generated configuration packages served at
+    /// /config-repository/. Agents trust its public key like any
+    /// repository's. Without it the index is unsigned.
+    #[arg(long, env = "THESEUS_CONFIG_SIGNING_KEY")]
+    pub config_signing_key: Option<PathBuf>,
+
+    /// The URL nodes reach /config-repository/ at (e.g.
+    /// http://theseus-operator.theseus-system:8080/config-repository),
+    /// shown in each ConfigBundle's status. Default: the listen address.
+    #[arg(long, env = "THESEUS_CONFIG_REPOSITORY_URL")]
+    pub config_repository_url: Option<String>,
 }
 
 /// A controller: given the shared handle, runs until `stop` is cancelled.
@@ -160,8 +173,9 @@ impl Controller {
 }
 
 /// The controllers the operator runs while it leads, each with its typed
-/// configuration built from `args`.
-pub fn controllers(args: &OperatorArgs) -> Vec<Controller> {
+/// configuration built from `args` (and `config`, the generated
+/// repository's key and URL).
+pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec<Controller> {
     let stale_after = Duration::from_secs(args.stale_after_seconds);
     let rollout = crate::rollout::Config { stale_after };
     let nodepool = crate::nodepool::Config {
@@ -186,13 +200,21 @@ pub fn controllers(args: &OperatorArgs) -> Vec<Controller> {
             crate::nodepool::controller::run(shared, nodepool.clone(), stop)
         }),
         Controller::new("cluster", crate::cluster::run),
+        Controller::new(crate::configgen::NAME, move |shared, stop| {
+            crate::configgen::run(shared, config.clone(), stop)
+        }),
     ]
 }
 
 /// Runs the operator until SIGINT or SIGTERM, or until one of its
 /// controllers dies (an error: the process exits non-zero and is restarted).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    let controllers = controllers(&args);
+    let key = match &args.config_signing_key {
+        Some(path) => Some(Arc::new(crate::pkg::index::read_secret_key(path).map_err(
+            |e| anyhow::anyhow!("--config-signing-key: {e}; make one with `theseus repo keygen`"),
+        )?)),
+        None => None,
+    };
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let Clients {
         client,
@@ -225,16 +247,30 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         },
     };
     let readiness = http::Readiness::not_yet("not connected to the API server yet");
-    let listen = serve_http(
-        args.listen,
+    let config_repository =
+        crate::configgen::store::Repository::new(client.clone(), &args.namespace, key.clone());
+    let (listen, listener) = bind(args.listen).await?;
+    let controllers = controllers(
+        &args,
+        crate::configgen::Config {
+            key,
+            url: Some(
+                args.config_repository_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{listen}/config-repository")),
+            ),
+        },
+    );
+    serve_http(
+        listener,
         http::HttpState {
             halt,
             token,
             metrics: shared.metrics.clone(),
             readiness: readiness.clone(),
+            config_repository: Some(config_repository),
         },
-    )
-    .await?;
+    );
     info!(%listen, identity = %identity, "operator starting");
 
     client
@@ -300,22 +336,22 @@ async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients>
     })
 }
 
-/// Serves `/metrics`, the probes and the halt endpoints on `listen`, in
-/// the background; returns the address bound (port 0 picks a free port).
-async fn serve_http(
-    listen: std::net::SocketAddr,
-    state: http::HttpState,
-) -> anyhow::Result<std::net::SocketAddr> {
+/// Binds `listen`; returns the address bound (port 0 picks a free port).
+async fn bind(listen: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::net::TcpListener)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let bound = listener.local_addr()?;
+    Ok((listener.local_addr()?, listener))
+}
+
+/// Serves `/metrics`, the probes, the halt endpoints and the generated
+/// repository on `listener`, in the background.
+fn serve_http(listener: tokio::net::TcpListener, state: http::HttpState) {
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, http::router(state)).await {
             warn!(error = %err, "HTTP server stopped");
         }
     });
-    Ok(bound)
 }
 
 /// Gives the lease up, so that a standby takes over without waiting for it

@@ -93,12 +93,41 @@ pub async fn publish_one(
             EventType::Normal
         },
         reason: reason.to_owned(),
-        note: Some(format!("{type_}={status}: {message}")),
+        note: Some(note(&format!("{type_}={status}: {message}"))),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(err) = recorder.publish(&event, reference).await {
         warn!(error = %err, "cannot publish an event");
+    }
+}
+
+/// The most bytes of an event's note the API server accepts.
+const NOTE_BYTES: usize = 1024;
+
+/// `text` cut to [`NOTE_BYTES`] on a character boundary, marked when cut
+/// (the whole message stays in the condition).
+fn note(text: &str) -> String {
+    if text.len() <= NOTE_BYTES {
+        return text.to_owned();
+    }
+    const MORE: &str = " …(see the condition)";
+    let mut end = NOTE_BYTES - MORE.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &text[..end])
+}
+
+#[cfg(test)]
+mod note_tests {
+    #[test]
+    fn a_long_note_is_cut_on_a_character_boundary_to_what_the_api_server_takes() {
+        assert_eq!(super::note("short"), "short");
+        let long = "é".repeat(2000);
+        let cut = super::note(&long);
+        assert!(cut.len() <= super::NOTE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("(see the condition)"));
     }
 }
 

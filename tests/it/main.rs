@@ -26,6 +26,7 @@ mod api;
 mod chart;
 mod cli;
 mod config;
+mod config_bundles;
 mod container;
 mod demo;
 mod discovery;
