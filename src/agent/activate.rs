@@ -269,6 +269,20 @@ pub struct Request {
     pub keys: Vec<String>,
     /// Time the new services have to become healthy.
     pub health_timeout: Duration,
+    /// Other repositories, each with the ids fetched from it
+    /// (`NodeTarget.sources`).
+    pub sources: Vec<SourceRequest>,
+}
+
+/// A repository some of a request's packages come from.
+#[derive(Clone, Debug)]
+pub struct SourceRequest {
+    /// Its base URL.
+    pub url: String,
+    /// Keys the target names for it; they only narrow the trusted keys.
+    pub keys: Vec<String>,
+    /// The ids fetched from it.
+    pub ids: Vec<PackageId>,
 }
 
 impl Switcher {
@@ -372,11 +386,24 @@ impl Switcher {
             .transpose()
     }
 
+    /// The trust decision for each of `req`'s other sources.
+    fn source_grants(&self, req: &Request) -> Result<Vec<(Grant, Vec<PackageId>)>, Refusal> {
+        req.sources
+            .iter()
+            .map(|s| trust::decide(&self.policy, &s.url, &s.keys).map(|g| (g, s.ids.clone())))
+            .collect()
+    }
+
     /// Switches to `req`, reporting each phase to `sink`. A repository the
-    /// agent does not trust is refused before the first phase.
+    /// agent does not trust (the target's, or one of its sources) is
+    /// refused before the first phase.
     pub async fn switch(&self, req: &Request, sink: &dyn PhaseSink) -> Outcome {
         let grant = match self.grant(req) {
             Ok(grant) => grant,
+            Err(refusal) => return Outcome::Refused(SwitchError::Refused(refusal)),
+        };
+        let sources = match self.source_grants(req) {
+            Ok(sources) => sources,
             Err(refusal) => return Outcome::Refused(SwitchError::Refused(refusal)),
         };
         let fetching = match &req.repository {
@@ -384,7 +411,10 @@ impl Switcher {
             None => format!("checking the cache for set {}", req.hash),
         };
         sink.phase(NodePhase::Fetching, fetching).await;
-        let new = match self.prepare_and_switch(req, grant.as_ref(), sink).await {
+        let new = match self
+            .prepare_and_switch(req, grant.as_ref(), &sources, sink)
+            .await
+        {
             Ok(new) => new,
             Err(Early { reason, old }) => {
                 if let Err(e) = self.ensure_running(&old).await {
@@ -435,11 +465,19 @@ impl Switcher {
         &self,
         req: &Request,
         grant: Option<&Grant>,
+        sources: &[(Grant, Vec<PackageId>)],
         sink: &dyn PhaseSink,
     ) -> Result<Vec<ServiceSpec>, Early> {
         let old = self.active_services().await.unwrap_or_default();
         let fetcher =
             grant.map(|g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone())));
+        let others: Vec<(Fetcher, Vec<PackageId>)> = sources
+            .iter()
+            .map(|(g, ids)| {
+                let f = Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone()));
+                (f, ids.clone())
+            })
+            .collect();
         let change = self.root.change().await;
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let (go, go_rx) = std::sync::mpsc::channel();
@@ -450,7 +488,8 @@ impl Switcher {
                 go: go_rx,
             };
             tokio::task::spawn_blocking(move || {
-                run_activation(&change, &ids, &hash, fetcher.as_ref(), &env, &link);
+                let fetchers = (fetcher.as_ref(), others.as_slice());
+                run_activation(&change, &ids, &hash, fetchers, &env, &link);
             })
         };
         let steps = async {
@@ -601,7 +640,7 @@ fn run_activation(
     change: &Change,
     ids: &[PackageId],
     hash: &str,
-    fetcher: Option<&Fetcher>,
+    (fetcher, others): (Option<&Fetcher>, &[(Fetcher, Vec<PackageId>)]),
     env: &AgentEnv,
     link: &Link,
 ) {
@@ -618,7 +657,7 @@ fn run_activation(
         let _readers_wait = change.exclusive();
         let _ = activation.abort();
     };
-    if let Err(e) = change.block_on(activation.fetch(fetcher)) {
+    if let Err(e) = change.block_on(activation.fetch_from(fetcher, others)) {
         abort(activation);
         return link.report(Progress::Failed(SwitchError::Fetch(Box::new(e))));
     }

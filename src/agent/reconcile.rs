@@ -16,7 +16,8 @@ use crate::api::{NodePhase, NodeTarget};
 use crate::pkg::{PackageId, set_hash};
 
 use super::activate::{
-    DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, SwitchError, Switcher, read_note,
+    DEFAULT_HEALTH_TIMEOUT, Outcome, PhaseSink, Request, SourceRequest, SwitchError, Switcher,
+    read_note,
 };
 use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
 use super::hooks::Hooks;
@@ -242,6 +243,7 @@ impl Agent {
             repository: req.repository.clone(),
             keys: vec![],
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
+            sources: vec![],
         };
         let outcome = self.switcher.switch(&request, &self.sink(desired)).await;
         let phase = match &outcome {
@@ -368,12 +370,28 @@ fn request(target: &NodeTarget) -> Request {
         .health_timeout_seconds
         .and_then(|s| u64::try_from(s).ok())
         .map_or(DEFAULT_HEALTH_TIMEOUT, Duration::from_secs);
+    let sources = target
+        .sources
+        .iter()
+        .map(|s| SourceRequest {
+            url: s.url.clone(),
+            keys: s.public_keys.clone(),
+            // Only packages of the set: a source adds no package.
+            ids: s
+                .packages
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .filter(|id| ids.contains(id))
+                .collect(),
+        })
+        .collect();
     Request {
         ids,
         hash: target.set_hash.clone(),
         repository: Some(target.repository_url.clone()),
         keys: target.public_keys.clone(),
         health_timeout: timeout,
+        sources,
     }
 }
 

@@ -149,6 +149,30 @@ pub struct NodeTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub health_timeout_seconds: Option<i32>,
+
+    /// Other repositories some of `packages` come from (the operator's
+    /// generated configuration packages); the rest come from
+    /// `repositoryUrl`. Each is trusted, or refused, like `repositoryUrl`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub sources: Vec<PackageSource>,
+}
+
+/// A repository some packages of a target come from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageSource {
+    /// Base URL of the repository.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub url: String,
+    /// Ed25519 keys its index must be signed with (base64); as
+    /// `publicKeys`, they only narrow the agent's trusted keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub public_keys: Vec<String>,
+    /// The package ids fetched from it (each one of the target's).
+    #[schemars(length(min = 1, max = 64))]
+    pub packages: Vec<String>,
 }
 
 /// Where a node is in switching sets.

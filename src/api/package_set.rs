@@ -99,6 +99,31 @@ pub struct PackageSetSpec {
     /// finish. Use it to hold a rollout for inspection.
     #[serde(default)]
     pub paused: bool,
+
+    /// ConfigBundles whose rendered packages join the set: each bundle's
+    /// package for every node, and with `service`, that service's package
+    /// too. A change of a bundle's output is a new set, rolled like any
+    /// other; the packages come from the operator's repository of
+    /// generated packages (`NodeTarget.sources`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub config_bundles: Vec<ConfigBundleRef>,
+}
+
+/// A ConfigBundle a PackageSet takes packages from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigBundleRef {
+    /// The bundle's namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The bundle's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The service whose split package (`PACKAGE-SERVICE`) the set takes
+    /// besides the bundle's common one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// How a change is rolled across nodes.

@@ -829,6 +829,7 @@ async fn target(
         repository_url: repo.spec.url.clone(),
         public_keys: repo.spec.public_keys.clone(),
         health_timeout_seconds: None,
+        sources: Vec::new(),
     })
 }
 

@@ -177,7 +177,19 @@ impl Controller {
 /// repository's key and URL).
 pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec<Controller> {
     let stale_after = Duration::from_secs(args.stale_after_seconds);
-    let rollout = crate::rollout::Config { stale_after };
+    let generated = crate::api::PackageSource {
+        url: config.url.clone().unwrap_or_default(),
+        public_keys: config
+            .key
+            .iter()
+            .map(|k| crate::pkg::index::encode_key(k.verifying_key().as_bytes()))
+            .collect(),
+        packages: Vec::new(),
+    };
+    let rollout = crate::rollout::Config {
+        stale_after,
+        generated,
+    };
     let nodepool = crate::nodepool::Config {
         state_dir: args.state_dir.clone(),
         cluster_name: args.cluster_name.clone(),

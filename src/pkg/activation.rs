@@ -302,12 +302,35 @@ impl Activation<'_> {
     /// Phase 1: downloads and unpacks every missing package. Without a
     /// fetcher, every package must already be cached.
     pub async fn fetch(&mut self, fetcher: Option<&Fetcher>) -> Result<&[PackageId], RootError> {
-        let missing = self.root.missing(&self.ids);
+        self.fetch_from(fetcher, &[]).await
+    }
+
+    /// Phase 1 with packages from more than one repository: each of
+    /// `others` fetches the missing packages it lists, `fetcher` the rest.
+    pub async fn fetch_from(
+        &mut self,
+        fetcher: Option<&Fetcher>,
+        others: &[(Fetcher, Vec<PackageId>)],
+    ) -> Result<&[PackageId], RootError> {
+        let mut missing = self.root.missing(&self.ids);
+        for (other, ids) in others {
+            let theirs: Vec<PackageId> = missing
+                .iter()
+                .filter(|id| ids.contains(id))
+                .cloned()
+                .collect();
+            missing.retain(|id| !theirs.contains(id));
+            if !theirs.is_empty() {
+                let fetched = self.root.fetch_packages(&theirs, other).await?;
+                self.fetched.extend(fetched);
+            }
+        }
         match (fetcher, missing.first()) {
             (_, None) => {}
             (None, Some(id)) => return Err(RootError::NotCached(id.clone())),
             (Some(fetcher), Some(_)) => {
-                self.fetched = self.root.fetch_packages(&missing, fetcher).await?
+                let fetched = self.root.fetch_packages(&missing, fetcher).await?;
+                self.fetched.extend(fetched);
             }
         }
         failpoint::hit("fetch-done");

@@ -27,10 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Config;
-use super::status::{REPOSITORY_NOT_READY, conflict_condition, invalid_conditions, set_status};
+use super::status::{
+    CONFIG_NOT_RENDERED, REPOSITORY_NOT_READY, conflict_condition, invalid_conditions, set_status,
+};
 use super::target::{TargetError, put_target};
 use super::{ownership, plan, validate};
-use crate::api::{NodeInstall, NodeTarget, PackageRepository, PackageSet};
+use crate::api::{
+    ConfigBundle, NodeInstall, NodeTarget, PackageRepository, PackageSet, PackageSource,
+};
 use crate::pkg::PackageId;
 use crate::pkg::set::set_hash;
 use crate::shared::halt::HALT_CONFIGMAP;
@@ -85,6 +89,16 @@ pub enum Error {
         /// The cause.
         source: kube::Error,
     },
+    /// observe: a ConfigBundle the set names could not be read.
+    #[error("PackageSet {set}: cannot read ConfigBundle {bundle}: {source}")]
+    ReadBundle {
+        /// The set.
+        set: String,
+        /// `NAMESPACE/NAME`.
+        bundle: String,
+        /// The cause.
+        source: kube::Error,
+    },
     /// act: a node's target could not be written: the node kept changing.
     #[error(
         "PackageSet {set}: the target of NodeInstall {node} was not written: it changed under every attempt (an agent or another writer is updating it); retrying"
@@ -101,6 +115,7 @@ impl Error {
     /// The step that failed, as the metric's and the log's reason.
     pub fn reason(&self) -> &'static str {
         match self {
+            Error::ReadBundle { .. } => "ReadConfigBundle",
             Error::ReadHalt { .. } => "ReadHalt",
             Error::ReadRepository { .. } => "ReadRepository",
             Error::WriteStatus { .. } => "WriteStatus",
@@ -131,7 +146,7 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
         let config = ctx.watch_config();
         let controller = Controller::new(Api::<PackageSet>::all(client.clone()), config.clone());
         let sets = controller.store();
-        let (by_halt, by_repo) = (sets.clone(), sets.clone());
+        let (by_halt, by_repo, by_bundle) = (sets.clone(), sets.clone(), sets.clone());
         let halt_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.namespace);
         let halt_config =
             crate::shared::scoped(None).fields(&format!("metadata.name={HALT_CONFIGMAP}"));
@@ -146,6 +161,24 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
         controller
             .reconcile_all_on(woken)
             .watches(halt_api, halt_config, move |_| all_sets(&by_halt))
+            .watches(
+                Api::<ConfigBundle>::all(client.clone()),
+                crate::shared::scoped(None),
+                move |bundle| {
+                    let (ns, name) = (bundle.namespace().unwrap_or_default(), bundle.name_any());
+                    by_bundle
+                        .state()
+                        .iter()
+                        .filter(|s| {
+                            s.spec
+                                .config_bundles
+                                .iter()
+                                .any(|b| b.namespace == ns && b.name == name)
+                        })
+                        .map(|s| ObjectRef::from_obj(&**s))
+                        .collect::<Vec<_>>()
+                },
+            )
             .watches(Api::<PackageRepository>::all(client), config, move |repo| {
                 let name = repo.name_any();
                 by_repo
@@ -303,6 +336,8 @@ struct Observed {
     repository: Option<PackageRepository>,
     index: Option<Arc<crate::pkg::index::Index>>,
     nodes: Vec<Arc<NodeInstall>>,
+    /// The packages of the set's ConfigBundles, or why there are none yet.
+    generated: Result<Vec<PackageId>, Vec<String>>,
 }
 
 /// observe: the halt, the repository and its verified index, the nodes.
@@ -328,11 +363,65 @@ async fn observe(set: &PackageSet, sc: &SetContext) -> Result<Observed, Error> {
         .expect("index cache lock")
         .get(&set.spec.repository)
         .cloned();
+    let generated = generated_packages(set, sc).await?;
     Ok(Observed {
         halt: halt.map(|h| h.message()),
         repository,
         index,
         nodes: sc.nodes.state(),
+        generated,
+    })
+}
+
+/// The packages the set's ConfigBundles rendered last (the common one,
+/// and the named service's), or a problem per bundle that has none.
+async fn generated_packages(
+    set: &PackageSet,
+    sc: &SetContext,
+) -> Result<Result<Vec<PackageId>, Vec<String>>, Error> {
+    let mut ids = Vec::new();
+    let mut problems = Vec::new();
+    for r in &set.spec.config_bundles {
+        let bundle = Api::<ConfigBundle>::namespaced(sc.ctx.client.clone(), &r.namespace)
+            .get_opt(&r.name)
+            .await
+            .map_err(|source| Error::ReadBundle {
+                set: set.name_any(),
+                bundle: format!("{}/{}", r.namespace, r.name),
+                source,
+            })?;
+        let rendered = bundle
+            .and_then(|b| b.status)
+            .map(|s| s.rendered)
+            .unwrap_or_default();
+        let mine: Vec<PackageId> = rendered
+            .iter()
+            .filter(|p| p.service.is_empty() || Some(&p.service) == r.service.as_ref())
+            .filter_map(|p| p.package_id.parse().ok())
+            .collect();
+        let wants_service = r
+            .service
+            .as_ref()
+            .is_some_and(|s| !rendered.iter().any(|p| &p.service == s));
+        if rendered.is_empty() {
+            problems.push(format!(
+                "ConfigBundle {}/{} has rendered no package yet; see its Rendered condition",
+                r.namespace, r.name
+            ));
+        } else if wants_service {
+            problems.push(format!(
+                "ConfigBundle {}/{} renders no package for service {}",
+                r.namespace,
+                r.name,
+                r.service.as_deref().unwrap_or_default()
+            ));
+        }
+        ids.extend(mine);
+    }
+    Ok(if problems.is_empty() {
+        Ok(ids)
+    } else {
+        Err(problems)
     })
 }
 
@@ -411,19 +500,30 @@ fn validated(
             });
         }
     };
-    let problems = validate::problems(&set.spec.packages, &set.spec.required, index);
+    let generated = match &seen.generated {
+        Ok(ids) => ids.clone(),
+        Err(problems) => {
+            return Err(Invalid {
+                reason: CONFIG_NOT_RENDERED,
+                problems: problems.clone(),
+            });
+        }
+    };
+    let problems = validate::problems(&set.spec.packages, &generated, &set.spec.required, index);
     if !problems.is_empty() {
         return Err(Invalid {
             reason: "InvalidSpec",
             problems,
         });
     }
-    let ids = set
+    let mut ids: Vec<PackageId> = set
         .spec
         .packages
         .iter()
         .filter_map(|p| p.parse().ok())
         .collect();
+    ids.extend(generated);
+    ids.sort();
     Ok((repository, ids))
 }
 
@@ -453,6 +553,7 @@ async fn act(sc: &SetContext, decision: &Decision) -> Result<(), Error> {
         repository_url: decision.repository.spec.url.clone(),
         public_keys: decision.repository.spec.public_keys.clone(),
         health_timeout_seconds: Some(decision.health_timeout_seconds),
+        sources: generated_source(&sc.config.generated, &decision.ids),
     };
     let to_write: BTreeSet<&String> = plan
         .start
@@ -610,7 +711,7 @@ async fn record_invalid(
     status::publish(&sc.recorder, &set.object_ref(&()), &changed).await;
     // A repository that is not ready yet is worth another look soon; an
     // invalid spec waits for a change (the watch brings it).
-    Ok(if invalid.reason == REPOSITORY_NOT_READY {
+    Ok(if super::status::waiting(invalid.reason) {
         Action::requeue(Duration::from_secs(10))
     } else {
         Action::await_change()
@@ -640,6 +741,29 @@ async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Resul
 #[path = "controller_scenarios.rs"]
 mod scenarios;
 
+/// The source of a target's generated packages (ids of the form
+/// `NAME--cfg.HASH`), if it has any.
+fn generated_source(generated: &PackageSource, ids: &[PackageId]) -> Vec<PackageSource> {
+    let packages: Vec<String> = ids
+        .iter()
+        .map(ToString::to_string)
+        .filter(|id| is_generated(id))
+        .collect();
+    if packages.is_empty() {
+        return Vec::new();
+    }
+    vec![PackageSource {
+        packages,
+        ..generated.clone()
+    }]
+}
+
+/// Whether `id` names a generated configuration package.
+fn is_generated(id: &str) -> bool {
+    id.split_once("--")
+        .is_some_and(|(_, v)| v.starts_with("cfg."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,5 +783,23 @@ mod tests {
             ..NodeInstallStatus::default()
         });
         assert_eq!(last_sign_of_life(&node), Some(beat));
+    }
+
+    #[test]
+    fn only_generated_packages_come_from_the_generated_repository() {
+        let source = PackageSource {
+            url: "http://operator:8080/config-repository".into(),
+            public_keys: vec!["key".into()],
+            packages: Vec::new(),
+        };
+        let ids: Vec<PackageId> = ["web--1.0.0", "web-config--cfg.0123456789abcdef"]
+            .iter()
+            .map(|i| i.parse().unwrap())
+            .collect();
+        let sources = generated_source(&source, &ids);
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].packages, ["web-config--cfg.0123456789abcdef"]);
+        assert_eq!(sources[0].public_keys, ["key"]);
+        assert!(generated_source(&source, &ids[..1]).is_empty());
     }
 }

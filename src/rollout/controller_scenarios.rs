@@ -77,6 +77,7 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
         ctx,
         config: Config {
             stale_after: Duration::from_secs(60),
+            generated: crate::api::PackageSource::default(),
         },
         nodes: node_store,
         sets: set_store,

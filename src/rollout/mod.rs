@@ -18,4 +18,8 @@ pub struct Config {
     /// A NodeInstall whose heartbeat is older than this counts as
     /// unavailable.
     pub stale_after: Duration,
+    /// Where nodes fetch generated configuration packages from (the
+    /// operator's `/config-repository/`), and the keys its index is
+    /// signed with.
+    pub generated: crate::api::PackageSource,
 }

@@ -44,6 +44,14 @@ pub fn conflict_condition(conflicts: &BTreeMap<String, String>) -> Observed<'sta
 
 /// The reason of a set whose repository has no index yet.
 pub const REPOSITORY_NOT_READY: &str = "RepositoryNotReady";
+/// The reason of a set whose ConfigBundle has rendered nothing yet.
+pub const CONFIG_NOT_RENDERED: &str = "ConfigNotRendered";
+
+/// A reason that only holds the rollout: what it waits for may come any
+/// moment (a repository's index, a bundle's first render).
+pub fn waiting(reason: &str) -> bool {
+    reason == REPOSITORY_NOT_READY || reason == CONFIG_NOT_RENDERED
+}
 
 /// The conditions of a set that cannot be rolled. A repository that is not
 /// ready yet only holds the rollout (it may sync any moment); an invalid
@@ -56,7 +64,7 @@ pub fn invalid_conditions(reason: &'static str, problems: &[String]) -> Vec<Obse
         reason,
         format!("not rolling: {message}"),
     );
-    if reason == REPOSITORY_NOT_READY {
+    if waiting(reason) {
         return vec![progressing];
     }
     vec![

@@ -39,7 +39,7 @@ pub async fn put_target(
         if current.spec.target.as_ref() == Some(target) {
             return Ok(());
         }
-        let patch = json!({ "metadata": { "resourceVersion": current.resource_version() }, "spec": { "target": target } });
+        let patch = json!({ "metadata": { "resourceVersion": current.resource_version() }, "spec": { "target": whole(target) } });
         match api
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -55,6 +55,18 @@ pub async fn put_target(
         return Ok(());
     }
     Err(TargetError::Conflicts)
+}
+
+/// `target` as a merge patch that replaces it whole: a field it leaves
+/// out (no keys, no sources) is cleared, not kept from the last target.
+fn whole(target: &NodeTarget) -> serde_json::Value {
+    let mut value = json!(target);
+    if let Some(fields) = value.as_object_mut() {
+        for optional in ["publicKeys", "healthTimeoutSeconds", "sources"] {
+            fields.entry(optional).or_insert(serde_json::Value::Null);
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -123,5 +135,14 @@ mod tests {
         node.spec.target = Some(target());
         put_target(&api, Some(node), "n0", &target()).await.unwrap();
         assert_eq!(patches.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_target_patch_clears_what_the_new_target_leaves_out() {
+        let patch = whole(&target());
+        for cleared in ["publicKeys", "sources"] {
+            assert_eq!(patch[cleared], serde_json::Value::Null, "{patch}");
+        }
+        assert_eq!(patch["packages"], json!(target().packages));
     }
 }

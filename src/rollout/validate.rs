@@ -7,7 +7,15 @@ use crate::pkg::PackageId;
 use crate::pkg::index::Index;
 
 /// Why a set cannot be rolled, each problem a sentence naming the package.
-pub fn problems(packages: &[String], required: &[String], index: &Index) -> Vec<String> {
+/// `generated` are the packages of the set's ConfigBundles: they come from
+/// the operator's repository, not `index`, but count as the set's for
+/// names, duplicates and requirements.
+pub fn problems(
+    packages: &[String],
+    generated: &[PackageId],
+    required: &[String],
+    index: &Index,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut ids = Vec::new();
     for raw in packages {
@@ -22,6 +30,9 @@ pub fn problems(packages: &[String], required: &[String], index: &Index) -> Vec<
         if index.find(id).is_none() {
             problems.push(format!("{id} is not in the repository index"));
         }
+    }
+    for id in generated {
+        by_name.entry(id.name()).or_default().push(id);
     }
     for (name, versions) in &by_name {
         if versions.len() > 1 {
@@ -114,7 +125,7 @@ mod tests {
             ),
         ];
         for (name, packages, required, expected) in cases {
-            let found = problems(&packages, &required, &idx);
+            let found = problems(&packages, &[], &required, &idx);
             if expected.is_empty() {
                 assert!(found.is_empty(), "{name}: {found:?}");
             } else {
@@ -124,5 +135,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn generated_packages_satisfy_requirements_without_being_in_the_index() {
+        let idx = index(&[("web--1", &["config"])]);
+        let config: PackageId = "config--cfg.0123456789abcdef".parse().unwrap();
+        let found = problems(
+            &ids(&["web--1"]),
+            std::slice::from_ref(&config),
+            &ids(&["config"]),
+            &idx,
+        );
+        assert!(found.is_empty(), "{found:?}");
+        let twice = problems(
+            &ids(&["web--1", "config--1"]),
+            &[config],
+            &[],
+            &index(&[("web--1", &[]), ("config--1", &[])]),
+        );
+        assert!(
+            twice.iter().any(|p| p.contains("config appears 2 times")),
+            "{twice:?}"
+        );
     }
 }

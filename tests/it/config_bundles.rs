@@ -349,3 +349,344 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     drop(op);
     ns.delete(&client).await;
 }
+
+/// The service of the rollout test: serves `www/` on `$PORT`, unless its
+/// configuration (`current/etc/web/mode`) says `broken`: then it never
+/// answers, and its health check fails.
+const SERVE: &str = r#"#!/bin/sh
+set -e
+mode=$(cat "$THESEUS_ROOT/current/etc/web/mode")
+if [ "$mode" = broken ]; then exec sleep 600; fi
+cd "$(dirname "$0")/../www"
+exec python3 -m http.server --bind 127.0.0.1 "${PORT:?}"
+"#;
+
+/// A signed repository of `cfgweb--1.0.0`, which requires `web-config`.
+fn service_repository(dir: &std::path::Path) -> (crate::support::repo_server::RepoServer, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = dir.join("repo");
+    let key_path = dir.join("repo.key");
+    let public = stdout_ok(
+        theseus_command()
+            .args(["repo", "keygen", "--out"])
+            .arg(&key_path),
+    )
+    .trim()
+    .to_owned();
+    let src = crate::support::pkg::package_dir(
+        dir,
+        "cfgweb--1.0.0",
+        &["web-config"],
+        &[("bin/serve", SERVE), ("www/version", "1.0.0\n")],
+    );
+    let info = json!({
+        "id": "cfgweb--1.0.0",
+        "requires": ["web-config"],
+        "service": {
+            "start": ["bin/serve"],
+            "stopTimeoutSeconds": 2,
+            "healthCheck": { "http": "http://127.0.0.1:${PORT}/version", "timeoutSeconds": 2 }
+        }
+    });
+    std::fs::write(src.join("pkginfo.json"), info.to_string()).unwrap();
+    std::fs::set_permissions(
+        src.join("bin/serve"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    theseus::pkg::build::build(&src, &repo.join("packages")).unwrap();
+    let key = theseus::pkg::index::read_secret_key(&key_path).unwrap();
+    theseus::pkg::index::write(
+        &repo,
+        theseus::pkg::index::WriteOptions {
+            key: Some(&key),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let server = crate::support::repo_server::RepoServer::start(theseus_command(), &repo);
+    (server, public)
+}
+
+fn split_module(name: &str) -> ConfigModule {
+    serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1",
+        "kind": "ConfigModule",
+        "metadata": { "name": name },
+        "spec": {
+            "version": "1",
+            "parameters": {
+                "mode": { "type": "string", "enum": ["ok", "broken"], "default": "ok" },
+                "aValue": { "type": "integer", "default": 1 },
+                "bValue": { "type": "integer", "default": 1 }
+            },
+            "templates": [
+                { "path": "etc/web/mode", "content": "{{ mode }}\n" },
+                { "path": "etc/web/a.conf", "content": "value = {{ aValue }}\n", "for": ["a"] },
+                { "path": "etc/web/b.conf", "content": "value = {{ bValue }}\n", "for": ["b"] }
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+/// Two PackageSets of the same service, for the nodes of role `a` and of
+/// role `b`, take the bundle's common package and their role's: a value
+/// of `b` switches only b's nodes; a configuration that breaks the service
+/// is rolled back by the first node that tries it, and the set halts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_one_rolls_back() {
+    use crate::support::agents::Agent;
+    use theseus::api::{NodeInstall, PackageRepository, PackageSet, conditions};
+
+    let Some(tb) = with_crds() else { return };
+    let client = tb.client().await;
+    let ns = TestNamespace::create(&tb, &client, "cfgroll").await;
+    let run = ns.name.clone();
+    let logs = test_logs(&run);
+    let dir = tempfile::tempdir().unwrap();
+    let (server, repo_key) = service_repository(dir.path());
+    let op_key = dir.path().join("config.key");
+    let op_public = stdout_ok(
+        theseus_command()
+            .args(["repo", "keygen", "--out"])
+            .arg(&op_key),
+    )
+    .trim()
+    .to_owned();
+    let op = Operator::start_with(
+        &tb,
+        &ns.name,
+        &run,
+        "cfgroll",
+        &logs,
+        &["--config-signing-key", op_key.to_str().unwrap()],
+        &[],
+    );
+    let config_url = format!("{}/config-repository", op.http);
+    let trust: Vec<String> = vec![
+        "--trusted-key".into(),
+        repo_key.clone(),
+        "--allowed-repository".into(),
+        server.url.clone(),
+        "--trusted-key".into(),
+        op_public.clone(),
+        "--allowed-repository".into(),
+        config_url.clone(),
+    ];
+    let agents: Vec<(String, Agent)> = ["a", "a", "b", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, role)| {
+            let labels = format!("{RUN_LABEL}={run},role={role}");
+            let tag = format!("{}-{role}{i}", &run[run.len() - 8..]);
+            (role.to_string(), Agent::start(&tb, &tag, &labels, &trust))
+        })
+        .collect();
+
+    let module_name = format!("split-{}", &run[run.len() - 8..]);
+    let modules: Api<ConfigModule> = Api::all(client.clone());
+    modules
+        .create(&PostParams::default(), &split_module(&module_name))
+        .await
+        .unwrap();
+    let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
+    let bundle: ConfigBundle = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1",
+        "kind": "ConfigBundle",
+        "metadata": { "name": "web", "labels": { RUN_LABEL: run } },
+        "spec": { "package": "web-config", "modules": [{ "name": module_name }] }
+    }))
+    .unwrap();
+    bundles
+        .create(&PostParams::default(), &bundle)
+        .await
+        .unwrap();
+    let repo: PackageRepository = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
+        "metadata": { "name": run, "labels": { RUN_LABEL: run } },
+        "spec": { "url": server.url, "publicKeys": [repo_key], "refreshIntervalSeconds": 10 }
+    }))
+    .unwrap();
+    Api::<PackageRepository>::all(client.clone())
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+    let sets: Api<PackageSet> = Api::all(client.clone());
+    for role in ["a", "b"] {
+        let set = json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+            "metadata": { "name": format!("{run}-{role}"), "labels": { RUN_LABEL: run } },
+            "spec": {
+                "repository": run,
+                "packages": ["cfgweb--1.0.0"],
+                "configBundles": [{ "namespace": ns.name, "name": "web", "service": role }],
+                "nodeSelector": { "matchLabels": { RUN_LABEL: run, "role": role } },
+                "strategy": { "maxUnavailable": 1, "failureThreshold": 1, "healthTimeoutSeconds": 5 }
+            }
+        });
+        sets.create(
+            &PostParams::default(),
+            &serde_json::from_value(set).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let wait_set = |role: &'static str, type_: &'static str, status: &'static str| {
+        let (sets, name) = (sets.clone(), format!("{run}-{role}"));
+        async move {
+            eventually(
+                Duration::from_secs(120),
+                &format!("{name} {type_}={status}"),
+                || async {
+                    let set = sets.get(&name).await.map_err(|e| e.to_string())?;
+                    let st = set.status.clone().unwrap_or_default();
+                    let current = st.observed_generation == set.metadata.generation;
+                    match conditions::find(&st.conditions, type_) {
+                        Some(c) if current && c.status == status => Ok(st),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let nodes: Api<NodeInstall> = Api::all(client.clone());
+    let active = |node: String| {
+        let nodes = nodes.clone();
+        async move {
+            let ni = nodes.get(&node).await.unwrap();
+            let st = ni.status.unwrap_or_default();
+            (st.active_hash, st.active)
+        }
+    };
+    // Both sets roll out: each node runs the service with the common
+    // package and its role's.
+    let a0 = wait_set("a", "Available", "True").await;
+    let b0 = wait_set("b", "Available", "True").await;
+    let before: Vec<(String, Option<String>, Vec<String>)> = {
+        let mut out = Vec::new();
+        for (role, agent) in &agents {
+            let (hash, ids) = active(agent.node.clone()).await;
+            out.push((role.clone(), hash, ids));
+        }
+        out
+    };
+    for (role, hash, ids) in &before {
+        let set_hash = if role == "a" {
+            &a0.set_hash
+        } else {
+            &b0.set_hash
+        };
+        assert_eq!(hash, set_hash, "{role}: {ids:?}");
+        assert!(
+            ids.iter().any(|i| i.starts_with("web-config--cfg.")),
+            "{ids:?}"
+        );
+        assert!(
+            ids.iter()
+                .any(|i| i.starts_with(&format!("web-config-{role}--cfg."))),
+            "{ids:?}"
+        );
+        assert!(ids.contains(&"cfgweb--1.0.0".to_owned()), "{ids:?}");
+    }
+    for (role, agent) in &agents {
+        let conf = std::fs::read_to_string(agent.root.join(format!("current/etc/web/{role}.conf")))
+            .unwrap();
+        assert_eq!(conf, "value = 1\n");
+        assert_eq!(agent.service_version().await.unwrap(), "1.0.0");
+    }
+
+    // b's value: only b's package changes, so only b's nodes switch.
+    let patch = json!({ "spec": { "values": { "bValue": 2 } } });
+    bundles
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let b1 = eventually(
+        Duration::from_secs(120),
+        "set b on its new config",
+        || async {
+            let st = wait_set("b", "Available", "True").await;
+            if st.set_hash != b0.set_hash && st.updated_nodes == 2 {
+                Ok(st)
+            } else {
+                Err(format!("{:?} {}", st.set_hash, st.updated_nodes))
+            }
+        },
+    )
+    .await;
+    let a1 = wait_set("a", "Available", "True").await;
+    assert_eq!(a1.set_hash, a0.set_hash, "set a did not change");
+    for ((role, agent), (_, hash, _)) in agents.iter().zip(&before) {
+        let (now, _) = active(agent.node.clone()).await;
+        if role == "a" {
+            assert_eq!(
+                &now, hash,
+                "{} switched though its config did not change",
+                agent.node
+            );
+        } else {
+            assert_eq!(now, b1.set_hash, "{} is not on b's new set", agent.node);
+            let conf = std::fs::read_to_string(agent.root.join("current/etc/web/b.conf")).unwrap();
+            assert_eq!(conf, "value = 2\n");
+        }
+    }
+
+    // A configuration that breaks the service: the first node of each set
+    // fails its health check and rolls back; the sets halt.
+    let patch = json!({ "spec": { "values": { "mode": "broken" } } });
+    bundles
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let halted = wait_set("a", "Halted", "True").await;
+    assert!(conditions::is_true(&halted.conditions, "Degraded"));
+    wait_set("b", "Halted", "True").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tried = 0;
+    for (role, agent) in &agents {
+        let ni = nodes.get(&agent.node).await.unwrap();
+        let st = ni.status.clone().unwrap_or_default();
+        let kept = if role == "a" {
+            &a0.set_hash
+        } else {
+            &b1.set_hash
+        };
+        assert_eq!(
+            st.active_hash.as_ref(),
+            kept.as_ref(),
+            "{} is not back",
+            agent.node
+        );
+        if st.failed_hash.is_some() {
+            tried += 1;
+        }
+        assert_eq!(
+            agent.service_version().await.unwrap(),
+            "1.0.0",
+            "{}",
+            agent.node
+        );
+    }
+    assert_eq!(tried, 2, "one node of each set tried the broken config");
+
+    let names: Vec<String> = agents.iter().map(|(_, a)| a.node.clone()).collect();
+    // Stopped first: a running agent would register its NodeInstall again.
+    drop(agents);
+    for name in &names {
+        crate::support::agents::delete(&nodes, name).await;
+    }
+    for name in [format!("{run}-a"), format!("{run}-b")] {
+        let _ = sets.delete(&name, &Default::default()).await;
+    }
+    let _ = Api::<PackageRepository>::all(client.clone())
+        .delete(&run, &Default::default())
+        .await;
+    modules
+        .delete(&module_name, &Default::default())
+        .await
+        .unwrap();
+    drop(op);
+    ns.delete(&client).await;
+}

@@ -434,6 +434,7 @@ async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
         repository: Some(url),
         keys: vec![],
         health_timeout: Duration::from_secs(5),
+        sources: vec![],
     };
     let started = Instant::now();
     let switch = tokio::spawn(async move { switcher.switch(&request, &NoSink).await });

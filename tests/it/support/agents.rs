@@ -288,6 +288,7 @@ pub async fn set_target_with_keys(
         repository_url: repo.into(),
         public_keys: keys.to_vec(),
         health_timeout_seconds: Some(health_timeout),
+        sources: Vec::new(),
     };
     let mut target = serde_json::to_value(&target).unwrap();
     // A merge patch leaves out what is absent: clear keys set before.
