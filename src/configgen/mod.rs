@@ -13,6 +13,7 @@
 //! them.
 
 pub mod archive;
+mod gc;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -46,13 +47,25 @@ pub const RENDERED: &str = "Rendered";
 pub const PUBLISHED: &str = "Published";
 
 /// How the operator publishes generated packages.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Config {
     /// Signs the index; without it the repository is unsigned (agents that
     /// pin keys refuse it).
     pub key: Option<Arc<ed25519_dalek::SigningKey>>,
     /// The URL nodes reach the repository at, shown in status.
     pub url: Option<String>,
+    /// How long an unused generated package is kept before it is deleted.
+    pub grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            key: None,
+            url: None,
+            grace: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Errors of a pass, each naming its step.
@@ -122,7 +135,13 @@ pub fn run(ctx: Shared, config: Config, stop: CancellationToken) -> BoxFuture<'s
         ctx,
         config,
     });
-    controller
+    let collect = gc::run(
+        context.ctx.clone(),
+        context.repository.clone(),
+        context.config.grace,
+        stop.clone(),
+    );
+    let controller = controller
         .reconcile_all_on(modules_changed)
         .watches(clusters, crate::shared::scoped(None), move |cluster| {
             let (ns, name) = (cluster.namespace(), cluster.name_any());
@@ -138,8 +157,11 @@ pub fn run(ctx: Shared, config: Config, stop: CancellationToken) -> BoxFuture<'s
         })
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, context)
-        .for_each(|_| async {})
-        .boxed()
+        .for_each(|_| async {});
+    async move {
+        tokio::join!(controller, collect);
+    }
+    .boxed()
 }
 
 fn error_policy(bundle: Arc<ConfigBundle>, err: &Error, cx: Arc<Context>) -> Action {

@@ -301,3 +301,94 @@ fn served_index(object: &ConfigMap) -> Option<Index> {
     let bytes = object.data.as_ref()?.get(INDEX)?;
     Index::parse(bytes.as_bytes(), INDEX_OBJECT).ok()
 }
+
+/// A stored package, for collection: its id and when it was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The package id.
+    pub id: String,
+    /// When its ConfigMap was created.
+    pub created: k8s_openapi::jiff::Timestamp,
+}
+
+/// The stored packages that may go: referenced by nothing in `used` and
+/// stored longer ago than `grace`. Pure.
+pub fn collectable(
+    stored: &[Stored],
+    used: &std::collections::BTreeSet<String>,
+    now: k8s_openapi::jiff::Timestamp,
+    grace: std::time::Duration,
+) -> Vec<String> {
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(grace).unwrap_or_default();
+    stored
+        .iter()
+        .filter(|s| !used.contains(&s.id))
+        .filter(|s| now.duration_since(s.created) >= grace)
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+impl Repository {
+    /// The stored packages with their creation times.
+    pub async fn stored(&self) -> Result<Vec<Stored>, StoreError> {
+        let list = self
+            .api
+            .list_metadata(&ListParams::default().labels(&format!("{PACKAGE_LABEL}=true")))
+            .await
+            .map_err(self.api_err("list", "-l theseus.dev/generated-package"))?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|m| {
+                Some(Stored {
+                    id: m.annotations().get(ID_ANNOTATION)?.clone(),
+                    created: m.metadata.creation_timestamp.as_ref()?.0,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes the package `id`'s object (gone already is fine).
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let name = object_name(id);
+        match self.api.delete(&name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(self.api_err("delete", &name)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn only_packages_nothing_uses_and_older_than_the_grace_are_collected() {
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let stored = vec![
+            Stored {
+                id: "web--cfg.a".into(),
+                created: at(0),
+            },
+            Stored {
+                id: "web--cfg.b".into(),
+                created: at(0),
+            },
+            Stored {
+                id: "web--cfg.c".into(),
+                created: at(950),
+            },
+        ];
+        let used = BTreeSet::from(["web--cfg.a".to_owned()]);
+        let gone = collectable(&stored, &used, at(1000), Duration::from_secs(100));
+        // a is used; c is younger than the grace.
+        assert_eq!(gone, ["web--cfg.b"]);
+        assert!(collectable(&stored, &used, at(50), Duration::from_secs(100)).is_empty());
+    }
+}

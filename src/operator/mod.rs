@@ -143,6 +143,12 @@ pub struct OperatorArgs {
     /// shown in each ConfigBundle's status. Default: the listen address.
     #[arg(long, env = "THESEUS_CONFIG_REPOSITORY_URL")]
     pub config_repository_url: Option<String>,
+
+    /// Seconds a generated configuration package that nothing uses (no
+    /// bundle's last render, no node's target, active set or cache) is
+    /// kept before it is deleted.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub config_gc_grace_seconds: u64,
 }
 
 /// A controller: given the shared handle, runs until `stop` is cancelled.
@@ -271,6 +277,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(|| format!("http://{listen}/config-repository")),
             ),
+            grace: Duration::from_secs(args.config_gc_grace_seconds),
         },
     );
     serve_http(

@@ -460,7 +460,12 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         &run,
         "cfgroll",
         &logs,
-        &["--config-signing-key", op_key.to_str().unwrap()],
+        &[
+            "--config-signing-key",
+            op_key.to_str().unwrap(),
+            "--config-gc-grace-seconds",
+            "3",
+        ],
         &[],
     );
     let config_url = format!("{}/config-repository", op.http);
@@ -670,6 +675,95 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         );
     }
     assert_eq!(tried, 2, "one node of each set tried the broken config");
+
+    // Collection: a bundle's package that nothing uses any more goes (a
+    // deleted bundle's), while every package a node targets, runs or
+    // keeps to roll back to stays — among them b's first configuration,
+    // which only b's nodes' kept generation still holds.
+    let orphan: ConfigBundle = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1",
+        "kind": "ConfigBundle",
+        "metadata": { "name": "orphan", "labels": { RUN_LABEL: run } },
+        "spec": { "package": "orphan-config", "modules": [{ "name": module_name }] }
+    }))
+    .unwrap();
+    bundles
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    let orphan_ids = eventually(Duration::from_secs(60), "the orphan rendered", || async {
+        let b = bundles.get("orphan").await.map_err(|e| e.to_string())?;
+        let ids: Vec<String> = b
+            .status
+            .unwrap_or_default()
+            .rendered
+            .iter()
+            .map(|r| r.package_id.clone())
+            .collect();
+        if ids.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(ids)
+        }
+    })
+    .await;
+    bundles.delete("orphan", &Default::default()).await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    for id in &orphan_ids {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{id} collected"),
+            || async {
+                match configmaps.get_opt(&object_name(id)).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let first_b: Vec<&String> = before
+        .iter()
+        .filter(|(role, _, _)| role == "b")
+        .flat_map(|(_, _, ids)| ids.iter().filter(|i| i.starts_with("web-config-b--cfg.")))
+        .collect();
+    assert!(!first_b.is_empty());
+    let mut in_use = std::collections::BTreeSet::new();
+    for (_, agent) in &agents {
+        let ni = nodes.get(&agent.node).await.unwrap();
+        let st = ni.status.clone().unwrap_or_default();
+        in_use.extend(st.active.into_iter().chain(st.cached));
+        in_use.extend(ni.spec.target.map(|t| t.packages).unwrap_or_default());
+    }
+    for id in &first_b {
+        assert!(
+            in_use.contains(*id),
+            "{id} is no node's kept generation: {in_use:?}"
+        );
+    }
+    for id in in_use.iter().filter(|i| i.contains("--cfg.")) {
+        assert!(
+            configmaps
+                .get_opt(&object_name(id))
+                .await
+                .unwrap()
+                .is_some(),
+            "{id} is in use and was collected"
+        );
+    }
+    let index = reqwest::get(format!("{config_url}/index.json"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let index = theseus::pkg::index::Index::parse(&index, "index").unwrap();
+    for id in &orphan_ids {
+        assert!(
+            index.packages.iter().all(|e| &e.id.to_string() != id),
+            "{id} still indexed"
+        );
+    }
 
     let names: Vec<String> = agents.iter().map(|(_, a)| a.node.clone()).collect();
     // Stopped first: a running agent would register its NodeInstall again.
