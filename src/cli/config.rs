@@ -17,7 +17,8 @@ use crate::config::{self, Facts};
 /// Generate configuration packages.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    theseus config render -m examples/config/web-module.yaml -f examples/config/web-bundle.yaml -o out/")]
+    theseus config render -m examples/config/ -f examples/config/demo-config-bundle.yaml -o out/\n  \
+    theseus config diff demo-config --set greeting=hi")]
 pub struct ConfigArgs {
     #[command(subcommand)]
     command: ConfigCommand,
@@ -31,8 +32,40 @@ enum ConfigCommand {
     #[command(after_help = "Examples:\n  \
         theseus config render -m examples/config/ -f examples/config/web-bundle.yaml -o out/\n  \
         theseus config render -m modules/ -f bundle.yaml --facts facts.json -o out/\n  \
-        theseus repo index out/ && theseus pkg activate web-config--cfg.0123456789abcdef --repo file://$PWD/out/")]
+        theseus pkg --root /tmp/node add out/demo-config--cfg.0123456789abcdef.tar.gz")]
     Render(RenderArgs),
+    /// Show what a change of a ConfigBundle in the cluster would change,
+    /// before it is applied: renders the bundle as it is and as changed
+    /// (by `--set` or a whole new `-f` file) with the cluster's
+    /// ConfigModules and facts, then prints each package's id before and
+    /// after and a unified diff of each changed file. Exit code 0: no
+    /// package changes (nothing would roll out); 1: some do; 2: the
+    /// change does not render (every problem printed, with its path).
+    #[command(after_help = "Examples:\n  \
+        theseus config diff demo-config --set greeting=hi\n  \
+        theseus config diff web -n shop -f web-bundle.yaml")]
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// The ConfigBundle.
+    name: String,
+    /// Its namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// A value to change, `PARAMETER=VALUE` (VALUE read as YAML: `8080`
+    /// is a number, `true` a boolean, `null` removes it); repeat.
+    #[arg(long = "set", value_name = "PARAMETER=VALUE")]
+    set: Vec<String>,
+    /// The changed bundle, whole (its `spec` replaces the bundle's).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with = "set"
+    )]
+    bundle: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -56,7 +89,103 @@ struct RenderArgs {
 pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ConfigCommand::Render(a) => render(a),
+        ConfigCommand::Diff(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+            .block_on(diff(a)),
     }
+}
+
+async fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    use kube::Api;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the API server (check KUBECONFIG): {e}"))?;
+    let who = format!("ConfigBundle {}/{}", args.namespace, args.name);
+    let live = Api::<ConfigBundle>::namespaced(client.clone(), &args.namespace)
+        .get_opt(&args.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {who}: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("{who} does not exist (kubectl get configbundles -A)"))?;
+    let modules: BTreeMap<String, ConfigModuleSpec> = Api::<ConfigModule>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the ConfigModules: {e}"))?
+        .items
+        .into_iter()
+        .map(|m| (m.name_any(), m.spec))
+        .collect();
+    let changed = match &args.bundle {
+        Some(path) => load_bundle(path)?,
+        None => with_values(&live.spec, &args.set)?,
+    };
+    let facts = match &changed.cluster_ref {
+        Some(r) => {
+            let cluster = Api::<crate::api::Cluster>::namespaced(client, &args.namespace)
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read Cluster {}: {e}", r.name))?;
+            cluster.as_ref().map(crate::configgen::facts_of)
+        }
+        None => None,
+    };
+    let status = live.status.clone().unwrap_or_default();
+    let previous = (!status.rendered_values.is_empty()).then_some(&status.rendered_values);
+    let mut out = std::io::stdout().lock();
+    let before = config::render(&modules, &live.spec, facts.as_ref(), previous)
+        .map_err(|p| anyhow::anyhow!("{who} does not render as it is (fix it first): {p}"))?;
+    let after = match config::render(&modules, &changed, facts.as_ref(), previous) {
+        Ok(r) => r,
+        Err(problems) => {
+            writeln!(out, "the change does not render:")?;
+            for p in &problems.0 {
+                writeln!(out, "  {p}")?;
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let changes = config::diff::diff(&before, &after);
+    for c in &changes {
+        let whom = match c.service.as_str() {
+            "" => "every node".to_owned(),
+            s => format!("nodes running {s}"),
+        };
+        let id = |i: &Option<String>| i.clone().unwrap_or_else(|| "(none)".into());
+        if c.unchanged() {
+            writeln!(out, "{}  unchanged ({whom}; no rollout)", id(&c.from))?;
+            continue;
+        }
+        writeln!(out, "{} → {}  ({whom} switch)", id(&c.from), id(&c.to))?;
+        for (_, body) in &c.files {
+            write!(out, "{body}")?;
+        }
+    }
+    Ok(
+        if changes.iter().all(config::diff::PackageChange::unchanged) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
+/// `spec` with the `PARAMETER=VALUE` changes of `--set`.
+fn with_values(spec: &ConfigBundleSpec, set: &[String]) -> anyhow::Result<ConfigBundleSpec> {
+    let mut spec = spec.clone();
+    for item in set {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set {item}: expected PARAMETER=VALUE"))?;
+        let value: serde_json::Value =
+            serde_yaml::from_str(value).map_err(|e| anyhow::anyhow!("--set {item}: {e}"))?;
+        if value.is_null() {
+            spec.values.remove(key);
+        } else {
+            spec.values.insert(key.to_owned(), value);
+        }
+    }
+    Ok(spec)
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {

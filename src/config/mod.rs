@@ -22,6 +22,7 @@
 //! Templates, conditions, calculations and validations use one language,
 //! minijinja (`{{ port }}`, `{% if %}`, `"0.0.0.0:" ~ port`).
 
+pub mod diff;
 pub mod render;
 mod values;
 

@@ -2,7 +2,8 @@
 //! a bundle into a package stored in the API server and served, signed, at
 //! its `/config-repository/`; the package activates with `theseus pkg`
 //! from there; a render that changes no byte writes nothing; a changed
-//! value gives a new id; bad values are all reported with their paths
+//! value gives a new id; `theseus config diff` shows a change before it
+//! is applied; bad values are all reported with their paths
 //! while the last good packages stay; and a secret's value appears in no
 //! archive and no status (the operator never reads it).
 
@@ -279,6 +280,49 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     for want in [&id, &new_id] {
         assert!(index2.packages.iter().any(|e| &e.id.to_string() == want));
     }
+
+    // `theseus config diff` shows a change before it is applied: the ids
+    // and the lines, nothing for a change of no byte, the problems of one
+    // that does not render.
+    let diff = |set: &str| {
+        tb.command(crate::support::theseus())
+            .args(["config", "diff", "web", "-n", &ns.name, "--set", set])
+            .output()
+            .unwrap()
+    };
+    let out = diff("greeting=hola");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("{new_id} → web-config--cfg.")),
+        "{text}"
+    );
+    assert!(
+        text.contains("-greeting = hello again\n+greeting = hola\n"),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN), "{text}");
+    let out = diff("port=8080");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("{new_id}  unchanged")), "{text}");
+    let out = diff("port=80");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("spec.values.port: 80 is outside 1024..65535"),
+        "{text}"
+    );
+    assert_eq!(
+        ids(&bundles.get("web").await.unwrap()),
+        vec![new_id.clone()],
+        "a diff changes nothing"
+    );
 
     // Bad values: every problem at once, with its path; an immutable
     // parameter changed is refused; the last good packages stay.
