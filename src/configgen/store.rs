@@ -173,15 +173,21 @@ impl Repository {
         }
     }
 
-    /// The packages stored, as index entries (from metadata only).
-    pub async fn entries(&self) -> Result<Vec<IndexEntry>, StoreError> {
-        let list = self
+    /// The metadata of every package's object.
+    async fn list(&self) -> Result<Vec<kube::core::PartialObjectMeta<ConfigMap>>, StoreError> {
+        Ok(self
             .api
             .list_metadata(&ListParams::default().labels(&format!("{PACKAGE_LABEL}=true")))
             .await
-            .map_err(self.api_err("list", "-l theseus.dev/generated-package"))?;
-        let mut entries: Vec<IndexEntry> = list
-            .items
+            .map_err(self.api_err("list", "-l theseus.dev/generated-package"))?
+            .items)
+    }
+
+    /// The packages stored, as index entries (from metadata only).
+    pub async fn entries(&self) -> Result<Vec<IndexEntry>, StoreError> {
+        let mut entries: Vec<IndexEntry> = self
+            .list()
+            .await?
             .iter()
             .filter(|m| m.metadata.deletion_timestamp.is_none())
             .filter_map(|m| {
@@ -331,13 +337,9 @@ pub fn collectable(
 impl Repository {
     /// The stored packages with their creation times.
     pub async fn stored(&self) -> Result<Vec<Stored>, StoreError> {
-        let list = self
-            .api
-            .list_metadata(&ListParams::default().labels(&format!("{PACKAGE_LABEL}=true")))
-            .await
-            .map_err(self.api_err("list", "-l theseus.dev/generated-package"))?;
-        Ok(list
-            .items
+        Ok(self
+            .list()
+            .await?
             .iter()
             .filter_map(|m| {
                 Some(Stored {

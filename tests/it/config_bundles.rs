@@ -65,6 +65,21 @@ async fn rendered(bundles: &Api<ConfigBundle>, want: &str) -> ConfigBundle {
     .await
 }
 
+/// Asserts that the bundle's Rendered condition names each of `expected`.
+fn assert_problems(b: &ConfigBundle, expected: &[&str]) {
+    let status = b.status.as_ref().unwrap();
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Rendered")
+        .unwrap()
+        .message;
+    for e in expected {
+        assert!(message.contains(e), "missing {e} in: {message}");
+    }
+    assert!(!message.contains(TOKEN), "{message}");
+}
+
 fn ids(b: &ConfigBundle) -> Vec<String> {
     b.status
         .as_ref()
@@ -73,6 +88,31 @@ fn ids(b: &ConfigBundle) -> Vec<String> {
         .iter()
         .map(|r| r.package_id.clone())
         .collect()
+}
+
+/// A fresh signing key at `path` (and `path.pub`); its public key.
+fn keygen(path: &std::path::Path) -> String {
+    stdout_ok(
+        theseus_command()
+            .args(["repo", "keygen", "--out"])
+            .arg(path),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// An operator of `ns`'s objects that signs its generated packages with
+/// the key at `key`, with `extra` arguments.
+fn operator(
+    tb: &crate::support::TestbedEnv,
+    ns: &str,
+    identity: &str,
+    key: &std::path::Path,
+    extra: &[&str],
+) -> Operator {
+    let mut args = vec!["--config-signing-key", key.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Operator::start_with(tb, ns, ns, identity, &test_logs(ns), &args, &[])
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -90,25 +130,10 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "cfgbundle").await;
     let run = ns.name.clone();
-    let logs = test_logs(&run);
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("config.key");
-    let public = stdout_ok(
-        theseus_command()
-            .args(["repo", "keygen", "--out"])
-            .arg(&key),
-    )
-    .trim()
-    .to_owned();
-    let op = Operator::start_with(
-        &tb,
-        &ns.name,
-        &run,
-        "cfg-0",
-        &logs,
-        &["--config-signing-key", key.to_str().unwrap()],
-        &[],
-    );
+    let public = keygen(&key);
+    let op = operator(&tb, &ns.name, "cfg-0", &key, &[]);
 
     // A module of a name of its own (modules are cluster-scoped), the
     // Secret, and the bundle.
@@ -329,26 +354,14 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     merge(json!({ "spec": { "values": { "port": "eighty", "colour": "red", "environment": "prod" } } }))
         .await;
     let bad = rendered(&bundles, "False").await;
-    let message = bad
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Rendered")
-        .unwrap()
-        .message
-        .clone();
-    for expected in [
-        "spec.values.port",
-        "spec.values.colour",
-        "spec.values.environment",
-    ] {
-        assert!(
-            message.contains(expected),
-            "missing {expected} in: {message}"
-        );
-    }
+    assert_problems(
+        &bad,
+        &[
+            "spec.values.port",
+            "spec.values.colour",
+            "spec.values.environment",
+        ],
+    );
     assert_eq!(
         ids(&bad),
         vec![new_id.clone()],
@@ -364,26 +377,14 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     } }))
     .await;
     let unsourced = rendered(&bundles, "False").await;
-    let message = unsourced
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Rendered")
-        .unwrap()
-        .message
-        .clone();
-    for expected in [
-        "spec.valuesFrom: secret parameter apiToken is not set",
-        "spec.clusterRef.name",
-        "nowhere",
-    ] {
-        assert!(
-            message.contains(expected),
-            "missing {expected} in: {message}"
-        );
-    }
+    assert_problems(
+        &unsourced,
+        &[
+            "spec.valuesFrom: secret parameter apiToken is not set",
+            "spec.clusterRef.name",
+            "nowhere",
+        ],
+    );
     assert_eq!(ids(&unsourced), vec![new_id.clone()]);
 
     modules
@@ -410,13 +411,7 @@ fn service_repository(dir: &std::path::Path) -> (crate::support::repo_server::Re
     use std::os::unix::fs::PermissionsExt;
     let repo = dir.join("repo");
     let key_path = dir.join("repo.key");
-    let public = stdout_ok(
-        theseus_command()
-            .args(["repo", "keygen", "--out"])
-            .arg(&key_path),
-    )
-    .trim()
-    .to_owned();
+    let public = keygen(&key_path);
     let src = crate::support::pkg::package_dir(
         dir,
         "cfgweb--1.0.0",
@@ -450,6 +445,27 @@ fn service_repository(dir: &std::path::Path) -> (crate::support::repo_server::Re
     .unwrap();
     let server = crate::support::repo_server::RepoServer::start(theseus_command(), &repo);
     (server, public)
+}
+
+/// Creates the bundle `name` of `module`, producing `package`.
+async fn create_bundle(
+    bundles: &Api<ConfigBundle>,
+    run: &str,
+    name: &str,
+    package: &str,
+    module: &str,
+) {
+    let bundle: ConfigBundle = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1",
+        "kind": "ConfigBundle",
+        "metadata": { "name": name, "labels": { RUN_LABEL: run } },
+        "spec": { "package": package, "modules": [{ "name": module }] }
+    }))
+    .unwrap();
+    bundles
+        .create(&PostParams::default(), &bundle)
+        .await
+        .unwrap();
 }
 
 fn split_module(name: &str) -> ConfigModule {
@@ -487,30 +503,16 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
     let client = tb.client().await;
     let ns = TestNamespace::create(&tb, &client, "cfgroll").await;
     let run = ns.name.clone();
-    let logs = test_logs(&run);
     let dir = tempfile::tempdir().unwrap();
     let (server, repo_key) = service_repository(dir.path());
     let op_key = dir.path().join("config.key");
-    let op_public = stdout_ok(
-        theseus_command()
-            .args(["repo", "keygen", "--out"])
-            .arg(&op_key),
-    )
-    .trim()
-    .to_owned();
-    let op = Operator::start_with(
+    let op_public = keygen(&op_key);
+    let op = operator(
         &tb,
         &ns.name,
-        &run,
         "cfgroll",
-        &logs,
-        &[
-            "--config-signing-key",
-            op_key.to_str().unwrap(),
-            "--config-gc-grace-seconds",
-            "3",
-        ],
-        &[],
+        &op_key,
+        &["--config-gc-grace-seconds", "3"],
     );
     let config_url = format!("{}/config-repository", op.http);
     let trust: Vec<String> = vec![
@@ -540,17 +542,7 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         .await
         .unwrap();
     let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
-    let bundle: ConfigBundle = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1",
-        "kind": "ConfigBundle",
-        "metadata": { "name": "web", "labels": { RUN_LABEL: run } },
-        "spec": { "package": "web-config", "modules": [{ "name": module_name }] }
-    }))
-    .unwrap();
-    bundles
-        .create(&PostParams::default(), &bundle)
-        .await
-        .unwrap();
+    create_bundle(&bundles, &run, "web", "web-config", &module_name).await;
     let repo: PackageRepository = serde_json::from_value(json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
         "metadata": { "name": run, "labels": { RUN_LABEL: run } },
@@ -724,17 +716,7 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
     // deleted bundle's), while every package a node targets, runs or
     // keeps to roll back to stays — among them b's first configuration,
     // which only b's nodes' kept generation still holds.
-    let orphan: ConfigBundle = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1",
-        "kind": "ConfigBundle",
-        "metadata": { "name": "orphan", "labels": { RUN_LABEL: run } },
-        "spec": { "package": "orphan-config", "modules": [{ "name": module_name }] }
-    }))
-    .unwrap();
-    bundles
-        .create(&PostParams::default(), &orphan)
-        .await
-        .unwrap();
+    create_bundle(&bundles, &run, "orphan", "orphan-config", &module_name).await;
     let orphan_ids = eventually(Duration::from_secs(60), "the orphan rendered", || async {
         let b = bundles.get("orphan").await.map_err(|e| e.to_string())?;
         let ids: Vec<String> = b
