@@ -112,7 +112,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Groups(args) => ok(cli::groups::run(&args)),
         Command::Template(args) => runtime()?.block_on(cli::template::run(args)),
         Command::Cluster(args) => runtime()?.block_on(cli::cluster::run(args)),
-        Command::Config(args) => cli::config::run(&args),
+        Command::Config(args) => runtime()?.block_on(cli::config::run(args)),
     }
 }
 

@@ -72,8 +72,7 @@ impl Agent {
         loop {
             let desired = self.desired.borrow_and_update().clone();
             self.reconcile(&desired).await;
-            let active = self.active_facts().await;
-            if !awaits_switch(&desired, active.hash.as_deref(), self.failed.as_deref()) {
+            if !self.awaits_switch(&desired).await {
                 self.hooks.pass(desired.task.as_ref()).await;
             }
             tokio::select! {
@@ -85,6 +84,21 @@ impl Agent {
                 () = stop.cancelled() => return,
             }
         }
+    }
+
+    /// [`awaits_switch`], reading the active set's hash only when a hook
+    /// from a package is asked for (most passes have none).
+    async fn awaits_switch(&self, desired: &Desired) -> bool {
+        let from_package = desired.task.as_ref().is_some_and(|t| t.package.is_some());
+        if !from_package || desired.target.is_none() {
+            return false;
+        }
+        let active = self
+            .switcher
+            .root
+            .read(|root| root.active().ok().flatten().map(|set| set.hash))
+            .await;
+        awaits_switch(desired, active.as_deref(), self.failed.as_deref())
     }
 
     async fn startup(&mut self) {

@@ -150,6 +150,19 @@ pub struct LayoutNode {
     pub services: Vec<String>,
 }
 
+/// The layout nodes running each service of `layout`, in layout order.
+pub fn nodes_by_service(layout: &[LayoutNode]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in layout {
+        for service in &node.services {
+            out.entry(service.clone())
+                .or_default()
+                .push(node.name.clone());
+        }
+    }
+    out
+}
+
 /// The solved layout and how the cluster stands.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]

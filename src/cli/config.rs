@@ -86,14 +86,10 @@ struct RenderArgs {
 }
 
 /// Runs `theseus config`.
-pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ConfigCommand::Render(a) => render(a),
-        ConfigCommand::Diff(a) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
-            .block_on(diff(a)),
+        ConfigCommand::Diff(a) => diff(a).await,
     }
 }
 
@@ -108,38 +104,31 @@ async fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot read {who}: {e}"))?
         .ok_or_else(|| anyhow::anyhow!("{who} does not exist (kubectl get configbundles -A)"))?;
-    let modules: BTreeMap<String, ConfigModuleSpec> = Api::<ConfigModule>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list the ConfigModules: {e}"))?
-        .items
-        .into_iter()
-        .map(|m| (m.name_any(), m.spec))
-        .collect();
     let changed = match &args.bundle {
         Some(path) => load_bundle(path)?,
         None => with_values(&live.spec, &args.set)?,
     };
-    let facts = match &changed.cluster_ref {
-        Some(r) => {
-            let cluster = Api::<crate::api::Cluster>::namespaced(client, &args.namespace)
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot read Cluster {}: {e}", r.name))?;
-            cluster.as_ref().map(crate::configgen::facts_of)
-        }
-        None => None,
-    };
+    let crate::configgen::Inputs {
+        modules,
+        facts,
+        mut problems,
+    } = crate::configgen::inputs(&client, &args.namespace, &changed)
+        .await
+        .map_err(|(what, e)| anyhow::anyhow!("cannot read {what}: {e}"))?;
     let status = live.status.clone().unwrap_or_default();
     let previous = (!status.rendered_values.is_empty()).then_some(&status.rendered_values);
     let mut out = std::io::stdout().lock();
     let before = config::render(&modules, &live.spec, facts.as_ref(), previous)
         .map_err(|p| anyhow::anyhow!("{who} does not render as it is (fix it first): {p}"))?;
-    let after = match config::render(&modules, &changed, facts.as_ref(), previous) {
-        Ok(r) => r,
-        Err(problems) => {
+    let after = config::render(&modules, &changed, facts.as_ref(), previous);
+    if let Err(found) = &after {
+        problems.extend(found.0.iter().cloned());
+    }
+    let after = match after {
+        Ok(r) if problems.is_empty() => r,
+        _ => {
             writeln!(out, "the change does not render:")?;
-            for p in &problems.0 {
+            for p in &problems {
                 writeln!(out, "  {p}")?;
             }
             return Ok(ExitCode::from(2));
@@ -147,10 +136,7 @@ async fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     };
     let changes = config::diff::diff(&before, &after);
     for c in &changes {
-        let whom = match c.service.as_str() {
-            "" => "every node".to_owned(),
-            s => format!("nodes running {s}"),
-        };
+        let whom = nodes_of(&c.service);
         let id = |i: &Option<String>| i.clone().unwrap_or_else(|| "(none)".into());
         if c.unchanged() {
             writeln!(out, "{}  unchanged ({whom}; no rollout)", id(&c.from))?;
@@ -168,6 +154,14 @@ async fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         },
     )
+}
+
+/// Whose package one for `service` is: "every node" or "nodes running S".
+fn nodes_of(service: &str) -> String {
+    match service {
+        "" => "every node".to_owned(),
+        s => format!("nodes running {s}"),
+    }
 }
 
 /// `spec` with the `PARAMETER=VALUE` changes of `--set`.
@@ -210,10 +204,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     };
     for package in &rendered.packages {
         crate::configgen::archive::write(package, &args.out_dir)?;
-        let for_ = match package.service.as_str() {
-            "" => "every node".to_owned(),
-            s => format!("nodes running {s}"),
-        };
+        let for_ = nodes_of(&package.service);
         writeln!(
             out,
             "{}  files: {}  for {for_}",

@@ -673,15 +673,9 @@ pub fn hook_env(
     let mut env = BTreeMap::new();
     env.insert("THESEUS_CLUSTER".to_owned(), cluster.to_owned());
     env.insert("THESEUS_CLUSTER_NODE".to_owned(), node.to_owned());
-    let mut by_service: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for n in layout {
-        for s in &n.services {
-            by_service.entry(s).or_default().push(&n.name);
-        }
-    }
-    for (service, nodes) in by_service {
+    for (service, nodes) in crate::api::nodes_by_service(layout) {
         env.insert(
-            format!("THESEUS_NODES_{}", env_name(service)),
+            format!("THESEUS_NODES_{}", env_name(&service)),
             nodes.join(","),
         );
     }

@@ -182,7 +182,18 @@ fn key(bundle: &ConfigBundle) -> String {
 async fn reconcile(bundle: Arc<ConfigBundle>, cx: Arc<Context>) -> Result<Action, Error> {
     cx.ctx.metrics.reconciled(NAME);
     let who = key(&bundle);
-    let (modules, facts, mut problems) = observe(&bundle, &cx.ctx).await?;
+    let namespace = bundle.namespace().unwrap_or_default();
+    let Inputs {
+        modules,
+        facts,
+        mut problems,
+    } = inputs(&cx.ctx.client, &namespace, &bundle.spec)
+        .await
+        .map_err(|(what, source)| Error::Read {
+            bundle: who.clone(),
+            what,
+            source,
+        })?;
     let previous = bundle.status.clone().unwrap_or_default();
     let last_values = (!previous.rendered_values.is_empty()).then_some(&previous.rendered_values);
     let rendered = match config::render(&modules, &bundle.spec, facts.as_ref(), last_values) {
@@ -226,10 +237,7 @@ async fn reconcile(bundle: Arc<ConfigBundle>, cx: Arc<Context>) -> Result<Action
         now,
     );
     if next != previous {
-        let api: Api<ConfigBundle> = Api::namespaced(
-            cx.ctx.client.clone(),
-            &bundle.namespace().unwrap_or_default(),
-        );
+        let api: Api<ConfigBundle> = Api::namespaced(cx.ctx.client.clone(), &namespace);
         status::apply_status(&api, &bundle.name_any(), &next)
             .await
             .map_err(|source| Error::WriteStatus {
@@ -248,52 +256,49 @@ async fn reconcile(bundle: Arc<ConfigBundle>, cx: Arc<Context>) -> Result<Action
     )))
 }
 
-/// observe: the modules, the Cluster's facts, and the problems found on the
-/// way (a missing Cluster), with their field paths.
-async fn observe(
-    bundle: &ConfigBundle,
-    ctx: &Shared,
-) -> Result<
-    (
-        BTreeMap<String, crate::api::ConfigModuleSpec>,
-        Option<Facts>,
-        Vec<Problem>,
-    ),
-    Error,
-> {
-    let who = key(bundle);
-    let ns = bundle.namespace().unwrap_or_default();
-    let read_err = |what: String| {
-        let bundle = who.clone();
-        move |source| Error::Read {
-            bundle,
-            what,
-            source,
-        }
-    };
-    let modules = Api::<ConfigModule>::all(ctx.client.clone())
+/// What a bundle renders from: every ConfigModule, its Cluster's facts,
+/// and the problems found on the way (a missing Cluster), with their
+/// field paths.
+pub struct Inputs {
+    /// The modules by name.
+    pub modules: BTreeMap<String, crate::api::ConfigModuleSpec>,
+    /// The facts of `spec.clusterRef`'s Cluster, when it names one that exists.
+    pub facts: Option<Facts>,
+    /// What is wrong with the references.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads the [`Inputs`] of `spec` for a bundle in `namespace` (the
+/// controller's observe step, and `theseus config diff`'s). A failed read
+/// names what it read.
+pub async fn inputs(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &crate::api::ConfigBundleSpec,
+) -> Result<Inputs, (String, kube::Error)> {
+    let modules = Api::<ConfigModule>::all(client.clone())
         .list(&Default::default())
         .await
-        .map_err(read_err("the ConfigModules".into()))?
+        .map_err(|e| ("the ConfigModules".to_owned(), e))?
         .items
         .into_iter()
         .map(|m| (m.name_any(), m.spec))
         .collect();
     let mut problems = Vec::new();
-    let facts = match &bundle.spec.cluster_ref {
+    let facts = match &spec.cluster_ref {
         None => None,
         Some(r) => {
-            let cluster = Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
+            let cluster = Api::<Cluster>::namespaced(client.clone(), namespace)
                 .get_opt(&r.name)
                 .await
-                .map_err(read_err(format!("Cluster {ns}/{}", r.name)))?;
+                .map_err(|e| (format!("Cluster {namespace}/{}", r.name), e))?;
             match cluster {
                 Some(c) => Some(facts_of(&c)),
                 None => {
                     problems.push(Problem {
                         path: "spec.clusterRef.name".into(),
                         message: format!(
-                            "Cluster {ns}/{} does not exist; create it or remove clusterRef",
+                            "Cluster {namespace}/{} does not exist; create it or remove clusterRef",
                             r.name
                         ),
                     });
@@ -302,7 +307,11 @@ async fn observe(
             }
         }
     };
-    Ok((modules, facts, problems))
+    Ok(Inputs {
+        modules,
+        facts,
+        problems,
+    })
 }
 
 /// A Cluster's facts: its name, its running layout's size and the nodes
@@ -311,21 +320,12 @@ pub fn facts_of(cluster: &Cluster) -> Facts {
     let layout = cluster
         .status
         .as_ref()
-        .map(|s| s.applied_layout.clone())
+        .map(|s| s.applied_layout.as_slice())
         .unwrap_or_default();
-    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for node in &layout {
-        for service in &node.services {
-            hosts
-                .entry(service.clone())
-                .or_default()
-                .push(node.name.clone());
-        }
-    }
     Facts {
         name: cluster.name_any(),
         size: u32::try_from(layout.len()).unwrap_or(u32::MAX),
-        hosts,
+        hosts: crate::api::nodes_by_service(layout),
     }
 }
 

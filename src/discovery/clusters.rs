@@ -200,16 +200,8 @@ pub fn leaving_paths(cluster: &Cluster) -> Vec<GroupPath> {
 
 /// The services of the applied layout and the layout nodes running each.
 fn services(cluster: &Cluster) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let layout = cluster.status.iter().flat_map(|s| &s.applied_layout);
-    for node in layout {
-        for service in &node.services {
-            out.entry(service.clone())
-                .or_default()
-                .push(node.name.clone());
-        }
-    }
-    out
+    let layout = cluster.status.as_ref().map(|s| s.applied_layout.as_slice());
+    crate::api::nodes_by_service(layout.unwrap_or_default())
 }
 
 /// Every cluster's groups, each path given to one owner.

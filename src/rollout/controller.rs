@@ -436,6 +436,8 @@ struct Decision {
     name: String,
     hash: String,
     ids: Vec<PackageId>,
+    /// The ids of `ids` that the set's ConfigBundles rendered.
+    generated: Vec<PackageId>,
     repository: PackageRepository,
     conflicts: BTreeMap<String, String>,
     health_timeout_seconds: i32,
@@ -450,7 +452,7 @@ fn decide(
     seen: &Observed,
     now: Timestamp,
 ) -> Result<Decision, Invalid> {
-    let (repository, ids) = validated(set, seen)?;
+    let (repository, ids, generated) = validated(set, seen)?;
     let hash = set_hash(&ids);
     let claim = claim_nodes(set, &sc.sets, &seen.nodes);
     let views = node_views(set, &hash, &claim.owned, &seen.nodes);
@@ -472,6 +474,7 @@ fn decide(
         name: set.name_any(),
         hash,
         ids,
+        generated,
         repository,
         conflicts: claim.conflicts,
         health_timeout_seconds: set.spec.strategy.health_timeout_seconds,
@@ -479,11 +482,12 @@ fn decide(
     })
 }
 
-/// The set's repository and package ids, or why it cannot be planned.
+/// The set's repository, all its package ids and those of them its
+/// ConfigBundles rendered, or why it cannot be planned.
 fn validated(
     set: &PackageSet,
     seen: &Observed,
-) -> Result<(PackageRepository, Vec<PackageId>), Invalid> {
+) -> Result<(PackageRepository, Vec<PackageId>, Vec<PackageId>), Invalid> {
     let (repository, index) = match (&seen.repository, &seen.index) {
         (Some(repo), Some(index)) => (repo.clone(), index),
         (repo, _) => {
@@ -522,9 +526,9 @@ fn validated(
         .iter()
         .filter_map(|p| p.parse().ok())
         .collect();
-    ids.extend(generated);
+    ids.extend(generated.iter().cloned());
     ids.sort();
-    Ok((repository, ids))
+    Ok((repository, ids, generated))
 }
 
 /// record: the status with the reservation, carrying the set's
@@ -553,7 +557,7 @@ async fn act(sc: &SetContext, decision: &Decision) -> Result<(), Error> {
         repository_url: decision.repository.spec.url.clone(),
         public_keys: decision.repository.spec.public_keys.clone(),
         health_timeout_seconds: Some(decision.health_timeout_seconds),
-        sources: generated_source(&sc.config.generated, &decision.ids),
+        sources: generated_source(&sc.config.generated, &decision.generated),
     };
     let to_write: BTreeSet<&String> = plan
         .start
@@ -741,27 +745,16 @@ async fn write_target(sc: &SetContext, node: &str, target: &NodeTarget) -> Resul
 #[path = "controller_scenarios.rs"]
 mod scenarios;
 
-/// The source of a target's generated packages (ids of the form
-/// `NAME--cfg.HASH`), if it has any.
-fn generated_source(generated: &PackageSource, ids: &[PackageId]) -> Vec<PackageSource> {
-    let packages: Vec<String> = ids
-        .iter()
-        .map(ToString::to_string)
-        .filter(|id| is_generated(id))
-        .collect();
-    if packages.is_empty() {
+/// The source of a target's generated packages (`generated`, the ids its
+/// ConfigBundles rendered), if it has any.
+fn generated_source(source: &PackageSource, generated: &[PackageId]) -> Vec<PackageSource> {
+    if generated.is_empty() {
         return Vec::new();
     }
     vec![PackageSource {
-        packages,
-        ..generated.clone()
+        packages: generated.iter().map(ToString::to_string).collect(),
+        ..source.clone()
     }]
-}
-
-/// Whether `id` names a generated configuration package.
-fn is_generated(id: &str) -> bool {
-    id.split_once("--")
-        .is_some_and(|(_, v)| v.starts_with("cfg."))
 }
 
 #[cfg(test)]
@@ -796,10 +789,10 @@ mod tests {
             .iter()
             .map(|i| i.parse().unwrap())
             .collect();
-        let sources = generated_source(&source, &ids);
+        let sources = generated_source(&source, &ids[1..]);
         assert_eq!(sources.len(), 1);
         assert_eq!(sources[0].packages, ["web-config--cfg.0123456789abcdef"]);
         assert_eq!(sources[0].public_keys, ["key"]);
-        assert!(generated_source(&source, &ids[..1]).is_empty());
+        assert!(generated_source(&source, &[]).is_empty());
     }
 }
