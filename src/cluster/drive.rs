@@ -117,7 +117,7 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let mut action = Action::requeue(POLL);
     let mut problem = None;
     let latest = match current {
-        Some(mut plan) if !finished(&plan) => {
+        Some(mut plan) if !finished(&plan) || restored(cluster, &plan) => {
             let next = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
             // A plan that ended in this pass is taken in with the same
             // status write that says no plan runs.
@@ -257,6 +257,17 @@ pub fn hash_of(layout: &[LayoutNode], config: &BTreeMap<String, String>) -> Stri
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let bytes = serde_json::to_vec(&(nodes, config)).unwrap_or_default();
     hex::encode(Sha256::digest(bytes))[..16].to_owned()
+}
+
+/// The plan stopped at a failure and the cluster's spec is back at what it
+/// started from (its layout and configuration): what the plan ran is to
+/// be undone by its inverse, as if it had rolled back.
+fn restored(cluster: &Cluster, plan: &ClusterPlan) -> bool {
+    let deleting = cluster.metadata.deletion_timestamp.is_some();
+    let (goal, config) = goal(cluster, deleting);
+    !deleting
+        && plan.status.as_ref().is_some_and(execute::stopped_forward)
+        && hash_of(&goal, &config) == hash_of(&plan.spec.from, &plan.spec.from_config)
 }
 
 fn finished(plan: &ClusterPlan) -> bool {
@@ -539,6 +550,7 @@ fn world<'a>(
         // the delete plan that follows it.
         cancel: cluster.metadata.deletion_timestamp.is_some()
             && plan.spec.operation != Operation::Delete,
+        revert: restored(cluster, plan),
         now,
     }
 }
@@ -830,6 +842,7 @@ async fn target(
         public_keys: repo.spec.public_keys.clone(),
         health_timeout_seconds: None,
         sources: Vec::new(),
+        secrets: Vec::new(),
     })
 }
 

@@ -85,6 +85,9 @@ pub struct World<'a> {
     pub on_failure: OnFailure,
     /// The cluster is deleted: a plan that has not finished turns back.
     pub cancel: bool,
+    /// The cluster's spec is back at what the plan started from: a plan
+    /// that stopped at a failure (`onFailure: Halt`) turns back.
+    pub revert: bool,
     /// The time of the pass.
     pub now: Timestamp,
 }
@@ -128,6 +131,15 @@ fn step_once(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> C
         abandon_running(&mut next.tasks, w.now);
         next.rollback = skipped_inverse(spec, &next.tasks);
     }
+    if w.revert && stopped_forward(&next) {
+        let first = next.message.clone().unwrap_or_default();
+        next.phase = PlanPhase::RollingBack;
+        next.message = Some(format!(
+            "{first}; the cluster's spec is back at where the plan started: undoing what ran"
+        ));
+        abandon_running(&mut next.tasks, w.now);
+        next.rollback = skipped_inverse(spec, &next.tasks);
+    }
     match next.phase {
         PlanPhase::Pending | PlanPhase::AwaitingApproval => {
             next.phase = if w.manual && !w.approved {
@@ -145,6 +157,12 @@ fn step_once(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> C
     }
     next.progress = Some(progress(spec, &next));
     next
+}
+
+/// A plan that stopped at a forward task's failure (`onFailure: Halt`),
+/// its rollback never begun: it may still be turned back.
+pub fn stopped_forward(status: &ClusterPlanStatus) -> bool {
+    status.phase == PlanPhase::Failed && status.rollback.is_empty()
 }
 
 fn run_forward(spec: &ClusterPlanSpec, next: &mut ClusterPlanStatus, w: &World) {
@@ -772,6 +790,7 @@ mod tests {
             task_retries: 1,
             on_failure: OnFailure::Rollback,
             cancel: false,
+            revert: false,
             now: Timestamp::from_second(now).unwrap(),
         }
     }
@@ -1096,5 +1115,21 @@ mod tests {
                 .contains("onFailure is Halt")
         );
         assert!(stopped.rollback.is_empty());
+        // Stopped, it stays stopped until the cluster's spec is back at
+        // where the plan started; then it turns back by its inverse.
+        assert_eq!(step(&spec, &stopped, &w), stopped);
+        w.revert = true;
+        let reverting = step(&spec, &stopped, &w);
+        assert_eq!(reverting.phase, PlanPhase::RollingBack, "{reverting:?}");
+        assert!(
+            reverting
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("back at where the plan started")
+        );
+        assert!(!reverting.rollback.is_empty());
+        // Once it rolls back it is no longer "stopped": no second turn.
+        assert!(!stopped_forward(&reverting));
     }
 }

@@ -258,6 +258,45 @@ async fn a_failing_start_hook_is_retried_then_rolled_back_or_with_halt_stops() {
     let degraded = conditions::find(&cst.conditions, "Degraded").unwrap();
     assert_eq!(degraded.reason, "PlanFailed", "{degraded:?}");
     assert!(degraded.message.contains(&format!("{cache}/start")));
+
+    // The spec put back as it was: the stopped plan turns back by its
+    // inverse (no new plan), and every service runs again.
+    let mark = shop.lines().len();
+    shop.patch_spec(r#"{"config":{"fail":null}}"#);
+    let reverted = eventually(
+        Duration::from_secs(180),
+        "the stopped plan rolled back",
+        || {
+            let shop = &shop;
+            let name = halted.name_any();
+            async move {
+                let plan = shop.plan(&name).await;
+                match plan.status.as_ref().map(|s| s.phase) {
+                    Some(PlanPhase::RolledBack) => Ok(plan),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        shop.plan_name().await.as_deref(),
+        Some(reverted.name_any().as_str()),
+        "no new plan"
+    );
+    let ran = shop.lines()[mark..].to_vec();
+    for service in ["store", "api", "cache"] {
+        let last = ran
+            .iter()
+            .rev()
+            .find(|(_, s, _, _)| *s == shop.service(service))
+            .unwrap_or_else(|| panic!("{service} ran no hook: {ran:?}"));
+        assert_eq!(last.2, "start", "{service} runs again: {ran:?}");
+    }
+    shop.wait("Available", "60s");
+    let cst = shop.cluster().await.status.unwrap();
+    assert!(!cst.applied_config.contains_key("fail"), "{cst:?}");
+    assert_eq!(shop.layout().await, before, "the old layout");
     shop.delete().await;
 }
 
