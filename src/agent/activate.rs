@@ -21,13 +21,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::api::NodePhase;
+use crate::api::{NodePhase, TargetSecret};
 use crate::pkg::accepted::AcceptedVersions;
+use crate::pkg::secrets::SecretValues;
 use crate::pkg::trust::{self, Grant, Policy, Refusal};
 use crate::pkg::{ActivateOptions, Activation, FetchOptions, Fetcher, PackageId, RootError};
 
 use super::health::HealthError;
 use super::root::{Change, NodeRoot, blocking};
+use super::secrets::{self, SECRET_UNAVAILABLE, SecretError};
 use super::service::{AgentEnv, ServiceError, ServiceSpec, services_of};
 use super::supervisor::{Supervisor, SupervisorError};
 
@@ -198,6 +200,10 @@ pub enum SwitchError {
         /// Why the old services are not healthy.
         source: Box<SwitchError>,
     },
+    /// A Secret the target's packages refer to cannot be read; nothing was
+    /// fetched or changed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The target's set hash is not the hash of its packages.
     #[error(
         "spec.target.setHash {set_hash} does not match its packages (whose hash is {computed}); the target is malformed, fix the operator or the PackageSet"
@@ -215,6 +221,15 @@ impl SwitchError {
     pub fn is_untrusted(&self) -> bool {
         matches!(self, Self::Refused(_) | Self::UntrustedIndex { .. })
     }
+
+    /// The `status.reason` of a target refused for this (nothing changed):
+    /// `SecretUnavailable` or `Untrusted`.
+    pub fn refusal_reason(&self) -> &'static str {
+        match self {
+            Self::Secret(_) => SECRET_UNAVAILABLE,
+            _ => super::trust::UNTRUSTED,
+        }
+    }
 }
 
 /// How a switch ended.
@@ -226,8 +241,9 @@ pub enum Outcome {
     RolledBack(SwitchError),
     /// The target failed and there was nothing (or no way) to go back to.
     Failed(SwitchError),
-    /// The target's repository or index is not trusted; nothing changed
-    /// and no package was downloaded.
+    /// The target's repository or index is not trusted, or a Secret it
+    /// refers to cannot be read; nothing changed and no package was
+    /// downloaded.
     Refused(SwitchError),
 }
 
@@ -253,6 +269,9 @@ pub struct Switcher {
     pub policy: Arc<Policy>,
     /// The highest index version accepted from each repository.
     pub versions: AcceptedVersions,
+    /// Reads the Secrets a target refers to, with the agent's identity;
+    /// `None`: a target that refers to one is refused.
+    pub secrets: Option<kube::Client>,
 }
 
 /// One switch request.
@@ -272,6 +291,9 @@ pub struct Request {
     /// Other repositories, each with the ids fetched from it
     /// (`NodeTarget.sources`).
     pub sources: Vec<SourceRequest>,
+    /// The Secret keys the packages' files refer to
+    /// (`NodeTarget.secrets`).
+    pub secrets: Vec<TargetSecret>,
 }
 
 /// A repository some of a request's packages come from.
@@ -406,13 +428,17 @@ impl Switcher {
             Ok(sources) => sources,
             Err(refusal) => return Outcome::Refused(SwitchError::Refused(refusal)),
         };
+        let values = match self.read_secrets(req).await {
+            Ok(values) => values,
+            Err(e) => return Outcome::Refused(SwitchError::Secret(e)),
+        };
         let fetching = match &req.repository {
             Some(url) => format!("fetching set {} from {url}", req.hash),
             None => format!("checking the cache for set {}", req.hash),
         };
         sink.phase(NodePhase::Fetching, fetching).await;
         let new = match self
-            .prepare_and_switch(req, grant.as_ref(), &sources, sink)
+            .prepare_and_switch(req, grant.as_ref(), &sources, values, sink)
             .await
         {
             Ok(new) => new,
@@ -441,6 +467,18 @@ impl Switcher {
         self.verify(&new, req.health_timeout).await
     }
 
+    /// The values of the Secrets `req` refers to, read before anything is
+    /// fetched.
+    async fn read_secrets(&self, req: &Request) -> Result<SecretValues, SecretError> {
+        if req.secrets.is_empty() {
+            return Ok(SecretValues::default());
+        }
+        match &self.secrets {
+            Some(client) => secrets::read(client, &req.secrets).await,
+            None => Err(SecretError::NoClient),
+        }
+    }
+
     /// Starts the services of the (already active) set and waits for them;
     /// rolls back on failure. Also resumes an interrupted verification.
     pub async fn verify(&self, new: &[ServiceSpec], timeout: Duration) -> Outcome {
@@ -466,6 +504,7 @@ impl Switcher {
         req: &Request,
         grant: Option<&Grant>,
         sources: &[(Grant, Vec<PackageId>)],
+        secrets: SecretValues,
         sink: &dyn PhaseSink,
     ) -> Result<Vec<ServiceSpec>, Early> {
         let old = self.active_services().await.unwrap_or_default();
@@ -487,9 +526,13 @@ impl Switcher {
                 progress: progress_tx,
                 go: go_rx,
             };
+            let options = ActivateOptions {
+                secrets,
+                ..ActivateOptions::default()
+            };
             tokio::task::spawn_blocking(move || {
                 let fetchers = (fetcher.as_ref(), others.as_slice());
-                run_activation(&change, &ids, &hash, fetchers, &env, &link);
+                run_activation(&change, (&ids, options), &hash, fetchers, &env, &link);
             })
         };
         let steps = async {
@@ -638,7 +681,7 @@ impl Link {
 /// the switch (readers wait). Without the go-ahead it undoes everything.
 fn run_activation(
     change: &Change,
-    ids: &[PackageId],
+    (ids, options): (&[PackageId], ActivateOptions),
     hash: &str,
     (fetcher, others): (Option<&Fetcher>, &[(Fetcher, Vec<PackageId>)]),
     env: &AgentEnv,
@@ -647,7 +690,7 @@ fn run_activation(
     let root = change.root();
     let begun = {
         let _readers_wait = change.exclusive();
-        root.begin_activation(ids, ActivateOptions::default())
+        root.begin_activation(ids, options)
     };
     let mut activation = match begun {
         Ok(activation) => activation,

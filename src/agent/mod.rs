@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod reconcile;
 pub mod register;
 pub mod root;
+pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod supervisor;
@@ -135,7 +136,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (desired_tx, desired_rx) = watch::channel(Desired::of(&ni));
     let (activate_tx, activate_rx) = mpsc::channel(4);
-    let switcher = switcher(&args, NodeRoot::new(root), policy);
+    let switcher = switcher(&args, NodeRoot::new(root), policy, &client);
     let router = api::router(api::ApiState {
         root: switcher.root.clone(),
         token: args.api_token.clone(),
@@ -151,13 +152,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         switcher,
         reporter: reporter.clone(),
         // A target refused as untrusted is tried again after a restart,
-        // which is how a changed trust configuration takes effect.
+        // which is how a changed trust configuration takes effect; so is
+        // one whose Secrets could not be read (also retried meanwhile).
         failed: ni
             .status
             .as_ref()
-            .filter(|s| s.reason.as_deref() != Some(trust::UNTRUSTED))
+            .filter(|s| {
+                let reason = s.reason.as_deref();
+                reason != Some(trust::UNTRUSTED) && reason != Some(secrets::SECRET_UNAVAILABLE)
+            })
             .and_then(|s| s.failed_hash.clone()),
         reason: None,
+        retry_at: None,
         desired: desired_rx,
         requests: activate_rx,
         tick,
@@ -249,7 +255,12 @@ fn trust_policy(args: &AgentArgs) -> anyhow::Result<Arc<crate::pkg::trust::Polic
 
 /// What switches the node's package: its root, its service supervisor,
 /// the environment services see, and the trust checks.
-fn switcher(args: &AgentArgs, root: NodeRoot, policy: Arc<crate::pkg::trust::Policy>) -> Switcher {
+fn switcher(
+    args: &AgentArgs,
+    root: NodeRoot,
+    policy: Arc<crate::pkg::trust::Policy>,
+    client: &kube::Client,
+) -> Switcher {
     let run_dir = root.path().join("run");
     let supervisor: Arc<dyn Supervisor> = match args.supervisor {
         SupervisorKind::Process => Arc::new(ProcessSupervisor::new(&run_dir)),
@@ -262,6 +273,7 @@ fn switcher(args: &AgentArgs, root: NodeRoot, policy: Arc<crate::pkg::trust::Pol
         supervisor,
         fetch: FetchOptions::default(),
         policy,
+        secrets: Some(client.clone()),
     }
 }
 

@@ -22,8 +22,8 @@ use super::activate::{
 use super::api::{ActivateRefusal, ActivateReply, ActivateRequest};
 use super::hooks::Hooks;
 use super::register::{Desired, Reporter};
+use super::secrets::SECRET_UNAVAILABLE;
 use super::state::{self, Action, Facts};
-use super::trust::UNTRUSTED;
 
 /// Health probes of a supervision pass before the services count as unhealthy.
 const SUPERVISE_RETRIES: u32 = 2;
@@ -49,7 +49,14 @@ pub struct Agent {
     pub reason: Option<&'static str>,
     /// Runs the service action hook of `spec.task`.
     pub hooks: Hooks,
+    /// When a target refused for a Secret it could not read is tried
+    /// again (an admin may grant the read meanwhile).
+    pub retry_at: Option<std::time::Instant>,
 }
+
+/// How long a target whose Secrets could not be read waits before the
+/// agent reads them again.
+pub const SECRET_RETRY: Duration = Duration::from_secs(30);
 
 /// The active set as the status shows it.
 struct ActiveFacts {
@@ -129,6 +136,13 @@ impl Agent {
     }
 
     async fn reconcile(&mut self, desired: &Desired) {
+        if self
+            .retry_at
+            .is_some_and(|at| std::time::Instant::now() >= at)
+        {
+            self.retry_at = None;
+            self.failed = None;
+        }
         let active = self.active_facts().await;
         let note = self.switcher.root.read(|root| read_note(root.path())).await;
         let target = desired.target.as_ref();
@@ -229,7 +243,10 @@ impl Agent {
             }
             Outcome::Refused(reason) => {
                 self.failed = Some(hash.to_owned());
-                self.reason = Some(UNTRUSTED);
+                self.reason = Some(reason.refusal_reason());
+                if self.reason == Some(SECRET_UNAVAILABLE) {
+                    self.retry_at = Some(std::time::Instant::now() + SECRET_RETRY);
+                }
                 let message = format!("set {hash} refused: {reason}");
                 tracing::warn!(node = %self.node, "{message}");
                 (NodePhase::Failed, message, false)
@@ -258,6 +275,7 @@ impl Agent {
             keys: vec![],
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             sources: vec![],
+            secrets: vec![],
         };
         let outcome = self.switcher.switch(&request, &self.sink(desired)).await;
         let phase = match &outcome {
@@ -269,7 +287,10 @@ impl Agent {
             Outcome::Active => format!("set {hash} activated locally"),
             Outcome::RolledBack(r) | Outcome::Failed(r) | Outcome::Refused(r) => r.to_string(),
         };
-        self.reason = matches!(outcome, Outcome::Refused(_)).then_some(UNTRUSTED);
+        self.reason = match &outcome {
+            Outcome::Refused(reason) => Some(reason.refusal_reason()),
+            _ => None,
+        };
         let healthy = matches!(outcome, Outcome::Active);
         self.report(phase, message.clone(), healthy, desired).await;
         let reply = match outcome {
@@ -406,6 +427,7 @@ fn request(target: &NodeTarget) -> Request {
         keys: target.public_keys.clone(),
         health_timeout: timeout,
         sources,
+        secrets: target.secrets.clone(),
     }
 }
 

@@ -152,6 +152,11 @@ pub struct RenderedPackage {
     /// The sha256 of the inputs (modules, values, facts), to tell "nothing
     /// changed" from "changed, same output".
     pub input_digest: String,
+    /// The secret parameters its files refer to (`${secret:NAME}`): a node
+    /// given the package is also given, by reference, the Secret keys of
+    /// these parameters (`spec.valuesFrom`), and resolves them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 fn any_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -156,6 +156,36 @@ pub struct NodeTarget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     pub sources: Vec<PackageSource>,
+
+    /// Secret values some of `packages` refer to (`${secret:NAME}` in
+    /// generated configuration), by reference: the agent reads each key
+    /// with its own identity and writes the files that use it, resolved
+    /// and readable by their owner only, into the new generation. No value
+    /// is ever in the target, a package or a status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub secrets: Vec<TargetSecret>,
+}
+
+/// Where the value of a secret parameter of a package is.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSecret {
+    /// The name of the package whose files refer to it (e.g. `web-config`).
+    #[schemars(length(min = 1, max = 63))]
+    pub package: String,
+    /// The parameter, as in `${secret:PARAMETER}`.
+    #[schemars(length(min = 1, max = 253))]
+    pub parameter: String,
+    /// The namespace of the Secret.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// A repository some packages of a target come from.

@@ -240,6 +240,7 @@ pub fn run(args: &PkgArgs) -> anyhow::Result<()> {
             let fetcher = fetcher(repo, &root)?;
             let options = ActivateOptions {
                 required: required.clone(),
+                ..ActivateOptions::default()
             };
             let activated = runtime()?.block_on(root.activate(ids, fetcher.fetcher(), options));
             emit_switched(args.format, &fetcher.explain(activated)?)

@@ -45,8 +45,9 @@ pub struct Facts {
     pub hosts: BTreeMap<String, Vec<String>>,
 }
 
-/// The prefix of a secret reference in rendered files: `${secret:NAME}`.
-pub const SECRET_REFERENCE: &str = "${secret:";
+/// The prefix of a secret reference in rendered files: `${secret:NAME}`,
+/// which the node resolves (see [`crate::pkg::secrets`]).
+pub const SECRET_REFERENCE: &str = crate::pkg::secrets::REFERENCE;
 
 /// How a secret's value is shown wherever values are listed.
 pub const MASK: &str = "******";
@@ -109,6 +110,20 @@ pub struct Package {
     pub content_digest: String,
     /// The files by path.
     pub files: BTreeMap<String, File>,
+}
+
+impl Package {
+    /// The secret parameters its files refer to, sorted: the node needs
+    /// their values to activate it.
+    pub fn secret_parameters(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> = self
+            .files
+            .values()
+            .filter_map(|f| std::str::from_utf8(&f.content).ok())
+            .flat_map(crate::pkg::secrets::references)
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
 }
 
 /// What a render gives.

@@ -191,6 +191,8 @@ fn a_secret_never_reaches_a_file_or_the_expanded_view() {
     let r = render(&web(), &bundle(json!({})), None, None).unwrap();
     let conf = String::from_utf8(r.packages[0].files["etc/web.conf"].content.clone()).unwrap();
     assert!(conf.contains("token = ${secret:token}"), "{conf}");
+    // The package says which secrets its node must resolve.
+    assert_eq!(r.packages[0].secret_parameters(), ["token"]);
     assert_eq!(r.expanded["token"], MASK);
     assert_eq!(r.expanded["listen"], "0.0.0.0:8080");
     let plain = problems(render(

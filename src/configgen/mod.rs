@@ -354,6 +354,7 @@ fn entries(rendered: &Rendered) -> Vec<RenderedPackage> {
             package_id: p.id.clone(),
             content_digest: p.content_digest.clone(),
             input_digest: rendered.input_digest.clone(),
+            secrets: p.secret_parameters(),
         })
         .collect()
 }

@@ -22,6 +22,10 @@ use super::set::{self, Member};
 pub struct ActivateOptions {
     /// Names that must be present exactly once (a PackageSet's `required`).
     pub required: Vec<String>,
+    /// Values of the secrets the packages' files refer to, by package name:
+    /// those files are resolved into the generation (see
+    /// [`super::secrets`]).
+    pub secrets: super::secrets::SecretValues,
 }
 
 /// An activation in progress. Dropping it before [`Activation::switch`]
@@ -362,7 +366,13 @@ impl Activation<'_> {
             }
         }
         let started = std::time::Instant::now();
-        generation::build(self.root.path(), number, &self.members, disk::unix_now())?;
+        generation::build(
+            self.root.path(),
+            number,
+            &self.members,
+            &self.options.secrets,
+            disk::unix_now(),
+        )?;
         tracing::debug!(elapsed = ?started.elapsed(), "built generation {number}");
         Ok(number)
     }

@@ -4,7 +4,9 @@
 //! generations/N/active/NAME -> ../../../packages/ID
 //! generations/N/bin/tool    -> ../active/NAME/bin/tool     (likewise lib/, etc/;
 //!                                 a directory only one package uses is one link)
-//! generations/N/set.json       {"generation", "ids", "hash", "time"}
+//! generations/N/etc/app.conf  a file, mode 0600, where the package's file
+//!                              refers to secrets (see [`super::secrets`])
+//! generations/N/set.json       {"generation", "ids", "hash", "time", "resolved"}
 //! generations/N/environment    KEY=VALUE lines for services (systemd EnvironmentFile)
 //! ```
 //!
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::disk::{self, TMP_MARK};
 use super::failpoint;
 use super::id::PackageId;
+use super::secrets::SecretValues;
 use super::set::{Member, set_hash};
 
 /// The directories merged from every active package.
@@ -49,6 +52,19 @@ pub enum GenerationError {
         /// The parse error.
         message: String,
     },
+    /// A file refers to secrets the target gives no value for.
+    #[error(
+        "{file} of package {package} refers to the secret parameter(s) {}, which the node's target gives no Secret for; add them to the valuesFrom of the ConfigBundle that renders {package}",
+        parameters.join(", ")
+    )]
+    UnresolvedSecret {
+        /// The package.
+        package: PackageId,
+        /// The file, relative to the package.
+        file: String,
+        /// The parameters without a value.
+        parameters: Vec<String>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GenerationError + '_ {
@@ -69,6 +85,10 @@ pub struct SetFile {
     pub hash: String,
     /// When the generation was built (RFC 3339, UTC).
     pub time: String,
+    /// The merged files that are resolved copies (secrets filled in, mode
+    /// 0600) instead of links, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<String>,
 }
 
 /// Reads `set.json` of the generation directory `dir`.
@@ -125,8 +145,12 @@ pub fn merged_target(rel: &str, name: &str) -> PathBuf {
 /// whole directory comes from one package, it is one link to that
 /// directory (tree folding, as GNU Stow does), so a package of 20,000
 /// files under `lib/app/` costs one link, not 20,000. The top-level
-/// `bin/`, `lib/` and `etc/` are always real directories.
-pub fn expected_links(members: &[Member]) -> BTreeMap<String, PathBuf> {
+/// `bin/`, `lib/` and `etc/` are always real directories. The `resolved`
+/// files are not links, and no directory above one is folded.
+pub fn expected_links(
+    members: &[Member],
+    resolved: &BTreeSet<String>,
+) -> BTreeMap<String, PathBuf> {
     // For every directory below the top level: its only owner, or None
     // when several packages put something under it.
     let mut owners: HashMap<&str, Option<&str>> = HashMap::new();
@@ -145,10 +169,15 @@ pub fn expected_links(members: &[Member]) -> BTreeMap<String, PathBuf> {
             }
         }
     }
+    for rel in resolved {
+        for dir in folded_ancestors(rel) {
+            owners.insert(dir, None);
+        }
+    }
     let mut links = BTreeMap::new();
     for m in members {
         let name = m.info.id.name();
-        for rel in &m.files {
+        for rel in m.files.iter().filter(|r| !resolved.contains(*r)) {
             let at = folded_ancestors(rel)
                 .find(|dir| owners.get(dir) == Some(&Some(name)))
                 .unwrap_or(rel);
@@ -164,14 +193,74 @@ fn folded_ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').skip(1).map(move |(i, _)| &rel[..i])
 }
 
+/// The merged files of `members` that hold secret references, resolved
+/// with `secrets`, by path (only packages `secrets` names are read).
+fn resolve_secrets(
+    root: &Path,
+    members: &[Member],
+    secrets: &SecretValues,
+) -> Result<BTreeMap<String, zeroize::Zeroizing<String>>, GenerationError> {
+    let mut out = BTreeMap::new();
+    for m in members
+        .iter()
+        .filter(|m| secrets.has_package(m.info.id.name()))
+    {
+        let dir = root.join("packages").join(m.info.id.to_string());
+        for rel in &m.files {
+            let path = dir.join(rel);
+            // Only the package's own files: a link is never followed.
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            match secrets.resolve(m.info.id.name(), text) {
+                Ok(Some(resolved)) => {
+                    out.insert(rel.clone(), resolved);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(GenerationError::UnresolvedSecret {
+                        package: m.info.id.clone(),
+                        file: rel.clone(),
+                        parameters: e.parameters,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to a new file readable by its owner only (never, not
+/// even for a moment, by anyone else), and syncs it.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Builds `generations/number` under `root` for `members` (already
-/// validated as a set), fsyncs it, and renames it into place.
+/// validated as a set), with the files that refer to secrets resolved
+/// from `secrets`, fsyncs it, and renames it into place.
 pub fn build(
     root: &Path,
     number: u64,
     members: &[Member],
+    secrets: &SecretValues,
     time: u64,
 ) -> Result<PathBuf, GenerationError> {
+    let resolved = resolve_secrets(root, members, secrets)?;
+    let resolved_paths: BTreeSet<String> = resolved.keys().cloned().collect();
     let gens = root.join("generations");
     let tmp = gens.join(format!("{number}{TMP_MARK}"));
     disk::remove_all(&tmp).map_err(io_err(&tmp))?;
@@ -192,7 +281,7 @@ pub fn build(
         std::os::unix::fs::symlink(active_target(&m.info.id), &link).map_err(io_err(&link))?;
     }
     failpoint::hit("generation-partial");
-    for (rel, target) in expected_links(members) {
+    for (rel, target) in expected_links(members, &resolved_paths) {
         let link = tmp.join(&rel);
         mkdir(
             link.parent()
@@ -201,8 +290,18 @@ pub fn build(
         )?;
         std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
     }
+    for (rel, text) in &resolved {
+        let file = tmp.join(rel);
+        mkdir(
+            file.parent()
+                .expect("a merged path has a parent")
+                .to_owned(),
+        )?;
+        write_private(&file, text.as_bytes()).map_err(io_err(&file))?;
+    }
     let ids: Vec<PackageId> = sorted_ids(members);
-    write_metadata(root, &tmp, number, &ids, time)?;
+    let resolved: Vec<String> = resolved_paths.into_iter().collect();
+    write_metadata(root, &tmp, number, &ids, &resolved, time)?;
     for dir in &dirs {
         disk::fsync_dir(dir).map_err(io_err(dir))?;
     }
@@ -225,6 +324,7 @@ fn write_metadata(
     dir: &Path,
     number: u64,
     ids: &[PackageId],
+    resolved: &[String],
     time: u64,
 ) -> Result<(), GenerationError> {
     let hash = set_hash(ids);
@@ -233,6 +333,7 @@ fn write_metadata(
         ids: ids.to_vec(),
         hash: hash.clone(),
         time: disk::rfc3339(time),
+        resolved: resolved.to_vec(),
     };
     let mut json = serde_json::to_vec_pretty(&set).expect("a set file always serializes");
     json.push(b'\n');
@@ -276,13 +377,23 @@ pub fn verify(dir: &Path, set: &SetFile, members: &[Member]) -> Vec<String> {
             ));
         }
     }
-    let expected = expected_links(members);
+    let resolved: BTreeSet<String> = set.resolved.iter().cloned().collect();
+    let expected = expected_links(members, &resolved);
     let mut found = Vec::new();
     for top in MERGED_DIRS {
         let _ = walk_leaves(&dir.join(top), top, &mut found);
     }
     for rel in &found {
         let link = dir.join(rel);
+        if resolved.contains(rel) {
+            if !is_private_file(&link) {
+                problems.push(format!(
+                    "{}: should be a file readable by its owner only (secrets resolved)",
+                    link.display()
+                ));
+            }
+            continue;
+        }
         match expected.get(rel) {
             None => problems.push(format!(
                 "{}: not provided by any active package",
@@ -303,10 +414,20 @@ pub fn verify(dir: &Path, set: &SetFile, members: &[Member]) -> Vec<String> {
             Some(_) => {}
         }
     }
-    for rel in expected.keys().filter(|r| !found.contains(r)) {
+    for rel in expected
+        .keys()
+        .chain(&resolved)
+        .filter(|r| !found.contains(r))
+    {
         problems.push(format!("{}: missing", dir.join(rel).display()));
     }
     problems
+}
+
+fn is_private_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 == 0)
 }
 
 #[cfg(test)]
@@ -326,7 +447,7 @@ mod tests {
             ),
             member("b--1", &["bin/b", "lib/shared/b.so", "lib/shared/sub/b.so"]),
         ];
-        let links = expected_links(&members);
+        let links = expected_links(&members, &BTreeSet::new());
         let expected: &[(&str, &str)] = &[
             ("bin/a", "../active/a/bin/a"),
             ("bin/b", "../active/b/bin/b"),
@@ -341,5 +462,107 @@ mod tests {
             .collect();
         let want: Vec<(&str, String)> = expected.iter().map(|(k, v)| (*k, v.to_string())).collect();
         assert_eq!(got, want);
+    }
+
+    /// A root holding the package `id` with `files` (path, content).
+    fn root_with(id: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Member) {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, content) in files {
+            let path = dir.path().join("packages").join(id).join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("generations")).unwrap();
+        let rels: Vec<&str> = files.iter().map(|(r, _)| *r).collect();
+        (dir, member(id, &rels))
+    }
+
+    fn secrets(package: &str, parameter: &str, value: &str) -> SecretValues {
+        let mut v = SecretValues::default();
+        v.insert(package, parameter, zeroize::Zeroizing::new(value.into()));
+        v
+    }
+
+    #[test]
+    fn a_file_with_secret_references_is_resolved_private_and_the_rest_stay_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let id = "web-config--cfg.0123456789abcdef";
+        let (root, m) = root_with(
+            id,
+            &[
+                ("etc/web/token", "token = ${secret:apiToken}\n"),
+                ("etc/web/web.conf", "port = 80\n"),
+            ],
+        );
+        let members = [m];
+        let values = secrets("web-config", "apiToken", "VALUE");
+        let dir = build(root.path(), 1, &members, &values, 0).unwrap();
+        let token = dir.join("etc/web/token");
+        let meta = std::fs::symlink_metadata(&token).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "token = VALUE\n");
+        // etc/web is not folded into one link: it holds the resolved file.
+        assert!(
+            std::fs::symlink_metadata(dir.join("etc/web"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(
+            std::fs::read_link(dir.join("etc/web/web.conf")).unwrap(),
+            merged_target("etc/web/web.conf", "web-config")
+        );
+        // The package keeps its reference.
+        let cached = root.path().join("packages").join(id).join("etc/web/token");
+        assert!(
+            std::fs::read_to_string(cached)
+                .unwrap()
+                .contains("${secret:apiToken}")
+        );
+        let set = read_set(&dir).unwrap();
+        assert_eq!(set.resolved, ["etc/web/token"]);
+        assert_eq!(verify(&dir, &set, &members), Vec::<String>::new());
+        // A resolved file others may read, or one replaced by a link, is a
+        // problem.
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(verify(&dir, &set, &members).len(), 1);
+    }
+
+    #[test]
+    fn a_reference_without_a_value_fails_the_build_and_leaves_nothing() {
+        let id = "web-config--cfg.0123456789abcdef";
+        let (root, m) = root_with(
+            id,
+            &[("etc/web/token", "${secret:apiToken} ${secret:other}")],
+        );
+        let members = [m];
+        let err = build(
+            root.path(),
+            1,
+            &members,
+            &secrets("web-config", "apiToken", "VALUE"),
+            0,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("etc/web/token") && text.contains("other") && text.contains(id),
+            "{text}"
+        );
+        assert!(!text.contains("VALUE"), "{text}");
+        assert_eq!(
+            std::fs::read_dir(root.path().join("generations"))
+                .unwrap()
+                .count(),
+            0
+        );
+        // Packages that no value names are not resolved: their references
+        // stay as they are, and the file stays a link.
+        let dir = build(root.path(), 1, &members, &SecretValues::default(), 0).unwrap();
+        assert!(
+            std::fs::symlink_metadata(dir.join("etc/web"))
+                .unwrap()
+                .is_symlink()
+        );
     }
 }

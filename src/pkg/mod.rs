@@ -35,6 +35,7 @@ mod paths;
 pub mod pkginfo;
 mod recover;
 mod root;
+pub mod secrets;
 pub mod serve;
 pub mod set;
 mod stream;

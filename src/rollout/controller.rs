@@ -33,7 +33,8 @@ use super::status::{
 use super::target::{TargetError, put_target};
 use super::{ownership, plan, validate};
 use crate::api::{
-    ConfigBundle, NodeInstall, NodeTarget, PackageRepository, PackageSet, PackageSource,
+    ConfigBundle, ConfigBundleRef, NodeInstall, NodeTarget, PackageRepository, PackageSet,
+    PackageSource, RenderedPackage, TargetSecret, ValueFrom,
 };
 use crate::pkg::PackageId;
 use crate::pkg::set::set_hash;
@@ -337,7 +338,15 @@ struct Observed {
     index: Option<Arc<crate::pkg::index::Index>>,
     nodes: Vec<Arc<NodeInstall>>,
     /// The packages of the set's ConfigBundles, or why there are none yet.
-    generated: Result<Vec<PackageId>, Vec<String>>,
+    generated: Result<Generated, Vec<String>>,
+}
+
+/// The packages a set's ConfigBundles rendered, and where the secrets
+/// their files refer to are.
+#[derive(Clone, Debug, Default)]
+struct Generated {
+    ids: Vec<PackageId>,
+    secrets: Vec<TargetSecret>,
 }
 
 /// observe: the halt, the repository and its verified index, the nodes.
@@ -374,12 +383,13 @@ async fn observe(set: &PackageSet, sc: &SetContext) -> Result<Observed, Error> {
 }
 
 /// The packages the set's ConfigBundles rendered last (the common one,
-/// and the named service's), or a problem per bundle that has none.
+/// and the named service's) with the Secret keys their files refer to, or
+/// a problem per bundle that has none.
 async fn generated_packages(
     set: &PackageSet,
     sc: &SetContext,
-) -> Result<Result<Vec<PackageId>, Vec<String>>, Error> {
-    let mut ids = Vec::new();
+) -> Result<Result<Generated, Vec<String>>, Error> {
+    let mut generated = Generated::default();
     let mut problems = Vec::new();
     for r in &set.spec.config_bundles {
         let bundle = Api::<ConfigBundle>::namespaced(sc.ctx.client.clone(), &r.namespace)
@@ -390,15 +400,24 @@ async fn generated_packages(
                 bundle: format!("{}/{}", r.namespace, r.name),
                 source,
             })?;
+        let values_from = bundle
+            .as_ref()
+            .map(|b| b.spec.values_from.clone())
+            .unwrap_or_default();
         let rendered = bundle
             .and_then(|b| b.status)
             .map(|s| s.rendered)
             .unwrap_or_default();
-        let mine: Vec<PackageId> = rendered
+        let mine: Vec<&RenderedPackage> = rendered
             .iter()
             .filter(|p| p.service.is_empty() || Some(&p.service) == r.service.as_ref())
-            .filter_map(|p| p.package_id.parse().ok())
             .collect();
+        for p in &mine {
+            match secret_references(r, p, &values_from) {
+                Ok(refs) => generated.secrets.extend(refs),
+                Err(problem) => problems.push(problem),
+            }
+        }
         let wants_service = r
             .service
             .as_ref()
@@ -416,13 +435,51 @@ async fn generated_packages(
                 r.service.as_deref().unwrap_or_default()
             ));
         }
-        ids.extend(mine);
+        generated
+            .ids
+            .extend(mine.iter().filter_map(|p| p.package_id.parse().ok()));
     }
     Ok(if problems.is_empty() {
-        Ok(ids)
+        Ok(generated)
     } else {
         Err(problems)
     })
+}
+
+/// Where the values of the secrets that the rendered package `p` of the
+/// bundle `r` refers to are: a reference per parameter, to the Secret key
+/// its bundle's `valuesFrom` names (the operator reads no Secret).
+fn secret_references(
+    r: &ConfigBundleRef,
+    p: &RenderedPackage,
+    values_from: &[ValueFrom],
+) -> Result<Vec<TargetSecret>, String> {
+    let package = p
+        .package_id
+        .parse::<PackageId>()
+        .map(|id| id.name().to_owned())
+        .unwrap_or_default();
+    p.secrets
+        .iter()
+        .map(|parameter| {
+            let from = values_from
+                .iter()
+                .find(|v| &v.parameter == parameter)
+                .ok_or_else(|| {
+                    format!(
+                        "ConfigBundle {}/{}: package {} refers to secret parameter {parameter}, which spec.valuesFrom no longer names; add it back",
+                        r.namespace, r.name, p.package_id
+                    )
+                })?;
+            Ok(TargetSecret {
+                package: package.clone(),
+                parameter: parameter.clone(),
+                namespace: r.namespace.clone(),
+                name: from.secret_key_ref.name.clone(),
+                key: from.secret_key_ref.key.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Why a set cannot be planned: a condition reason and the problems.
@@ -436,8 +493,9 @@ struct Decision {
     name: String,
     hash: String,
     ids: Vec<PackageId>,
-    /// The ids of `ids` that the set's ConfigBundles rendered.
-    generated: Vec<PackageId>,
+    /// The ids of `ids` that the set's ConfigBundles rendered, and the
+    /// secrets their files refer to.
+    generated: Generated,
     repository: PackageRepository,
     conflicts: BTreeMap<String, String>,
     health_timeout_seconds: i32,
@@ -487,7 +545,7 @@ fn decide(
 fn validated(
     set: &PackageSet,
     seen: &Observed,
-) -> Result<(PackageRepository, Vec<PackageId>, Vec<PackageId>), Invalid> {
+) -> Result<(PackageRepository, Vec<PackageId>, Generated), Invalid> {
     let (repository, index) = match (&seen.repository, &seen.index) {
         (Some(repo), Some(index)) => (repo.clone(), index),
         (repo, _) => {
@@ -505,7 +563,7 @@ fn validated(
         }
     };
     let generated = match &seen.generated {
-        Ok(ids) => ids.clone(),
+        Ok(generated) => generated.clone(),
         Err(problems) => {
             return Err(Invalid {
                 reason: CONFIG_NOT_RENDERED,
@@ -513,7 +571,12 @@ fn validated(
             });
         }
     };
-    let problems = validate::problems(&set.spec.packages, &generated, &set.spec.required, index);
+    let problems = validate::problems(
+        &set.spec.packages,
+        &generated.ids,
+        &set.spec.required,
+        index,
+    );
     if !problems.is_empty() {
         return Err(Invalid {
             reason: "InvalidSpec",
@@ -526,7 +589,7 @@ fn validated(
         .iter()
         .filter_map(|p| p.parse().ok())
         .collect();
-    ids.extend(generated.iter().cloned());
+    ids.extend(generated.ids.iter().cloned());
     ids.sort();
     Ok((repository, ids, generated))
 }
@@ -557,7 +620,8 @@ async fn act(sc: &SetContext, decision: &Decision) -> Result<(), Error> {
         repository_url: decision.repository.spec.url.clone(),
         public_keys: decision.repository.spec.public_keys.clone(),
         health_timeout_seconds: Some(decision.health_timeout_seconds),
-        sources: generated_source(&sc.config.generated, &decision.generated),
+        sources: generated_source(&sc.config.generated, &decision.generated.ids),
+        secrets: decision.generated.secrets.clone(),
     };
     let to_write: BTreeSet<&String> = plan
         .start
@@ -794,5 +858,50 @@ mod tests {
         assert_eq!(sources[0].packages, ["web-config--cfg.0123456789abcdef"]);
         assert_eq!(sources[0].public_keys, ["key"]);
         assert!(generated_source(&source, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_package_that_refers_to_secrets_gets_the_secret_keys_by_reference() {
+        use crate::api::SecretKeyRef;
+        let r = ConfigBundleRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+            service: None,
+        };
+        let p = RenderedPackage {
+            package_id: "web-config--cfg.0123456789abcdef".into(),
+            secrets: vec!["apiToken".into()],
+            ..RenderedPackage::default()
+        };
+        let values_from = [ValueFrom {
+            parameter: "apiToken".into(),
+            secret_key_ref: SecretKeyRef {
+                name: "web".into(),
+                key: "api-token".into(),
+            },
+        }];
+        let refs = secret_references(&r, &p, &values_from).unwrap();
+        assert_eq!(
+            refs,
+            [TargetSecret {
+                package: "web-config".into(),
+                parameter: "apiToken".into(),
+                namespace: "shop".into(),
+                name: "web".into(),
+                key: "api-token".into(),
+            }]
+        );
+        // A package with no reference needs none; one whose bundle no
+        // longer names the Secret is a problem naming the bundle.
+        let plain = RenderedPackage {
+            secrets: vec![],
+            ..p.clone()
+        };
+        assert!(secret_references(&r, &plain, &[]).unwrap().is_empty());
+        let problem = secret_references(&r, &p, &[]).unwrap_err();
+        assert!(
+            problem.contains("shop/web") && problem.contains("apiToken"),
+            "{problem}"
+        );
     }
 }

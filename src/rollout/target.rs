@@ -62,7 +62,7 @@ pub async fn put_target(
 fn whole(target: &NodeTarget) -> serde_json::Value {
     let mut value = json!(target);
     if let Some(fields) = value.as_object_mut() {
-        for optional in ["publicKeys", "healthTimeoutSeconds", "sources"] {
+        for optional in ["publicKeys", "healthTimeoutSeconds", "sources", "secrets"] {
             fields.entry(optional).or_insert(serde_json::Value::Null);
         }
     }
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn a_target_patch_clears_what_the_new_target_leaves_out() {
         let patch = whole(&target());
-        for cleared in ["publicKeys", "sources"] {
+        for cleared in ["publicKeys", "sources", "secrets"] {
             assert_eq!(patch[cleared], serde_json::Value::Null, "{patch}");
         }
         assert_eq!(patch["packages"], json!(target().packages));

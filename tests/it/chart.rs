@@ -170,9 +170,11 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         name: ns.name.clone(),
         namespace: ns.name.clone(),
     };
-    // A NodePool's EC2 credentials Secret, named in the values.
+    // A NodePool's EC2 credentials Secret, and the Secret a ConfigBundle's
+    // secret parameter reads, named in the values.
     let creds = format!(
-        "nodePools.credentialsSecrets[0].namespace={},nodePools.credentialsSecrets[0].name=aws-creds",
+        "nodePools.credentialsSecrets[0].namespace={0},nodePools.credentialsSecrets[0].name=aws-creds,\
+         config.agentSecrets[0].namespace={0},config.agentSecrets[0].names[0]=web-token",
         ns.name
     );
     let notes = tb.helm_ok(&[
@@ -298,6 +300,15 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     assert!(!can("patch", "packagesets.theseus.dev", &[]));
     assert!(!can("get", "secrets", &ns_flag));
     assert!(!can("list", "secrets", &["--all-namespaces"]));
+    // config.agentSecrets: exactly the Secrets named, read only.
+    assert!(can("get", "secrets/web-token", &ns_flag));
+    assert!(!can("get", "secrets/aws-creds", &ns_flag));
+    assert!(!can("list", "secrets", &ns_flag));
+    assert!(!can(
+        "get",
+        "secrets/web-token",
+        &["--namespace", "default"]
+    ));
     assert!(!can("delete", "nodes", &[]));
     assert!(!can("patch", "nodes", &[]));
     assert!(!can("create", "pods", &ns_flag));
@@ -319,6 +330,8 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         );
         assert!(can("create", "nodeinstalls.theseus.dev", &[]), "{who:?}");
         assert!(!can("update", "nodeinstalls.theseus.dev", &[]), "{who:?}");
+        assert!(can("get", "secrets/web-token", &ns_flag), "{who:?}");
+        assert!(!can("get", "secrets/aws-creds", &ns_flag), "{who:?}");
         assert!(!can("patch", "packagesets.theseus.dev", &[]), "{who:?}");
     }
 

@@ -21,9 +21,9 @@ use crate::support::run::stdout_ok;
 use crate::support::{TestNamespace, eventually, test_logs, theseus_command, with_crds};
 
 /// The secret's value: it must never be seen anywhere it is not asked for.
-const TOKEN: &str = "s3cret-token-value-7f3a";
+pub(crate) const TOKEN: &str = "s3cret-token-value-7f3a";
 
-fn module(name: &str) -> ConfigModule {
+pub(crate) fn module(name: &str) -> ConfigModule {
     serde_json::from_value(json!({
         "apiVersion": "theseus.dev/v1alpha1",
         "kind": "ConfigModule",
@@ -91,7 +91,7 @@ fn ids(b: &ConfigBundle) -> Vec<String> {
 }
 
 /// A fresh signing key at `path` (and `path.pub`); its public key.
-fn keygen(path: &std::path::Path) -> String {
+pub(crate) fn keygen(path: &std::path::Path) -> String {
     stdout_ok(
         theseus_command()
             .args(["repo", "keygen", "--out"])
@@ -103,7 +103,7 @@ fn keygen(path: &std::path::Path) -> String {
 
 /// An operator of `ns`'s objects that signs its generated packages with
 /// the key at `key`, with `extra` arguments.
-fn operator(
+pub(crate) fn operator(
     tb: &crate::support::TestbedEnv,
     ns: &str,
     identity: &str,
@@ -115,7 +115,7 @@ fn operator(
     Operator::start_with(tb, ns, ns, identity, &test_logs(ns), &args, &[])
 }
 
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut out)
@@ -407,7 +407,9 @@ exec python3 -m http.server --bind 127.0.0.1 "${PORT:?}"
 "#;
 
 /// A signed repository of `cfgweb--1.0.0`, which requires `web-config`.
-fn service_repository(dir: &std::path::Path) -> (crate::support::repo_server::RepoServer, String) {
+pub(crate) fn service_repository(
+    dir: &std::path::Path,
+) -> (crate::support::repo_server::RepoServer, String) {
     use std::os::unix::fs::PermissionsExt;
     let repo = dir.join("repo");
     let key_path = dir.join("repo.key");

@@ -27,6 +27,7 @@ mod chart;
 mod cli;
 mod config;
 mod config_bundles;
+mod config_secrets;
 mod container;
 mod demo;
 mod discovery;

@@ -95,3 +95,22 @@ theseus-halt
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The identities agents act as: the DaemonSet's ServiceAccount and, for
+agents outside the cluster, each node's own client-certificate user or
+ServiceAccount (agent.identity), confined by the admission policy.
+*/}}
+{{- define "theseus.agent.subjects" -}}
+{{- if .Values.agent.enabled }}
+- kind: ServiceAccount
+  name: {{ include "theseus.agent.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
+- kind: Group
+  apiGroup: rbac.authorization.k8s.io
+  name: {{ .Values.agent.identity.group | quote }}
+- kind: Group
+  apiGroup: rbac.authorization.k8s.io
+  name: {{ printf "system:serviceaccounts:%s" .Values.agent.identity.serviceAccountNamespace | quote }}
+{{- end }}

@@ -417,6 +417,7 @@ async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
         fetch: fetch.clone(),
         policy: policy.clone(),
         versions: AcceptedVersions::under(&root_path),
+        secrets: None,
     };
     let (tx, _rx) = mpsc::channel(1);
     let app = api::router(ApiState {
@@ -435,6 +436,7 @@ async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
         keys: vec![],
         health_timeout: Duration::from_secs(5),
         sources: vec![],
+        secrets: vec![],
     };
     let started = Instant::now();
     let switch = tokio::spawn(async move { switcher.switch(&request, &NoSink).await });

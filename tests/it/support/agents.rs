@@ -98,6 +98,8 @@ pub struct Agent {
     pub api_port: u16,
     /// The agent's trust flags (see [`Repo::trust_args`]).
     pub trust: Vec<String>,
+    /// The kubeconfig it acts with; the testbed's admin one when unset.
+    pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -107,6 +109,18 @@ impl Agent {
     /// the trust flags `trust` (e.g. [`Repo::trust_args`]; none: it trusts
     /// nothing).
     pub fn start(tb: &TestbedEnv, tag: &str, labels: &str, trust: &[String]) -> Self {
+        Self::start_as(tb, tag, labels, trust, None)
+    }
+
+    /// [`Agent::start`] acting with `kubeconfig` (an identity of its own)
+    /// instead of the testbed's admin credentials.
+    pub fn start_as(
+        tb: &TestbedEnv,
+        tag: &str,
+        labels: &str,
+        trust: &[String],
+        kubeconfig: Option<PathBuf>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut agent = Self {
             node: format!("agent-test-{tag}-{:06x}", rand::random::<u32>() & 0xff_ffff),
@@ -114,6 +128,7 @@ impl Agent {
             port: free_port(),
             api_port: free_port(),
             trust: trust.to_vec(),
+            kubeconfig,
             child: None,
             _dir: dir,
         };
@@ -151,6 +166,9 @@ impl Agent {
         .stderr(log);
         if let Some(fp) = failpoint {
             cmd.env("THESEUS_FAILPOINT", fp);
+        }
+        if let Some(kubeconfig) = &self.kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
         }
         self.child = Some(cmd.spawn().expect("theseus agent starts"));
     }
@@ -289,6 +307,7 @@ pub async fn set_target_with_keys(
         public_keys: keys.to_vec(),
         health_timeout_seconds: Some(health_timeout),
         sources: Vec::new(),
+        secrets: Vec::new(),
     };
     let mut target = serde_json::to_value(&target).unwrap();
     // A merge patch leaves out what is absent: clear keys set before.
