@@ -449,6 +449,82 @@ pub(crate) fn service_repository(
     (server, public)
 }
 
+/// What the rollout tests share: a namespace, a signed repository of the
+/// service (`cfgweb--1.0.0`), an operator signing its generated packages,
+/// and agent trust flags for both repositories.
+pub(crate) struct Rig {
+    pub tb: crate::support::TestbedEnv,
+    pub client: kube::Client,
+    pub ns: TestNamespace,
+    /// The namespace's name, also the run label's value.
+    pub run: String,
+    pub dir: tempfile::TempDir,
+    pub server: crate::support::repo_server::RepoServer,
+    pub repo_key: String,
+    pub op: Operator,
+    /// `OPERATOR/config-repository`.
+    pub config_url: String,
+    /// `--trusted-key`/`--allowed-repository` for both repositories.
+    pub trust: Vec<String>,
+}
+
+impl Rig {
+    /// Everything but agents and objects; `None` without a testbed.
+    pub async fn start(prefix: &str, operator_args: &[&str]) -> Option<Rig> {
+        let tb = with_crds()?;
+        let client = tb.client().await;
+        let ns = TestNamespace::create(&tb, &client, prefix).await;
+        let run = ns.name.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let (server, repo_key) = service_repository(dir.path());
+        let op_key = dir.path().join("config.key");
+        let op_public = keygen(&op_key);
+        let op = operator(&tb, &ns.name, prefix, &op_key, operator_args);
+        let config_url = format!("{}/config-repository", op.http);
+        let trust = vec![
+            "--trusted-key".into(),
+            repo_key.clone(),
+            "--allowed-repository".into(),
+            server.url.clone(),
+            "--trusted-key".into(),
+            op_public,
+            "--allowed-repository".into(),
+            config_url.clone(),
+        ];
+        Some(Rig {
+            tb,
+            client,
+            ns,
+            run,
+            dir,
+            server,
+            repo_key,
+            op,
+            config_url,
+            trust,
+        })
+    }
+
+    /// The last 8 characters of the run, for names of its own.
+    pub fn tag(&self) -> &str {
+        &self.run[self.run.len() - 8..]
+    }
+
+    /// The PackageRepository of the service, named after the run.
+    pub async fn create_repository(&self) {
+        let repo: theseus::api::PackageRepository = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
+            "metadata": { "name": self.run, "labels": { RUN_LABEL: self.run } },
+            "spec": { "url": self.server.url, "publicKeys": [self.repo_key], "refreshIntervalSeconds": 10 }
+        }))
+        .unwrap();
+        Api::<theseus::api::PackageRepository>::all(self.client.clone())
+            .create(&PostParams::default(), &repo)
+            .await
+            .unwrap();
+    }
+}
+
 /// Creates the bundle `name` of `module`, producing `package`.
 async fn create_bundle(
     bundles: &Api<ConfigBundle>,
@@ -501,39 +577,18 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
     use crate::support::agents::Agent;
     use theseus::api::{NodeInstall, PackageRepository, PackageSet, conditions};
 
-    let Some(tb) = with_crds() else { return };
-    let client = tb.client().await;
-    let ns = TestNamespace::create(&tb, &client, "cfgroll").await;
-    let run = ns.name.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let (server, repo_key) = service_repository(dir.path());
-    let op_key = dir.path().join("config.key");
-    let op_public = keygen(&op_key);
-    let op = operator(
-        &tb,
-        &ns.name,
-        "cfgroll",
-        &op_key,
-        &["--config-gc-grace-seconds", "3"],
-    );
-    let config_url = format!("{}/config-repository", op.http);
-    let trust: Vec<String> = vec![
-        "--trusted-key".into(),
-        repo_key.clone(),
-        "--allowed-repository".into(),
-        server.url.clone(),
-        "--trusted-key".into(),
-        op_public.clone(),
-        "--allowed-repository".into(),
-        config_url.clone(),
-    ];
+    let Some(rig) = Rig::start("cfgroll", &["--config-gc-grace-seconds", "3"]).await else {
+        return;
+    };
+    let (tb, client, ns, run) = (&rig.tb, &rig.client, &rig.ns, &rig.run);
+    let (config_url, trust) = (&rig.config_url, &rig.trust);
     let agents: Vec<(String, Agent)> = ["a", "a", "b", "b"]
         .iter()
         .enumerate()
         .map(|(i, role)| {
             let labels = format!("{RUN_LABEL}={run},role={role}");
             let tag = format!("{}-{role}{i}", &run[run.len() - 8..]);
-            (role.to_string(), Agent::start(&tb, &tag, &labels, &trust))
+            (role.to_string(), Agent::start(tb, &tag, &labels, trust))
         })
         .collect();
 
@@ -544,17 +599,8 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         .await
         .unwrap();
     let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
-    create_bundle(&bundles, &run, "web", "web-config", &module_name).await;
-    let repo: PackageRepository = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
-        "metadata": { "name": run, "labels": { RUN_LABEL: run } },
-        "spec": { "url": server.url, "publicKeys": [repo_key], "refreshIntervalSeconds": 10 }
-    }))
-    .unwrap();
-    Api::<PackageRepository>::all(client.clone())
-        .create(&PostParams::default(), &repo)
-        .await
-        .unwrap();
+    create_bundle(&bundles, run, "web", "web-config", &module_name).await;
+    rig.create_repository().await;
     let sets: Api<PackageSet> = Api::all(client.clone());
     for role in ["a", "b"] {
         let set = json!({
@@ -718,7 +764,7 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
     // deleted bundle's), while every package a node targets, runs or
     // keeps to roll back to stays — among them b's first configuration,
     // which only b's nodes' kept generation still holds.
-    create_bundle(&bundles, &run, "orphan", "orphan-config", &module_name).await;
+    create_bundle(&bundles, run, "orphan", "orphan-config", &module_name).await;
     let orphan_ids = eventually(Duration::from_secs(60), "the orphan rendered", || async {
         let b = bundles.get("orphan").await.map_err(|e| e.to_string())?;
         let ids: Vec<String> = b
@@ -803,12 +849,13 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         let _ = sets.delete(&name, &Default::default()).await;
     }
     let _ = Api::<PackageRepository>::all(client.clone())
-        .delete(&run, &Default::default())
+        .delete(run, &Default::default())
         .await;
     modules
         .delete(&module_name, &Default::default())
         .await
         .unwrap();
+    let Rig { ns, op, client, .. } = rig;
     drop(op);
     ns.delete(&client).await;
 }

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use theseus::api::{ConfigBundle, ConfigModule, NodeInstall, PackageRepository, PackageSet};
+use theseus::api::{ConfigBundle, ConfigModule, NodeInstall, PackageSet};
 
-use crate::config_bundles::{TOKEN, gunzip, keygen, module, operator, service_repository};
+use crate::config_bundles::{Rig, TOKEN, gunzip, module};
 use crate::support::agents::Agent;
 use crate::support::fleet::RUN_LABEL;
 use crate::support::policy::Cleanup;
 use crate::support::run::stdout_ok;
-use crate::support::{TestNamespace, TestbedEnv, eventually, theseus_command, with_crds};
+use crate::support::{TestbedEnv, eventually, theseus_command};
 
 /// A copy of the testbed's admin kubeconfig that impersonates `user` in
 /// `group`, so the agent has exactly the rights RBAC gives them.
@@ -78,28 +78,22 @@ fn names_under(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_generation() {
-    let Some(tb) = with_crds() else { return };
-    let client = tb.client().await;
-    let ns = TestNamespace::create(&tb, &client, "cfgsecret").await;
-    let run = ns.name.clone();
-    let tag = &run[run.len() - 8..];
-    let dir = tempfile::tempdir().unwrap();
-    let (server, repo_key) = service_repository(dir.path());
-    let op_key = dir.path().join("config.key");
-    let op_public = keygen(&op_key);
-    let op = operator(&tb, &ns.name, "cfgsecret", &op_key, &[]);
-    let config_url = format!("{}/config-repository", op.http);
+    let Some(rig) = Rig::start("cfgsecret", &[]).await else {
+        return;
+    };
+    let (tb, client, ns, run, tag) = (&rig.tb, &rig.client, &rig.ns, &rig.run, rig.tag());
+    let dir = &rig.dir;
 
     // Two node identities in one group: the group may do what an agent
     // does; only `allowed` may read the Secret.
     let group = format!("theseus-test-{tag}:nodes");
     let user = |n: &str| format!("theseus-test-{tag}:node:{n}");
     let agent_role = format!("theseus-test-{tag}-agent");
-    let mut cleanup = Cleanup::new(&tb);
+    let mut cleanup = Cleanup::new(tb);
     cleanup.add("clusterrole", &agent_role);
     cleanup.add("clusterrolebinding", &agent_role);
     apply(
-        &tb,
+        tb,
         dir.path(),
         "agent-rbac",
         &[
@@ -133,7 +127,7 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
         })
     };
     apply(
-        &tb,
+        tb,
         dir.path(),
         "secret-reader",
         &[
@@ -147,24 +141,14 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
         ],
     );
 
-    let trust: Vec<String> = vec![
-        "--trusted-key".into(),
-        repo_key.clone(),
-        "--allowed-repository".into(),
-        server.url.clone(),
-        "--trusted-key".into(),
-        op_public,
-        "--allowed-repository".into(),
-        config_url,
-    ];
     let labels = format!("{RUN_LABEL}={run}");
     let start = |who: &str| {
-        let kubeconfig = kubeconfig_as(&tb, dir.path(), &user(who), &group);
+        let kubeconfig = kubeconfig_as(tb, dir.path(), &user(who), &group);
         Agent::start_as(
-            &tb,
+            tb,
             &format!("{tag}-{who}"),
             &labels,
-            &trust,
+            &rig.trust,
             Some(kubeconfig),
         )
     };
@@ -203,16 +187,7 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
         .create(&PostParams::default(), &bundle)
         .await
         .unwrap();
-    let repo: PackageRepository = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageRepository",
-        "metadata": { "name": run, "labels": { RUN_LABEL: run } },
-        "spec": { "url": server.url, "publicKeys": [repo_key], "refreshIntervalSeconds": 10 }
-    }))
-    .unwrap();
-    Api::<PackageRepository>::all(client.clone())
-        .create(&PostParams::default(), &repo)
-        .await
-        .unwrap();
+    rig.create_repository().await;
     let sets: Api<PackageSet> = Api::all(client.clone());
     let set: PackageSet = serde_json::from_value(json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
@@ -330,22 +305,19 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
     assert!(names_under(&denied.root.join("generations")).is_empty());
 
     // The value is nowhere but in the allowed node's resolved file.
-    let archive = reqwest::get(format!(
-        "{}/config-repository/packages/{id}.tar.gz",
-        op.http
-    ))
-    .await
-    .unwrap()
-    .bytes()
-    .await
-    .unwrap();
+    let archive = reqwest::get(format!("{}/packages/{id}.tar.gz", rig.config_url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let tar = gunzip(&archive);
     assert!(!tar.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
     let mut seen = Vec::new();
     for node in [&allowed.node, &denied.node] {
         seen.push(serde_json::to_string(&nodes.get(node).await.unwrap()).unwrap());
     }
-    seen.push(serde_json::to_string(&sets.get(&run).await.unwrap()).unwrap());
+    seen.push(serde_json::to_string(&sets.get(run).await.unwrap()).unwrap());
     seen.push(serde_json::to_string(&bundles.get("web").await.unwrap()).unwrap());
     for events_ns in [ns.name.as_str(), "default"] {
         seen.push(tb.kubectl_ok(&["-n", events_ns, "get", "events", "-o", "json"]));
@@ -356,7 +328,7 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
 
     // Granted the read, the denied node tries again by itself.
     apply(
-        &tb,
+        tb,
         dir.path(),
         "secret-reader-both",
         &[reader(&[user("allowed"), user("denied")])],
@@ -376,5 +348,15 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
         std::fs::read_to_string(denied.root.join("current/etc/web/token")).unwrap(),
         format!("{TOKEN}\n")
     );
+
+    // Agents stopped first: a running agent would register its NodeInstall
+    // again.
+    let names = [allowed.node.clone(), denied.node.clone()];
+    drop((allowed, denied));
+    for name in &names {
+        crate::support::agents::delete(&nodes, name).await;
+    }
+    cleanup.add("packageset", run);
+    cleanup.add("packagerepository", run);
     drop(cleanup);
 }
