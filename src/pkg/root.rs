@@ -138,6 +138,32 @@ pub struct Switched {
     pub removed_generations: Vec<u64>,
 }
 
+/// Takes the root's lock, exclusive or shared; when another process holds
+/// it (a running agent owns its root for as long as it runs), says so
+/// before it waits, rather than hanging without a word.
+fn acquire(lock: &File, path: &Path, exclusive: bool) -> Result<(), RootError> {
+    let tried = if exclusive {
+        lock.try_lock()
+    } else {
+        lock.try_lock_shared()
+    };
+    match tried {
+        Ok(()) => return Ok(()),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+    }
+    tracing::warn!(
+        "{} is held by another process (a running agent holds its root: use its local API, or stop it); waiting for it",
+        path.display()
+    );
+    if exclusive {
+        lock.lock()
+    } else {
+        lock.lock_shared()
+    }
+    .map_err(io_err(path))
+}
+
 /// An open node root.
 #[derive(Debug)]
 pub struct Root {
@@ -169,7 +195,7 @@ impl Root {
             .append(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
+        acquire(&lock, &lock_path, true)?;
         let mut root = Self {
             path,
             keep,
@@ -191,7 +217,7 @@ impl Root {
             .append(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        lock.lock_shared().map_err(io_err(&lock_path))?;
+        acquire(&lock, &lock_path, false)?;
         Ok(Self {
             path,
             keep: DEFAULT_KEEP,
