@@ -143,6 +143,10 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
         .create(&PostParams::default(), &module(&module_name))
         .await
         .unwrap();
+    // Deleted also when the test fails (cluster-scoped, it would outlive
+    // the namespace).
+    let mut cleanup = crate::support::policy::Cleanup::new(&tb);
+    cleanup.add("configmodule", &module_name);
     tb.kubectl_ok(&[
         "-n",
         &ns.name,
@@ -387,10 +391,7 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
     );
     assert_eq!(ids(&unsourced), vec![new_id.clone()]);
 
-    modules
-        .delete(&module_name, &Default::default())
-        .await
-        .unwrap();
+    drop(cleanup);
     drop(op);
     ns.delete(&client).await;
 }
@@ -598,6 +599,8 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
         .create(&PostParams::default(), &split_module(&module_name))
         .await
         .unwrap();
+    let mut cleanup = crate::support::policy::Cleanup::new(tb);
+    cleanup.add("configmodule", &module_name);
     let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
     create_bundle(&bundles, run, "web", "web-config", &module_name).await;
     rig.create_repository().await;
@@ -851,10 +854,7 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
     let _ = Api::<PackageRepository>::all(client.clone())
         .delete(run, &Default::default())
         .await;
-    modules
-        .delete(&module_name, &Default::default())
-        .await
-        .unwrap();
+    drop(cleanup);
     let Rig { ns, op, client, .. } = rig;
     drop(op);
     ns.delete(&client).await;

@@ -152,8 +152,8 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
             Some(kubeconfig),
         )
     };
-    let allowed = start("allowed");
-    let denied = start("denied");
+    let mut allowed = start("allowed");
+    let mut denied = start("denied");
 
     // The module, the Secret, the bundle; a set of the service and it.
     let module_name = format!("web-{tag}");
@@ -270,14 +270,6 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
     );
     let conf = allowed.root.join("current/etc/web/web.conf");
     assert!(std::fs::symlink_metadata(&conf).unwrap().is_symlink());
-    // The active tree verifies, resolved file included.
-    stdout_ok(
-        theseus_command()
-            .arg("pkg")
-            .arg("--root")
-            .arg(&allowed.root)
-            .arg("check"),
-    );
 
     // The denied node says why, names the Secret and what to do, and has
     // fetched and changed nothing.
@@ -350,8 +342,19 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
     );
 
     // Agents stopped first: a running agent would register its NodeInstall
-    // again.
+    // again (and holds its root, which `theseus pkg check` waits for). Both
+    // active trees verify, resolved files included.
     let names = [allowed.node.clone(), denied.node.clone()];
+    for agent in [&mut allowed, &mut denied] {
+        agent.stop();
+        stdout_ok(
+            theseus_command()
+                .arg("pkg")
+                .arg("--root")
+                .arg(&agent.root)
+                .arg("check"),
+        );
+    }
     drop((allowed, denied));
     for name in &names {
         crate::support::agents::delete(&nodes, name).await;
