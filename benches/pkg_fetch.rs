@@ -1,7 +1,9 @@
 //! Benchmark: fetch, verify, unpack and activate a set of about 200 MB in
 //! about 20,000 files from a local HTTP server, against the shell pipeline
 //! it replaces (`curl -s URL | tee >(sha256sum) | tar -xz`), on the same
-//! files in the same run; then time a rollback on that set.
+//! files in the same run; the same set built with zstd (`ID.tar.zst`)
+//! against the limit of writing the files (`cp -a` of the unpacked set
+//! from the page cache); then time a rollback on that set.
 //!
 //! `cargo bench --bench pkg_fetch` runs the full size. Without `--bench`
 //! (as `cargo test --all-targets` runs it) it is a quick smoke run.
@@ -71,22 +73,27 @@ fn main() {
             .unwrap_or_else(std::env::temp_dir),
     )
     .unwrap();
-    let repo = work.path().join("repo");
-    let (ids, bytes, files) = generate(&repo, work.path(), &size);
+    let (repo, repo_zst) = (work.path().join("repo"), work.path().join("repo-zst"));
+    let (ids, bytes, files) = generate(work.path(), &size);
+    build_repo(&repo, work.path(), &ids, pkg::codec::Codec::Gzip);
+    build_repo(&repo_zst, work.path(), &ids, pkg::codec::Codec::Zstd);
     println!(
-        "set: {} packages, {files} files, {:.1} MB unpacked, {:.1} MB compressed",
+        "set: {} packages, {files} files, {:.1} MB unpacked, {:.1} MB gzip, {:.1} MB zstd",
         ids.len(),
         bytes as f64 / 1e6,
-        compressed(&repo) as f64 / 1e6
+        compressed(&repo) as f64 / 1e6,
+        compressed(&repo_zst) as f64 / 1e6
     );
     let bin = private_binary(work.path());
     let server = RepoServer::start(Command::new(&bin), &repo);
+    let server_zst = RepoServer::start(Command::new(&bin), &repo_zst);
     let urls: Vec<String> = ids
         .iter()
         .map(|id| format!("{}/packages/{id}.tar.gz", server.url))
         .collect();
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut zst, mut copy) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..size.rounds {
         theirs.push(baseline(
             &urls,
@@ -98,21 +105,48 @@ fn main() {
             &ids,
             &work.path().join(format!("root-{round}")),
         ));
+        zst.push(theseus_activate(
+            &bin,
+            &server_zst.url,
+            &ids,
+            &work.path().join(format!("root-zst-{round}")),
+        ));
+        copy.push(copy_limit(
+            work.path(),
+            &ids,
+            &work.path().join(format!("copy-{round}")),
+        ));
     }
     let (t, b) = (median(&mut ours), median(&mut theirs));
+    let (z, c) = (median(&mut zst), median(&mut copy));
     println!(
-        "theseus activate:  {:>8.3} s   (runs: {})",
+        "theseus activate (gzip): {:>8.3} s   (runs: {})",
         t.as_secs_f64(),
         list(&ours)
     );
     println!(
-        "curl|tee|tar -xz:  {:>8.3} s   (runs: {})",
+        "curl|tee|tar -xz:        {:>8.3} s   (runs: {})",
         b.as_secs_f64(),
         list(&theirs)
     );
     println!(
+        "theseus activate (zstd): {:>8.3} s   (runs: {})",
+        z.as_secs_f64(),
+        list(&zst)
+    );
+    println!(
+        "cp -a of the files:      {:>8.3} s   (runs: {})",
+        c.as_secs_f64(),
+        list(&copy)
+    );
+    println!(
         "ratio theseus/baseline: {:.2}",
         t.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "ratio zstd activate/cp -a: {:.2}; zstd/gzip activate: {:.2}",
+        z.as_secs_f64() / c.as_secs_f64(),
+        z.as_secs_f64() / t.as_secs_f64()
     );
 
     let root = work.path().join("root-0");
@@ -124,9 +158,9 @@ fn main() {
     );
 }
 
-/// Writes the packages' directories, builds them into `repo/packages` and
-/// indexes them, plus a tiny `seed--1` package for the first generation.
-fn generate(repo: &Path, work: &Path, size: &Size) -> (Vec<String>, u64, usize) {
+/// Writes the packages' directories under `work/src`, plus a tiny `seed--1`
+/// package for the first generation.
+fn generate(work: &Path, size: &Size) -> (Vec<String>, u64, usize) {
     let mut rng = StdRng::seed_from_u64(20_000);
     let (mut ids, mut bytes, mut files) = (Vec::new(), 0u64, 0usize);
     for p in 0..size.packages {
@@ -147,20 +181,42 @@ fn generate(repo: &Path, work: &Path, size: &Size) -> (Vec<String>, u64, usize) 
             bytes += data.len() as u64;
             files += 1;
         }
-        pkg::build::build(&dir, &repo.join("packages")).unwrap();
         ids.push(id);
     }
     let seed = work.join("src/seed--1");
     std::fs::create_dir_all(&seed).unwrap();
     std::fs::write(seed.join("pkginfo.json"), "{\"id\":\"seed--1\"}").unwrap();
-    pkg::build::build(&seed, &repo.join("packages")).unwrap();
+    (ids, bytes, files)
+}
+
+/// Builds the packages of `work/src` (and the seed) into `repo/packages`
+/// with `codec`, and indexes and signs them.
+fn build_repo(repo: &Path, work: &Path, ids: &[String], codec: pkg::codec::Codec) {
+    for id in ids.iter().map(String::as_str).chain(["seed--1"]) {
+        pkg::build::build_with(&work.join("src").join(id), &repo.join("packages"), codec).unwrap();
+    }
     let key = signing_key();
     let options = pkg::index::WriteOptions {
         key: Some(&key),
         ..Default::default()
     };
     pkg::index::write(repo, options).unwrap();
-    (ids, bytes, files)
+}
+
+/// The limit of unpacking: `cp -a` of the set's files (just written, so
+/// from the page cache) into a fresh directory.
+fn copy_limit(work: &Path, ids: &[String], dest: &Path) -> Duration {
+    std::fs::create_dir_all(dest).unwrap();
+    let started = Instant::now();
+    let status = Command::new("cp")
+        .arg("-a")
+        .args(ids.iter().map(|id| work.join("src").join(id)))
+        .arg(dest)
+        .status()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "cp -a failed");
+    took
 }
 
 /// The repository's signing key: fixed, so that the agent's side of the

@@ -88,7 +88,7 @@ enum PkgCommand {
         theseus pkg add http://repo.example/packages/nginx--1.25.3.tar.gz --allow-unsigned   # no index: development only\n  \
         theseus pkg add ./nginx--1.25.3.tar.gz")]
     Add {
-        /// ID, http(s) URL or file path of an ID.tar.gz.
+        /// ID, http(s) URL or file path of an ID.tar.gz or ID.tar.zst.
         source: String,
         #[command(flatten)]
         repo: RepoOpts,
@@ -144,9 +144,10 @@ enum PkgCommand {
         after_help = "Examples:\n  theseus pkg gc\n  theseus pkg gc --keep 0   # only the current generation stays"
     )]
     Gc,
-    /// Build ID.tar.gz from a directory holding pkginfo.json (ID is its `id` field).
+    /// Build ID.tar.gz (or ID.tar.zst) from a directory holding pkginfo.json (ID is its `id` field).
     #[command(
-        after_help = "Example:\n  theseus pkg build ./nginx -o repo/packages   # writes repo/packages/nginx--1.25.3.tar.gz\n\n\
+        after_help = "Examples:\n  theseus pkg build ./nginx -o repo/packages   # writes repo/packages/nginx--1.25.3.tar.gz\n  \
+        theseus pkg build ./nginx -o repo/packages --compression zstd   # nginx--1.25.3.tar.zst\n\n\
         The archive is deterministic: the same directory always gives the same bytes."
     )]
     Build {
@@ -155,6 +156,11 @@ enum PkgCommand {
         /// Where to write the archive.
         #[arg(short = 'o', long = "out-dir", default_value = ".")]
         out_dir: PathBuf,
+        /// The archive's compression: gzip (ID.tar.gz, read by every
+        /// version) or zstd (ID.tar.zst, faster to unpack; agents read
+        /// either, by its first bytes).
+        #[arg(long, value_enum, default_value_t = pkg::codec::Codec::Gzip)]
+        compression: pkg::codec::Codec,
     },
 }
 
@@ -218,8 +224,12 @@ pub fn run(args: &PkgArgs) -> anyhow::Result<()> {
                 )]
             })
         }
-        PkgCommand::Build { dir, out_dir } => {
-            let built = pkg::build::build(dir, out_dir)?;
+        PkgCommand::Build {
+            dir,
+            out_dir,
+            compression,
+        } => {
+            let built = pkg::build::build_with(dir, out_dir, *compression)?;
             let json = serde_json::json!({"id": built.info.id, "path": built.path, "sha256": built.sha256, "size": built.size});
             emit(args.format, &json, || {
                 vec![format!(

@@ -286,10 +286,10 @@ pub struct GcReport {
     pub packages: Vec<PackageId>,
 }
 
-/// The id in an archive name `…/ID.tar.gz`.
+/// The id in an archive name `…/ID.tar.gz` or `…/ID.tar.zst`.
 pub fn id_from_archive_name(name: &str) -> Result<PackageId, RootError> {
     let base = name.rsplit('/').next().unwrap_or(name);
-    let stem = base.strip_suffix(".tar.gz").unwrap_or(base);
+    let stem = super::codec::split_archive_name(base).map_or(base, |(stem, _)| stem);
     stem.parse()
         .map_err(|e: super::id::IdError| RootError::BadArchiveName {
             name: name.to_owned(),

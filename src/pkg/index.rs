@@ -42,8 +42,22 @@ pub enum IndexError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// A file in `packages/` is not named `ID.tar.gz`.
-    #[error("{path}: not named ID.tar.gz with a valid package id ({reason}); rename or remove it")]
+    /// One package id has two archives (gzip and zstd).
+    #[error(
+        "{first} and {second} are both package {id}; a package is one archive: remove one of them"
+    )]
+    TwoArchives {
+        /// The id.
+        id: PackageId,
+        /// One archive.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// A file in `packages/` is not named `ID.tar.gz` or `ID.tar.zst`.
+    #[error(
+        "{path}: not named ID.tar.gz or ID.tar.zst with a valid package id ({reason}); rename or remove it"
+    )]
     BadPackageName {
         /// The file.
         path: PathBuf,
@@ -180,14 +194,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     }
 }
 
-/// Lists `dir/packages/*.tar.gz` with their sizes and hashes, sorted by id.
+/// Lists `dir/packages/*.tar.gz` and `*.tar.zst` with their sizes and
+/// hashes, sorted by id; an id in both is refused.
 pub fn scan(dir: &Path) -> Result<Vec<IndexEntry>, IndexError> {
     let pkgs = dir.join(PACKAGES_DIR);
     let mut entries = Vec::new();
     for item in std::fs::read_dir(&pkgs).map_err(io_err(&pkgs))? {
         let path = item.map_err(io_err(&pkgs))?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let Some(stem) = name.strip_suffix(".tar.gz") else {
+        let Some((stem, _)) = super::codec::split_archive_name(&name) else {
             continue;
         };
         if stem.starts_with('.') {
@@ -210,6 +225,13 @@ pub fn scan(dir: &Path) -> Result<Vec<IndexEntry>, IndexError> {
         });
     }
     entries.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(pair) = entries.windows(2).find(|w| w[0].id == w[1].id) {
+        return Err(IndexError::TwoArchives {
+            id: pair[0].id.clone(),
+            first: dir.join(&pair[0].path),
+            second: dir.join(&pair[1].path),
+        });
+    }
     Ok(entries)
 }
 
@@ -218,12 +240,13 @@ fn read_requires(path: &Path) -> Result<Vec<String>, IndexError> {
     /// A pkginfo.json larger than this is not a package's metadata.
     const MAX_PKGINFO: u64 = 1 << 20;
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut archive =
-        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let bad = |message: String| IndexError::BadArchive {
         path: path.to_owned(),
         message,
     };
+    let decoder = super::codec::Decoder::sniff(std::io::BufReader::new(file))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut archive = tar::Archive::new(decoder);
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let entry = entry.map_err(|e| bad(e.to_string()))?;
         let name = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();

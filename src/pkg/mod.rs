@@ -23,6 +23,7 @@ pub mod accepted;
 mod activation;
 pub mod build;
 mod check;
+pub mod codec;
 pub mod disk;
 pub mod failpoint;
 pub mod fetch;

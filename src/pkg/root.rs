@@ -89,8 +89,8 @@ pub enum RootError {
     /// Nothing to roll back to.
     #[error("no generation older than {0:?} to roll back to")]
     NoPrevious(Option<u64>),
-    /// An archive name is not `ID.tar.gz`.
-    #[error("{name}: not named ID.tar.gz ({reason})")]
+    /// An archive name is not `ID.tar.gz` or `ID.tar.zst`.
+    #[error("{name}: not named ID.tar.gz or ID.tar.zst ({reason})")]
     BadArchiveName {
         /// The file name or URL.
         name: String,

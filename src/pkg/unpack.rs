@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use flate2::bufread::MultiGzDecoder;
-
+use super::codec::Decoder;
 use super::paths::{Node, lexical_join, relative_path, stays_inside};
 
 /// Bytes of padding allowed after the end-of-archive marker.
@@ -82,7 +81,7 @@ pub enum UnpackError {
         /// Its value.
         limit: u64,
     },
-    /// The archive is not a valid gzip-compressed tar stream.
+    /// The archive is not a valid gzip- or zstd-compressed tar stream.
     #[error("{package}: archive is truncated or corrupt: {source}")]
     Corrupt {
         /// The package or archive being unpacked.
@@ -100,8 +99,8 @@ pub enum UnpackError {
     },
 }
 
-/// Unpacks the gzip-compressed tar stream `reader` into `dest`, which must
-/// not exist yet. On any error `dest` is removed again. `package` names the
+/// Unpacks the gzip- or zstd-compressed tar stream `reader` (told apart by
+/// its first bytes) into `dest`, which must not exist yet. On any error `dest` is removed again. `package` names the
 /// archive in errors.
 pub fn unpack<R: BufRead>(
     reader: R,
@@ -145,7 +144,7 @@ impl<'a> Unpacker<'a> {
 
     fn run<R: BufRead>(mut self, reader: R) -> Result<UnpackStats, UnpackError> {
         let capped = Capped {
-            inner: MultiGzDecoder::new(reader),
+            inner: Decoder::sniff(reader).map_err(|e| self.corrupt(e))?,
             left: self.limits.max_total_bytes,
             tripped: self.tripped.clone(),
         };

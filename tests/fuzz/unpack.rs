@@ -406,22 +406,37 @@ pub fn generator() -> impl FnMut(&mut StdRng, &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
+/// A tar stream compressed as a package archive is: gzip mostly, zstd
+/// a third of the time (the unpacker tells them apart by their first
+/// bytes, and the same rules hold for both).
+fn compress(rng: &mut StdRng, tar: &[u8]) -> Vec<u8> {
+    if rng.gen_range(0..3) == 0 {
+        zstd::stream::encode_all(tar, 1).unwrap()
+    } else {
+        gzip(tar)
+    }
+}
+
 fn generate(rng: &mut StdRng, corpus: &[Vec<u8>], tars: &[Vec<u8>]) -> Vec<u8> {
     match rng.gen_range(0..10) {
-        0..=2 => gzip(&generated_tar(rng)),
+        0..=2 => {
+            let tar = generated_tar(rng);
+            compress(rng, &tar)
+        }
         3..=5 => {
             let mut tar = pick(rng, tars).clone();
             mutate_headers(rng, &mut tar);
-            gzip(&tar)
+            compress(rng, &tar)
         }
         6..=8 => {
             let tar = pick(rng, tars).clone();
-            gzip(&mutate(
+            let mutated = mutate(
                 rng,
                 &tar,
                 tars,
                 &[b"ustar\x0000", b"././@LongLink", b"../", b"/"],
-            ))
+            );
+            compress(rng, &mutated)
         }
         _ => {
             let seed = pick(rng, corpus);

@@ -274,3 +274,85 @@ fn bootstrap_refuses_a_root_that_already_has_an_active_set() {
     let active = json(&pkg(&root, &["--format", "json", "active"]).unwrap());
     assert_eq!(active["generation"].as_u64(), Some(1));
 }
+
+#[test]
+fn a_zstd_package_is_built_indexed_served_and_activated_like_a_gzip_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let packages = repo.join("packages");
+    let zstd_build = |src: &Path, out: &Path| {
+        let stdout = run::stdout_ok(
+            theseus_command()
+                .args(["pkg", "--format", "json", "build", "--compression", "zstd"])
+                .arg(src)
+                .arg("-o")
+                .arg(out),
+        );
+        json(&stdout)["path"].as_str().unwrap().to_owned()
+    };
+    let z = package_dir(dir.path(), "z--1", &[], &[("bin/z", "zstd\n")]);
+    let path = zstd_build(&z, &packages);
+    assert!(path.ends_with("z--1.tar.zst"), "{path}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..4], [0x28, 0xb5, 0x2f, 0xfd], "zstd's magic");
+    // Deterministic too.
+    let again = zstd_build(&z, &dir.path().join("again"));
+    assert_eq!(bytes, std::fs::read(again).unwrap());
+    // A gzip package next to it, which requires the zstd one.
+    build(
+        &package_dir(dir.path(), "g--1", &["z"], &[("bin/g", "gzip\n")]),
+        &packages,
+    );
+    run::stdout_ok(theseus_command().args(["repo", "index"]).arg(&repo));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(repo.join("index.json")).unwrap()).unwrap();
+    let paths: Vec<&str> = index["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["packages/g--1.tar.gz", "packages/z--1.tar.zst"]);
+
+    // Fetched from the served repository and activated with the gzip one.
+    let server = RepoServer::start(theseus_command(), &repo);
+    let root = dir.path().join("root");
+    pkg(
+        &root,
+        &[
+            "activate",
+            "--repo",
+            &server.url,
+            "--allow-unsigned",
+            "g--1",
+            "z--1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/bin/z")).unwrap(),
+        "zstd\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/bin/g")).unwrap(),
+        "gzip\n"
+    );
+    // Added from a file too, by its name.
+    let other = dir.path().join("other");
+    pkg(&other, &["add", &path]).unwrap();
+    pkg(&other, &["activate", "z--1"]).unwrap();
+
+    // One id in both codecs is refused by the indexer, naming both.
+    build(&z, &packages);
+    let out = theseus_command()
+        .args(["repo", "index"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("z--1") && said.contains("remove one of them"),
+        "{said}"
+    );
+}

@@ -13,7 +13,9 @@ use theseus::pkg::unpack::{Limits, UnpackError, unpack};
 use crate::support::pkg::*;
 
 /// Unpacks `archive` into `sandbox/dest`; returns the error text, checking
-/// that `dest` is gone afterwards.
+/// that `dest` is gone afterwards. An archive whose gzip stream is whole is
+/// also tried compressed with zstd instead: the same tar is refused the
+/// same way whichever the compression.
 fn refuse(sandbox: &Path, archive: &[u8], expected: &str) -> UnpackError {
     let dest = sandbox.join("dest");
     let err = unpack(archive, &dest, &Limits::default(), "hostile--1").expect_err(expected);
@@ -22,6 +24,23 @@ fn refuse(sandbox: &Path, archive: &[u8], expected: &str) -> UnpackError {
         "{err} lacks {expected:?}"
     );
     assert!(!dest.exists(), "the temporary directory was left behind");
+    let mut tar = Vec::new();
+    if flate2::read::MultiGzDecoder::new(archive)
+        .read_to_end(&mut tar)
+        .is_ok()
+    {
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let again = unpack(&zst[..], &dest, &Limits::default(), "hostile--1")
+            .expect_err("the zstd archive is refused too");
+        assert!(
+            again.to_string().contains(expected),
+            "zstd: {again} lacks {expected:?}"
+        );
+        assert!(
+            !dest.exists(),
+            "zstd: the temporary directory was left behind"
+        );
+    }
     err
 }
 
@@ -354,6 +373,59 @@ fn a_million_tiny_entries_are_stopped_by_the_entry_cap() {
     producer.join().unwrap();
     assert!(!dest.exists());
     assert!(Limits::default().max_entries <= 100_000);
+    untouched(sb.path());
+}
+
+#[test]
+fn a_zstd_bomb_is_stopped_by_the_size_cap_and_a_stream_of_neither_codec_is_refused() {
+    let sb = sandbox();
+    let dest = sb.path().join("dest");
+    let limits = Limits {
+        max_total_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    // 8 MiB of entries and a GiB of zeros behind them, zstd-compressed as
+    // they are read by the unpacker (which hangs up at the cap).
+    let (reader, writer) = std::io::pipe().unwrap();
+    let producer = std::thread::spawn(move || {
+        let mut zst = zstd::stream::write::Encoder::new(writer, 1).unwrap();
+        for i in 0..8 {
+            let e = entry(
+                header(&format!("z{i}"), 1 << 20, b'0', "", 0o644),
+                &vec![0u8; 1 << 20],
+            );
+            if zst.write_all(&e).is_err() {
+                return;
+            }
+        }
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            if zst.write_all(&zeros).is_err() {
+                return;
+            }
+        }
+        let _ = zst.finish();
+    });
+    let err = unpack(io::BufReader::new(reader), &dest, &limits, "zbomb--1").unwrap_err();
+    assert!(matches!(err, UnpackError::Limit { .. }), "{err}");
+    producer.join().unwrap();
+    assert!(!dest.exists());
+    // Neither gzip nor zstd (a zip's magic): refused, nothing written.
+    refuse(
+        sb.path(),
+        b"PK\x03\x04not a package",
+        "neither a gzip nor a zstd",
+    );
+    // A zstd archive cut in half.
+    let tar = {
+        let mut t = Vec::new();
+        flate2::read::MultiGzDecoder::new(&package_archive("t--1", &[("data", &[7u8; 5000])])[..])
+            .read_to_end(&mut t)
+            .unwrap();
+        t
+    };
+    let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+    refuse(sb.path(), &zst[..zst.len() / 2], "truncated or corrupt");
     untouched(sb.path());
 }
 
