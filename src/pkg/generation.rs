@@ -193,13 +193,21 @@ fn folded_ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').skip(1).map(move |(i, _)| &rel[..i])
 }
 
+/// A merged file with its secrets filled in.
+struct Resolved {
+    text: zeroize::Zeroizing<String>,
+    /// 0600, or 0700 when the package's file is executable.
+    mode: u32,
+}
+
 /// The merged files of `members` that hold secret references, resolved
 /// with `secrets`, by path (only packages `secrets` names are read).
 fn resolve_secrets(
     root: &Path,
     members: &[Member],
     secrets: &SecretValues,
-) -> Result<BTreeMap<String, zeroize::Zeroizing<String>>, GenerationError> {
+) -> Result<BTreeMap<String, Resolved>, GenerationError> {
+    use std::os::unix::fs::PermissionsExt;
     let mut out = BTreeMap::new();
     for m in members
         .iter()
@@ -218,8 +226,10 @@ fn resolve_secrets(
                 continue;
             };
             match secrets.resolve(m.info.id.name(), text) {
-                Ok(Some(resolved)) => {
-                    out.insert(rel.clone(), resolved);
+                Ok(Some(text)) => {
+                    let exec = meta.permissions().mode() & 0o100 != 0;
+                    let mode = if exec { 0o700 } else { 0o600 };
+                    out.insert(rel.clone(), Resolved { text, mode });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -235,15 +245,16 @@ fn resolve_secrets(
     Ok(out)
 }
 
-/// Writes `bytes` to a new file readable by its owner only (never, not
-/// even for a moment, by anyone else), and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new file of `mode`, which gives nothing to group or
+/// others (the file is never, not even for a moment, readable by anyone
+/// else), and syncs it.
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode & 0o700)
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
@@ -290,14 +301,14 @@ pub fn build(
         )?;
         std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
     }
-    for (rel, text) in &resolved {
+    for (rel, file_of) in &resolved {
         let file = tmp.join(rel);
         mkdir(
             file.parent()
                 .expect("a merged path has a parent")
                 .to_owned(),
         )?;
-        write_private(&file, text.as_bytes()).map_err(io_err(&file))?;
+        write_private(&file, file_of.text.as_bytes(), file_of.mode).map_err(io_err(&file))?;
     }
     let ids: Vec<PackageId> = sorted_ids(members);
     let resolved: Vec<String> = resolved_paths.into_iter().collect();
@@ -492,8 +503,14 @@ mod tests {
             &[
                 ("etc/web/token", "token = ${secret:apiToken}\n"),
                 ("etc/web/web.conf", "port = 80\n"),
+                (
+                    "bin/login",
+                    "#!/bin/sh\ncurl -H 'Token: ${secret:apiToken}' \"$@\"\n",
+                ),
             ],
         );
+        let script = root.path().join("packages").join(id).join("bin/login");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let members = [m];
         let values = secrets("web-config", "apiToken", "VALUE");
         let dir = build(root.path(), 1, &members, &values, 0).unwrap();
@@ -502,6 +519,9 @@ mod tests {
         assert!(meta.is_file());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&token).unwrap(), "token = VALUE\n");
+        // An executable keeps its owner's execute bit, and only that.
+        let login = std::fs::symlink_metadata(dir.join("bin/login")).unwrap();
+        assert_eq!(login.permissions().mode() & 0o777, 0o700);
         // etc/web is not folded into one link: it holds the resolved file.
         assert!(
             std::fs::symlink_metadata(dir.join("etc/web"))
@@ -520,7 +540,7 @@ mod tests {
                 .contains("${secret:apiToken}")
         );
         let set = read_set(&dir).unwrap();
-        assert_eq!(set.resolved, ["etc/web/token"]);
+        assert_eq!(set.resolved, ["bin/login", "etc/web/token"]);
         assert_eq!(verify(&dir, &set, &members), Vec::<String>::new());
         // A resolved file others may read, or one replaced by a link, is a
         // problem.
