@@ -137,43 +137,15 @@ async fn a_bundle_renders_into_a_signed_served_package_that_activates_and_change
 
     // A module of a name of its own (modules are cluster-scoped), the
     // Secret, and the bundle.
-    let module_name = format!("web-{}", &run[run.len() - 8..]);
-    let modules: Api<ConfigModule> = Api::all(client.clone());
-    modules
-        .create(&PostParams::default(), &module(&module_name))
-        .await
-        .unwrap();
-    // Deleted also when the test fails (cluster-scoped, it would outlive
-    // the namespace).
     let mut cleanup = crate::support::policy::Cleanup::new(&tb);
-    cleanup.add("configmodule", &module_name);
-    tb.kubectl_ok(&[
-        "-n",
-        &ns.name,
-        "create",
-        "secret",
-        "generic",
-        "web",
-        &format!("--from-literal=api-token={TOKEN}"),
-    ]);
-    let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
-    let bundle: ConfigBundle = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1",
-        "kind": "ConfigBundle",
-        "metadata": { "name": "web", "labels": { RUN_LABEL: run } },
-        "spec": {
-            "package": "web-config",
-            "modules": [{ "name": module_name, "version": "1" }],
-            "values": { "greeting": "hello from the operator" },
-            "valuesFrom": [{ "parameter": "apiToken",
-                             "secretKeyRef": { "name": "web", "key": "api-token" } }]
-        }
-    }))
-    .unwrap();
-    bundles
-        .create(&PostParams::default(), &bundle)
-        .await
-        .unwrap();
+    let bundles = create_web_bundle(
+        &tb,
+        &client,
+        &run,
+        json!({ "greeting": "hello from the operator" }),
+        &mut cleanup,
+    )
+    .await;
 
     // Rendered, stored, published: kubectl wait understands it.
     tb.kubectl_ok(&[
@@ -448,6 +420,54 @@ pub(crate) fn service_repository(
     .unwrap();
     let server = crate::support::repo_server::RepoServer::start(theseus_command(), &repo);
     (server, public)
+}
+
+/// Creates in the namespace `run` the module `web-TAG` ([`module`]), the
+/// Secret `web` whose `api-token` is [`TOKEN`], and the bundle `web` of
+/// that module with `values` and the token from the Secret; the module is
+/// deleted with `cleanup` (cluster-scoped, it would outlive the namespace,
+/// also when the test fails). Returns the namespace's bundles.
+pub(crate) async fn create_web_bundle(
+    tb: &crate::support::TestbedEnv,
+    client: &kube::Client,
+    run: &str,
+    values: serde_json::Value,
+    cleanup: &mut crate::support::policy::Cleanup,
+) -> Api<ConfigBundle> {
+    let module_name = format!("web-{}", &run[run.len() - 8..]);
+    Api::<ConfigModule>::all(client.clone())
+        .create(&PostParams::default(), &module(&module_name))
+        .await
+        .unwrap();
+    cleanup.add("configmodule", &module_name);
+    tb.kubectl_ok(&[
+        "-n",
+        run,
+        "create",
+        "secret",
+        "generic",
+        "web",
+        &format!("--from-literal=api-token={TOKEN}"),
+    ]);
+    let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), run);
+    let bundle: ConfigBundle = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1",
+        "kind": "ConfigBundle",
+        "metadata": { "name": "web", "labels": { RUN_LABEL: run } },
+        "spec": {
+            "package": "web-config",
+            "modules": [{ "name": module_name, "version": "1" }],
+            "values": values,
+            "valuesFrom": [{ "parameter": "apiToken",
+                             "secretKeyRef": { "name": "web", "key": "api-token" } }]
+        }
+    }))
+    .unwrap();
+    bundles
+        .create(&PostParams::default(), &bundle)
+        .await
+        .unwrap();
+    bundles
 }
 
 /// What the rollout tests share: a namespace, a signed repository of the

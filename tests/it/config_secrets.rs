@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use theseus::api::{ConfigBundle, ConfigModule, NodeInstall, PackageSet};
+use theseus::api::{NodeInstall, PackageSet};
 
-use crate::config_bundles::{Rig, TOKEN, gunzip, module};
+use crate::config_bundles::{Rig, TOKEN, create_web_bundle, gunzip};
 use crate::support::agents::Agent;
 use crate::support::fleet::RUN_LABEL;
 use crate::support::policy::Cleanup;
@@ -156,37 +156,7 @@ async fn a_secret_reaches_only_the_nodes_allowed_to_read_it_resolved_in_their_ge
     let mut denied = start("denied");
 
     // The module, the Secret, the bundle; a set of the service and it.
-    let module_name = format!("web-{tag}");
-    Api::<ConfigModule>::all(client.clone())
-        .create(&PostParams::default(), &module(&module_name))
-        .await
-        .unwrap();
-    cleanup.add("configmodule", &module_name);
-    tb.kubectl_ok(&[
-        "-n",
-        &ns.name,
-        "create",
-        "secret",
-        "generic",
-        "web",
-        &format!("--from-literal=api-token={TOKEN}"),
-    ]);
-    let bundles: Api<ConfigBundle> = Api::namespaced(client.clone(), &ns.name);
-    let bundle: ConfigBundle = serde_json::from_value(json!({
-        "apiVersion": "theseus.dev/v1alpha1", "kind": "ConfigBundle",
-        "metadata": { "name": "web", "labels": { RUN_LABEL: run } },
-        "spec": {
-            "package": "web-config",
-            "modules": [{ "name": module_name }],
-            "valuesFrom": [{ "parameter": "apiToken",
-                             "secretKeyRef": { "name": "web", "key": "api-token" } }]
-        }
-    }))
-    .unwrap();
-    bundles
-        .create(&PostParams::default(), &bundle)
-        .await
-        .unwrap();
+    let bundles = create_web_bundle(tb, client, run, json!({}), &mut cleanup).await;
     rig.create_repository().await;
     let sets: Api<PackageSet> = Api::all(client.clone());
     let set: PackageSet = serde_json::from_value(json!({
