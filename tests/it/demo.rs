@@ -215,7 +215,11 @@ async fn make_demo_runs_and_every_suggested_command_works() {
     let _ = watch.kill();
     let _ = watch.wait();
     if let Err(seen) = reader.join().unwrap() {
-        panic!("discover watch did not show a third container; it printed {seen:#?}");
+        let pods = tb.kubectl(&["-n", "theseus-demo", "get", "pods", "-o", "wide"]);
+        panic!(
+            "discover watch did not show a third container; it printed {seen:#?}\npods:\n{}",
+            String::from_utf8_lossy(&pods.stdout)
+        );
     }
 
     // Down: nothing left running, nothing left in the cluster or etcd.

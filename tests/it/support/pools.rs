@@ -231,11 +231,15 @@ pub fn agent_pids(state: &std::path::Path, pool: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Creates a kwok Node named `name` (kwok makes it Ready).
+/// Creates a kwok Node named `name` (kwok makes it Ready). It is tainted
+/// NoSchedule: the tests drain and delete these nodes, so the scheduler
+/// must not put other tests' pods (the demo's ServiceGroup) on them; the
+/// tests' own pods are bound to it by name and tolerate everything.
 pub async fn fake_node(client: &Client, name: &str) {
     let node: Node = serde_json::from_value(json!({
         "metadata": { "name": name, "annotations": { "kwok.x-k8s.io/node": "fake" },
                       "labels": { "type": "kwok", "kubernetes.io/hostname": name } },
+        "spec": { "taints": [{ "key": "theseus.dev/test-node", "effect": "NoSchedule" }] },
         "status": { "allocatable": { "cpu": "8", "memory": "32Gi", "pods": "110" },
                     "capacity": { "cpu": "8", "memory": "32Gi", "pods": "110" } }
     }))
