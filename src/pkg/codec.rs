@@ -14,13 +14,13 @@ pub enum Codec {
     Zstd,
 }
 
-/// The file-name suffixes of package archives, by codec.
-pub const SUFFIXES: [(&str, Codec); 2] = [(".tar.gz", Codec::Gzip), (".tar.zst", Codec::Zstd)];
-
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl Codec {
+    /// Every codec.
+    pub const ALL: [Codec; 2] = [Codec::Gzip, Codec::Zstd];
+
     /// The archive file-name suffix, `.tar.gz` or `.tar.zst`.
     pub fn suffix(self) -> &'static str {
         match self {
@@ -44,9 +44,9 @@ impl Codec {
 /// `name` without its archive suffix, and the codec the suffix names;
 /// `None` when it has neither suffix.
 pub fn split_archive_name(name: &str) -> Option<(&str, Codec)> {
-    SUFFIXES
-        .iter()
-        .find_map(|(suffix, codec)| name.strip_suffix(suffix).map(|stem| (stem, *codec)))
+    Codec::ALL
+        .into_iter()
+        .find_map(|codec| name.strip_suffix(codec.suffix()).map(|stem| (stem, codec)))
 }
 
 /// A decompressing reader over an archive of either codec.

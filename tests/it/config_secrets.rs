@@ -20,24 +20,13 @@ use crate::support::agents::Agent;
 use crate::support::fleet::RUN_LABEL;
 use crate::support::policy::Cleanup;
 use crate::support::run::stdout_ok;
-use crate::support::{TestbedEnv, eventually, theseus_command};
+use crate::support::{TestbedEnv, eventually, impersonating_kubeconfig, theseus_command};
 
-/// A copy of the testbed's admin kubeconfig that impersonates `user` in
-/// `group`, so the agent has exactly the rights RBAC gives them.
+/// A kubeconfig that impersonates `user` in `group`, so the agent has
+/// exactly the rights RBAC gives them.
 fn kubeconfig_as(tb: &TestbedEnv, dir: &Path, user: &str, group: &str) -> PathBuf {
-    let text = std::fs::read_to_string(tb.kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    for entry in config["users"].as_sequence_mut().unwrap() {
-        let auth = entry["user"].as_mapping_mut().unwrap();
-        auth.insert("as".into(), user.into());
-        auth.insert(
-            "as-groups".into(),
-            vec![group, "system:authenticated"].into(),
-        );
-    }
     let path = dir.join(format!("{}.kubeconfig", user.replace(':', "_")));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
+    impersonating_kubeconfig(tb, &path, user, &[group, "system:authenticated"])
 }
 
 fn apply(tb: &TestbedEnv, dir: &Path, name: &str, objects: &[serde_json::Value]) {

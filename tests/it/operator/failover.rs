@@ -12,20 +12,12 @@ use crate::support::{self, eventually};
 /// The lease the test operators hold (`--lease-seconds 4`).
 const LEASE: Duration = Duration::from_secs(4);
 
-/// A copy of the testbed's admin kubeconfig that impersonates `user` (in
-/// `system:masters`, so it may do what the admin may), to tell one
-/// operator's requests from another's on the API server.
+/// A kubeconfig that impersonates `user` (in `system:masters`, so it may
+/// do what the admin may), to tell one operator's requests from another's
+/// on the API server.
 fn impersonating_kubeconfig(rig: &Rig, user: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(rig.tb.kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    for entry in config["users"].as_sequence_mut().unwrap() {
-        let auth = entry["user"].as_mapping_mut().unwrap();
-        auth.insert("as".into(), user.into());
-        auth.insert("as-groups".into(), vec!["system:masters"].into());
-    }
     let path = rig.logs.join(format!("{user}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
+    support::impersonating_kubeconfig(&rig.tb, &path, user, &["system:masters"])
 }
 
 /// A ValidatingAdmissionPolicy (and binding) named `name` that refuses every

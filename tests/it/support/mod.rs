@@ -405,3 +405,23 @@ where
         }
     }
 }
+
+/// A copy of the testbed's admin kubeconfig, written to `path`, that
+/// impersonates `user` in `groups`: a process using it has exactly the
+/// rights RBAC gives them (the admin may impersonate anyone).
+pub fn impersonating_kubeconfig(
+    tb: &TestbedEnv,
+    path: &Path,
+    user: &str,
+    groups: &[&str],
+) -> PathBuf {
+    let text = std::fs::read_to_string(tb.kubeconfig()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for entry in config["users"].as_sequence_mut().unwrap() {
+        let auth = entry["user"].as_mapping_mut().unwrap();
+        auth.insert("as".into(), user.into());
+        auth.insert("as-groups".into(), groups.to_vec().into());
+    }
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path.to_owned()
+}
