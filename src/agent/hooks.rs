@@ -752,7 +752,7 @@ async fn wait_for(
 /// SIGTERM to the process group, SIGKILL if any of it is left after
 /// [`KILL_GRACE`]; returns once the group is gone (a SIGKILL is delivered
 /// asynchronously), so a reported end means nothing of the hook runs.
-async fn kill_group(pgid: u32) {
+pub(super) async fn kill_group(pgid: u32) {
     signal_group("TERM", pgid).await;
     if !group_gone_within(pgid, KILL_GRACE).await {
         tracing::warn!(

@@ -7,6 +7,7 @@
 pub mod activate;
 pub mod address;
 pub mod api;
+pub mod chores;
 pub mod health;
 pub mod hooks;
 pub mod reconcile;
@@ -15,6 +16,7 @@ pub mod root;
 pub mod secrets;
 pub mod service;
 pub mod state;
+pub mod storage;
 pub mod supervisor;
 pub mod trust;
 
@@ -147,6 +149,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     });
     let tick = Duration::from_secs(args.heartbeat_seconds);
     let hooks = hooks::Hooks::new(&switcher.root, &switcher.env, &reporter);
+    let chores = chores::Chores {
+        node: args.node_name.clone(),
+        env: switcher.env.clone(),
+        reporter: reporter.clone(),
+        desired: desired_rx.clone(),
+    };
     let agent = reconcile::Agent {
         node: args.node_name.clone(),
         switcher,
@@ -170,6 +178,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         hooks,
     };
     let tasks = [
+        tokio::spawn(chores.run(stop.clone())),
         tokio::spawn(register::watch_target(
             client.clone(),
             args.node_name.clone(),

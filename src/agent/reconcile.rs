@@ -474,6 +474,7 @@ mod tests {
                 timeout_seconds: 60,
                 env: std::collections::BTreeMap::new(),
             }),
+            ..Desired::default()
         }
     }
 

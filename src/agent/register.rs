@@ -16,7 +16,9 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeTarget, NodeTask};
+use crate::api::{
+    NodeInstall, NodeInstallSpec, NodeInstallStatus, NodeProbe, NodeTarget, NodeTask, StorageTask,
+};
 
 /// The field manager of everything the agent writes.
 pub const MANAGER: &str = "theseus-agent";
@@ -235,6 +237,10 @@ pub struct Desired {
     pub target: Option<NodeTarget>,
     /// `spec.task`: the service action hook to run (once per attempt).
     pub task: Option<NodeTask>,
+    /// `spec.probes`: capability probes to run (once per nonce).
+    pub probes: Vec<NodeProbe>,
+    /// `spec.storage`: storage tasks to do (once per key).
+    pub storage: Vec<StorageTask>,
 }
 
 impl Desired {
@@ -244,6 +250,8 @@ impl Desired {
             generation: ni.metadata.generation,
             target: ni.spec.target.clone(),
             task: ni.spec.task.clone(),
+            probes: ni.spec.probes.clone(),
+            storage: ni.spec.storage.clone(),
         }
     }
 }

@@ -158,6 +158,16 @@ pub fn substitute(
     id: &PackageId,
     field: String,
 ) -> Result<String, ServiceError> {
+    expand(text, vars).map_err(|key| ServiceError::UnknownVariable {
+        id: id.clone(),
+        field,
+        key: key.to_owned(),
+    })
+}
+
+/// Replaces every `${KEY}` in `text` with its value from `vars`; the error
+/// is the first key `vars` lacks. An unclosed `${` is kept as it is.
+pub fn expand<'t>(text: &'t str, vars: &BTreeMap<String, String>) -> Result<String, &'t str> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -168,16 +178,7 @@ pub fn substitute(
             return Ok(out);
         };
         let key = &after[..end];
-        match vars.get(key) {
-            Some(value) => out.push_str(value),
-            None => {
-                return Err(ServiceError::UnknownVariable {
-                    id: id.clone(),
-                    field,
-                    key: key.to_owned(),
-                });
-            }
-        }
+        out.push_str(vars.get(key).ok_or(key)?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);

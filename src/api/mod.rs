@@ -10,7 +10,10 @@
 // reads each repetition as a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+mod app_instance;
+mod app_package;
 mod cluster;
+mod cluster_capability;
 mod cluster_plan;
 mod cluster_template;
 pub mod conditions;
@@ -21,10 +24,14 @@ mod node_install;
 mod node_pool;
 mod package_repository;
 mod package_set;
+mod role;
 mod service_definition;
 mod service_group;
 
+pub use app_instance::*;
+pub use app_package::*;
 pub use cluster::*;
+pub use cluster_capability::*;
 pub use cluster_plan::*;
 pub use cluster_template::*;
 pub use config_bundle::*;
@@ -34,6 +41,7 @@ pub use node_install::*;
 pub use node_pool::*;
 pub use package_repository::*;
 pub use package_set::*;
+pub use role::*;
 pub use service_definition::*;
 pub use service_group::*;
 
@@ -71,6 +79,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ClusterPlan::crd(),
         ConfigModule::crd(),
         ConfigBundle::crd(),
+        ClusterCapability::crd(),
+        Role::crd(),
+        AppPackage::crd(),
+        AppInstance::crd(),
     ]
 }
 

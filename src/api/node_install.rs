@@ -35,6 +35,173 @@ pub struct NodeInstallSpec {
     /// once per attempt. Written by the operator's cluster controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<NodeTask>,
+
+    /// Probes of ClusterCapabilities this node is selected by, one per
+    /// capability, each for the capability's current measurement. Written
+    /// by the operator's capability controller (one field manager per
+    /// capability); the agent runs each once per nonce and reports in
+    /// `status.probes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["capability"]))]
+    #[schemars(length(max = 256))]
+    pub probes: Vec<NodeProbe>,
+
+    /// Work on the shared filesystem (roles' and application instances'
+    /// directories, application stages), one entry per object, each done
+    /// once per `key`. Written by the operator's application controllers
+    /// (one field manager per object); reported in `status.storage`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    #[schemars(length(max = 256))]
+    pub storage: Vec<StorageTask>,
+}
+
+/// One capability's probe on this node.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProbe {
+    /// The ClusterCapability.
+    #[schemars(length(min = 1, max = 253))]
+    pub capability: String,
+    /// The measurement's nonce; a new one runs the probe again.
+    #[schemars(length(min = 1, max = 64))]
+    pub nonce: String,
+    /// Check the shared filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_filesystem: Option<NodeFilesystemProbe>,
+    /// Run a program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<super::ExecProbe>,
+    /// Reach the discovery etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_etcd: Option<super::DiscoveryEtcdProbe>,
+}
+
+/// The shared-filesystem probe as one node runs it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFilesystemProbe {
+    /// The path (`${VAR}`: the agent's `--env VAR`).
+    pub path: String,
+    /// Whether the node must be able to write there.
+    #[serde(default)]
+    pub writable: bool,
+    /// Whether this node writes the nonce (one node per measurement);
+    /// the others read it back.
+    #[serde(default)]
+    pub writer: bool,
+}
+
+/// A probe's result on this node.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// The ClusterCapability.
+    pub capability: String,
+    /// The nonce of the measurement the result is for.
+    pub nonce: String,
+    /// Whether the node offers the capability.
+    pub ok: bool,
+    /// What the probe found, for people (why it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it was measured.
+    pub measured: Time,
+}
+
+/// Work on the shared filesystem for one object.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageTask {
+    /// The object: `role/NAME`, `stage/APP/VERSION` or
+    /// `instance/NAMESPACE/NAME`.
+    #[schemars(length(min = 1, max = 512))]
+    pub id: String,
+    /// A digest of the work; the agent does it once per key, and a new key
+    /// does it again (everything it does can be done twice).
+    #[schemars(length(min = 1, max = 128))]
+    pub key: String,
+    /// Directories to create (or keep), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ensure: Vec<EnsureDirectory>,
+    /// Directories to remove, each only if this object claimed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub remove: Vec<ClaimedPath>,
+    /// A program to run once the directories exist (an application's
+    /// staging step), in the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<StorageRun>,
+}
+
+/// A directory the agent creates with a mode and owner.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnsureDirectory {
+    /// Its absolute path (`${VAR}`: the agent's `--env VAR`). Missing
+    /// parents are created with mode 0755.
+    #[schemars(length(min = 2, max = 1024))]
+    pub path: String,
+    /// Its mode, in octal (`0750`).
+    #[schemars(regex(pattern = r"^0?[0-7]{3,4}$"))]
+    pub mode: String,
+    /// Its owner (a user name or uid); unset: the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its group (a group name or gid); unset: the agent's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The claim of the object the directory belongs to (its uid). With a
+    /// claim the directory is created whole or not at all (built aside,
+    /// then renamed into place), with its files and a claim marker; an
+    /// existing directory without this claim is never touched. Without a
+    /// claim an existing directory is kept as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// Files written into the directory (replaced whole when they differ).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub files: Vec<StorageFile>,
+}
+
+/// A file the agent writes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageFile {
+    /// Its name, inside the directory.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"), length(min = 1, max = 255))]
+    pub name: String,
+    /// Its content.
+    #[schemars(length(max = 65536))]
+    pub content: String,
+}
+
+/// A directory claimed by an object.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimedPath {
+    /// Its absolute path.
+    #[schemars(length(min = 2, max = 1024))]
+    pub path: String,
+    /// The claim it must carry to be removed.
+    pub claim: String,
+}
+
+/// A program the agent runs for a storage task.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageRun {
+    /// The program and its arguments; a relative `argv[0]` is inside the
+    /// directory.
+    #[schemars(length(min = 1, max = 64))]
+    pub argv: Vec<String>,
+    /// Seconds before it is killed and the task fails.
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+    /// Its extra environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One action hook of a service, for the agent to run once per attempt.
@@ -288,8 +455,42 @@ pub struct NodeInstallStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<NodeTaskStatus>,
 
+    /// Results of `spec.probes`, one per capability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeResult>,
+
+    /// Results of `spec.storage`, one per object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<StorageResult>,
+
     /// `Ready` is True when the active set is the target and healthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// How a storage task went.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageResult {
+    /// The task's id.
+    pub id: String,
+    /// The task's key.
+    pub key: String,
+    /// Running, Succeeded or Failed.
+    pub state: HookState,
+    /// Why it failed, for machines: `HomeOccupied` (a directory to create
+    /// exists and was not created by the object), `NotClaimed` (a
+    /// directory to remove carries another claim), `RunFailed`, `IoError`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The directories it created (not those that were there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<String>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
 }
