@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("discovery", 4),
     ("cluster", 4),
     ("configgen", 4),
+    ("apps", 4),
     ("operator", 5),
     ("cli", 6),
 ];

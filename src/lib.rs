@@ -24,7 +24,8 @@
 //! 4. the controllers, one folder each, never importing each other:
 //!    [`rollout`] (PackageSet), [`repository`] (PackageRepository),
 //!    [`nodepool`], [`discovery`] (ServiceGroup and the etcd tree),
-//!    [`cluster`] (ClusterTemplate and Cluster: validation and layouts); and
+//!    [`cluster`] (ClusterTemplate and Cluster: validation and layouts),
+//!    [`apps`] (ClusterCapability, Role, AppPackage, AppInstance); and
 //!    beside them the node [`agent`], which uses only `api` and `pkg`;
 //! 5. [`operator`]: wiring only: each controller's typed configuration
 //!    from the arguments, leader election, the HTTP endpoints;
@@ -35,6 +36,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod apps;
 pub mod cli;
 pub mod cluster;
 pub mod config;

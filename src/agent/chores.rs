@@ -35,7 +35,7 @@ use super::storage::{self, StorageError};
 /// How soon a failed probe runs again while its nonce stands.
 pub const RETRY: Duration = Duration::from_secs(10);
 /// How long a reader of a shared filesystem waits for the writer's nonce.
-const READ_WAIT: Duration = Duration::from_secs(10);
+const READ_WAIT: Duration = Duration::from_secs(3);
 /// The most bytes of a program's output a message carries.
 const MESSAGE_BYTES: usize = 1000;
 

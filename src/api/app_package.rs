@@ -201,7 +201,7 @@ pub struct AppVersion {
 
 /// A version's stage, `STAGE/APP/stage/VERSION`, made once by an agent on
 /// a node that offers the required capabilities.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Stage {
     /// Files written into the stage (install scripts, image references,
@@ -222,6 +222,16 @@ pub struct Stage {
 
 fn default_stage_timeout() -> i32 {
     600
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Self {
+            files: BTreeMap::new(),
+            argv: Vec::new(),
+            timeout_seconds: default_stage_timeout(),
+        }
+    }
 }
 
 /// What a running instance is. Every string may use `${app}`,

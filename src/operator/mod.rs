@@ -206,6 +206,7 @@ pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec
         identity_prefix: args.node_identity_prefix.clone(),
     };
     let discovery = (!args.no_discovery).then(|| args.discovery.config());
+    let apps = crate::apps::Config { stale_after };
     vec![
         Controller::new("packagerepository", crate::repository::run),
         Controller::new("packageset", move |shared, stop| {
@@ -218,6 +219,9 @@ pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec
             crate::nodepool::controller::run(shared, nodepool.clone(), stop)
         }),
         Controller::new("cluster", crate::cluster::run),
+        Controller::new("apps", move |shared, stop| {
+            crate::apps::run(shared, apps.clone(), stop)
+        }),
         Controller::new(crate::configgen::NAME, move |shared, stop| {
             crate::configgen::run(shared, config.clone(), stop)
         }),

@@ -7,7 +7,7 @@ pub mod ownership;
 pub mod plan;
 #[cfg(test)]
 mod plan_props;
-pub mod selector;
+pub use crate::shared::selector;
 pub mod status;
 pub mod target;
 pub mod validate;

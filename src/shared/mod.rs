@@ -12,6 +12,7 @@
 pub mod fake_api;
 pub mod halt;
 pub mod metrics;
+pub mod selector;
 pub mod status;
 pub mod stores;
 pub mod wake;

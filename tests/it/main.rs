@@ -23,6 +23,7 @@ mod support;
 
 mod agent;
 mod api;
+mod apps;
 mod chart;
 mod cli;
 mod config;

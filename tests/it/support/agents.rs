@@ -100,6 +100,8 @@ pub struct Agent {
     pub trust: Vec<String>,
     /// The kubeconfig it acts with; the testbed's admin one when unset.
     pub kubeconfig: Option<PathBuf>,
+    /// More arguments (`--env SHARED=…`), kept across restarts.
+    pub extra: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -121,6 +123,18 @@ impl Agent {
         trust: &[String],
         kubeconfig: Option<PathBuf>,
     ) -> Self {
+        Self::start_with(tb, tag, labels, trust, kubeconfig, &[])
+    }
+
+    /// [`Agent::start_as`] with more arguments.
+    pub fn start_with(
+        tb: &TestbedEnv,
+        tag: &str,
+        labels: &str,
+        trust: &[String],
+        kubeconfig: Option<PathBuf>,
+        extra: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut agent = Self {
             node: format!("agent-test-{tag}-{:06x}", rand::random::<u32>() & 0xff_ffff),
@@ -129,6 +143,7 @@ impl Agent {
             api_port: free_port(),
             trust: trust.to_vec(),
             kubeconfig,
+            extra: extra.to_vec(),
             child: None,
             _dir: dir,
         };
@@ -157,6 +172,7 @@ impl Agent {
         .args(["--env", &format!("PORT={}", self.port)])
         .args(["--labels", labels])
         .args(&self.trust)
+        .args(&self.extra)
         .env_remove("THESEUS_FAILPOINT")
         .env_remove("THESEUS_TRUST_CONFIG")
         .env_remove("THESEUS_TRUSTED_KEYS")
