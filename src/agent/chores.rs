@@ -29,8 +29,9 @@ use crate::api::{
 use crate::pkg::disk::write_atomic;
 
 use super::register::{Desired, Reporter};
-use super::service::{AgentEnv, expand};
+use super::service::AgentEnv;
 use super::storage::{self, StorageError};
+use crate::pkg::vars::expand;
 
 /// How soon a failed probe runs again while its nonce stands.
 pub const RETRY: Duration = Duration::from_secs(10);

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::pkg::vars::expand;
 use crate::pkg::{PackageId, PkgInfo, Root};
 
 use super::health::Probe;
@@ -163,26 +164,6 @@ pub fn substitute(
         field,
         key: key.to_owned(),
     })
-}
-
-/// Replaces every `${KEY}` in `text` with its value from `vars`; the error
-/// is the first key `vars` lacks. An unclosed `${` is kept as it is.
-pub fn expand<'t>(text: &'t str, vars: &BTreeMap<String, String>) -> Result<String, &'t str> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let key = &after[..end];
-        out.push_str(vars.get(key).ok_or(key)?);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

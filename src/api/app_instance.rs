@@ -127,6 +127,9 @@ pub struct AppInstanceStatus {
     /// The stage the instance uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// The key of the storage task that made the directories and env file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_key: Option<String>,
     /// The node whose agent made the directories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_node: Option<String>,

@@ -39,7 +39,7 @@ use super::{ModuleRef, ServiceGroupSpec};
         "reason": "FieldValueDuplicate"
     },
     {
-        "rule": "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
+        "rule": "!has(self.parameters) || self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
         "message": "each parameter may appear once",
         "fieldPath": ".parameters",
         "reason": "FieldValueDuplicate"
@@ -253,6 +253,15 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub config_modules: Vec<ModuleRef>,
+    /// The name of the package of each instance's configuration (the
+    /// instance's ConfigBundle: the `instance_*` facts in `instance.env`,
+    /// and the files of `configModules`). Default `APP-instance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$"),
+        length(min = 1, max = 63)
+    )]
+    pub config_package: Option<String>,
     /// The ports the instance serves, by name (`http: "${values.port}"`),
     /// published with its nodes' addresses in the discovery tree.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -284,11 +293,28 @@ pub struct AppPackageStatus {
     /// How many AppInstances use the application.
     #[serde(default)]
     pub instances: i32,
+    /// The versions AppInstances use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
     /// The versions whose stage is made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub staged: Vec<String>,
-    /// Valid.
+    pub staged: Vec<StagedVersion>,
+    /// Staged (every version in use has its stage) and Valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A version's stage, made.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedVersion {
+    /// The version.
+    pub version: String,
+    /// The stage directory.
+    pub path: String,
+    /// The key of the storage task that made it (a digest of the stage).
+    pub key: String,
+    /// The node whose agent made it.
+    pub node: String,
 }

@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "size(self.packages) > 0",
-        "message": "spec.packages must list at least one package id",
+        "rule": "size(self.packages) > 0 || (has(self.configBundles) && size(self.configBundles) > 0)",
+        "message": "spec.packages must list at least one package id (or spec.configBundles a bundle)",
         "fieldPath": ".packages",
         "reason": "FieldValueRequired"
     },

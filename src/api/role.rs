@@ -119,6 +119,9 @@ pub struct RoleStatus {
     /// The role's directories, one per base directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directories: Vec<String>,
+    /// The key of the storage task that made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_key: Option<String>,
     /// Ready: the namespace, the bindings and the directories exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -8,6 +8,9 @@
 //! the agents are the ones whose view of it is measured.
 
 pub mod capability;
+pub mod instance;
+pub mod package;
+pub mod role;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,17 +22,45 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::api::{ClusterCapability, NodeInstall};
+use crate::api::{AppInstance, AppPackage, ClusterCapability, NodeInstall, Role};
 use crate::shared::Shared;
 
 /// The capability controller's name in metrics.
 pub const CAPABILITY: &str = "clustercapability";
+/// The role controller's name in metrics.
+pub const ROLE: &str = "role";
+/// The application controller's name in metrics.
+pub const PACKAGE: &str = "apppackage";
+/// The instance controller's name in metrics.
+pub const INSTANCE: &str = "appinstance";
+
+/// Every ClusterCapability this operator manages.
+pub async fn capabilities(cx: &Context) -> Result<Vec<Arc<ClusterCapability>>, Error> {
+    let list = Api::<ClusterCapability>::all(cx.shared.client.clone())
+        .list(&list_params(&cx.shared))
+        .await
+        .map_err(|source| Error::Read {
+            object: "capabilities".into(),
+            what: "the ClusterCapabilities".into(),
+            source,
+        })?;
+    Ok(list.items.into_iter().map(Arc::new).collect())
+}
+
+/// List parameters for the objects this operator manages.
+pub fn list_params(shared: &Shared) -> kube::api::ListParams {
+    let params = kube::api::ListParams::default();
+    match &shared.selector {
+        Some(s) => params.labels(s),
+        None => params,
+    }
+}
 
 /// The controllers' configuration.
 #[derive(Clone, Debug)]
@@ -216,18 +247,68 @@ pub fn run(shared: Shared, config: Config, stop: CancellationToken) -> BoxFuture
             shared: shared.clone(),
             config,
         });
+        let stopped = |stop: &CancellationToken| {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        let nodes = || node_changes(shared.stores.nodes.subscribe());
         let capabilities = Controller::new(
             Api::<ClusterCapability>::all(client.clone()),
             shared.watch_config(),
         )
-        .reconcile_all_on(node_changes(shared.stores.nodes.subscribe()))
-        .graceful_shutdown_on({
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        })
+        .reconcile_all_on(nodes())
+        .graceful_shutdown_on(stopped(&stop))
         .run(capability::reconcile, error_policy, context.clone())
         .for_each(|_| async {});
-        capabilities.await;
+        let roles = Controller::new(Api::<Role>::all(client.clone()), shared.watch_config())
+            .reconcile_all_on(nodes())
+            .graceful_shutdown_on(stopped(&stop))
+            .run(role::reconcile, error_policy, context.clone())
+            .for_each(|_| async {});
+        // An application is reconciled when its instances change (their
+        // versions decide what is staged).
+        let instances_of_apps = watcher(
+            Api::<AppInstance>::all(client.clone()),
+            shared.watch_config(),
+        )
+        .touched_objects()
+        .filter_map(|i| async move {
+            i.ok()
+                .map(|i| kube::runtime::reflector::ObjectRef::<AppPackage>::new(&i.spec.app))
+        });
+        let packages = Controller::new(
+            Api::<AppPackage>::all(client.clone()),
+            shared.watch_config(),
+        )
+        .reconcile_on(instances_of_apps)
+        .reconcile_all_on(nodes())
+        .graceful_shutdown_on(stopped(&stop))
+        .run(package::reconcile, error_policy, context.clone())
+        .for_each(|_| async {});
+        // Instances wait on their application's stage, capabilities, the
+        // nodes' storage results and other instances (dependencies).
+        let changes = futures::stream::select(
+            futures::stream::select(
+                nodes(),
+                ticks(watcher(
+                    Api::<AppPackage>::all(client.clone()),
+                    shared.watch_config(),
+                )),
+            ),
+            ticks(watcher(
+                Api::<ClusterCapability>::all(client.clone()),
+                shared.watch_config(),
+            )),
+        );
+        let instances = Controller::new(
+            Api::<AppInstance>::all(client.clone()),
+            shared.watch_config(),
+        )
+        .reconcile_all_on(changes)
+        .graceful_shutdown_on(stopped(&stop))
+        .run(instance::reconcile, error_policy, context.clone())
+        .for_each(|_| async {});
+        tokio::join!(capabilities, roles, packages, instances);
     }
     .boxed()
 }
@@ -236,4 +317,214 @@ fn error_policy<K: kube::Resource>(object: Arc<K>, err: &Error, cx: Arc<Context>
     warn!(object = %object.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed");
     cx.shared.metrics.failed(CAPABILITY, err.reason());
     Action::requeue(Duration::from_secs(5))
+}
+
+/// The sha256 of `value`'s JSON, in hex (16 characters): the key of a
+/// storage task.
+pub fn digest(value: &impl Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..8])
+}
+
+/// Whether `node` offers capability `cap`: selected by it, measured, and
+/// not among its failing nodes.
+pub fn offers(cap: &ClusterCapability, node: &NodeInstall) -> bool {
+    let Some(status) = &cap.status else {
+        return false;
+    };
+    crate::shared::selector::matches(&cap.spec.node_selector, node.labels())
+        && status.nodes_total > 0
+        && !status.failing.iter().any(|f| f.node == node.name_any())
+}
+
+/// Whether every capability of `required` is Available; the error names
+/// each one that is not, with the nodes that lack it.
+pub fn capabilities_met(
+    required: &[String],
+    caps: &[Arc<ClusterCapability>],
+) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for name in required {
+        match caps.iter().find(|c| c.name_any() == *name) {
+            None => missing.push(format!("{name} (no such ClusterCapability)")),
+            Some(c) => {
+                let status = c.status.clone().unwrap_or_default();
+                if !crate::api::conditions::is_true(
+                    &status.conditions,
+                    crate::api::conditions::types::AVAILABLE,
+                ) {
+                    let nodes: Vec<String> = status
+                        .failing
+                        .iter()
+                        .take(5)
+                        .map(|f| format!("{}: {}", f.node, f.message))
+                        .collect();
+                    missing.push(if nodes.is_empty() {
+                        format!("{name} (not measured on any node yet)")
+                    } else {
+                        format!("{name} (lacking on {})", nodes.join("; "))
+                    });
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join(", "))
+    }
+}
+
+/// The node to do storage work on: a live node offering every capability
+/// of `required`; `current` when it still does, else the first by name.
+pub fn storage_node(
+    required: &[String],
+    caps: &[Arc<ClusterCapability>],
+    nodes: &[Arc<NodeInstall>],
+    current: Option<&str>,
+    stale_after: Duration,
+    now: Timestamp,
+) -> Result<String, String> {
+    let fit = |n: &NodeInstall| {
+        n.metadata.deletion_timestamp.is_none()
+            && !silent(n, stale_after, now)
+            && required.iter().all(|r| {
+                caps.iter()
+                    .find(|c| c.name_any() == *r)
+                    .is_some_and(|c| offers(c, n))
+            })
+    };
+    let mut fitting: Vec<&NodeInstall> = nodes.iter().map(|n| &**n).filter(|n| fit(n)).collect();
+    fitting.sort_by_key(|n| n.name_any());
+    if let Some(node) = current.and_then(|c| fitting.iter().find(|n| n.name_any() == c)) {
+        return Ok(node.name_any());
+    }
+    fitting.first().map(|n| n.name_any()).ok_or_else(|| {
+        if required.is_empty() {
+            "no node's agent is reporting".to_owned()
+        } else {
+            format!(
+                "no live node offers every required capability ({})",
+                required.join(", ")
+            )
+        }
+    })
+}
+
+/// How a storage task stands.
+#[derive(Debug, PartialEq)]
+pub enum TaskState {
+    /// The agent has not finished it.
+    Pending,
+    /// Done, with what it created.
+    Done(crate::api::StorageResult),
+    /// Failed, with why.
+    Failed(crate::api::StorageResult),
+}
+
+/// How long a failed storage task waits before it is tried again.
+pub const TASK_RETRY: Duration = Duration::from_secs(30);
+
+/// Gives `task` to `node` (by `manager`, when the node does not hold it
+/// already) and says how it stands. A task that failed over
+/// [`TASK_RETRY`] ago is given again with a new key (`KEY.rSECONDS`).
+pub async fn drive_task(
+    client: &Client,
+    node: &NodeInstall,
+    manager: &str,
+    mut task: crate::api::StorageTask,
+    now: Timestamp,
+) -> Result<TaskState, Error> {
+    let base = task.key.clone();
+    let held = node.spec.storage.iter().find(|t| t.id == task.id);
+    let result = node
+        .status
+        .as_ref()
+        .and_then(|s| s.storage.iter().find(|r| r.id == task.id));
+    if let Some(held) = held.filter(|h| h.key.split('.').next() == Some(base.as_str())) {
+        task.key = held.key.clone();
+    }
+    let state = match result.filter(|r| r.key == task.key) {
+        Some(r) if r.state == crate::api::HookState::Succeeded => TaskState::Done(r.clone()),
+        Some(r) if r.state == crate::api::HookState::Failed => {
+            let finished = r.finished.as_ref().map_or(now, |t| t.0);
+            if now.duration_since(finished).as_secs() >= TASK_RETRY.as_secs() as i64 {
+                task.key = format!("{base}.r{}", now.as_second());
+                TaskState::Pending
+            } else {
+                TaskState::Failed(r.clone())
+            }
+        }
+        _ => TaskState::Pending,
+    };
+    if node.spec.storage.iter().find(|t| t.id == task.id) != Some(&task)
+        && !matches!(state, TaskState::Done(_))
+    {
+        apply_node_list(client, &node.name_any(), manager, "storage", Some(task)).await?;
+    }
+    Ok(state)
+}
+
+/// Whether a done task's key is of the work `base` names.
+pub fn key_is(key: Option<&str>, base: &str) -> bool {
+    key.and_then(|k| k.split('.').next()) == Some(base)
+}
+
+/// Takes the storage task of `manager` off `node`, if it has one.
+pub async fn clear_task(
+    client: &Client,
+    nodes: &[Arc<NodeInstall>],
+    node: &str,
+    id: &str,
+    manager: &str,
+) -> Result<(), Error> {
+    let holds = nodes
+        .iter()
+        .any(|n| n.name_any() == node && n.spec.storage.iter().any(|t| t.id == id));
+    if holds {
+        apply_node_list::<crate::api::StorageTask>(client, node, manager, "storage", None).await?;
+    }
+    Ok(())
+}
+
+/// Adds or removes `finalizer` on `object` (a merge patch carrying the
+/// object's resourceVersion, so a concurrent change is not overwritten).
+pub async fn set_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+    present: bool,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut list = object.meta().finalizers.clone().unwrap_or_default();
+    if list.iter().any(|f| f == finalizer) == present {
+        return Ok(());
+    }
+    if present {
+        list.push(finalizer.to_owned());
+    } else {
+        list.retain(|f| f != finalizer);
+    }
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": list, "resourceVersion": object.meta().resource_version }
+    });
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(|source| Error::Write {
+            object: format!("{} {name}", K::kind(&())),
+            action: format!("{} the finalizer", if present { "add" } else { "remove" }),
+            source,
+        })
+}
+
+/// A tick per change of a watched kind.
+fn ticks<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = ()> + Send + 'static {
+    events.filter_map(|e| futures::future::ready(e.ok().map(drop)))
 }

@@ -42,6 +42,7 @@ pub mod set;
 mod stream;
 pub mod trust;
 pub mod unpack;
+pub mod vars;
 
 pub use activation::{ActivateOptions, Activation, GcReport, id_from_archive_name};
 pub use check::CheckReport;

@@ -13,10 +13,10 @@ use serde_json::json;
 use theseus::api::{ClusterCapability, NodeInstall};
 
 use crate::support::agents::Agent;
-use crate::support::eventually;
 use crate::support::fleet::RUN_LABEL;
 use crate::support::operator::Rig;
 use crate::support::policy::Cleanup;
+use crate::support::{TestbedEnv, eventually};
 
 /// The shared directory, and one link per node.
 pub struct Shared {
@@ -56,10 +56,17 @@ impl Shared {
     }
 }
 
-/// `n` agents of the rig's run, node `i` seeing `SHARED` through its link
-/// (pointed at the shared directory unless `own` names it). Their names
-/// sort in start order.
-pub fn agents(rig: &Rig, shared: &Shared, n: usize, own: &[usize]) -> Vec<Agent> {
+/// `n` agents of the run, node `i` seeing `SHARED` through its link
+/// (pointed at the shared directory unless `own` names it) and labelled
+/// `slot=a`, `slot=b`…; their names sort in start order.
+pub fn agents(
+    tb: &TestbedEnv,
+    run: &str,
+    trust: &[String],
+    shared: &Shared,
+    n: usize,
+    own: &[usize],
+) -> Vec<Agent> {
     (0..n)
         .map(|i| {
             let target = if own.contains(&i) {
@@ -72,11 +79,12 @@ pub fn agents(rig: &Rig, shared: &Shared, n: usize, own: &[usize]) -> Vec<Agent>
                 "--env".to_owned(),
                 format!("SHARED={}", shared.link(i).display()),
             ];
+            let slot = (b'a' + i as u8) as char;
             Agent::start_with(
-                &rig.tb,
-                &format!("apps{}", (b'a' + i as u8) as char),
-                &format!("{RUN_LABEL}={}", rig.run),
-                &rig.repo.trust_args(),
+                tb,
+                &format!("apps{slot}"),
+                &format!("{RUN_LABEL}={run},slot={slot}"),
+                trust,
                 None,
                 &extra,
             )
@@ -85,9 +93,15 @@ pub fn agents(rig: &Rig, shared: &Shared, n: usize, own: &[usize]) -> Vec<Agent>
 }
 
 /// Creates the ClusterCapability `name` of the rig's run.
-pub async fn capability(rig: &Rig, cleanup: &mut Cleanup, name: &str, probe: serde_json::Value) {
+pub async fn capability(
+    client: &kube::Client,
+    run: &str,
+    cleanup: &mut Cleanup,
+    name: &str,
+    probe: serde_json::Value,
+) {
     let mut spec = json!({
-        "nodeSelector": { "matchLabels": { RUN_LABEL: rig.run } },
+        "nodeSelector": { "matchLabels": { RUN_LABEL: run } },
         "intervalSeconds": 15,
     });
     for (k, v) in probe.as_object().unwrap() {
@@ -95,11 +109,11 @@ pub async fn capability(rig: &Rig, cleanup: &mut Cleanup, name: &str, probe: ser
     }
     let cap = json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterCapability",
-        "metadata": { "name": name, "labels": { RUN_LABEL: rig.run } },
+        "metadata": { "name": name, "labels": { RUN_LABEL: run } },
         "spec": spec,
     });
     cleanup.add("clustercapability", name);
-    Api::<ClusterCapability>::all(rig.client.clone())
+    Api::<ClusterCapability>::all(client.clone())
         .patch(
             name,
             &PatchParams::apply("apps-test").force(),
@@ -111,12 +125,12 @@ pub async fn capability(rig: &Rig, cleanup: &mut Cleanup, name: &str, probe: ser
 
 /// The capability once `check` holds for its status.
 pub async fn capability_where(
-    rig: &Rig,
+    client: &kube::Client,
     name: &str,
     what: &str,
     check: impl Fn(&theseus::api::ClusterCapabilityStatus) -> bool,
 ) -> theseus::api::ClusterCapabilityStatus {
-    let api = Api::<ClusterCapability>::all(rig.client.clone());
+    let api = Api::<ClusterCapability>::all(client.clone());
     eventually(
         Duration::from_secs(90),
         &format!("{name}: {what}"),
@@ -163,20 +177,21 @@ async fn a_shared_filesystem_probe_fails_on_the_node_whose_path_is_another_direc
     let mut cleanup = Cleanup::new(&rig.tb);
     let shared = Shared::new();
     // Node 2 (the last by name: never the writer) sees a directory of its own.
-    let agents = agents(&rig, &shared, 3, &[2]);
+    let agents = agents(&rig.tb, &rig.run, &rig.repo.trust_args(), &shared, 3, &[2]);
     let nodes: Api<NodeInstall> = Api::all(rig.client.clone());
     heartbeats(&nodes, &agents).await;
     let _operator = rig.operator("a");
     let name = format!("{}-shared", rig.run);
     capability(
-        &rig,
+        &rig.client,
+        &rig.run,
         &mut cleanup,
         &name,
         json!({ "sharedFilesystem": { "path": "${SHARED}" } }),
     )
     .await;
     let odd = agents[2].node.clone();
-    let status = capability_where(&rig, &name, "node 2 fails the probe", |s| {
+    let status = capability_where(&rig.client, &name, "node 2 fails the probe", |s| {
         s.nodes_total == 3
             && s.nodes_ready == 2
             && s.failing.len() == 1
@@ -208,14 +223,14 @@ async fn a_shared_filesystem_probe_fails_on_the_node_whose_path_is_another_direc
 
     // Fixed: node 2 sees the shared directory.
     shared.point(2, &shared.path());
-    capability_where(&rig, &name, "every node offers it once fixed", |s| {
+    capability_where(&rig.client, &name, "every node offers it once fixed", |s| {
         s.nodes_ready == 3 && s.failing.is_empty() && available(s) == Some(true)
     })
     .await;
 
     // Lost on node 1: the next measurement names it.
     shared.point(1, &shared.own(1));
-    let status = capability_where(&rig, &name, "node 1 lost it", |s| {
+    let status = capability_where(&rig.client, &name, "node 1 lost it", |s| {
         s.nodes_ready == 2 && available(s) == Some(false)
     })
     .await;
@@ -224,16 +239,442 @@ async fn a_shared_filesystem_probe_fails_on_the_node_whose_path_is_another_direc
     // An exec probe: a program's exit status on every node.
     let exec = format!("{}-exec", rig.run);
     capability(
-        &rig,
+        &rig.client,
+        &rig.run,
         &mut cleanup,
         &exec,
         json!({ "exec": { "argv": ["test", "-d", "${SHARED}/../own-1"] } }),
     )
     .await;
-    capability_where(&rig, &exec, "the exec probe passes everywhere", |s| {
-        s.nodes_ready == 3 && available(s) == Some(true)
+    capability_where(
+        &rig.client,
+        &exec,
+        "the exec probe passes everywhere",
+        |s| s.nodes_ready == 3 && available(s) == Some(true),
+    )
+    .await;
+    for agent in &agents {
+        let _ = nodes.delete(&agent.node, &Default::default()).await;
+    }
+}
+
+/// Applies `object` (any kind) by server-side apply.
+pub fn apply(tb: &TestbedEnv, dir: &Path, object: serde_json::Value) {
+    let file = dir.join(format!("{:08x}.json", rand::random::<u32>()));
+    std::fs::write(&file, object.to_string()).unwrap();
+    tb.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+}
+
+/// A Role `name` with base directories `apps` (0750) and `data` (0700)
+/// under the shared directory, in namespace `ns`.
+pub fn role(run: &str, name: &str, ns: &str, capability: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "Role",
+        "metadata": { "name": name, "labels": { RUN_LABEL: run } },
+        "spec": {
+            "namespace": ns,
+            "capabilities": [capability],
+            "baseDirectories": [
+                { "name": "apps", "path": "${SHARED}/apps", "mode": "0750" },
+                { "name": "data", "path": "${SHARED}/data", "mode": "0700" }
+            ],
+            "admins": [{ "kind": "User", "name": "alice" }]
+        }
+    })
+}
+
+/// An AppInstance `APP-ID` in `ns`.
+pub fn instance(
+    run: &str,
+    ns: &str,
+    app: &str,
+    id: &str,
+    role: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = json!({ "app": app, "version": "1.0.0", "id": id, "role": role });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "AppInstance",
+        "metadata": { "name": format!("{app}-{id}"), "namespace": ns, "labels": { RUN_LABEL: run } },
+        "spec": spec,
+    })
+}
+
+/// The instance once `check` holds for its status.
+pub async fn instance_where(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&theseus::api::AppInstanceStatus) -> bool,
+) -> theseus::api::AppInstanceStatus {
+    let api = Api::<theseus::api::AppInstance>::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(120),
+        &format!("{ns}/{name}: {what}"),
+        || async {
+            let i = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = i.status.unwrap_or_default();
+            if check(&status) {
+                Ok(status)
+            } else {
+                Err(format!("{status:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// The condition `type_` of `status`: (status, reason, message).
+pub fn condition(s: &theseus::api::AppInstanceStatus, type_: &str) -> (String, String, String) {
+    theseus::api::conditions::find(&s.conditions, type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+/// Deletes the instances of `namespaces` and the applications `apps`
+/// while the operator runs (their finalizers need it), and waits until
+/// they are gone.
+pub async fn teardown(client: &kube::Client, namespaces: &[&str], apps: &[&str]) {
+    use theseus::api::{AppInstance, AppPackage};
+    for ns in namespaces {
+        let api = Api::<AppInstance>::namespaced(client.clone(), ns);
+        let _ = api
+            .delete_collection(&Default::default(), &Default::default())
+            .await;
+        eventually(
+            Duration::from_secs(120),
+            &format!("the instances of {ns} are gone"),
+            || async {
+                let left = api
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.items.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{:?}",
+                        left.items
+                            .iter()
+                            .map(|i| (i.metadata.name.clone(), i.status.clone()))
+                            .collect::<Vec<_>>()
+                    ))
+                }
+            },
+        )
+        .await;
+    }
+    let api = Api::<AppPackage>::all(client.clone());
+    for app in apps {
+        let _ = api.delete(app, &Default::default()).await;
+        eventually(
+            Duration::from_secs(60),
+            &format!("AppPackage {app} is gone"),
+            || async {
+                match api.get_opt(app).await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(a) => Err(format!("{:?}", a.status)),
+                }
+            },
+        )
+        .await;
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// An instance is held while a required capability is missing (naming
+/// the node that lacks it), proceeds once it is fixed, and is Degraded —
+/// nothing deleted — when it is lost; `OnePerCluster` forces the role
+/// `shared` and refuses a second instance; an occupied home is never
+/// overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a_home() {
+    let Some(rig) = Rig::new("appcap").await else {
+        return;
+    };
+    let mut cleanup = Cleanup::new(&rig.tb);
+    let shared = Shared::new();
+    let agents = agents(&rig.tb, &rig.run, &rig.repo.trust_args(), &shared, 2, &[1]);
+    let nodes: Api<NodeInstall> = Api::all(rig.client.clone());
+    heartbeats(&nodes, &agents).await;
+    let _operator = rig.operator("a");
+    let tag = &rig.run[rig.run.len() - 8..];
+    let cap = format!("{}-shared", rig.run);
+    capability(
+        &rig.client,
+        &rig.run,
+        &mut cleanup,
+        &cap,
+        json!({ "sharedFilesystem": { "path": "${SHARED}" } }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two roles, and the role `shared`.
+    let prod = format!("prod{tag}");
+    let prod_ns = format!("{}-prod", rig.run);
+    let shared_ns = format!("{}-shared", rig.run);
+    for (name, ns) in [
+        (prod.as_str(), prod_ns.as_str()),
+        ("shared", shared_ns.as_str()),
+    ] {
+        cleanup.add("namespace", ns);
+        cleanup.add("role.theseus.dev", name);
+        apply(&rig.tb, dir.path(), role(&rig.run, name, ns, &cap));
+    }
+    let app = format!("keep{tag}");
+    let single = format!("single{tag}");
+    for (name, policy) in [(&app, "Multi"), (&single, "OnePerCluster")] {
+        cleanup.add("apppackage", name);
+        apply(
+            &rig.tb,
+            dir.path(),
+            json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "AppPackage",
+                "metadata": { "name": name, "labels": { RUN_LABEL: rig.run } },
+                "spec": {
+                    "instancePolicy": policy,
+                    "requires": { "capabilities": [{ "name": cap }] },
+                    "directories": [{ "baseDirectory": "apps", "mode": "0750" }],
+                    "stageRoot": "${SHARED}/zeta/shared",
+                    "versions": [{ "version": "1.0.0", "stage": { "files": { "VERSION": "1.0.0\n" } } }]
+                }
+            }),
+        );
+    }
+
+    // Held while node b's path is another directory.
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &prod_ns,
+            &app,
+            "one",
+            &prod,
+            json!({ "state": "Installed" }),
+        ),
+    );
+    let held = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "held for the capability",
+        |s| condition(s, "CapabilitiesMet").0 == "False",
+    )
+    .await;
+    let (_, reason, message) = condition(&held, "CapabilitiesMet");
+    assert_eq!(reason, "CapabilityMissing");
+    assert!(message.contains(&cap), "{message}");
+    let home = shared.path().join(format!("apps/{prod}/{app}/one"));
+    // Wait for the measurement to name node b, then check nothing was made.
+    capability_where(&rig.client, &cap, "node b fails", |s| {
+        s.failing
+            .iter()
+            .any(|f| f.node == agents[1].node && f.reason == "ProbeFailed")
     })
     .await;
+    let held = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "the condition names node b",
+        |s| condition(s, "CapabilitiesMet").2.contains(&agents[1].node),
+    )
+    .await;
+    assert_eq!(held.phase, theseus::api::InstancePhase::NotInstalled);
+    assert!(!home.exists(), "nothing is installed while held");
+
+    // Fixed: the instance proceeds.
+    shared.point(1, &shared.path());
+    let installed = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "installed",
+        |s| s.phase == theseus::api::InstancePhase::Installed,
+    )
+    .await;
+    assert_eq!(
+        installed.home.as_deref(),
+        Some(format!("${{SHARED}}/apps/{prod}/{app}/one").as_str())
+    );
+    assert_eq!(mode(&home), 0o750);
+    assert_eq!(mode(&shared.path().join(format!("apps/{prod}"))), 0o750);
+    assert_eq!(mode(&shared.path().join(format!("data/{prod}"))), 0o700);
+    let env = std::fs::read_to_string(home.join("instance.env.sh")).unwrap();
+    assert!(env.contains("export THESEUS_INSTANCE_ID='one'"), "{env}");
+    assert!(env.contains("THESEUS_STAGE="), "{env}");
+    assert_eq!(
+        std::fs::read_to_string(
+            shared
+                .path()
+                .join(format!("zeta/shared/{app}/stage/1.0.0/VERSION"))
+        )
+        .unwrap(),
+        "1.0.0\n"
+    );
+    std::fs::write(home.join("data.db"), "kept").unwrap();
+
+    // Lost: Degraded, nothing deleted.
+    shared.point(1, &shared.own(1));
+    let degraded = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "degraded",
+        |s| condition(s, "Degraded").0 == "True",
+    )
+    .await;
+    assert_eq!(condition(&degraded, "Degraded").1, "CapabilityLost");
+    assert_eq!(
+        std::fs::read_to_string(home.join("data.db")).unwrap(),
+        "kept"
+    );
+    shared.point(1, &shared.path());
+    instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "healthy again",
+        |s| {
+            condition(s, "Degraded").0 == "False"
+                && s.phase == theseus::api::InstancePhase::Installed
+        },
+    )
+    .await;
+
+    // An occupied home is never overwritten.
+    let taken = shared.path().join(format!("apps/{prod}/{app}/taken"));
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("precious"), "theirs").unwrap();
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &prod_ns,
+            &app,
+            "taken",
+            &prod,
+            json!({ "state": "Installed" }),
+        ),
+    );
+    let occupied = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-taken"),
+        "refused: home occupied",
+        |s| condition(s, "StorageReady").2.contains("HomeOccupied"),
+    )
+    .await;
+    assert_eq!(condition(&occupied, "StorageReady").0, "False");
+    assert_eq!(
+        std::fs::read_to_string(taken.join("precious")).unwrap(),
+        "theirs"
+    );
+    assert!(!taken.join("instance.env.sh").exists());
+    assert!(!taken.join(".theseus-claim").exists());
+
+    // OnePerCluster: only in the role `shared`, and only once.
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &prod_ns,
+            &single,
+            "elsewhere",
+            &prod,
+            json!({ "state": "Installed" }),
+        ),
+    );
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &shared_ns,
+            &single,
+            "first",
+            "shared",
+            json!({ "state": "Installed" }),
+        ),
+    );
+    let elsewhere = instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{single}-elsewhere"),
+        "refused outside shared",
+        |s| condition(s, "Valid").0 == "False",
+    )
+    .await;
+    assert!(
+        condition(&elsewhere, "Valid")
+            .2
+            .contains("in the role shared"),
+        "{elsewhere:?}"
+    );
+    instance_where(
+        &rig.client,
+        &shared_ns,
+        &format!("{single}-first"),
+        "the first is installed",
+        |s| s.phase == theseus::api::InstancePhase::Installed,
+    )
+    .await;
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &shared_ns,
+            &single,
+            "second",
+            "shared",
+            json!({ "state": "Installed" }),
+        ),
+    );
+    let second = instance_where(
+        &rig.client,
+        &shared_ns,
+        &format!("{single}-second"),
+        "the second is refused",
+        |s| condition(s, "Valid").0 == "False",
+    )
+    .await;
+    assert!(
+        condition(&second, "Valid")
+            .2
+            .contains(&format!("{single}-first")),
+        "{second:?}"
+    );
+    assert!(
+        !shared
+            .path()
+            .join(format!("apps/shared/{single}/second"))
+            .exists()
+    );
+
+    teardown(&rig.client, &[&prod_ns, &shared_ns], &[&app, &single]).await;
     for agent in &agents {
         let _ = nodes.delete(&agent.node, &Default::default()).await;
     }

@@ -1,0 +1,249 @@
+//! The AppPackage controller: counts the instances of each application,
+//! makes the stage of every version an instance uses — once, shared by all
+//! its instances, kept when the last one goes — and holds the application
+//! (a finalizer) while instances exist.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use crate::api::conditions::{Observed, types};
+use crate::api::{
+    AppInstance, AppPackage, AppPackageStatus, AppVersion, EnsureDirectory, StagedVersion,
+    StorageFile, StorageRun, StorageTask,
+};
+use crate::shared::status;
+
+use super::{
+    Context, Error, TaskState, clear_task, digest, drive_task, key_is, list_params, set_finalizer,
+    storage_node,
+};
+
+/// The finalizer that keeps an application while instances use it.
+pub const FINALIZER: &str = "theseus.dev/app-package";
+
+/// The stage directory of `version` of `app`.
+pub fn stage_path(app: &AppPackage, version: &str) -> String {
+    format!(
+        "{}/{}/stage/{version}",
+        app.spec.stage_root.trim_end_matches('/'),
+        app.name_any()
+    )
+}
+
+/// The storage task that makes the stage of `version`.
+pub fn stage_task(app: &AppPackage, version: &AppVersion) -> StorageTask {
+    let path = stage_path(app, &version.version);
+    let ensure = vec![EnsureDirectory {
+        path: path.clone(),
+        mode: "0755".into(),
+        claim: Some(format!(
+            "{}.{}",
+            app.uid().unwrap_or_default(),
+            version.version
+        )),
+        files: version
+            .stage
+            .files
+            .iter()
+            .map(|(name, content)| StorageFile {
+                name: name.clone(),
+                content: content.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    }];
+    let run = (!version.stage.argv.is_empty()).then(|| StorageRun {
+        argv: version.stage.argv.clone(),
+        timeout_seconds: version.stage.timeout_seconds,
+        env: [
+            ("THESEUS_STAGE".to_owned(), path.clone()),
+            ("THESEUS_APP".to_owned(), app.name_any()),
+            ("THESEUS_VERSION".to_owned(), version.version.clone()),
+        ]
+        .into(),
+    });
+    let mut task = StorageTask {
+        id: format!("stage/{}/{}", app.name_any(), version.version),
+        key: String::new(),
+        ensure,
+        remove: Vec::new(),
+        run,
+    };
+    task.key = digest(&task);
+    task
+}
+
+/// The instances of `app` among `all`.
+pub fn instances_of<'a>(app: &str, all: &'a [AppInstance]) -> Vec<&'a AppInstance> {
+    all.iter().filter(|i| i.spec.app == app).collect()
+}
+
+/// One pass over an application.
+pub async fn reconcile(app: Arc<AppPackage>, cx: Arc<Context>) -> Result<Action, Error> {
+    cx.shared.metrics.reconciled(super::PACKAGE);
+    let name = app.name_any();
+    let object = format!("AppPackage {name}");
+    let client = &cx.shared.client;
+    let api: Api<AppPackage> = Api::all(client.clone());
+    let all = Api::<AppInstance>::all(client.clone())
+        .list(&list_params(&cx.shared))
+        .await
+        .map_err(|source| Error::Read {
+            object: object.clone(),
+            what: "the AppInstances".into(),
+            source,
+        })?
+        .items;
+    let instances = instances_of(&name, &all);
+    if app.metadata.deletion_timestamp.is_some() {
+        if instances.is_empty() {
+            set_finalizer(&api, &app, FINALIZER, false).await?;
+            return Ok(Action::await_change());
+        }
+    } else {
+        set_finalizer(&api, &app, FINALIZER, true).await?;
+    }
+    let now = Timestamp::now();
+    let previous = app.status.clone().unwrap_or_default();
+    let in_use: BTreeSet<String> = instances.iter().map(|i| i.spec.version.clone()).collect();
+    let mut next = AppPackageStatus {
+        observed_generation: app.metadata.generation,
+        instances: i32::try_from(instances.len()).unwrap_or(i32::MAX),
+        in_use: in_use.iter().cloned().collect(),
+        staged: previous.staged.clone(),
+        conditions: previous.conditions.clone(),
+    };
+    let mut problems = Vec::new();
+    let mut waiting = Vec::new();
+    let nodes = cx.shared.stores.nodes.store().state();
+    let caps = super::capabilities(&cx).await?;
+    let required: Vec<String> = app
+        .spec
+        .requires
+        .capabilities
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for version in &in_use {
+        let Some(spec) = app.spec.versions.iter().find(|v| &v.version == version) else {
+            problems.push(format!(
+                "version {version} is used by instances but is not in spec.versions; put it back or move the instances to another version"
+            ));
+            continue;
+        };
+        let task = stage_task(&app, spec);
+        let manager = format!("theseus-storage.stage.{name}.{version}");
+        let made = next
+            .staged
+            .iter()
+            .any(|s| &s.version == version && key_is(Some(&s.key), &task.key));
+        let holder = nodes
+            .iter()
+            .find(|n| n.spec.storage.iter().any(|t| t.id == task.id))
+            .map(|n| n.name_any());
+        if made {
+            if let Some(h) = holder {
+                clear_task(client, &nodes, &h, &task.id, &manager).await?;
+            }
+            continue;
+        }
+        let node = match storage_node(
+            &required,
+            &caps,
+            &nodes,
+            holder.as_deref(),
+            cx.config.stale_after,
+            now,
+        ) {
+            Ok(node) => node,
+            Err(why) => {
+                waiting.push(format!("version {version}: {why}"));
+                continue;
+            }
+        };
+        if let Some(old) = holder.as_deref().filter(|h| *h != node) {
+            clear_task(client, &nodes, old, &task.id, &manager).await?;
+        }
+        let ni = nodes
+            .iter()
+            .find(|n| n.name_any() == node)
+            .expect("from the store");
+        match drive_task(client, ni, &manager, task.clone(), now).await? {
+            TaskState::Done(result) => {
+                next.staged.retain(|s| &s.version != version);
+                next.staged.push(StagedVersion {
+                    version: version.clone(),
+                    path: stage_path(&app, version),
+                    key: result.key,
+                    node: node.clone(),
+                });
+                next.staged.sort_by(|a, b| a.version.cmp(&b.version));
+                tracing::info!(app = %name, %version, %node, "stage made");
+                clear_task(client, &nodes, &node, &task.id, &manager).await?;
+            }
+            TaskState::Failed(result) => problems.push(format!(
+                "the stage of version {version} failed on node {node}: {}",
+                result.message.unwrap_or_default()
+            )),
+            TaskState::Pending => waiting.push(format!("version {version} on node {node}")),
+        }
+    }
+    let staged = if !problems.is_empty() {
+        Observed::new("Staged", false, "StageFailed", problems.join("; "))
+    } else if !waiting.is_empty() {
+        Observed::new(
+            "Staged",
+            false,
+            "Staging",
+            format!("making stages: {}", waiting.join("; ")),
+        )
+    } else {
+        Observed::new(
+            "Staged",
+            true,
+            "StagesMade",
+            format!(
+                "every version in use is staged ({})",
+                next.in_use.join(", ")
+            ),
+        )
+    };
+    let valid = Observed::new(
+        types::VALID,
+        problems.iter().all(|p| !p.contains("not in spec.versions")),
+        if problems.iter().any(|p| p.contains("not in spec.versions")) {
+            "VersionInUse"
+        } else {
+            "Valid"
+        },
+        problems
+            .iter()
+            .find(|p| p.contains("not in spec.versions"))
+            .cloned()
+            .unwrap_or_else(|| "every version in use is declared".into()),
+    );
+    let done = problems.is_empty() && waiting.is_empty();
+    let changed = status::merge(
+        &mut next.conditions,
+        vec![staged, valid],
+        app.metadata.generation,
+        now,
+    );
+    if next != previous {
+        status::apply_status(&api, &name, &next)
+            .await
+            .map_err(|source| Error::WriteStatus { object, source })?;
+    }
+    status::publish(&cx.recorder, &app.object_ref(&()), &changed).await;
+    Ok(Action::requeue(Duration::from_secs(if done {
+        120
+    } else {
+        5
+    })))
+}
