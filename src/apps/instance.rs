@@ -987,27 +987,16 @@ async fn remove(
     // Stop first: the nodes keep only the configuration package.
     if let Some(set) = set {
         if !set.spec.packages.is_empty() {
-            let stopped = json!({
-                "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
-                "metadata": { "name": name },
-                "spec": {
-                    "repository": set.spec.repository,
-                    "packages": [],
-                    "nodeSelector": set.spec.node_selector,
-                    "configBundles": set.spec.config_bundles,
-                }
-            });
-            sets.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&stopped),
-            )
-            .await
-            .map_err(|source| Error::Write {
-                object: object.clone(),
-                action: format!("stop PackageSet {name}"),
-                source,
-            })?;
+            // A merge patch: an apply without the set's labels would
+            // take them away (and with them this operator's selector).
+            let stopped = json!({ "spec": { "packages": [] } });
+            sets.patch(&name, &PatchParams::default(), &Patch::Merge(&stopped))
+                .await
+                .map_err(|source| Error::Write {
+                    object: object.clone(),
+                    action: format!("stop PackageSet {name}"),
+                    source,
+                })?;
             return Ok(Err(format!(
                 "stopping: PackageSet {name} takes the application off its nodes"
             )));

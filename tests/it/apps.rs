@@ -679,3 +679,232 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
         let _ = nodes.delete(&agent.node, &Default::default()).await;
     }
 }
+
+/// An application with two instances in two roles: its stage made once,
+/// the directories `BASE/ROLE/APP/ID` made with the roles' modes, both
+/// Running (their services answer on their nodes); one set to
+/// `Installed` (its service stops, its files stay) and back to
+/// `Running`; one deleted with `Retain` (directories and stage kept), the
+/// other with `Delete` (directories gone, stage kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_policy() {
+    use crate::config_bundles::Rig as ConfigRig;
+    use theseus::api::{AppInstance, InstancePhase};
+    let Some(rig) = ConfigRig::start("appinst", &[]).await else {
+        return;
+    };
+    rig.create_repository().await;
+    let mut cleanup = Cleanup::new(&rig.tb);
+    let shared = Shared::new();
+    let agents = agents(&rig.tb, &rig.run, &rig.trust, &shared, 2, &[]);
+    let nodes: Api<NodeInstall> = Api::all(rig.client.clone());
+    heartbeats(&nodes, &agents).await;
+    let tag = rig.tag().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let cap = format!("{}-shared", rig.run);
+    capability(
+        &rig.client,
+        &rig.run,
+        &mut cleanup,
+        &cap,
+        json!({ "sharedFilesystem": { "path": "${SHARED}" } }),
+    )
+    .await;
+    let module = format!("webmode-{tag}");
+    cleanup.add("configmodule", &module);
+    apply(
+        &rig.tb,
+        dir.path(),
+        json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "ConfigModule",
+            "metadata": { "name": module },
+            "spec": {
+                "version": "1",
+                "parameters": { "mode": { "type": "string", "default": "ok" }, "port": { "type": "string" } },
+                "templates": [{ "path": "etc/web/mode", "content": "{{ mode }}\n" }]
+            }
+        }),
+    );
+    let roles = [
+        (format!("prod{tag}"), format!("{}-prod", rig.run)),
+        (format!("dev{tag}"), format!("{}-dev", rig.run)),
+    ];
+    for (name, ns) in &roles {
+        cleanup.add("namespace", ns);
+        cleanup.add("role.theseus.dev", name);
+        apply(&rig.tb, dir.path(), role(&rig.run, name, ns, &cap));
+    }
+    let app = format!("web{tag}");
+    cleanup.add("apppackage", &app);
+    apply(
+        &rig.tb,
+        dir.path(),
+        json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "AppPackage",
+            "metadata": { "name": app, "labels": { RUN_LABEL: rig.run } },
+            "spec": {
+                "requires": { "capabilities": [{ "name": cap }] },
+                "directories": [
+                    { "baseDirectory": "apps", "mode": "0750" },
+                    { "baseDirectory": "data", "mode": "0700" }
+                ],
+                "stageRoot": "${SHARED}/zeta/shared",
+                "parameters": [{ "name": "port" }, { "name": "mode", "default": "ok" }],
+                "versions": [{
+                    "version": "1.0.0",
+                    "stage": {
+                        "files": { "install_instance.sh": "#!/bin/sh\necho install\n" },
+                        "argv": ["sh", "-c", "echo staged >> runs.log"]
+                    },
+                    "run": {
+                        "packageSet": { "repository": rig.run, "packages": ["cfgweb--1.0.0"] },
+                        "configModules": [{ "name": module }],
+                        "configPackage": "web-config",
+                        "ports": { "http": "${values.port}" }
+                    }
+                }]
+            }
+        }),
+    );
+    let ids = ["one", "two"];
+    for (i, (role_name, ns)) in roles.iter().enumerate() {
+        let slot = ((b'a' + i as u8) as char).to_string();
+        apply(
+            &rig.tb,
+            dir.path(),
+            instance(
+                &rig.run,
+                ns,
+                &app,
+                ids[i],
+                role_name,
+                json!({
+                    "values": { "port": agents[i].port.to_string() },
+                    "nodeSelector": { "slot": slot },
+                }),
+            ),
+        );
+    }
+    for (i, (_, ns)) in roles.iter().enumerate() {
+        let s = instance_where(
+            &rig.client,
+            ns,
+            &format!("{app}-{}", ids[i]),
+            "running",
+            |s| s.phase == InstancePhase::Running,
+        )
+        .await;
+        assert_eq!(s.endpoints.len(), 1, "{s:?}");
+        assert_eq!(s.endpoints[0].node, agents[i].node);
+        assert_eq!(s.endpoints[0].ports["http"], agents[i].port);
+        eventually(Duration::from_secs(30), "the service answers", || {
+            agents[i].service_version()
+        })
+        .await;
+    }
+    let stage = shared.path().join(format!("zeta/shared/{app}/stage/1.0.0"));
+    assert_eq!(
+        std::fs::read_to_string(stage.join("runs.log")).unwrap(),
+        "staged\n",
+        "staged once for both"
+    );
+    assert!(stage.join("install_instance.sh").exists());
+    let homes: Vec<PathBuf> = roles
+        .iter()
+        .zip(ids)
+        .map(|((r, _), id)| shared.path().join(format!("apps/{r}/{app}/{id}")))
+        .collect();
+    let data: Vec<PathBuf> = roles
+        .iter()
+        .zip(ids)
+        .map(|((r, _), id)| shared.path().join(format!("data/{r}/{app}/{id}")))
+        .collect();
+    for (home, data) in homes.iter().zip(&data) {
+        assert_eq!(mode(home), 0o750);
+        assert_eq!(mode(data), 0o700);
+        assert!(home.join("instance.env.sh").exists());
+    }
+
+    // Stopped: the service goes, the files stay; started again.
+    let instances = |ns: &str| Api::<AppInstance>::namespaced(rig.client.clone(), ns);
+    let state = |s: &str| json!({ "spec": { "state": s } });
+    let one = format!("{app}-one");
+    instances(&roles[0].1)
+        .patch(
+            &one,
+            &PatchParams::default(),
+            &Patch::Merge(&state("Installed")),
+        )
+        .await
+        .unwrap();
+    let stopped = instance_where(&rig.client, &roles[0].1, &one, "stopped", |s| {
+        s.phase == InstancePhase::Installed && condition(s, "Available").1 == "Stopped"
+    })
+    .await;
+    assert!(stopped.endpoints.is_empty());
+    eventually(
+        Duration::from_secs(30),
+        "the service is stopped",
+        || async {
+            match agents[0].service_version().await {
+                Err(_) => Ok(()),
+                Ok(v) => Err(format!("still answers {v}")),
+            }
+        },
+    )
+    .await;
+    assert!(homes[0].join("instance.env.sh").exists());
+    instances(&roles[0].1)
+        .patch(
+            &one,
+            &PatchParams::default(),
+            &Patch::Merge(&state("Running")),
+        )
+        .await
+        .unwrap();
+    instance_where(&rig.client, &roles[0].1, &one, "running again", |s| {
+        s.phase == InstancePhase::Running
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the service answers again", || {
+        agents[0].service_version()
+    })
+    .await;
+
+    // Removed: one with Retain, two with Delete.
+    let two = format!("{app}-two");
+    instances(&roles[1].1)
+        .patch(
+            &two,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "deletionPolicy": "Delete" } })),
+        )
+        .await
+        .unwrap();
+    teardown(&rig.client, &[&roles[0].1, &roles[1].1], &[]).await;
+    assert!(
+        homes[0].join("instance.env.sh").exists(),
+        "Retain keeps the directories"
+    );
+    assert!(data[0].exists());
+    assert!(!homes[1].exists(), "Delete removes the directories");
+    assert!(!data[1].exists());
+    assert!(stage.join("runs.log").exists(), "the stage stays");
+    for agent in &agents {
+        eventually(
+            Duration::from_secs(30),
+            "the service is stopped after removal",
+            || async {
+                match agent.service_version().await {
+                    Err(_) => Ok(()),
+                    Ok(v) => Err(format!("still answers {v}")),
+                }
+            },
+        )
+        .await;
+    }
+    teardown(&rig.client, &[], &[&app]).await;
+    for agent in &agents {
+        let _ = nodes.delete(&agent.node, &Default::default()).await;
+    }
+}
