@@ -87,6 +87,10 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Render configuration packages from modules and values.
     Config(cli::config::ConfigArgs),
+    /// Install, start, stop, remove and list application instances.
+    App(cli::app::AppArgs),
+    /// Show which cluster capabilities hold, and on which nodes they fail.
+    Capability(cli::app::CapabilityArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -113,6 +117,8 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Template(args) => runtime()?.block_on(cli::template::run(args)),
         Command::Cluster(args) => runtime()?.block_on(cli::cluster::run(args)),
         Command::Config(args) => runtime()?.block_on(cli::config::run(args)),
+        Command::App(args) => ok(runtime()?.block_on(cli::app::run(args))),
+        Command::Capability(args) => ok(runtime()?.block_on(cli::app::run_capability(args))),
     }
 }
 

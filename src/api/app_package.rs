@@ -295,6 +295,7 @@ pub struct AppPackageStatus {
     pub instances: i32,
     /// The versions AppInstances use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
     pub in_use: Vec<String>,
     /// The versions whose stage is made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

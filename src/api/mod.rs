@@ -81,9 +81,43 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ConfigBundle::crd(),
         ClusterCapability::crd(),
         Role::crd(),
-        AppPackage::crd(),
-        AppInstance::crd(),
+        with_root_rules(
+            AppPackage::crd(),
+            serde_json::json!([{
+                "rule": "!has(oldSelf.status) || !has(oldSelf.status.inUse) || oldSelf.status.inUse.all(v, self.spec.versions.exists(x, x.version == v))",
+                "message": "a version AppInstances use cannot be removed from spec.versions; move or remove those instances first (status.inUse lists the versions in use)",
+                "reason": "FieldValueForbidden",
+                "fieldPath": ".spec.versions"
+            }]),
+        ),
+        with_root_rules(
+            AppInstance::crd(),
+            serde_json::json!([{
+                "rule": "self.metadata.name == self.spec.app + '-' + self.spec.id",
+                "message": "an AppInstance is named APP-ID (spec.app, '-', spec.id), so that an id is taken at most once per role",
+                "reason": "FieldValueInvalid"
+            }]),
+        ),
     ]
+}
+
+/// `crd` with CEL `rules` on the whole object (where `self.metadata.name`
+/// and `oldSelf.status` can be seen).
+fn with_root_rules(
+    mut crd: CustomResourceDefinition,
+    rules: serde_json::Value,
+) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.x_kubernetes_validations =
+                Some(serde_json::from_value(rules.clone()).expect("valid rules"));
+        }
+    }
+    crd
 }
 
 /// The YAML of one CRD, as committed under `crds/`.

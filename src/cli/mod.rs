@@ -1,5 +1,6 @@
 //! User commands that are neither the operator nor the agent.
 
+pub mod app;
 pub mod cluster;
 pub mod completions;
 pub mod config;

@@ -16,7 +16,8 @@ use crate::support::agents::Agent;
 use crate::support::fleet::RUN_LABEL;
 use crate::support::operator::Rig;
 use crate::support::policy::Cleanup;
-use crate::support::{TestbedEnv, eventually};
+use crate::support::run::stdout_ok;
+use crate::support::{TestbedEnv, eventually, theseus};
 
 /// The shared directory, and one link per node.
 pub struct Shared {
@@ -502,6 +503,21 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
     .await;
     assert_eq!(held.phase, theseus::api::InstancePhase::NotInstalled);
     assert!(!home.exists(), "nothing is installed while held");
+    let list = stdout_ok(rig.tb.command(theseus()).args(["capability", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&agents[1].node) && l.contains("ProbeFailed")),
+        "{list}"
+    );
+    let status = stdout_ok(
+        rig.tb
+            .command(theseus())
+            .args(["app", "status", &app, "--id", "one", "--role", &prod]),
+    );
+    assert!(
+        status.contains("CapabilitiesMet") && status.contains(&agents[1].node),
+        "{status}"
+    );
 
     // Fixed: the instance proceeds.
     shared.point(1, &shared.path());
