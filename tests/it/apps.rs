@@ -924,3 +924,144 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         let _ = nodes.delete(&agent.node, &Default::default()).await;
     }
 }
+
+/// The operator SIGKILLed at 10 random moments while ten instances
+/// install: every instance reaches its declared state, no directory is
+/// created twice (the agents' logs name each directory they made), and
+/// nothing half-made is left beside the homes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_at_random_moments_installs_every_instance_once() {
+    use rand::Rng;
+    use theseus::api::{AppInstance, InstancePhase};
+    let Some(rig) = Rig::new("appkill").await else {
+        return;
+    };
+    let mut cleanup = Cleanup::new(&rig.tb);
+    let shared = Shared::new();
+    let agents = agents(&rig.tb, &rig.run, &rig.repo.trust_args(), &shared, 2, &[]);
+    let nodes: Api<NodeInstall> = Api::all(rig.client.clone());
+    heartbeats(&nodes, &agents).await;
+    let tag = &rig.run[rig.run.len() - 8..];
+    let cap = format!("{}-shared", rig.run);
+    capability(
+        &rig.client,
+        &rig.run,
+        &mut cleanup,
+        &cap,
+        json!({ "sharedFilesystem": { "path": "${SHARED}" } }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let prod = format!("prod{tag}");
+    let ns = format!("{}-prod", rig.run);
+    cleanup.add("namespace", &ns);
+    cleanup.add("role.theseus.dev", &prod);
+    apply(&rig.tb, dir.path(), role(&rig.run, &prod, &ns, &cap));
+    let app = format!("many{tag}");
+    cleanup.add("apppackage", &app);
+    apply(
+        &rig.tb,
+        dir.path(),
+        json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "AppPackage",
+            "metadata": { "name": app, "labels": { RUN_LABEL: rig.run } },
+            "spec": {
+                "requires": { "capabilities": [{ "name": cap }] },
+                "directories": [{ "baseDirectory": "apps" }, { "baseDirectory": "data", "mode": "0700" }],
+                "stageRoot": "${SHARED}/zeta/shared",
+                "versions": [{ "version": "1.0.0", "stage": { "argv": ["sh", "-c", "echo staged >> runs.log"] } }]
+            }
+        }),
+    );
+    let mut op = rig.operator("a");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(rig.client.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the role's namespace exists",
+        || async {
+            namespaces
+                .get(&ns)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let ids: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    for id in &ids {
+        apply(
+            &rig.tb,
+            dir.path(),
+            instance(
+                &rig.run,
+                &ns,
+                &app,
+                id,
+                &prod,
+                json!({ "state": "Installed" }),
+            ),
+        );
+    }
+    let mut moments = Vec::new();
+    for _ in 0..10 {
+        let wait = rand::thread_rng().gen_range(100..1500);
+        moments.push(wait);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        op.kill();
+        op.restart();
+    }
+    eprintln!("operator killed after {moments:?} ms");
+    let api = Api::<AppInstance>::namespaced(rig.client.clone(), &ns);
+    for id in &ids {
+        let name = format!("{app}-{id}");
+        instance_where(&rig.client, &ns, &name, "installed", |s| {
+            s.phase == InstancePhase::Installed && condition(s, "StorageReady").0 == "True"
+        })
+        .await;
+        let uid = api.get(&name).await.unwrap().metadata.uid.unwrap();
+        for base in ["apps", "data"] {
+            let d = shared.path().join(format!("{base}/{prod}/{app}/{id}"));
+            assert_eq!(
+                std::fs::read_to_string(d.join(".theseus-claim"))
+                    .unwrap()
+                    .trim(),
+                uid
+            );
+        }
+    }
+    for base in ["apps", "data"] {
+        let mut names: Vec<String> =
+            std::fs::read_dir(shared.path().join(format!("{base}/{prod}/{app}")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(names, want, "nothing half-made beside the homes in {base}");
+    }
+    let stage = shared
+        .path()
+        .join(format!("zeta/shared/{app}/stage/1.0.0/runs.log"));
+    assert_eq!(
+        std::fs::read_to_string(stage).unwrap(),
+        "staged\n",
+        "staged once"
+    );
+    let logs: String = agents.iter().map(|a| a.log()).collect();
+    for id in &ids {
+        let made = logs
+            .lines()
+            .filter(|l| l.contains("storage task done") && l.contains(&format!("/{app}/{id}\"")))
+            .count();
+        assert_eq!(
+            made, 1,
+            "{id}'s directories were made exactly once:\n{logs}"
+        );
+    }
+    teardown(&rig.client, &[&ns], &[&app]).await;
+    drop(op);
+    for agent in &agents {
+        let _ = nodes.delete(&agent.node, &Default::default()).await;
+    }
+}
