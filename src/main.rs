@@ -52,7 +52,8 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli::completions::CompletionsArgs),
     /// Run the operator: the PackageSet, PackageRepository, ServiceGroup,
-    /// NodePool, ClusterTemplate and Cluster controllers under leader
+    /// NodePool, ClusterTemplate, Cluster, ConfigBundle, ClusterCapability,
+    /// Role, AppPackage and AppInstance controllers under leader
     /// election, and the /halt, /resume,
     /// /healthz, /readyz and /metrics endpoints.
     Operator(Box<theseus::operator::OperatorArgs>),

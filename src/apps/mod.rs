@@ -313,9 +313,20 @@ pub fn run(shared: Shared, config: Config, stop: CancellationToken) -> BoxFuture
     .boxed()
 }
 
-fn error_policy<K: kube::Resource>(object: Arc<K>, err: &Error, cx: Arc<Context>) -> Action {
-    warn!(object = %object.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed");
-    cx.shared.metrics.failed(CAPABILITY, err.reason());
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    err: &Error,
+    cx: Arc<Context>,
+) -> Action {
+    let kind = K::kind(&());
+    warn!(%kind, object = %object.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed");
+    let name = match kind.as_ref() {
+        "Role" => ROLE,
+        "AppPackage" => PACKAGE,
+        "AppInstance" => INSTANCE,
+        _ => CAPABILITY,
+    };
+    cx.shared.metrics.failed(name, err.reason());
     Action::requeue(Duration::from_secs(5))
 }
 
