@@ -34,8 +34,8 @@ use crate::shared::{MANAGER, status};
 
 use super::role::namespace_of;
 use super::{
-    Context, Error, TaskState, capabilities_met, clear_task, digest, drive_task, key_is,
-    list_params, set_finalizer, storage_node,
+    Context, Error, TaskState, capabilities_met, digest, key_is, list_params, release_task,
+    required_capabilities, run_task, set_finalizer,
 };
 
 /// The finalizer that removes what an instance made.
@@ -457,7 +457,6 @@ async fn advance(
     cx: &Context,
     now: Timestamp,
 ) -> Result<Pass, Error> {
-    let client = &cx.shared.client;
     let mut observed = Vec::new();
     let wrong = problems(inst, app, role, others);
     let dirs = directories(inst, app, role);
@@ -487,13 +486,7 @@ async fn advance(
 
     // Capabilities and dependencies.
     let caps = super::capabilities(cx).await?;
-    let required: Vec<String> = app
-        .spec
-        .requires
-        .capabilities
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let required = required_capabilities(app);
     let caps_met = capabilities_met(&required, &caps);
     observed.push(match &caps_met {
         Ok(()) => Observed::new(
@@ -587,54 +580,29 @@ async fn advance(
     let env = env_file(inst, app, &dirs, &staged.path);
     let task = install_task(inst, dirs.clone(), env);
     let manager = format!("theseus-storage.instance.{}", key(inst).replace('/', "."));
-    let nodes = cx.shared.stores.nodes.store().state();
-    let holder = nodes
-        .iter()
-        .find(|n| n.spec.storage.iter().any(|t| t.id == task.id))
-        .map(|n| n.name_any());
     if !key_is(next.applied_key.as_deref(), &task.key) {
-        let node = storage_node(
-            &required,
-            &caps,
-            &nodes,
-            holder.as_deref(),
-            cx.config.stale_after,
-            now,
-        );
-        let state = match node {
+        let state = match run_task(cx, &required, &caps, &manager, task, now).await? {
             Err(why) => Err(("NoStorageNode", why)),
-            Ok(node) => {
-                if let Some(old) = holder.as_deref().filter(|h| **h != node) {
-                    clear_task(client, &nodes, old, &task.id, &manager).await?;
-                }
-                let ni = nodes
-                    .iter()
-                    .find(|n| n.name_any() == node)
-                    .expect("from the store");
-                match drive_task(client, ni, &manager, task.clone(), now).await? {
-                    TaskState::Done(result) => {
-                        next.applied_key = Some(result.key.clone());
-                        next.storage_node = Some(node.clone());
-                        next.home = Some(dirs[0].path.clone());
-                        next.directories = dirs.iter().map(|d| d.path.clone()).collect();
-                        tracing::info!(instance = %key(inst), %node, created = ?result.created, "installed");
-                        clear_task(client, &nodes, &node, &task.id, &manager).await?;
-                        Ok(())
-                    }
-                    TaskState::Failed(result) => Err((
-                        "StorageFailed",
-                        format!(
-                            "node {node}: {} ({})",
-                            result.message.unwrap_or_default(),
-                            result.reason.unwrap_or_default()
-                        ),
-                    )),
-                    TaskState::Pending => Err((
-                        "Installing",
-                        format!("node {node} is making the instance's directories"),
-                    )),
-                }
+            Ok((node, TaskState::Done(result))) => {
+                next.applied_key = Some(result.key.clone());
+                next.storage_node = Some(node.clone());
+                next.home = Some(dirs[0].path.clone());
+                next.directories = dirs.iter().map(|d| d.path.clone()).collect();
+                tracing::info!(instance = %key(inst), %node, created = ?result.created, "installed");
+                Ok(())
             }
+            Ok((node, TaskState::Failed(result))) => Err((
+                "StorageFailed",
+                format!(
+                    "node {node}: {} ({})",
+                    result.message.unwrap_or_default(),
+                    result.reason.unwrap_or_default()
+                ),
+            )),
+            Ok((node, TaskState::Pending)) => Err((
+                "Installing",
+                format!("node {node} is making the instance's directories"),
+            )),
         };
         if let Err((reason, message)) = state {
             observed.push(Observed::new(STORAGE_READY, false, reason, message));
@@ -655,8 +623,8 @@ async fn advance(
                 requeue: 3,
             });
         }
-    } else if let Some(h) = holder {
-        clear_task(client, &nodes, &h, &task.id, &manager).await?;
+    } else {
+        release_task(cx, &task.id, &manager).await?;
     }
     observed.push(Observed::new(
         STORAGE_READY,
@@ -1030,66 +998,36 @@ async fn remove(
         }
     }
     let manager = format!("theseus-storage.instance.{}", key(inst).replace('/', "."));
-    let nodes = cx.shared.stores.nodes.store().state();
     let id = format!("instance/{}", key(inst));
-    let holder = nodes
-        .iter()
-        .find(|n| n.spec.storage.iter().any(|t| t.id == id))
-        .map(|n| n.name_any());
     let delete =
         inst.spec.deletion_policy == DeletionPolicy::Delete && previous.applied_key.is_some();
-    if delete {
-        let (Some(app), Some(role)) = (app, role) else {
+    if !delete {
+        release_task(cx, &id, &manager).await?;
+        return Ok(Ok(()));
+    }
+    let (Some(app), Some(role)) = (app, role) else {
+        return Ok(Err(format!(
+            "deletionPolicy Delete: the AppPackage {} and Role {} are needed to find the directories",
+            inst.spec.app, inst.spec.role
+        )));
+    };
+    let dirs = directories(inst, app, role).unwrap_or_default();
+    let task = remove_task(inst, &dirs);
+    let caps = super::capabilities(cx).await?;
+    match run_task(cx, &required_capabilities(app), &caps, &manager, task, now).await? {
+        Err(why) => return Ok(Err(format!("the directories cannot be removed yet: {why}"))),
+        Ok((node, TaskState::Done(_))) => {
+            tracing::info!(instance = %key(inst), %node, "directories removed");
+        }
+        Ok((node, TaskState::Failed(r))) => {
             return Ok(Err(format!(
-                "deletionPolicy Delete: the AppPackage {} and Role {} are needed to find the directories",
-                inst.spec.app, inst.spec.role
+                "node {node} could not remove the directories: {}",
+                r.message.unwrap_or_default()
             )));
-        };
-        let dirs = directories(inst, app, role).unwrap_or_default();
-        let task = remove_task(inst, &dirs);
-        let caps = super::capabilities(cx).await?;
-        let required: Vec<String> = app
-            .spec
-            .requires
-            .capabilities
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        let node = match storage_node(
-            &required,
-            &caps,
-            &nodes,
-            holder.as_deref(),
-            cx.config.stale_after,
-            now,
-        ) {
-            Ok(n) => n,
-            Err(why) => return Ok(Err(format!("the directories cannot be removed yet: {why}"))),
-        };
-        if let Some(old) = holder.as_deref().filter(|h| **h != node) {
-            clear_task(client, &nodes, old, &id, &manager).await?;
         }
-        let ni = nodes
-            .iter()
-            .find(|n| n.name_any() == node)
-            .expect("from the store");
-        match drive_task(client, ni, &manager, task, now).await? {
-            TaskState::Done(_) => {
-                tracing::info!(instance = %key(inst), %node, "directories removed");
-                clear_task(client, &nodes, &node, &id, &manager).await?;
-            }
-            TaskState::Failed(r) => {
-                return Ok(Err(format!(
-                    "node {node} could not remove the directories: {}",
-                    r.message.unwrap_or_default()
-                )));
-            }
-            TaskState::Pending => {
-                return Ok(Err(format!("node {node} is removing the directories")));
-            }
+        Ok((node, TaskState::Pending)) => {
+            return Ok(Err(format!("node {node} is removing the directories")));
         }
-    } else if let Some(h) = holder {
-        clear_task(client, &nodes, &h, &id, &manager).await?;
     }
     Ok(Ok(()))
 }

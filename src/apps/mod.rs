@@ -539,3 +539,71 @@ fn ticks<K>(
 ) -> impl Stream<Item = ()> + Send + 'static {
     events.filter_map(|e| futures::future::ready(e.ok().map(drop)))
 }
+
+/// The capabilities `app` requires, by name.
+pub fn required_capabilities(app: &crate::api::AppPackage) -> Vec<String> {
+    app.spec
+        .requires
+        .capabilities
+        .iter()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Runs `task` on the node it belongs on (the one holding it while it
+/// still fits, else the first live node offering `required`): moves it
+/// there, drives it ([`drive_task`]), and takes it off the node once done.
+/// `Ok(Err(why))` when no node fits.
+pub async fn run_task(
+    cx: &Context,
+    required: &[String],
+    caps: &[Arc<ClusterCapability>],
+    manager: &str,
+    task: crate::api::StorageTask,
+    now: Timestamp,
+) -> Result<Result<(String, TaskState), String>, Error> {
+    let client = &cx.shared.client;
+    let nodes = cx.shared.stores.nodes.store().state();
+    let holder = holder(&nodes, &task.id);
+    let node = match storage_node(
+        required,
+        caps,
+        &nodes,
+        holder.as_deref(),
+        cx.config.stale_after,
+        now,
+    ) {
+        Ok(node) => node,
+        Err(why) => return Ok(Err(why)),
+    };
+    if let Some(old) = holder.as_deref().filter(|h| *h != node) {
+        clear_task(client, &nodes, old, &task.id, manager).await?;
+    }
+    let ni = nodes
+        .iter()
+        .find(|n| n.name_any() == node)
+        .expect("chosen from the store");
+    let id = task.id.clone();
+    let state = drive_task(client, ni, manager, task, now).await?;
+    if matches!(state, TaskState::Done(_)) {
+        clear_task(client, &nodes, &node, &id, manager).await?;
+    }
+    Ok(Ok((node, state)))
+}
+
+/// Takes the task `id` of `manager` off whichever node still holds it.
+pub async fn release_task(cx: &Context, id: &str, manager: &str) -> Result<(), Error> {
+    let nodes = cx.shared.stores.nodes.store().state();
+    match holder(&nodes, id) {
+        Some(node) => clear_task(&cx.shared.client, &nodes, &node, id, manager).await,
+        None => Ok(()),
+    }
+}
+
+/// The node whose spec holds the storage task `id`.
+fn holder(nodes: &[Arc<NodeInstall>], id: &str) -> Option<String> {
+    nodes
+        .iter()
+        .find(|n| n.spec.storage.iter().any(|t| t.id == id))
+        .map(|n| n.name_any())
+}

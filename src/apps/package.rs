@@ -20,8 +20,8 @@ use crate::api::{
 use crate::shared::status;
 
 use super::{
-    Context, Error, TaskState, clear_task, digest, drive_task, key_is, list_params, set_finalizer,
-    storage_node,
+    Context, Error, TaskState, digest, key_is, list_params, release_task, required_capabilities,
+    run_task, set_finalizer,
 };
 
 /// The finalizer that keeps an application while instances use it.
@@ -121,15 +121,8 @@ pub async fn reconcile(app: Arc<AppPackage>, cx: Arc<Context>) -> Result<Action,
     };
     let mut problems = Vec::new();
     let mut waiting = Vec::new();
-    let nodes = cx.shared.stores.nodes.store().state();
     let caps = super::capabilities(&cx).await?;
-    let required: Vec<String> = app
-        .spec
-        .requires
-        .capabilities
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let required = required_capabilities(&app);
     for version in &in_use {
         let Some(spec) = app.spec.versions.iter().find(|v| &v.version == version) else {
             problems.push(format!(
@@ -143,39 +136,13 @@ pub async fn reconcile(app: Arc<AppPackage>, cx: Arc<Context>) -> Result<Action,
             .staged
             .iter()
             .any(|s| &s.version == version && key_is(Some(&s.key), &task.key));
-        let holder = nodes
-            .iter()
-            .find(|n| n.spec.storage.iter().any(|t| t.id == task.id))
-            .map(|n| n.name_any());
         if made {
-            if let Some(h) = holder {
-                clear_task(client, &nodes, &h, &task.id, &manager).await?;
-            }
+            release_task(&cx, &task.id, &manager).await?;
             continue;
         }
-        let node = match storage_node(
-            &required,
-            &caps,
-            &nodes,
-            holder.as_deref(),
-            cx.config.stale_after,
-            now,
-        ) {
-            Ok(node) => node,
-            Err(why) => {
-                waiting.push(format!("version {version}: {why}"));
-                continue;
-            }
-        };
-        if let Some(old) = holder.as_deref().filter(|h| *h != node) {
-            clear_task(client, &nodes, old, &task.id, &manager).await?;
-        }
-        let ni = nodes
-            .iter()
-            .find(|n| n.name_any() == node)
-            .expect("from the store");
-        match drive_task(client, ni, &manager, task.clone(), now).await? {
-            TaskState::Done(result) => {
+        match run_task(&cx, &required, &caps, &manager, task, now).await? {
+            Err(why) => waiting.push(format!("version {version}: {why}")),
+            Ok((node, TaskState::Done(result))) => {
                 next.staged.retain(|s| &s.version != version);
                 next.staged.push(StagedVersion {
                     version: version.clone(),
@@ -185,13 +152,14 @@ pub async fn reconcile(app: Arc<AppPackage>, cx: Arc<Context>) -> Result<Action,
                 });
                 next.staged.sort_by(|a, b| a.version.cmp(&b.version));
                 tracing::info!(app = %name, %version, %node, "stage made");
-                clear_task(client, &nodes, &node, &task.id, &manager).await?;
             }
-            TaskState::Failed(result) => problems.push(format!(
+            Ok((node, TaskState::Failed(result))) => problems.push(format!(
                 "the stage of version {version} failed on node {node}: {}",
                 result.message.unwrap_or_default()
             )),
-            TaskState::Pending => waiting.push(format!("version {version} on node {node}")),
+            Ok((node, TaskState::Pending)) => {
+                waiting.push(format!("version {version} on node {node}"));
+            }
         }
     }
     let staged = if !problems.is_empty() {

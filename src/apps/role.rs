@@ -18,7 +18,7 @@ use crate::api::conditions::{Observed, types};
 use crate::api::{EnsureDirectory, Role, RoleStatus, StorageTask};
 use crate::shared::{MANAGER, status};
 
-use super::{Context, Error, TaskState, clear_task, digest, drive_task, key_is, storage_node};
+use super::{Context, Error, TaskState, digest, key_is, release_task, run_task};
 
 /// The label naming the Role a namespace belongs to.
 pub const ROLE_LABEL: &str = "theseus.dev/role";
@@ -148,68 +148,40 @@ pub async fn reconcile(role: Arc<Role>, cx: Arc<Context>) -> Result<Action, Erro
     // The directories.
     let task = task(&role);
     let manager = format!("theseus-storage.role.{name}");
-    let nodes = cx.shared.stores.nodes.store().state();
     if key_is(previous.applied_key.as_deref(), &task.key) {
         observed.push(ready(&next));
-        if let Some(node) = nodes
-            .iter()
-            .find(|n| n.spec.storage.iter().any(|t| t.id == task.id))
-        {
-            clear_task(client, &nodes, &node.name_any(), &task.id, &manager).await?;
-        }
+        release_task(&cx, &task.id, &manager).await?;
         return finish(&role, &cx, previous, next, observed, now).await;
     }
     let caps = super::capabilities(&cx).await?;
-    let holder = nodes
-        .iter()
-        .find(|n| n.spec.storage.iter().any(|t| t.id == task.id))
-        .map(|n| n.name_any());
-    match storage_node(
-        &role.spec.capabilities,
-        &caps,
-        &nodes,
-        holder.as_deref(),
-        cx.config.stale_after,
-        now,
-    ) {
+    let paths: Vec<String> = task.ensure.iter().map(|d| d.path.clone()).collect();
+    match run_task(&cx, &role.spec.capabilities, &caps, &manager, task, now).await? {
         Err(why) => observed.push(Observed::new(
             types::READY,
             false,
             "NoStorageNode",
             format!("the role's directories cannot be made: {why}"),
         )),
-        Ok(node) => {
-            if let Some(old) = holder.as_deref().filter(|h| *h != node) {
-                clear_task(client, &nodes, old, &task.id, &manager).await?;
-            }
-            let ni = nodes
-                .iter()
-                .find(|n| n.name_any() == node)
-                .expect("chosen from the store");
-            match drive_task(client, ni, &manager, task.clone(), now).await? {
-                TaskState::Done(result) => {
-                    next.applied_key = Some(result.key);
-                    next.directories = task.ensure.iter().map(|d| d.path.clone()).collect();
-                    clear_task(client, &nodes, &node, &task.id, &manager).await?;
-                    observed.push(ready(&next));
-                }
-                TaskState::Failed(result) => observed.push(Observed::new(
-                    types::READY,
-                    false,
-                    "StorageFailed",
-                    format!(
-                        "node {node} could not make the role's directories: {}",
-                        result.message.unwrap_or_default()
-                    ),
-                )),
-                TaskState::Pending => observed.push(Observed::new(
-                    types::READY,
-                    false,
-                    "MakingDirectories",
-                    format!("node {node} is making the role's directories"),
-                )),
-            }
+        Ok((_, TaskState::Done(result))) => {
+            next.applied_key = Some(result.key);
+            next.directories = paths;
+            observed.push(ready(&next));
         }
+        Ok((node, TaskState::Failed(result))) => observed.push(Observed::new(
+            types::READY,
+            false,
+            "StorageFailed",
+            format!(
+                "node {node} could not make the role's directories: {}",
+                result.message.unwrap_or_default()
+            ),
+        )),
+        Ok((node, TaskState::Pending)) => observed.push(Observed::new(
+            types::READY,
+            false,
+            "MakingDirectories",
+            format!("node {node} is making the role's directories"),
+        )),
     }
     finish(&role, &cx, previous, next, observed, now).await
 }

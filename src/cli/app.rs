@@ -34,12 +34,18 @@ pub struct AppArgs {
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
     /// List instances (all roles, or one namespace).
+    #[command(after_help = "Examples:\n  theseus app list\n  theseus app list -n prod")]
     List {
         /// Only this namespace.
         #[arg(long, short = 'n')]
         namespace: Option<String>,
     },
     /// Install an instance (and start it unless --no-start).
+    #[command(after_help = "Examples:\n  \
+        theseus app install spark --id fwlogs --role prod --set workers=4\n  \
+        theseus app install spark --id fwlogs --role prod --version 3.5.0 --no-start\n\n\
+        The instance is the AppInstance APP-ID in the role's namespace; an id is taken\n\
+        once per role.")]
     Install {
         #[command(flatten)]
         target: Target,
@@ -62,17 +68,22 @@ pub enum AppCommand {
         labels: Vec<String>,
     },
     /// Run an installed instance (`state: Running`).
+    #[command(after_help = "Examples:\n  theseus app start spark --id fwlogs --role prod")]
     Start {
         #[command(flatten)]
         target: Target,
     },
     /// Stop an instance and keep everything (`state: Installed`).
+    #[command(after_help = "Examples:\n  theseus app stop spark --id fwlogs --role prod")]
     Stop {
         #[command(flatten)]
         target: Target,
     },
     /// Remove an instance: its run objects and, unless --keep-data, its
     /// directories. The application's stage stays.
+    #[command(after_help = "Examples:\n  \
+        theseus app remove spark --id fwlogs --role prod               # directories removed\n  \
+        theseus app remove spark --id fwlogs --role prod --keep-data   # directories kept")]
     Remove {
         #[command(flatten)]
         target: Target,
@@ -81,6 +92,7 @@ pub enum AppCommand {
         keep_data: bool,
     },
     /// Show an instance's phase, home, endpoints and conditions.
+    #[command(after_help = "Examples:\n  theseus app status spark --id fwlogs --role prod")]
     Status {
         #[command(flatten)]
         target: Target,
@@ -112,6 +124,7 @@ pub struct CapabilityArgs {
 #[derive(Subcommand, Debug)]
 pub enum CapabilityCommand {
     /// Which capabilities hold, and on which nodes they fail and why.
+    #[command(after_help = "Examples:\n  theseus capability list")]
     List,
 }
 

@@ -58,7 +58,10 @@ fn crds_prints_every_definition_in_group_theseus_dev() {
     assert_eq!(
         kinds,
         [
+            "AppInstance",
+            "AppPackage",
             "Cluster",
+            "ClusterCapability",
             "ClusterPlan",
             "ClusterTemplate",
             "ConfigBundle",
@@ -68,6 +71,7 @@ fn crds_prints_every_definition_in_group_theseus_dev() {
             "NodePool",
             "PackageRepository",
             "PackageSet",
+            "Role",
             "ServiceDefinition",
             "ServiceGroup"
         ]
@@ -222,7 +226,10 @@ fn schema_carries_patterns_minimums_and_cel_rules() {
     );
     let spec_rules = rules(at(&set, "spec"));
     assert!(
-        spec_rules.contains(&"size(self.packages) > 0".to_owned()),
+        spec_rules.contains(
+            &"size(self.packages) > 0 || (has(self.configBundles) && size(self.configBundles) > 0)"
+                .to_owned()
+        ),
         "{spec_rules:?}"
     );
     let max_unavailable = at(&set, "spec.strategy.maxUnavailable");

@@ -349,8 +349,29 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         "packagesets.theseus.dev",
         &["--subresource=status"]
     ));
-    assert!(!can("patch", "packagesets.theseus.dev", &[]));
+    // The PackageSets of application instances are the operator's own.
+    assert!(can("patch", "packagesets.theseus.dev", &[]));
+    assert!(!can("update", "packagesets.theseus.dev", &[]));
     assert!(can("watch", "packagerepositories.theseus.dev", &[]));
+    // Application controllers: a role's namespace and its admins' binding,
+    // and only to theseus-app-admin.
+    assert!(can("create", "namespaces", &[]));
+    assert!(!can("delete", "namespaces", &[]));
+    assert!(can(
+        "bind",
+        "clusterroles.rbac.authorization.k8s.io/theseus-app-admin",
+        &[]
+    ));
+    assert!(!can(
+        "bind",
+        "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+        &[]
+    ));
+    assert!(can(
+        "patch",
+        "appinstances.theseus.dev",
+        &["--subresource=status", "--all-namespaces"]
+    ));
     assert!(can(
         "update",
         "servicegroups.theseus.dev",
