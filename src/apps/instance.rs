@@ -245,6 +245,16 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// The id of the instance's storage task (install or remove).
+fn task_id(i: &AppInstance) -> String {
+    format!("instance/{}", key(i))
+}
+
+/// The field manager of the instance's storage task.
+fn task_manager(i: &AppInstance) -> String {
+    format!("theseus-storage.instance.{}", key(i).replace('/', "."))
+}
+
 /// The env file: the instance's names, paths and values as shell
 /// variables.
 pub fn env_file(
@@ -287,7 +297,7 @@ pub fn install_task(i: &AppInstance, mut dirs: Vec<EnsureDirectory>, env: String
         content: env,
     });
     let mut task = StorageTask {
-        id: format!("instance/{}", key(i)),
+        id: task_id(i),
         key: String::new(),
         ensure: dirs,
         ..Default::default()
@@ -299,7 +309,7 @@ pub fn install_task(i: &AppInstance, mut dirs: Vec<EnsureDirectory>, env: String
 /// The storage task that removes the instance's directories.
 pub fn remove_task(i: &AppInstance, dirs: &[EnsureDirectory]) -> StorageTask {
     let mut task = StorageTask {
-        id: format!("instance/{}", key(i)),
+        id: task_id(i),
         key: String::new(),
         remove: dirs
             .iter()
@@ -579,7 +589,7 @@ async fn advance(
     // The directories and env file.
     let env = env_file(inst, app, &dirs, &staged.path);
     let task = install_task(inst, dirs.clone(), env);
-    let manager = format!("theseus-storage.instance.{}", key(inst).replace('/', "."));
+    let manager = task_manager(inst);
     if !key_is(next.applied_key.as_deref(), &task.key) {
         let state = match run_task(cx, &required, &caps, &manager, task, now).await? {
             Err(why) => Err(("NoStorageNode", why)),
@@ -997,8 +1007,8 @@ async fn remove(
             });
         }
     }
-    let manager = format!("theseus-storage.instance.{}", key(inst).replace('/', "."));
-    let id = format!("instance/{}", key(inst));
+    let manager = task_manager(inst);
+    let id = task_id(inst);
     let delete =
         inst.spec.deletion_policy == DeletionPolicy::Delete && previous.applied_key.is_some();
     if !delete {
