@@ -342,6 +342,23 @@ pub fn condition(s: &theseus::api::AppInstanceStatus, type_: &str) -> (String, S
         .unwrap_or_default()
 }
 
+/// Waits until the Role controller has made the namespace `ns`.
+pub async fn namespace_made(client: &kube::Client, ns: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    eventually(
+        Duration::from_secs(60),
+        &format!("the role's namespace {ns} exists"),
+        || async {
+            namespaces
+                .get(ns)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
 /// Deletes the instances of `namespaces` and the applications `apps`
 /// while the operator runs (their finalizers need it), and waits until
 /// they are gone.
@@ -461,19 +478,32 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
         );
     }
 
-    // Held while node b's path is another directory.
-    apply(
-        &rig.tb,
-        dir.path(),
-        instance(
-            &rig.run,
-            &prod_ns,
-            &app,
-            "one",
-            &prod,
-            json!({ "state": "Installed" }),
-        ),
+    namespace_made(&rig.client, &prod_ns).await;
+    namespace_made(&rig.client, &shared_ns).await;
+    // Held while node b's path is another directory (installed with the
+    // command line, which refuses the same id twice).
+    let run_label = format!("{RUN_LABEL}={}", rig.run);
+    let install = [
+        "app",
+        "install",
+        &app,
+        "--id",
+        "one",
+        "--role",
+        &prod,
+        "--no-start",
+        "--label",
+        &run_label,
+    ];
+    let out = stdout_ok(rig.tb.command(theseus()).args(install));
+    assert!(
+        out.contains(&format!("appinstance {prod_ns}/{app}-one created")),
+        "{out}"
     );
+    let taken = rig.tb.command(theseus()).args(install).output().unwrap();
+    assert!(!taken.status.success());
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(stderr.contains("id one is taken"), "{stderr}");
     let held = instance_where(
         &rig.client,
         &prod_ns,
@@ -782,6 +812,9 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
             }
         }),
     );
+    for (_, ns) in &roles {
+        namespace_made(&rig.client, ns).await;
+    }
     let ids = ["one", "two"];
     for (i, (role_name, ns)) in roles.iter().enumerate() {
         let slot = ((b'a' + i as u8) as char).to_string();
@@ -974,19 +1007,7 @@ async fn an_operator_killed_at_random_moments_installs_every_instance_once() {
         }),
     );
     let mut op = rig.operator("a");
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(rig.client.clone());
-    eventually(
-        Duration::from_secs(60),
-        "the role's namespace exists",
-        || async {
-            namespaces
-                .get(&ns)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await;
+    namespace_made(&rig.client, &ns).await;
     let ids: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
     for id in &ids {
         apply(
