@@ -187,28 +187,48 @@ impl ClusterSync {
     }
 
     /// Warns (log and a Warning event on the cluster) of each refusal not
-    /// warned of yet; a refusal that ends is forgotten, so that it is
-    /// warned of again should it come back.
+    /// warned of yet.
     pub async fn warn(&mut self, work: &Work) {
-        let now: HashSet<(ClusterKey, Refusal)> = work.refusals.iter().cloned().collect();
-        for (cluster, refusal) in &work.refusals {
-            if self.warned.contains(&(cluster.clone(), refusal.clone())) {
-                continue;
-            }
-            let (namespace, name) = cluster;
-            tracing::warn!(%namespace, cluster = %name, "{refusal}");
-            self.event(cluster, refusal).await;
-        }
-        self.warned = now;
+        warn_new(
+            self.recorder.as_ref(),
+            &self.clusters,
+            &mut self.warned,
+            &work.refusals,
+        )
+        .await;
     }
+}
 
-    async fn event(&self, cluster: &ClusterKey, refusal: &Refusal) {
-        let Some(recorder) = &self.recorder else {
-            return;
-        };
-        let reference = ObjectRef::<Cluster>::new(&cluster.1).within(&cluster.0);
-        let Some(object) = self.clusters.get(&reference) else {
-            return;
+impl Work {
+    /// The paths clusters publish once this work is done, with their
+    /// owner (`Cluster NS/NAME`).
+    pub fn owned(&self) -> impl Iterator<Item = (GroupPath, String)> + '_ {
+        self.owners
+            .iter()
+            .map(|(path, (ns, name))| (path.clone(), format!("Cluster {ns}/{name}")))
+    }
+}
+
+/// Warns (log and a Warning event on the object, from `objects`) of each
+/// of `refusals` not in `warned`; a refusal that ends is forgotten, so
+/// that it is warned of again should it come back.
+pub(crate) async fn warn_new<K>(
+    recorder: Option<&Recorder>,
+    objects: &Store<K>,
+    warned: &mut HashSet<((String, String), Refusal)>,
+    refusals: &[((String, String), Refusal)],
+) where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    for (owner, refusal) in refusals {
+        if warned.contains(&(owner.clone(), refusal.clone())) {
+            continue;
+        }
+        let (namespace, name) = owner;
+        tracing::warn!(%namespace, %name, kind = %K::kind(&()), "{refusal}");
+        let reference = ObjectRef::<K>::new(name).within(namespace);
+        let (Some(recorder), Some(object)) = (recorder, objects.get(&reference)) else {
+            continue;
         };
         let event = Event {
             type_: EventType::Warning,
@@ -221,11 +241,14 @@ impl ClusterSync {
             tracing::debug!(%error, "cannot publish an event");
         }
     }
+    *warned = refusals.iter().cloned().collect();
 }
 
 /// The paths ServiceGroups publish (those not being deleted), with the
 /// owner of each (`NS/NAME`).
-fn service_group_paths(groups: &[std::sync::Arc<ServiceGroup>]) -> BTreeMap<GroupPath, String> {
+pub(crate) fn service_group_paths(
+    groups: &[std::sync::Arc<ServiceGroup>],
+) -> BTreeMap<GroupPath, String> {
     let live: Vec<&ServiceGroup> = groups
         .iter()
         .map(AsRef::as_ref)

@@ -56,6 +56,16 @@ pub enum Refusal {
         "service {0:?} is not published for discovery: its name is not a DNS label (lowercase letters, digits, inner hyphens, at most 63)"
     )]
     Service(String),
+    /// An instance's id and role that cannot be one group.
+    #[error(
+        "the instance is not published for discovery: its id {id:?} and role {role:?} cannot be a discovery group (labels of lowercase letters, digits and hyphens, at most 63 characters together; a '.' would split a label); use a role name without '.'"
+    )]
+    Instance {
+        /// The instance's id.
+        id: String,
+        /// Its role.
+        role: String,
+    },
     /// Another object publishes the path.
     #[error(
         "service {service:?} is not published for discovery: {service}/{group} is published by {owner}"
@@ -65,7 +75,8 @@ pub enum Refusal {
         service: String,
         /// The group.
         group: String,
-        /// Who publishes it: `ServiceGroup NS/NAME` or `Cluster NS/NAME`.
+        /// Who publishes it: `ServiceGroup NS/NAME`, `Cluster NS/NAME` or
+        /// `AppInstance NS/NAME`.
         owner: String,
     },
 }

@@ -29,11 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cluster_sync::ClusterSync;
 use super::config::EtcdConfig;
+use super::instances::InstanceSync;
 use super::paths::Layout;
 use super::status::{self, Blocked, Observation};
 use super::sync::{self, Command, Reports};
 use super::{FIELD_MANAGER, FINALIZER, NAME_LABEL, deployment, projection};
-use crate::api::{Cluster, ServiceGroup};
+use crate::api::{AppInstance, Cluster, ServiceGroup};
 use crate::shared::metrics::Metrics;
 use crate::shared::stores::Nodes;
 
@@ -261,13 +262,26 @@ fn publisher(
         reflector::reflector(pod_writer, watcher(ctx.api::<Pod>(), labelled)).default_backoff();
     let scoped = crate::shared::scoped(ctx.selector.as_deref());
     let (cluster_store, cluster_writer) = reflector::store();
-    let clusters = reflector::reflector(cluster_writer, watcher(ctx.api::<Cluster>(), scoped))
-        .default_backoff();
+    let clusters = reflector::reflector(
+        cluster_writer,
+        watcher(ctx.api::<Cluster>(), scoped.clone()),
+    )
+    .default_backoff();
     let recorder = Some(ctx.recorder.clone());
-    let cluster_sync = ClusterSync::new(cluster_store, inputs.nodes.store().clone(), recorder);
+    let cluster_sync = ClusterSync::new(
+        cluster_store,
+        inputs.nodes.store().clone(),
+        recorder.clone(),
+    );
+    let (instance_store, instance_writer) = reflector::store();
+    let instances =
+        reflector::reflector(instance_writer, watcher(ctx.api::<AppInstance>(), scoped))
+            .default_backoff();
+    let instance_sync = InstanceSync::new(instance_store, recorder);
     let events = sync::Events {
         pods: pods.boxed(),
         clusters: clusters.boxed(),
+        instances: instances.boxed(),
         nodes: inputs.nodes.subscribe().boxed(),
     };
     sync::run(
@@ -276,6 +290,7 @@ fn publisher(
             groups: inputs.groups,
             pods: pod_store,
             clusters: cluster_sync,
+            instances: instance_sync,
             nodes: inputs.nodes,
             reports: inputs.reports,
             notify: inputs.notify,

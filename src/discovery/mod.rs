@@ -9,6 +9,7 @@
 //! - [`diff`]: desired against actual keys, as transactions (pure);
 //! - [`projection`]: pods and ServiceGroups to tree contents (pure);
 //! - [`clusters`]: Clusters and their NodeInstalls to tree contents (pure);
+//! - [`instances`]: running AppInstances to tree contents;
 //! - [`publisher`]: writes groups into the tree under a lease;
 //! - [`lease`]: keeps that lease alive from a task of its own;
 //! - [`controller`]: the ServiceGroup controller and [`run`];
@@ -21,6 +22,7 @@ pub mod controller;
 pub mod deployment;
 pub mod diff;
 pub mod follow;
+pub mod instances;
 pub mod lease;
 pub mod model;
 pub mod paths;

@@ -1,12 +1,13 @@
 //! The publisher loop: watches the groups' pods, the Clusters and their
 //! NodeInstalls, and on every change — and on start, on a re-list, on a
 //! replaced lease and every resync interval — publishes the affected
-//! groups (a ServiceGroup's, or a cluster's service, see
-//! [`clusters`](super::clusters)). It is the only writer of published
+//! groups (a ServiceGroup's, a cluster's service, see
+//! [`clusters`](super::clusters), or a running application instance, see
+//! [`instances`](super::instances)). It is the only writer of published
 //! groups, so a group's removal (sent by the controller's finalizer) never
 //! races with a publish of the same group.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,14 +22,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::NAME_LABEL;
+use super::cluster_sync::service_group_paths;
 use super::cluster_sync::{ClusterSync, Work};
+use super::clusters::GroupPath;
 use super::config::EtcdConfig;
+use super::instances::InstanceSync;
 use super::paths::Layout;
 use super::projection;
 use super::publisher::{GroupState, PublishError, Publisher};
 use super::status::Published;
 use super::tree::{Tree, backoff};
-use crate::api::{Cluster, NodeInstall, ServiceGroup};
+use crate::api::{AppInstance, Cluster, NodeInstall, ServiceGroup};
 use crate::shared::stores::Nodes;
 
 /// What the publisher did last per ServiceGroup (`namespace`, `name`).
@@ -58,6 +62,8 @@ pub(crate) struct Sync {
     pub pods: Store<Pod>,
     /// The clusters' part of the loop.
     pub clusters: ClusterSync,
+    /// The application instances' part of the loop.
+    pub instances: InstanceSync,
     /// The NodeInstalls (for their first full list).
     pub nodes: Nodes,
     pub reports: Reports,
@@ -72,6 +78,8 @@ pub(crate) struct Events {
     pub pods: BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>,
     /// The Clusters.
     pub clusters: BoxStream<'static, Result<watcher::Event<Cluster>, watcher::Error>>,
+    /// The AppInstances.
+    pub instances: BoxStream<'static, Result<watcher::Event<AppInstance>, watcher::Error>>,
     /// The NodeInstalls.
     pub nodes: BoxStream<'static, watcher::Event<NodeInstall>>,
 }
@@ -82,6 +90,8 @@ enum Gate {
     Groups,
     /// Clusters and NodeInstalls (opened after [`Gate::Groups`]).
     Clusters,
+    /// AppInstances (opened after [`Gate::Clusters`], whose paths win).
+    Instances,
 }
 
 struct Loop {
@@ -93,6 +103,7 @@ struct Loop {
     retry_at: Option<Instant>,
     groups_open: bool,
     clusters_open: bool,
+    instances_open: bool,
 }
 
 /// Runs until the command channel closes or the future is dropped.
@@ -100,6 +111,7 @@ pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, event
     let Events {
         mut pods,
         mut clusters,
+        mut instances,
         mut nodes,
     } = events;
     let resync_every = sync.resync_every;
@@ -113,6 +125,7 @@ pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, event
         retry_at: None,
         groups_open: false,
         clusters_open: false,
+        instances_open: false,
     };
     let mut resync = tokio::time::interval(resync_every);
     // The lease is renewed by the publisher's own task; this loop only
@@ -124,7 +137,7 @@ pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, event
             lease_changes = state.publisher.as_ref().map(Publisher::lease_changes);
         }
         let retry_at = state.retry_at;
-        let all_open = state.clusters_open;
+        let all_open = state.instances_open;
         tokio::select! {
             Some(gate) = gates.next(), if !all_open => state.open(gate),
             command = commands.recv() => match command {
@@ -143,6 +156,12 @@ pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, event
                     state.on_cluster_event(event);
                 }
             }
+            Some(event) = instances.next() => {
+                state.on_instance_event(event);
+                while let Some(Some(event)) = instances.next().now_or_never() {
+                    state.on_instance_event(event);
+                }
+            }
             Some(event) = nodes.next() => {
                 state.on_node_event(&event);
                 while let Some(Some(event)) = nodes.next().now_or_never() {
@@ -158,7 +177,8 @@ pub(crate) async fn run(sync: Sync, mut commands: mpsc::Receiver<Command>, event
 
 /// The gates, in order: pods and groups must be listed before the first
 /// (full) publish, or it would remove the entries of pods not seen yet;
-/// clusters and their NodeInstalls before their groups are. One after
+/// clusters and their NodeInstalls before their groups are, and instances
+/// before theirs. One after
 /// the other (kube's `wait_until_ready` wakes one waiter of a store only),
 /// so clusters that cannot be listed never hold ServiceGroups back.
 fn gates(sync: &Sync) -> BoxStream<'static, Gate> {
@@ -176,8 +196,14 @@ fn gates(sync: &Sync) -> BoxStream<'static, Gate> {
         }
         Gate::Clusters
     };
+    let instances = sync.instances.store();
+    let instances_listed = async move {
+        let _ = instances.wait_until_ready().await;
+        Gate::Instances
+    };
     futures::stream::once(listed)
         .chain(futures::stream::once(clusters_listed))
+        .chain(futures::stream::once(instances_listed))
         .boxed()
 }
 
@@ -200,6 +226,7 @@ impl Loop {
         match gate {
             Gate::Groups => self.groups_open = true,
             Gate::Clusters => self.clusters_open = true,
+            Gate::Instances => self.instances_open = true,
         }
         self.full = true;
     }
@@ -208,6 +235,13 @@ impl Loop {
         match event {
             Ok(event) => self.full |= self.sync.clusters.on_cluster(&event),
             Err(error) => tracing::warn!(%error, "watching Clusters failed; retrying"),
+        }
+    }
+
+    fn on_instance_event(&mut self, event: Result<watcher::Event<AppInstance>, watcher::Error>) {
+        match event {
+            Ok(event) => self.full |= self.sync.instances.on_instance(&event),
+            Err(error) => tracing::warn!(%error, "watching AppInstances failed; retrying"),
         }
     }
 
@@ -244,6 +278,7 @@ impl Loop {
                 if result.is_ok() {
                     lock(&self.sync.reports).remove(&owner);
                     self.sync.clusters.path_freed(&group);
+                    self.sync.instances.path_freed(&service, &group);
                 }
                 let _ = done.send(result.map_err(|e| e.to_string()));
             }
@@ -281,7 +316,8 @@ impl Loop {
 
     async fn flush_if_due(&mut self) {
         let clusters_dirty = self.clusters_open && self.sync.clusters.is_dirty();
-        let idle = self.dirty.is_empty() && !self.full && !clusters_dirty;
+        let instances_dirty = self.instances_open && self.sync.instances.is_dirty();
+        let idle = self.dirty.is_empty() && !self.full && !clusters_dirty && !instances_dirty;
         if !self.groups_open || idle || self.retry_at.is_some() {
             return;
         }
@@ -301,14 +337,28 @@ impl Loop {
         let connected = self.publisher().await.map(|_| ());
         let (publishable, mut states) = self.group_states();
         let groups = states.len();
-        let clusters = self.clusters_open.then(|| {
-            self.sync
-                .clusters
-                .work(self.full, &self.sync.groups.state())
-        });
+        let all_groups = self.sync.groups.state();
+        let clusters = self
+            .clusters_open
+            .then(|| self.sync.clusters.work(self.full, &all_groups));
         states.extend(clusters.iter().flat_map(|w| w.publish.iter().cloned()));
+        let instances = self.instances_open.then(|| {
+            let mut taken: BTreeMap<_, _> = service_group_paths(&all_groups)
+                .into_iter()
+                .map(|(path, owner)| (path, format!("ServiceGroup {owner}")))
+                .collect();
+            taken.extend(clusters.iter().flat_map(Work::owned));
+            self.sync.instances.work(self.full, &taken)
+        });
+        states.extend(instances.iter().flat_map(|w| w.publish.iter().cloned()));
+        let removes: Vec<GroupPath> = clusters
+            .iter()
+            .flat_map(|w| w.remove.iter())
+            .chain(instances.iter().flat_map(|w| w.remove.iter()))
+            .cloned()
+            .collect();
         let result = match (connected, &self.publisher) {
-            (Ok(()), Some(publisher)) => write(publisher, &states, clusters.as_ref()).await,
+            (Ok(()), Some(publisher)) => write(publisher, &states, &removes).await,
             (Err(error), _) => Err(error),
             (Ok(()), None) => Ok(()),
         };
@@ -317,6 +367,12 @@ impl Loop {
             self.sync.clusters.warn(&work).await;
             if result.is_ok() {
                 self.sync.clusters.done(work);
+            }
+        }
+        if let Some(work) = instances {
+            self.sync.instances.warn(&work).await;
+            if result.is_ok() {
+                self.sync.instances.done(work);
             }
         }
         if result.is_ok() {
@@ -377,21 +433,22 @@ impl Loop {
     }
 }
 
-/// Publishes `states`, then removes the groups clusters no longer have.
+/// Publishes `states`, then removes the groups clusters and instances no
+/// longer have.
 async fn write(
     publisher: &Publisher,
     states: &[GroupState],
-    clusters: Option<&Work>,
+    removes: &[GroupPath],
 ) -> Result<(), PublishError> {
     publisher.publish(states).await?;
-    for (service, group) in clusters.iter().flat_map(|w| &w.remove) {
+    for (service, group) in removes {
         let removed = publisher.remove(service, group).await?;
         if removed > 0 {
             tracing::info!(
                 service,
                 group,
                 removed,
-                "removed a cluster's group from the discovery tree"
+                "removed a group no cluster or instance publishes from the discovery tree"
             );
         }
     }

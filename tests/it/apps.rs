@@ -11,6 +11,8 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use theseus::api::{ClusterCapability, NodeInstall};
+use theseus::discovery::paths::encode_group;
+use theseus::discovery::{ContainerInfo, Tree};
 
 use crate::support::agents::Agent;
 use crate::support::fleet::RUN_LABEL;
@@ -736,9 +738,20 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
 async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_policy() {
     use crate::config_bundles::Rig as ConfigRig;
     use theseus::api::{AppInstance, InstancePhase};
-    let Some(rig) = ConfigRig::start("appinst", &[]).await else {
+    let Some(tb) = crate::support::testbed() else {
         return;
     };
+    let etcd = crate::support::discovery::config(tb.discovery_etcd());
+    let discovery = [
+        "--discovery-etcd",
+        etcd.endpoints[0].as_str(),
+        "--discovery-prefix",
+        etcd.prefix.as_str(),
+    ];
+    let Some(rig) = ConfigRig::start("appinst", &discovery).await else {
+        return;
+    };
+    let tree = Tree::connect(&etcd).await.expect("the discovery etcd");
     rig.create_repository().await;
     let mut cleanup = Cleanup::new(&rig.tb);
     let shared = Shared::new();
@@ -850,6 +863,16 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
             agents[i].service_version()
         })
         .await;
+        let (role, id) = (&roles[i].0, ids[i]);
+        let info = published(&tree, &app, id, role, &agents[i].node).await;
+        assert_eq!(info.instance_host, s.endpoints[0].address, "the node's address");
+        assert_eq!(info.instance_port, Some(agents[i].port));
+        assert_eq!(info.port_mappings[0].name.as_deref(), Some("http"));
+        let group = encode_group(&[id, role.as_str()]).unwrap();
+        let config = tree.group_config(&app, &group).await.unwrap().unwrap();
+        assert_eq!(config["role"], *role);
+        assert_eq!(config["namespace"], roles[i].1);
+        assert!(config["home"].ends_with(&format!("apps/{role}/{app}/{id}")));
     }
     let stage = shared.path().join(format!("zeta/shared/{app}/stage/1.0.0"));
     assert_eq!(
@@ -891,6 +914,7 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
     })
     .await;
     assert!(stopped.endpoints.is_empty());
+    unpublished(&tree, &app, "one", &roles[0].0).await;
     eventually(
         Duration::from_secs(30),
         "the service is stopped",
@@ -919,6 +943,7 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         agents[0].service_version()
     })
     .await;
+    published(&tree, &app, "one", &roles[0].0, &agents[0].node).await;
 
     // Removed: one with Retain, two with Delete.
     let two = format!("{app}-two");
@@ -931,6 +956,9 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         .await
         .unwrap();
     teardown(&rig.client, &[&roles[0].1, &roles[1].1], &[]).await;
+    for (i, (role, _)) in roles.iter().enumerate() {
+        unpublished(&tree, &app, ids[i], role).await;
+    }
     assert!(
         homes[0].join("instance.env.sh").exists(),
         "Retain keeps the directories"
@@ -956,6 +984,48 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
     for agent in &agents {
         let _ = nodes.delete(&agent.node, &Default::default()).await;
     }
+}
+
+/// The discovery entry of instance `ID` of `app` in `role` on `node`,
+/// once the operator published it (`APP/ID.ROLE`, as a follower of the
+/// labels `ID` and `ROLE` reads it).
+async fn published(tree: &Tree, app: &str, id: &str, role: &str, node: &str) -> ContainerInfo {
+    let group = encode_group(&[id, role]).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        &format!("{app}/{group} published"),
+        || async {
+            let names = tree
+                .group_container_names(app, &group)
+                .await
+                .map_err(|e| e.to_string())?;
+            if names != [node] {
+                return Err(format!("containers {names:?}, want [{node}]"));
+            }
+            tree.container_info(app, &group, node)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no info".to_owned())
+        },
+    )
+    .await
+}
+
+/// Waits until the instance's group has no key left.
+async fn unpublished(tree: &Tree, app: &str, id: &str, role: &str) {
+    let group = encode_group(&[id, role]).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        &format!("{app}/{group} removed"),
+        || async {
+            match tree.group_exists(app, &group).await {
+                Ok(false) => Ok(()),
+                Ok(true) => Err("still there".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
 }
 
 /// The operator SIGKILLed at 10 random moments while ten instances
