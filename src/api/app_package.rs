@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ModuleRef, ServiceGroupSpec};
+use super::ModuleRef;
 
 /// An application: what it needs of the cluster, where its instances'
 /// directories go, and per version what is staged once (shared by every
@@ -244,9 +244,14 @@ pub struct Run {
     /// PackageSet in the instance's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_set: Option<RunPackageSet>,
-    /// A group of containers (a ServiceGroup in the instance's namespace).
+    /// A group of containers: the spec of a ServiceGroup `APP-ID` in the
+    /// instance's namespace (`service`, `labels`, `config`, `replicas`,
+    /// `template`, …), scaled to zero while the instance is stopped. Its
+    /// strings may use the variables; the result is checked against the
+    /// ServiceGroup schema when an instance applies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_group: Option<ServiceGroupSpec>,
+    #[schemars(schema_with = "service_group_template")]
+    pub service_group: Option<serde_json::Map<String, serde_json::Value>>,
     /// ConfigModules rendered for each instance (a ConfigBundle with the
     /// instance's values and `instance_*` facts) whose packages join the
     /// PackageSet.
@@ -318,4 +323,12 @@ pub struct StagedVersion {
     pub key: String,
     /// The node whose agent made it.
     pub node: String,
+}
+
+fn service_group_template(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "required": ["service", "template"],
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }

@@ -9,7 +9,8 @@
 //! whole or not at all, never over a directory the instance did not
 //! make) → run or stop (the ConfigBundle and PackageSet; a stopped
 //! instance's PackageSet keeps only its configuration package, so the
-//! nodes stop its services and keep its files) → record the status.
+//! nodes stop its services and keep its files; the ServiceGroup, scaled to
+//! zero when stopped) → record the status.
 //! Deletion (a finalizer) stops it, deletes its run objects and, with
 //! `deletionPolicy: Delete`, its directories; the stage stays.
 
@@ -27,7 +28,7 @@ use crate::api::conditions::{Observed, types};
 use crate::api::{
     AppInstance, AppInstanceStatus, AppPackage, ClaimedPath, ConfigBundle, ConfigModule,
     DeletionPolicy, EnsureDirectory, InstanceEndpoint, InstancePhase, InstancePolicy,
-    InstanceState, PackageSet, Role, StorageFile, StorageTask,
+    InstanceState, PackageSet, Role, ServiceGroup, StorageFile, StorageTask,
 };
 use crate::pkg::vars::expand;
 use crate::shared::{MANAGER, status};
@@ -380,6 +381,12 @@ fn set_name(i: &AppInstance) -> String {
     format!("{}-{}", i.namespace().unwrap_or_default(), i.name_any())
 }
 
+/// The instance a run's ServiceGroup belongs to (by its label, `NS.NAME`).
+pub fn of_group(group: ServiceGroup) -> Option<kube::runtime::reflector::ObjectRef<AppInstance>> {
+    let (ns, name) = group.labels().get(INSTANCE_LABEL)?.split_once('.')?;
+    Some(kube::runtime::reflector::ObjectRef::new(name).within(ns))
+}
+
 /// What one pass learned, for the status.
 struct Pass {
     observed: Vec<Observed<'static>>,
@@ -726,9 +733,6 @@ async fn run_objects(
     next: &mut AppInstanceStatus,
     cx: &Context,
 ) -> Result<Observed<'static>, Error> {
-    let client = &cx.shared.client;
-    let ns = inst.namespace().unwrap_or_default();
-    let object = format!("AppInstance {}", key(inst));
     let version = app
         .spec
         .versions
@@ -736,16 +740,179 @@ async fn run_objects(
         .find(|v| v.version == inst.spec.version)
         .expect("validated");
     let vars = variables(inst, app, home);
-    let Some(run) = &version.run.package_set else {
-        next.created.clear();
-        next.endpoints.clear();
-        return Ok(Observed::new(
+    next.created.clear();
+    next.endpoints.clear();
+    let mut parts = Vec::new();
+    if let Some(run) = &version.run.package_set {
+        parts.push(run_set(inst, app, version, run, &vars, home, running, next, cx).await?);
+    }
+    if let Some(group) = &version.run.service_group {
+        parts.push(run_group(inst, app, group, &vars, running, next, cx).await?);
+    }
+    Ok(combine(parts, running))
+}
+
+/// One Available of the run objects' parts: the first part not where
+/// the instance's state wants it, else all of them, their messages joined.
+fn combine(parts: Vec<Observed<'static>>, running: bool) -> Observed<'static> {
+    let there = |o: &Observed| {
+        if running {
+            o.status == crate::api::conditions::Status::True
+        } else {
+            o.reason == "Stopped"
+        }
+    };
+    if let Some(behind) = parts.iter().find(|o| !there(o)) {
+        return behind.clone();
+    }
+    match parts.split_first() {
+        None => Observed::new(
+            types::AVAILABLE,
+            running,
+            if running { "Installed" } else { "Stopped" },
+            "the application runs nothing (no run.packageSet or run.serviceGroup); installed",
+        ),
+        Some((first, rest)) => {
+            let mut all = first.clone();
+            for part in rest {
+                all.message = format!("{}; {}", all.message, part.message);
+            }
+            all
+        }
+    }
+}
+
+/// The run's ServiceGroup `APP-ID` in the instance's namespace: the
+/// template with the instance's variables, `replicas: 0` while stopped.
+async fn run_group(
+    inst: &AppInstance,
+    app: &AppPackage,
+    group: &serde_json::Map<String, Value>,
+    vars: &BTreeMap<String, String>,
+    running: bool,
+    next: &mut AppInstanceStatus,
+    cx: &Context,
+) -> Result<Observed<'static>, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let name = inst.name_any();
+    let object = format!("AppInstance {}", key(inst));
+    let groups: Api<ServiceGroup> = Api::namespaced(cx.shared.client.clone(), &ns);
+    let existing = groups.get_opt(&name).await.map_err(|source| Error::Read {
+        object: object.clone(),
+        what: format!("ServiceGroup {ns}/{name}"),
+        source,
+    })?;
+    if !running && existing.is_none() {
+        return Ok(stopped());
+    }
+    let invalid = |e: String| {
+        Observed::new(
+            types::AVAILABLE,
+            false,
+            "InvalidRun",
+            format!(
+                "AppPackage {} run.serviceGroup: {e}; fix the application's version {}",
+                app.name_any(),
+                inst.spec.version
+            ),
+        )
+    };
+    let checked = substitute(&Value::Object(group.clone()), vars).and_then(|spec| {
+        serde_json::from_value::<crate::api::ServiceGroupSpec>(spec.clone())
+            .map(|_| spec)
+            .map_err(|e| format!("not a ServiceGroup spec: {e}"))
+    });
+    let mut spec = match checked {
+        Ok(spec) => spec,
+        Err(e) => return Ok(invalid(e)),
+    };
+    if !running {
+        spec["replicas"] = json!(0);
+    }
+    let mut labels = inst.labels().clone();
+    labels.insert(INSTANCE_LABEL.into(), format!("{ns}.{name}"));
+    let object_json = json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "ServiceGroup",
+        "metadata": { "name": name, "namespace": ns, "labels": labels },
+        "spec": spec,
+    });
+    let applied = match groups
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object_json),
+        )
+        .await
+    {
+        Ok(applied) => applied,
+        // The API server's schema refused what the template made.
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            return Ok(invalid(format!("the API server refused it: {}", e.message)));
+        }
+        Err(source) => {
+            return Err(Error::Write {
+                object,
+                action: format!("apply ServiceGroup {ns}/{name}"),
+                source,
+            });
+        }
+    };
+    next.created.push(format!("ServiceGroup/{name}"));
+    let status = applied.status.clone().unwrap_or_default();
+    let current = status.observed_generation == applied.metadata.generation;
+    let available =
+        current && crate::api::conditions::is_true(&status.conditions, types::AVAILABLE);
+    Ok(match (running, available, status.ready_replicas) {
+        (true, true, ready) => Observed::new(
             types::AVAILABLE,
             true,
-            "Installed",
-            "the application runs nothing (no run.packageSet); installed",
-        ));
-    };
+            "Running",
+            format!(
+                "ServiceGroup {name} has {ready} ready containers, published at {}",
+                status.etcd_path.unwrap_or_default()
+            ),
+        ),
+        (true, false, _) => Observed::new(
+            types::AVAILABLE,
+            false,
+            "Starting",
+            format!("waiting for ServiceGroup {name} to be available"),
+        ),
+        (false, _, 0) if current => stopped(),
+        (false, _, ready) => Observed::new(
+            types::AVAILABLE,
+            false,
+            "Stopping",
+            format!("stopping: ServiceGroup {name} still has {ready} ready containers"),
+        ),
+    })
+}
+
+fn stopped() -> Observed<'static> {
+    Observed::new(
+        types::AVAILABLE,
+        false,
+        "Stopped",
+        "installed and not running (spec.state: Installed)",
+    )
+}
+
+/// The run's PackageSet (and the instance's ConfigBundle).
+#[allow(clippy::too_many_arguments)]
+async fn run_set(
+    inst: &AppInstance,
+    app: &AppPackage,
+    version: &crate::api::AppVersion,
+    run: &crate::api::RunPackageSet,
+    vars: &BTreeMap<String, String>,
+    home: &str,
+    running: bool,
+    next: &mut AppInstanceStatus,
+    cx: &Context,
+) -> Result<Observed<'static>, Error> {
+    let client = &cx.shared.client;
+    let ns = inst.namespace().unwrap_or_default();
+    let object = format!("AppInstance {}", key(inst));
     let name = set_name(inst);
     let sets: Api<PackageSet> = Api::all(client.clone());
     let existing = sets.get_opt(&name).await.map_err(|source| Error::Read {
@@ -754,14 +921,7 @@ async fn run_objects(
         source,
     })?;
     if !running && existing.is_none() {
-        next.created.clear();
-        next.endpoints.clear();
-        return Ok(Observed::new(
-            types::AVAILABLE,
-            false,
-            "Stopped",
-            "installed and not running (spec.state: Installed)",
-        ));
+        return Ok(stopped());
     }
     let write = |action: String| {
         let object = object.clone();
@@ -830,10 +990,10 @@ async fn run_objects(
     // The set.
     let mut selector = run.node_selector.clone();
     selector.extend(inst.spec.node_selector.clone());
-    let selector = substitute(&serde_json::to_value(&selector).unwrap_or_default(), &vars);
+    let selector = substitute(&serde_json::to_value(&selector).unwrap_or_default(), vars);
     let packages = substitute(
         &serde_json::to_value(&run.packages).unwrap_or_default(),
-        &vars,
+        vars,
     );
     let (selector, packages) = match (selector, packages) {
         (Ok(s), Ok(p)) => (s, p),
@@ -864,15 +1024,15 @@ async fn run_objects(
         )
         .await
         .map_err(write(format!("apply PackageSet {name}")))?;
-    next.created = vec![
+    next.created.extend([
         format!("ConfigBundle/{}", inst.name_any()),
         format!("PackageSet/{name}"),
-    ];
+    ]);
     let status = applied.status.clone().unwrap_or_default();
     let current = status.observed_generation == applied.metadata.generation
         && crate::api::conditions::is_true(&status.conditions, types::AVAILABLE);
     next.endpoints = if running && current {
-        endpoints(&applied, &version.run.ports, &vars, cx)
+        endpoints(&applied, &version.run.ports, vars, cx)
     } else {
         Vec::new()
     };
@@ -993,6 +1153,32 @@ async fn remove(
                 source,
             })?;
     }
+    // The group's finalizer takes its containers out of the tree.
+    let groups: Api<ServiceGroup> = Api::namespaced(client.clone(), &ns);
+    let group = groups
+        .get_opt(&inst.name_any())
+        .await
+        .map_err(|source| Error::Read {
+            object: object.clone(),
+            what: format!("ServiceGroup {ns}/{}", inst.name_any()),
+            source,
+        })?;
+    if let Some(group) = group {
+        if group.metadata.deletion_timestamp.is_none() {
+            groups
+                .delete(&inst.name_any(), &DeleteParams::default())
+                .await
+                .map_err(|source| Error::Write {
+                    object: object.clone(),
+                    action: format!("delete ServiceGroup {ns}/{}", inst.name_any()),
+                    source,
+                })?;
+        }
+        return Ok(Err(format!(
+            "removing: waiting for ServiceGroup {ns}/{} to go",
+            inst.name_any()
+        )));
+    }
     match Api::<ConfigBundle>::namespaced(client.clone(), &ns)
         .delete(&inst.name_any(), &DeleteParams::default())
         .await
@@ -1071,4 +1257,48 @@ async fn finish(
     }
     status::publish(&cx.recorder, &inst.object_ref(&()), &changed).await;
     Ok(Action::requeue(Duration::from_secs(pass.requeue)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(status: bool, reason: &'static str, message: &str) -> Observed<'static> {
+        Observed::new(types::AVAILABLE, status, reason, message)
+    }
+
+    #[test]
+    fn the_run_is_available_when_every_part_is_and_names_the_part_behind() {
+        let set = part(true, "Running", "set up");
+        let group = part(false, "Starting", "group starting");
+        assert_eq!(combine(vec![set.clone(), group.clone()], true), group);
+        let both = combine(vec![set, part(true, "Running", "group up")], true);
+        assert_eq!(both.message, "set up; group up");
+        let stopping = part(false, "Stopping", "group still has 1");
+        let stopped = part(false, "Stopped", "set stopped");
+        assert_eq!(
+            combine(vec![stopped.clone(), stopping.clone()], false),
+            stopping
+        );
+        assert_eq!(combine(vec![stopped.clone()], false), stopped);
+        assert_eq!(combine(Vec::new(), true).reason, "Installed");
+        assert_eq!(combine(Vec::new(), false).reason, "Stopped");
+    }
+
+    #[test]
+    fn a_run_group_belongs_to_the_instance_its_label_names() {
+        let group: ServiceGroup = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "ServiceGroup",
+            "metadata": { "name": "web-one", "namespace": "prod",
+                "labels": { INSTANCE_LABEL: "prod.web-one" } },
+            "spec": { "service": "web", "template": { "image": "i" } }
+        }))
+        .unwrap();
+        let owner = of_group(group.clone()).unwrap();
+        assert_eq!(owner.name, "web-one");
+        assert_eq!(owner.namespace.as_deref(), Some("prod"));
+        let mut other = group;
+        other.metadata.labels = None;
+        assert!(of_group(other).is_none());
+    }
 }

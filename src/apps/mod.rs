@@ -304,6 +304,11 @@ pub fn run(shared: Shared, config: Config, stop: CancellationToken) -> BoxFuture
             Api::<AppInstance>::all(client.clone()),
             shared.watch_config(),
         )
+        .watches(
+            Api::<crate::api::ServiceGroup>::all(client.clone()),
+            shared.watch_config(),
+            instance::of_group,
+        )
         .reconcile_all_on(changes)
         .graceful_shutdown_on(stopped(&stop))
         .run(instance::reconcile, error_policy, context.clone())

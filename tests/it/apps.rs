@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use theseus::api::{ClusterCapability, NodeInstall};
+use theseus::api::{ClusterCapability, NodeInstall, ServiceGroup};
 use theseus::discovery::paths::encode_group;
 use theseus::discovery::{ContainerInfo, Tree};
 
@@ -819,7 +819,13 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
                         "packageSet": { "repository": rig.run, "packages": ["cfgweb--1.0.0"] },
                         "configModules": [{ "name": module }],
                         "configPackage": "web-config",
-                        "ports": { "http": "${values.port}" }
+                        "ports": { "http": "${values.port}" },
+                        "serviceGroup": {
+                            "service": "${app}-ui", "labels": ["${id}", "${role}"],
+                            "config": { "home": "${home}" },
+                            "template": { "image": "example/ui:1",
+                                "ports": [{ "name": "http", "containerPort": 8080 }] }
+                        }
                     }
                 }]
             }
@@ -865,7 +871,10 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         .await;
         let (role, id) = (&roles[i].0, ids[i]);
         let info = published(&tree, &app, id, role, &agents[i].node).await;
-        assert_eq!(info.instance_host, s.endpoints[0].address, "the node's address");
+        assert_eq!(
+            info.instance_host, s.endpoints[0].address,
+            "the node's address"
+        );
         assert_eq!(info.instance_port, Some(agents[i].port));
         assert_eq!(info.port_mappings[0].name.as_deref(), Some("http"));
         let group = encode_group(&[id, role.as_str()]).unwrap();
@@ -873,6 +882,14 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         assert_eq!(config["role"], *role);
         assert_eq!(config["namespace"], roles[i].1);
         assert!(config["home"].ends_with(&format!("apps/{role}/{app}/{id}")));
+        // The run's ServiceGroup, with the instance's variables, publishes
+        // its own containers.
+        ui_containers(&tree, &app, id, role, 1).await;
+        let ui = Api::<ServiceGroup>::namespaced(rig.client.clone(), &roles[i].1)
+            .get(&format!("{app}-{id}"))
+            .await
+            .unwrap();
+        assert_eq!(ui.spec.config["home"], config["home"]);
     }
     let stage = shared.path().join(format!("zeta/shared/{app}/stage/1.0.0"));
     assert_eq!(
@@ -915,6 +932,7 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
     .await;
     assert!(stopped.endpoints.is_empty());
     unpublished(&tree, &app, "one", &roles[0].0).await;
+    ui_containers(&tree, &app, "one", &roles[0].0, 0).await;
     eventually(
         Duration::from_secs(30),
         "the service is stopped",
@@ -944,6 +962,7 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
     })
     .await;
     published(&tree, &app, "one", &roles[0].0, &agents[0].node).await;
+    ui_containers(&tree, &app, "one", &roles[0].0, 1).await;
 
     // Removed: one with Retain, two with Delete.
     let two = format!("{app}-two");
@@ -956,8 +975,17 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         .await
         .unwrap();
     teardown(&rig.client, &[&roles[0].1, &roles[1].1], &[]).await;
-    for (i, (role, _)) in roles.iter().enumerate() {
+    for (i, (role, ns)) in roles.iter().enumerate() {
         unpublished(&tree, &app, ids[i], role).await;
+        unpublished(&tree, &format!("{app}-ui"), ids[i], role).await;
+        let groups = Api::<ServiceGroup>::namespaced(rig.client.clone(), ns);
+        assert!(
+            groups
+                .get_opt(&format!("{app}-{}", ids[i]))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     assert!(
         homes[0].join("instance.env.sh").exists(),
@@ -1009,6 +1037,28 @@ async fn published(tree: &Tree, app: &str, id: &str, role: &str, node: &str) -> 
         },
     )
     .await
+}
+
+/// Waits until the run's ServiceGroup of instance `ID` (`APP-ui/ID.ROLE`)
+/// publishes `n` containers.
+async fn ui_containers(tree: &Tree, app: &str, id: &str, role: &str, n: usize) {
+    let (service, group) = (format!("{app}-ui"), encode_group(&[id, role]).unwrap());
+    eventually(
+        Duration::from_secs(90),
+        &format!("{service}/{group}: {n} containers"),
+        || async {
+            let names = tree
+                .group_container_names(&service, &group)
+                .await
+                .map_err(|e| e.to_string())?;
+            if names.len() == n {
+                Ok(())
+            } else {
+                Err(format!("containers {names:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Waits until the instance's group has no key left.

@@ -377,6 +377,17 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         "servicegroups.theseus.dev",
         &["--subresource=finalizers", "--all-namespaces"]
     ));
+    // An application instance's run.serviceGroup.
+    assert!(can(
+        "create",
+        "servicegroups.theseus.dev",
+        &["--all-namespaces"]
+    ));
+    assert!(can(
+        "delete",
+        "servicegroups.theseus.dev",
+        &["--all-namespaces"]
+    ));
     assert!(can(
         "patch",
         "nodepools.theseus.dev",
