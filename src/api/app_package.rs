@@ -236,7 +236,9 @@ impl Default for Stage {
 
 /// What a running instance is. Every string may use `${app}`,
 /// `${version}`, `${role}`, `${id}`, `${instance}` (`ROLE-APP-ID`),
-/// `${home}`, `${namespace}` and `${values.NAME}`.
+/// `${home}`, `${namespace}`, `${values.NAME}` and, of each required
+/// application's instance, `${requires.APP.id|role|namespace|home|addresses}`
+/// and `${requires.APP.port.NAME}`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Run {

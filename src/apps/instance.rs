@@ -356,19 +356,25 @@ pub fn instance_module() -> Value {
         "instance_home",
         "instance_namespace",
     ];
-    let parameters: serde_json::Map<String, Value> = names
+    let mut parameters: serde_json::Map<String, Value> = names
         .iter()
         .map(|n| ((*n).to_owned(), json!({ "type": "string" })))
         .collect();
-    let content: String = names
+    // The lines of the instances it requires, made by the controller.
+    parameters.insert(
+        "instance_requires".into(),
+        json!({ "type": "string", "default": "" }),
+    );
+    let mut content: String = names
         .iter()
         .map(|n| format!("{}={{{{ {n} }}}}\n", n.to_uppercase()))
         .collect();
+    content.push_str("{{ instance_requires }}");
     json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "ConfigModule",
         "metadata": { "name": INSTANCE_MODULE },
         "spec": {
-            "version": "1",
+            "version": "2",
             "parameters": parameters,
             "templates": [{ "path": "instance.env", "content": content }],
         }
@@ -521,11 +527,20 @@ async fn advance(
     });
     let deps = dependencies(inst, app, others);
     observed.push(match &deps {
-        Ok(()) => Observed::new(
+        Ok(found) if found.is_empty() => Observed::new(
+            DEPENDENCIES_MET,
+            true,
+            "NoneRequired",
+            "the application requires no other application",
+        ),
+        Ok(found) => Observed::new(
             DEPENDENCIES_MET,
             true,
             "Running",
-            "every required application runs",
+            format!(
+                "every required application runs: {}",
+                found.iter().map(|d| key(d)).collect::<Vec<_>>().join(", ")
+            ),
         ),
         Err(why) => Observed::new(DEPENDENCIES_MET, false, "NotRunning", why.clone()),
     });
@@ -653,20 +668,24 @@ async fn advance(
     // Run or stop.
     let home = dirs[0].path.clone();
     let running = inst.spec.state == InstanceState::Running;
-    if running && deps.is_err() {
-        observed.push(Observed::new(
-            types::AVAILABLE,
-            false,
-            "WaitingForDependencies",
-            deps.err().unwrap_or_default(),
-        ));
-        return Ok(Pass {
-            observed,
-            phase: InstancePhase::Installed,
-            requeue: 5,
-        });
-    }
-    let run = run_objects(inst, app, &home, running, next, cx).await?;
+    let requires = match deps {
+        Ok(found) => dependency_variables(&found),
+        Err(why) if running => {
+            observed.push(Observed::new(
+                types::AVAILABLE,
+                false,
+                "WaitingForDependencies",
+                why,
+            ));
+            return Ok(Pass {
+                observed,
+                phase: InstancePhase::Installed,
+                requeue: 5,
+            });
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    let run = run_objects(inst, app, &home, &requires, running, next, cx).await?;
     observed.push(run.clone());
     let up = run.status == crate::api::conditions::Status::True;
     let phase = if running && up {
@@ -684,26 +703,32 @@ async fn advance(
 
 /// Whether every application `app` requires has a Running instance where
 /// the requirement says.
-fn dependencies(
+fn dependencies<'o>(
     inst: &AppInstance,
     app: &AppPackage,
-    others: &[AppInstance],
-) -> Result<(), String> {
+    others: &'o [AppInstance],
+) -> Result<Vec<&'o AppInstance>, String> {
     let mut missing = Vec::new();
+    let mut found_all = Vec::new();
     for r in &app.spec.requires.apps {
         let role = match r.scope {
             crate::api::AppScope::SameRole => inst.spec.role.as_str(),
             crate::api::AppScope::Shared => SHARED_ROLE,
         };
-        let found = others.iter().any(|o| {
-            o.spec.app == r.name
-                && o.spec.role == role
-                && (r.versions.is_empty() || r.versions.contains(&o.spec.version))
-                && o.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == InstancePhase::Running)
-        });
-        if !found {
+        let found = others
+            .iter()
+            .filter(|o| {
+                o.spec.app == r.name
+                    && o.spec.role == role
+                    && (r.versions.is_empty() || r.versions.contains(&o.spec.version))
+                    && o.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == InstancePhase::Running)
+            })
+            .min_by_key(|o| key(o));
+        if let Some(found) = found {
+            found_all.push(found);
+        } else {
             missing.push(format!(
                 "no Running instance of {} in role {role}{}",
                 r.name,
@@ -716,10 +741,60 @@ fn dependencies(
         }
     }
     if missing.is_empty() {
-        Ok(())
+        Ok(found_all)
     } else {
         Err(missing.join("; "))
     }
+}
+
+/// What an instance learns of the instances it requires, as variables
+/// (`requires.APP.id`, `.role`, `.namespace`, `.home`, `.addresses` —
+/// comma-separated — and `.port.NAME`).
+pub fn dependency_variables(deps: &[&AppInstance]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for d in deps {
+        let prefix = format!("requires.{}", d.spec.app);
+        let status = d.status.clone().unwrap_or_default();
+        let addresses: Vec<&str> = status
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        out.insert(format!("{prefix}.id"), d.spec.id.clone());
+        out.insert(format!("{prefix}.role"), d.spec.role.clone());
+        out.insert(
+            format!("{prefix}.namespace"),
+            d.namespace().unwrap_or_default(),
+        );
+        out.insert(
+            format!("{prefix}.home"),
+            status.home.clone().unwrap_or_default(),
+        );
+        out.insert(format!("{prefix}.addresses"), addresses.join(","));
+        for e in &status.endpoints {
+            for (name, port) in &e.ports {
+                out.insert(format!("{prefix}.port.{name}"), port.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The dependency variables as `instance.env` lines:
+/// `REQUIRES_APP_HOME=…` (upper case, `.` as `_`).
+fn dependency_lines(vars: &BTreeMap<String, String>) -> String {
+    vars.iter()
+        .map(|(k, v)| {
+            let name: String = k
+                .chars()
+                .map(|c| match c {
+                    '.' | '-' => '_',
+                    c => c.to_ascii_uppercase(),
+                })
+                .collect();
+            format!("{name}={v}\n")
+        })
+        .collect()
 }
 
 /// Applies the instance's ConfigBundle and PackageSet (running: the
@@ -729,6 +804,7 @@ async fn run_objects(
     inst: &AppInstance,
     app: &AppPackage,
     home: &str,
+    requires: &BTreeMap<String, String>,
     running: bool,
     next: &mut AppInstanceStatus,
     cx: &Context,
@@ -739,12 +815,17 @@ async fn run_objects(
         .iter()
         .find(|v| v.version == inst.spec.version)
         .expect("validated");
-    let vars = variables(inst, app, home);
+    let mut vars = variables(inst, app, home);
+    vars.extend(requires.clone());
     next.created.clear();
     next.endpoints.clear();
     let mut parts = Vec::new();
     if let Some(run) = &version.run.package_set {
-        parts.push(run_set(inst, app, version, run, &vars, home, running, next, cx).await?);
+        let facts = Facts {
+            home,
+            requires: dependency_lines(requires),
+        };
+        parts.push(run_set(inst, app, version, run, &vars, facts, running, next, cx).await?);
     }
     if let Some(group) = &version.run.service_group {
         parts.push(run_group(inst, app, group, &vars, running, next, cx).await?);
@@ -897,6 +978,13 @@ fn stopped() -> Observed<'static> {
     )
 }
 
+/// What the instance's `instance.env` holds besides its names.
+struct Facts<'h> {
+    home: &'h str,
+    /// The dependency lines.
+    requires: String,
+}
+
 /// The run's PackageSet (and the instance's ConfigBundle).
 #[allow(clippy::too_many_arguments)]
 async fn run_set(
@@ -905,7 +993,7 @@ async fn run_set(
     version: &crate::api::AppVersion,
     run: &crate::api::RunPackageSet,
     vars: &BTreeMap<String, String>,
-    home: &str,
+    facts: Facts<'_>,
     running: bool,
     next: &mut AppInstanceStatus,
     cx: &Context,
@@ -955,8 +1043,9 @@ async fn run_set(
         ("instance_version", inst.spec.version.clone()),
         ("instance_role", inst.spec.role.clone()),
         ("instance_id", inst.spec.id.clone()),
-        ("instance_home", home.to_owned()),
+        ("instance_home", facts.home.to_owned()),
         ("instance_namespace", ns.clone()),
+        ("instance_requires", facts.requires),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), Value::String(v)))
@@ -1283,6 +1372,31 @@ mod tests {
         assert_eq!(combine(vec![stopped.clone()], false), stopped);
         assert_eq!(combine(Vec::new(), true).reason, "Installed");
         assert_eq!(combine(Vec::new(), false).reason, "Stopped");
+    }
+
+    #[test]
+    fn a_required_instance_is_passed_as_variables_and_env_lines() {
+        let web: AppInstance = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "AppInstance",
+            "metadata": { "name": "web-one", "namespace": "prod" },
+            "spec": { "app": "web", "version": "1", "id": "one", "role": "prod" },
+            "status": { "phase": "Running", "home": "/apps/prod/web/one", "endpoints": [
+                { "node": "a", "address": "10.0.0.1", "ports": { "http": 80 } },
+                { "node": "b", "address": "10.0.0.2", "ports": { "http": 80 } }
+            ] }
+        }))
+        .unwrap();
+        let vars = dependency_variables(&[&web]);
+        assert_eq!(vars["requires.web.addresses"], "10.0.0.1,10.0.0.2");
+        assert_eq!(vars["requires.web.port.http"], "80");
+        assert_eq!(vars["requires.web.home"], "/apps/prod/web/one");
+        assert_eq!(vars["requires.web.namespace"], "prod");
+        let lines = dependency_lines(&vars);
+        assert!(
+            lines.contains("REQUIRES_WEB_HOME=/apps/prod/web/one\n"),
+            "{lines}"
+        );
+        assert!(lines.contains("REQUIRES_WEB_PORT_HTTP=80\n"), "{lines}");
     }
 
     #[test]

@@ -891,6 +891,81 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
             .unwrap();
         assert_eq!(ui.spec.config["home"], config["home"]);
     }
+    // An application that requires web in its role learns where web is.
+    let client_app = format!("client{tag}");
+    cleanup.add("apppackage", &client_app);
+    let needs = format!("requires.{app}");
+    apply(
+        &rig.tb,
+        dir.path(),
+        json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "AppPackage",
+            "metadata": { "name": client_app, "labels": { RUN_LABEL: rig.run } },
+            "spec": {
+                "requires": {
+                    "capabilities": [{ "name": cap }],
+                    "apps": [{ "name": app, "scope": "SameRole" }]
+                },
+                "directories": [{ "baseDirectory": "apps" }],
+                "stageRoot": "${SHARED}/zeta/shared",
+                "versions": [{
+                    "version": "1.0.0",
+                    "run": { "serviceGroup": {
+                        "service": "${app}", "labels": ["${id}", "${role}"],
+                        "config": {
+                            "web": format!("${{{needs}.addresses}}:${{{needs}.port.http}}"),
+                            "webHome": format!("${{{needs}.home}}")
+                        },
+                        "template": { "image": "example/client:1" }
+                    } }
+                }]
+            }
+        }),
+    );
+    apply(
+        &rig.tb,
+        dir.path(),
+        instance(
+            &rig.run,
+            &roles[0].1,
+            &client_app,
+            "c1",
+            &roles[0].0,
+            json!({}),
+        ),
+    );
+    let c1 = instance_where(
+        &rig.client,
+        &roles[0].1,
+        &format!("{client_app}-c1"),
+        "running beside web",
+        |s| s.phase == InstancePhase::Running,
+    )
+    .await;
+    let (_, reason, message) = condition(&c1, "DependenciesMet");
+    assert_eq!(reason, "Running");
+    assert!(message.contains(&format!("{app}-one")), "{message}");
+    let client_group = Api::<ServiceGroup>::namespaced(rig.client.clone(), &roles[0].1)
+        .get(&format!("{client_app}-c1"))
+        .await
+        .unwrap();
+    let web_one = instance_where(
+        &rig.client,
+        &roles[0].1,
+        &format!("{app}-one"),
+        "running",
+        |s| s.phase == InstancePhase::Running,
+    )
+    .await;
+    assert_eq!(
+        client_group.spec.config["web"],
+        format!("{}:{}", web_one.endpoints[0].address, agents[0].port)
+    );
+    assert_eq!(
+        Some(&client_group.spec.config["webHome"]),
+        web_one.home.as_ref()
+    );
+
     let stage = shared.path().join(format!("zeta/shared/{app}/stage/1.0.0"));
     assert_eq!(
         std::fs::read_to_string(stage.join("runs.log")).unwrap(),
@@ -1008,7 +1083,7 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         )
         .await;
     }
-    teardown(&rig.client, &[], &[&app]).await;
+    teardown(&rig.client, &[], &[&app, &client_app]).await;
     for agent in &agents {
         let _ = nodes.delete(&agent.node, &Default::default()).await;
     }
