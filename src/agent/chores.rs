@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,9 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     ClaimedPath, DiscoveryEtcdProbe, EnsureDirectory, ExecProbe, HookState, NodeFilesystemProbe,
-    NodeProbe, ProbeResult, StorageResult, StorageRun, StorageTask,
+    NodeProbe, ProbeResult, StorageFetch, StorageResult, StorageRun, StorageTask,
 };
-use crate::pkg::disk::write_atomic;
+use crate::pkg::accepted::AcceptedVersions;
+use crate::pkg::disk::{remove_all, write_atomic};
+use crate::pkg::fetch::{FetchOptions, Fetcher};
+use crate::pkg::id::PackageId;
+use crate::pkg::trust::{self, Policy};
 
 use super::register::{Desired, Reporter};
 use super::service::AgentEnv;
@@ -50,6 +55,21 @@ pub struct Chores {
     pub reporter: Reporter,
     /// The operator's spec, from the watch.
     pub desired: watch::Receiver<Desired>,
+    /// What a storage task's packages are fetched with.
+    pub fetching: Fetching,
+}
+
+/// The agent's own trust and fetch options, for a storage task's packages
+/// (a stage's): the same keys, repositories and index versions as its
+/// package sets.
+#[derive(Clone, Debug)]
+pub struct Fetching {
+    /// The trust policy.
+    pub policy: Arc<Policy>,
+    /// Timeouts and retries.
+    pub options: FetchOptions,
+    /// The index versions accepted so far.
+    pub versions: AcceptedVersions,
 }
 
 /// What a finished job reports.
@@ -128,7 +148,8 @@ impl Chores {
             self.reporter
                 .update(|s| put_storage(&mut s.storage, started));
             let (task, vars) = (task.clone(), self.env.vars.clone());
-            jobs.spawn(async move { Done::Storage(run_storage(&task, &vars).await) });
+            let fetching = self.fetching.clone();
+            jobs.spawn(async move { Done::Storage(run_storage(&task, &vars, &fetching).await) });
         }
     }
 
@@ -362,13 +383,17 @@ fn tail(text: &str) -> String {
     text[start..].to_owned()
 }
 
-async fn run_storage(task: &StorageTask, vars: &BTreeMap<String, String>) -> StorageResult {
+async fn run_storage(
+    task: &StorageTask,
+    vars: &BTreeMap<String, String>,
+    fetching: &Fetching,
+) -> StorageResult {
     let mut result = StorageResult {
         id: task.id.clone(),
         key: task.key.clone(),
         ..Default::default()
     };
-    match storage_work(task, vars, &mut result.created).await {
+    match storage_work(task, vars, fetching, &mut result.created).await {
         Ok(()) => result.state = HookState::Succeeded,
         Err(e) => {
             result.state = HookState::Failed;
@@ -383,6 +408,7 @@ async fn run_storage(task: &StorageTask, vars: &BTreeMap<String, String>) -> Sto
 async fn storage_work(
     task: &StorageTask,
     vars: &BTreeMap<String, String>,
+    fetching: &Fetching,
     created: &mut Vec<String>,
 ) -> Result<(), StorageError> {
     let ex = |t: &str| expanded(t, vars).map_err(StorageError::Config);
@@ -419,8 +445,79 @@ async fn storage_work(
     .await
     .map_err(|e| StorageError::Run(format!("storage task panicked: {e}")))??;
     created.extend(made);
+    if let (Some(fetch), Some(dir)) = (&task.fetch, &first) {
+        fetch_packages(fetch, &Path::new(dir).join("packages"), fetching).await?;
+    }
     if let (Some(run), Some(dir)) = (&task.run, first) {
         run_step(run, Path::new(&dir), &task.key, vars).await?;
+    }
+    Ok(())
+}
+
+/// Unpacks each of `fetch`'s packages whole into `into/ID`: fetched into
+/// `.ID.partial` (what a killed agent left there is removed first),
+/// checked against the repository's index — signed as the agent's trust
+/// demands — and renamed into place. A package already there is kept.
+async fn fetch_packages(
+    fetch: &StorageFetch,
+    into: &Path,
+    fetching: &Fetching,
+) -> Result<(), StorageError> {
+    let ids = fetch
+        .packages
+        .iter()
+        .map(|p| {
+            p.parse::<PackageId>()
+                .map_err(|e| StorageError::Config(format!("package {p:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let missing: Vec<&PackageId> = ids
+        .iter()
+        .filter(|id| !into.join(id.to_string()).is_dir())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let grant = trust::decide(&fetching.policy, &fetch.repository, &fetch.public_keys)
+        .map_err(|refusal| StorageError::Untrusted(refusal.to_string()))?;
+    let fetcher = Fetcher::granted(
+        &grant,
+        fetching.options.clone(),
+        Some(fetching.versions.clone()),
+    );
+    let failed = |e: crate::pkg::FetchError| {
+        if e.is_untrusted() {
+            StorageError::Untrusted(grant.refusing(&e))
+        } else {
+            StorageError::Fetch(e.to_string())
+        }
+    };
+    let index = fetcher.index().await.map_err(failed)?;
+    std::fs::create_dir_all(into).map_err(|source| StorageError::Io {
+        action: "create",
+        path: into.to_owned(),
+        source,
+    })?;
+    for id in missing {
+        let entry = index.find(id).ok_or_else(|| {
+            StorageError::Fetch(format!(
+                "package {id} is not in the index of {}; publish it or fix stage.packages",
+                fetch.repository
+            ))
+        })?;
+        let partial = into.join(format!(".{id}.partial"));
+        remove_all(&partial).map_err(|source| StorageError::Io {
+            action: "remove",
+            path: partial.clone(),
+            source,
+        })?;
+        fetcher.fetch_entry(entry, &partial).await.map_err(failed)?;
+        let dest = into.join(id.to_string());
+        std::fs::rename(&partial, &dest).map_err(|source| StorageError::Io {
+            action: "rename into place",
+            path: dest,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -524,9 +621,44 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..2 {
-            let r = run_storage(&task, &vars()).await;
+            let r = run_storage(&task, &vars(), &fetching(tmp.path())).await;
             assert_eq!(r.state, HookState::Succeeded, "{r:?}");
         }
         assert_eq!(std::fs::read_to_string(stage.join("runs")).unwrap(), "x\n");
+    }
+
+    /// Fetching that trusts no key and no repository.
+    fn fetching(dir: &Path) -> Fetching {
+        Fetching {
+            policy: Arc::new(trust::TrustConfig::default().policy("test").unwrap()),
+            options: FetchOptions::default(),
+            versions: AcceptedVersions::under(dir),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stage_from_an_untrusted_repository_is_refused_before_any_download() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stage = tmp.path().join("stage");
+        let task = StorageTask {
+            id: "stage/spark/1".into(),
+            key: "k1".into(),
+            ensure: vec![EnsureDirectory {
+                path: stage.display().to_string(),
+                mode: "0755".into(),
+                claim: Some("uid".into()),
+                ..Default::default()
+            }],
+            fetch: Some(StorageFetch {
+                repository: "http://127.0.0.1:9/repo".into(),
+                public_keys: Vec::new(),
+                packages: vec!["spark--1.0.0".into()],
+            }),
+            ..Default::default()
+        };
+        let r = run_storage(&task, &vars(), &fetching(tmp.path())).await;
+        assert_eq!(r.state, HookState::Failed, "{r:?}");
+        assert_eq!(r.reason.as_deref(), Some("Untrusted"), "{r:?}");
+        assert!(!stage.join("packages").exists(), "nothing fetched");
     }
 }

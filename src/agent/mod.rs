@@ -154,6 +154,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         env: switcher.env.clone(),
         reporter: reporter.clone(),
         desired: desired_rx.clone(),
+        fetching: chores::Fetching {
+            policy: switcher.policy.clone(),
+            options: switcher.fetch.clone(),
+            versions: switcher.versions.clone(),
+        },
     };
     let agent = reconcile::Agent {
         node: args.node_name.clone(),

@@ -71,6 +71,12 @@ pub enum StorageError {
     /// The task's program failed.
     #[error("{0}")]
     Run(String),
+    /// The agent does not trust the repository of the task's packages.
+    #[error("{0}")]
+    Untrusted(String),
+    /// A package could not be fetched.
+    #[error("{0}")]
+    Fetch(String),
 }
 
 impl StorageError {
@@ -82,6 +88,8 @@ impl StorageError {
             Self::Io { .. } => "IoError",
             Self::Config(_) => "InvalidTask",
             Self::Run(_) => "RunFailed",
+            Self::Untrusted(_) => super::trust::UNTRUSTED,
+            Self::Fetch(_) => "FetchFailed",
         }
     }
 }

@@ -208,6 +208,17 @@ pub struct Stage {
     /// a version manifest).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// The PackageRepository the stage's packages come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub repository: Option<String>,
+    /// Packages (`NAME--VERSION`) cached in the stage, each unpacked whole
+    /// into `packages/ID/` before the staging step runs (which may be a
+    /// hook inside one: `["sh", "packages/ID/stage.sh"]`). Fetched and
+    /// verified by the agent like its own packages, under its trust.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 200)))]
+    pub packages: Vec<String>,
     /// A staging step run once in the stage directory after its files are
     /// written (`sh install_stage.sh`), with `THESEUS_STAGE`, `THESEUS_APP`
     /// and `THESEUS_VERSION` set; the stage counts only when it exits 0.
@@ -228,6 +239,8 @@ impl Default for Stage {
     fn default() -> Self {
         Self {
             files: BTreeMap::new(),
+            repository: None,
+            packages: Vec::new(),
             argv: Vec::new(),
             timeout_seconds: default_stage_timeout(),
         }

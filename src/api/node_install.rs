@@ -129,10 +129,33 @@ pub struct StorageTask {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub remove: Vec<ClaimedPath>,
+    /// Packages to unpack into the first directory (under `packages/`)
+    /// once it exists and before `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<StorageFetch>,
     /// A program to run once the directories exist (an application's
     /// staging step), in the first of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<StorageRun>,
+}
+
+/// Packages a storage task caches: each is fetched, verified against the
+/// repository's signed index under the agent's own trust (its
+/// `--trusted-key` and `--allowed-repository`), and unpacked whole into
+/// `packages/ID/` of the task's first directory.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageFetch {
+    /// The repository's URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub repository: String,
+    /// The keys (base64) the repository's index must be signed with, of
+    /// those the agent trusts; empty: any key the agent trusts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
+    /// The package ids.
+    #[schemars(length(min = 1, max = 32))]
+    pub packages: Vec<String>,
 }
 
 /// A directory the agent creates with a mode and owner.

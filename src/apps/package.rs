@@ -14,8 +14,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::conditions::{Observed, types};
 use crate::api::{
-    AppInstance, AppPackage, AppPackageStatus, AppVersion, EnsureDirectory, StagedVersion,
-    StorageFile, StorageRun, StorageTask,
+    AppInstance, AppPackage, AppPackageStatus, AppVersion, EnsureDirectory, PackageRepository,
+    StagedVersion, StorageFetch, StorageFile, StorageRun, StorageTask,
 };
 use crate::shared::status;
 
@@ -36,8 +36,13 @@ pub fn stage_path(app: &AppPackage, version: &str) -> String {
     )
 }
 
-/// The storage task that makes the stage of `version`.
-pub fn stage_task(app: &AppPackage, version: &AppVersion) -> StorageTask {
+/// The storage task that makes the stage of `version`, caching `fetch`'s
+/// packages in it.
+pub fn stage_task(
+    app: &AppPackage,
+    version: &AppVersion,
+    fetch: Option<StorageFetch>,
+) -> StorageTask {
     let path = stage_path(app, &version.version);
     let ensure = vec![EnsureDirectory {
         path: path.clone(),
@@ -73,10 +78,47 @@ pub fn stage_task(app: &AppPackage, version: &AppVersion) -> StorageTask {
         key: String::new(),
         ensure,
         remove: Vec::new(),
+        fetch,
         run,
     };
     task.key = digest(&task);
     task
+}
+
+/// Where the stage's packages come from: `Ok(None)` without packages,
+/// `Ok(Err(why))` when the repository cannot be used.
+async fn stage_fetch(
+    app: &AppPackage,
+    version: &AppVersion,
+    cx: &Context,
+) -> Result<Result<Option<StorageFetch>, String>, Error> {
+    let stage = &version.stage;
+    if stage.packages.is_empty() {
+        return Ok(Ok(None));
+    }
+    let Some(name) = &stage.repository else {
+        return Ok(Err(
+            "stage.packages needs stage.repository, the PackageRepository they come from".into(),
+        ));
+    };
+    let repository = Api::<PackageRepository>::all(cx.shared.client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            object: format!("AppPackage {}", app.name_any()),
+            what: format!("PackageRepository {name}"),
+            source,
+        })?;
+    let Some(repository) = repository else {
+        return Ok(Err(format!(
+            "PackageRepository {name} does not exist; create it or fix stage.repository"
+        )));
+    };
+    Ok(Ok(Some(StorageFetch {
+        repository: repository.spec.url.clone(),
+        public_keys: repository.spec.public_keys.clone(),
+        packages: stage.packages.clone(),
+    })))
 }
 
 /// The instances of `app` among `all`.
@@ -130,7 +172,14 @@ pub async fn reconcile(app: Arc<AppPackage>, cx: Arc<Context>) -> Result<Action,
             ));
             continue;
         };
-        let task = stage_task(&app, spec);
+        let fetch = match stage_fetch(&app, spec, &cx).await? {
+            Ok(fetch) => fetch,
+            Err(why) => {
+                problems.push(format!("the stage of version {version}: {why}"));
+                continue;
+            }
+        };
+        let task = stage_task(&app, spec, fetch);
         let manager = format!("theseus-storage.stage.{name}.{version}");
         let made = next
             .staged

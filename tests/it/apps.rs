@@ -813,7 +813,10 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
                     "version": "1.0.0",
                     "stage": {
                         "files": { "install_instance.sh": "#!/bin/sh\necho install\n" },
-                        "argv": ["sh", "-c", "echo staged >> runs.log"]
+                        "repository": rig.run,
+                        "packages": ["cfgweb--1.0.0"],
+                        "argv": ["sh", "-c",
+                            "echo staged >> runs.log && cp packages/cfgweb--1.0.0/www/version staged-version"]
                     },
                     "run": {
                         "packageSet": { "repository": rig.run, "packages": ["cfgweb--1.0.0"] },
@@ -973,6 +976,17 @@ async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_poli
         "staged once for both"
     );
     assert!(stage.join("install_instance.sh").exists());
+    // The stage's package was fetched, verified and unpacked whole before
+    // the staging step ran, and nothing half-fetched is left.
+    assert_eq!(
+        std::fs::read_to_string(stage.join("staged-version")).unwrap(),
+        "1.0.0\n"
+    );
+    let cached: Vec<String> = std::fs::read_dir(stage.join("packages"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached, ["cfgweb--1.0.0"]);
     let homes: Vec<PathBuf> = roles
         .iter()
         .zip(ids)
