@@ -581,8 +581,23 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
         "1.0.0\n"
     );
     std::fs::write(home.join("data.db"), "kept").unwrap();
+    // Started (the application runs nothing of its own: Running once
+    // installed).
+    stdout_ok(
+        rig.tb
+            .command(theseus())
+            .args(["app", "start", &app, "--id", "one", "--role", &prod]),
+    );
+    instance_where(
+        &rig.client,
+        &prod_ns,
+        &format!("{app}-one"),
+        "running",
+        |s| s.phase == theseus::api::InstancePhase::Running,
+    )
+    .await;
 
-    // Lost: Degraded, nothing deleted.
+    // Lost while running: Degraded, nothing stopped or deleted.
     shared.point(1, &shared.own(1));
     let degraded = instance_where(
         &rig.client,
@@ -593,6 +608,7 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
     )
     .await;
     assert_eq!(condition(&degraded, "Degraded").1, "CapabilityLost");
+    assert_eq!(degraded.phase, theseus::api::InstancePhase::Running);
     assert_eq!(
         std::fs::read_to_string(home.join("data.db")).unwrap(),
         "kept"
@@ -604,8 +620,7 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
         &format!("{app}-one"),
         "healthy again",
         |s| {
-            condition(s, "Degraded").0 == "False"
-                && s.phase == theseus::api::InstancePhase::Installed
+            condition(s, "Degraded").0 == "False" && s.phase == theseus::api::InstancePhase::Running
         },
     )
     .await;
@@ -728,12 +743,16 @@ async fn instances_wait_for_capabilities_keep_their_policy_and_never_overwrite_a
     }
 }
 
-/// An application with two instances in two roles: its stage made once,
-/// the directories `BASE/ROLE/APP/ID` made with the roles' modes, both
-/// Running (their services answer on their nodes); one set to
-/// `Installed` (its service stops, its files stay) and back to
-/// `Running`; one deleted with `Retain` (directories and stage kept), the
-/// other with `Delete` (directories gone, stage kept).
+/// An application with two instances in two roles: its stage made once
+/// (its package fetched and unpacked before the staging step), the
+/// directories `BASE/ROLE/APP/ID` made with the roles' modes, both
+/// Running (their services answer on their nodes, their discovery groups
+/// `APP/ID.ROLE` and their run ServiceGroups' containers are in the tree);
+/// a client that requires the application in its role learns its address,
+/// port and home; one set to `Installed` (its service stops, its entries
+/// go, its files stay) and back to `Running`; one deleted with `Retain`
+/// (directories and stage kept), the other with `Delete` (directories
+/// gone, stage kept); every entry gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_two_roles_run_stop_start_and_are_removed_by_their_policy() {
     use crate::config_bundles::Rig as ConfigRig;
