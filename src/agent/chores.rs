@@ -605,6 +605,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let stage = tmp.path().join("stage");
         let task = StorageTask {
+            run: Some(StorageRun {
+                argv: vec!["sh".into(), "-c".into(), "echo x >> runs".into()],
+                timeout_seconds: 5,
+                env: BTreeMap::new(),
+            }),
+            ..stage_task(&stage)
+        };
+        for _ in 0..2 {
+            let r = run_storage(&task, &vars(), &fetching(tmp.path())).await;
+            assert_eq!(r.state, HookState::Succeeded, "{r:?}");
+        }
+        assert_eq!(std::fs::read_to_string(stage.join("runs")).unwrap(), "x\n");
+    }
+
+    /// A stage's task: its directory, claimed.
+    fn stage_task(stage: &Path) -> StorageTask {
+        StorageTask {
             id: "stage/spark/1".into(),
             key: "k1".into(),
             ensure: vec![EnsureDirectory {
@@ -613,18 +630,8 @@ mod tests {
                 claim: Some("uid".into()),
                 ..Default::default()
             }],
-            run: Some(StorageRun {
-                argv: vec!["sh".into(), "-c".into(), "echo x >> runs".into()],
-                timeout_seconds: 5,
-                env: BTreeMap::new(),
-            }),
             ..Default::default()
-        };
-        for _ in 0..2 {
-            let r = run_storage(&task, &vars(), &fetching(tmp.path())).await;
-            assert_eq!(r.state, HookState::Succeeded, "{r:?}");
         }
-        assert_eq!(std::fs::read_to_string(stage.join("runs")).unwrap(), "x\n");
     }
 
     /// Fetching that trusts no key and no repository.
@@ -641,20 +648,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let stage = tmp.path().join("stage");
         let task = StorageTask {
-            id: "stage/spark/1".into(),
-            key: "k1".into(),
-            ensure: vec![EnsureDirectory {
-                path: stage.display().to_string(),
-                mode: "0755".into(),
-                claim: Some("uid".into()),
-                ..Default::default()
-            }],
             fetch: Some(StorageFetch {
                 repository: "http://127.0.0.1:9/repo".into(),
                 public_keys: Vec::new(),
                 packages: vec!["spark--1.0.0".into()],
             }),
-            ..Default::default()
+            ..stage_task(&stage)
         };
         let r = run_storage(&task, &vars(), &fetching(tmp.path())).await;
         assert_eq!(r.state, HookState::Failed, "{r:?}");
