@@ -538,7 +538,10 @@ impl Switcher {
         let steps = async {
             match progress.recv().await? {
                 Progress::Fetched => {}
-                Progress::Failed(e) => return Some(Err(fetch_refused(e, grant))),
+                Progress::Failed(e) => {
+                    let grants = grant.into_iter().chain(sources.iter().map(|(g, _)| g));
+                    return Some(Err(fetch_refused(e, grants)));
+                }
                 other => unreachable!("{other:?} before the fetch"),
             }
             sink.phase(
@@ -625,16 +628,30 @@ impl Switcher {
     }
 }
 
-/// A failed fetch whose index was refused as untrusted says so.
-fn fetch_refused(e: SwitchError, grant: Option<&Grant>) -> SwitchError {
+/// A failed fetch whose index was refused as untrusted says so, with the
+/// keys expected of the repository it names (the target's, or one of its
+/// sources').
+fn fetch_refused<'g>(e: SwitchError, grants: impl Iterator<Item = &'g Grant>) -> SwitchError {
     match e {
-        SwitchError::Fetch(source) => match (grant, &*source) {
-            (Some(grant), RootError::Fetch(f)) if f.is_untrusted() => SwitchError::UntrustedIndex {
-                message: grant.refusing(&source),
-                source,
-            },
-            _ => SwitchError::Fetch(source),
-        },
+        SwitchError::Fetch(source) => {
+            let text = source.to_string();
+            let grants: Vec<&Grant> = grants.collect();
+            // The longest: one repository may be under another's URL.
+            let named = grants
+                .iter()
+                .filter(|g| text.contains(g.repository.as_str()))
+                .max_by_key(|g| g.repository.len())
+                .or(grants.first());
+            match (named, &*source) {
+                (Some(grant), RootError::Fetch(f)) if f.is_untrusted() => {
+                    SwitchError::UntrustedIndex {
+                        message: grant.refusing(&source),
+                        source,
+                    }
+                }
+                _ => SwitchError::Fetch(source),
+            }
+        }
         e => e,
     }
 }
@@ -747,5 +764,42 @@ fn run_activation(
             clear_note(root.path());
             link.report(Progress::Failed(SwitchError::Switch(Box::new(e))));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pkg::FetchError;
+    use crate::pkg::index::IndexError;
+
+    fn grant(repository: &str, key: &str) -> Grant {
+        Grant {
+            repository: repository.into(),
+            keys: Vec::new(),
+            expected: vec![key.into()],
+            require_signature: true,
+        }
+    }
+
+    #[test]
+    fn an_untrusted_source_is_named_with_the_keys_expected_of_it() {
+        let main = grant("http://127.0.0.1:1/", "repo-key");
+        let config = grant("http://127.0.0.1:1/config-repository/", "operator-key");
+        let refused = |origin: &str| {
+            let e = FetchError::Index(IndexError::BadSignature {
+                origin: origin.into(),
+            });
+            let e = SwitchError::Fetch(Box::new(RootError::Fetch(e)));
+            match fetch_refused(e, [&main, &config].into_iter()) {
+                SwitchError::UntrustedIndex { message, .. } => message,
+                other => panic!("{other:?}"),
+            }
+        };
+        let message = refused("http://127.0.0.1:1/config-repository/index.json.sig");
+        assert!(message.contains("repository http://127.0.0.1:1/config-repository/"));
+        assert!(message.contains("operator-key"), "{message}");
+        let message = refused("http://127.0.0.1:1/index.json.sig");
+        assert!(message.contains("repo-key"), "{message}");
     }
 }

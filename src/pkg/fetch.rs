@@ -26,6 +26,9 @@ pub use super::stream::Fetched;
 
 /// Largest `index.json` accepted.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// How many times an index whose signature does not match is read again
+/// (with its signature) before it is refused.
+pub const SIGNATURE_REREADS: u32 = 2;
 
 /// How hard the fetcher tries.
 #[derive(Debug, Clone)]
@@ -120,10 +123,28 @@ impl Fetcher {
     /// Fetches `index.json` and checks `index.json.sig` against the keys:
     /// required when the fetcher requires a signature, else checked when
     /// present. A verified index is checked against the accepted versions.
+    ///
+    /// `index.json` and its signature are two reads: a repository that
+    /// replaces both between them (the operator's generated packages do,
+    /// on every new bundle) can hand out an index with the next one's
+    /// signature. A signature that does not match is therefore read again,
+    /// with the index, up to [`SIGNATURE_REREADS`] times, before the index
+    /// is refused; one that never matches is refused as before.
     pub async fn index(&self) -> Result<Index, FetchError> {
         let url = self.url(index::INDEX);
-        let bytes = self.get_small(&url).await?;
-        let verified = self.verify_signature(&bytes).await?;
+        let mut rereads = 0;
+        let (bytes, verified) = loop {
+            let bytes = self.get_small(&url).await?;
+            match self.verify_signature(&bytes).await {
+                Err(FetchError::Index(IndexError::BadSignature { .. }))
+                    if rereads < SIGNATURE_REREADS =>
+                {
+                    rereads += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(rereads))).await;
+                }
+                verified => break (bytes, verified?),
+            }
+        };
         let index = Index::parse(&bytes, &url)?;
         if let (true, Some((versions, repository))) = (verified, &self.versions) {
             let io = |source| FetchError::Io {
@@ -437,4 +458,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+
+    /// A repository on 127.0.0.1 whose `index.json` is version 1 for the
+    /// first `stale` reads and version 2 after, while its signature is
+    /// always version 2's: a writer replaced both between two reads.
+    async fn replaced_between_reads(stale: usize, key: &SigningKey) -> String {
+        let one = br#"{"version": 1, "packages": []}"#.to_vec();
+        let two = br#"{"version": 2, "packages": []}"#.to_vec();
+        let sig = index::sign(&two, key);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/index.json",
+                axum::routing::get(move || {
+                    let (one, two, reads) = (one.clone(), two.clone(), reads.clone());
+                    async move {
+                        if reads.fetch_add(1, Ordering::SeqCst) < stale {
+                            one
+                        } else {
+                            two
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/index.json.sig",
+                axum::routing::get(move || {
+                    let sig = sig.clone();
+                    async move { sig }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_index_replaced_between_its_two_reads_is_read_again_and_a_wrong_one_refused() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let keys = vec![key.verifying_key()];
+        let url = replaced_between_reads(1, &key).await;
+        let fetcher = Fetcher::new(&url, keys.clone(), FetchOptions::default());
+        let index = fetcher.index().await.expect("read again, it verifies");
+        assert_eq!(index.version, 2);
+
+        // An index that never matches its signature is refused.
+        let url = replaced_between_reads(usize::MAX, &key).await;
+        let fetcher = Fetcher::new(&url, keys, FetchOptions::default());
+        let err = fetcher.index().await.unwrap_err();
+        assert!(err.is_untrusted(), "{err}");
+    }
 }
