@@ -1,6 +1,14 @@
 //! EC2 helpers for NodePool tests: a recording (and, on demand, throttling
 //! or silent) proxy in front of moto, and a direct moto client to plant and inspect
 //! instances.
+//!
+//! The proxy throttles in two ways, both answered as EC2 answers (HTTP 503,
+//! error `RequestLimitExceeded`): every request until `throttle_until`, or,
+//! with `Ec2Proxy::rate_limit`, by EC2's request token buckets, one bucket per
+//! action class (`ActionClass`: RunInstances, other mutating actions,
+//! Describe*), each holding `size` tokens and refilled continuously at
+//! `refill` tokens a second; a request takes one token from its class's
+//! bucket or is refused (a refused request takes none).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,144 @@ use theseus::api::{AwsProvider, NodePool};
 use super::fleet::Operator;
 use super::{TestNamespace, TestbedEnv, eventually, test_logs};
 
+/// One token bucket: at most `size` tokens, `refill` more each second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bucket {
+    /// The bucket's capacity (the burst).
+    pub size: f64,
+    /// Tokens added per second, up to `size`.
+    pub refill: f64,
+}
+
+/// EC2's request-rate classes, each with its own bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ActionClass {
+    /// RunInstances.
+    RunInstances,
+    /// Any other mutating action (CreateTags, TerminateInstances, …).
+    Mutating,
+    /// Non-mutating actions (Describe*, Get*).
+    Describe,
+}
+
+impl ActionClass {
+    /// The class of an EC2 action.
+    pub fn of(action: &str) -> ActionClass {
+        if action == "RunInstances" {
+            ActionClass::RunInstances
+        } else if action.starts_with("Describe") || action.starts_with("Get") {
+            ActionClass::Describe
+        } else {
+            ActionClass::Mutating
+        }
+    }
+}
+
+/// The request buckets, one per `ActionClass`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimits {
+    /// RunInstances.
+    pub run_instances: Bucket,
+    /// Other mutating actions.
+    pub mutating: Bucket,
+    /// Describe* and Get*.
+    pub describe: Bucket,
+}
+
+impl RateLimits {
+    /// EC2's published default request buckets: RunInstances 5 tokens
+    /// refilled at 2/s, mutating actions 50 at 5/s, non-mutating actions
+    /// 100 at 20/s.
+    #[allow(dead_code)] // not every includer throttles by buckets
+    pub const EC2: RateLimits = RateLimits {
+        run_instances: Bucket {
+            size: 5.0,
+            refill: 2.0,
+        },
+        mutating: Bucket {
+            size: 50.0,
+            refill: 5.0,
+        },
+        describe: Bucket {
+            size: 100.0,
+            refill: 20.0,
+        },
+    };
+
+    /// The bucket of `class`.
+    pub fn bucket(&self, class: ActionClass) -> Bucket {
+        match class {
+            ActionClass::RunInstances => self.run_instances,
+            ActionClass::Mutating => self.mutating,
+            ActionClass::Describe => self.describe,
+        }
+    }
+}
+
+/// The proxy's buckets and what is left in them.
+#[derive(Clone, Debug)]
+pub struct Buckets {
+    /// Their sizes and refill rates.
+    pub limits: RateLimits,
+    /// Tokens left by class, as of `at`.
+    tokens: BTreeMap<ActionClass, f64>,
+    at: Instant,
+}
+
+impl Buckets {
+    /// Buckets holding `fill` (0 = empty, 1 = full) of their size at `now`.
+    #[allow(dead_code)] // not every includer throttles by buckets
+    pub fn new(limits: RateLimits, fill: f64, now: Instant) -> Buckets {
+        let tokens = [
+            ActionClass::RunInstances,
+            ActionClass::Mutating,
+            ActionClass::Describe,
+        ]
+        .into_iter()
+        .map(|c| (c, limits.bucket(c).size * fill.clamp(0.0, 1.0)))
+        .collect();
+        Buckets {
+            limits,
+            tokens,
+            at: now,
+        }
+    }
+
+    /// Takes a token for `class` at `now`; false when there is none.
+    pub fn take(&mut self, class: ActionClass, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        for (c, tokens) in self.tokens.iter_mut() {
+            let b = self.limits.bucket(*c);
+            *tokens = (*tokens + b.refill * elapsed).min(b.size);
+        }
+        let tokens = self
+            .tokens
+            .get_mut(&class)
+            .expect("every class has a bucket");
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A request the proxy forwarded to moto.
+#[allow(dead_code)] // not every includer reads the forwarded requests
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// The EC2 action.
+    pub action: String,
+    /// When the proxy received it.
+    pub at: Instant,
+    /// How long moto took to answer it.
+    pub took: Duration,
+    /// Its `ClientToken`, if it had one (RunInstances).
+    pub client_token: Option<String>,
+}
+
 /// What the proxy saw.
 #[derive(Debug, Default)]
 pub struct ProxyLog {
@@ -31,8 +177,14 @@ pub struct ProxyLog {
     pub unfiltered_describes: usize,
     /// Requests answered with RequestLimitExceeded.
     pub throttled: usize,
+    /// Requests answered with RequestLimitExceeded, by action.
+    pub throttled_by: BTreeMap<String, usize>,
     /// Throttle every request until this instant.
     pub throttle_until: Option<Instant>,
+    /// While set, throttle by these token buckets.
+    pub buckets: Option<Buckets>,
+    /// The requests forwarded to moto, in the order they arrived.
+    pub upstream: Vec<Upstream>,
     /// While set, accept every request and never answer it.
     pub silent: bool,
     /// Requests left unanswered because the proxy was silent.
@@ -80,6 +232,24 @@ impl Ec2Proxy {
             .copied()
             .unwrap_or(0)
     }
+
+    /// Throttles from now on by `limits`, the buckets holding `fill` (0 =
+    /// empty, 1 = full) of their size.
+    #[allow(dead_code)] // not every includer throttles by buckets
+    pub fn rate_limit(&self, limits: RateLimits, fill: f64) {
+        self.log.lock().unwrap().buckets = Some(Buckets::new(limits, fill, Instant::now()));
+    }
+}
+
+/// EC2's answer to a request over its limit.
+fn request_limit_exceeded() -> Response {
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>proxy</RequestID></Response>";
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "text/xml")],
+        xml,
+    )
+        .into_response()
 }
 
 /// Decodes `application/x-www-form-urlencoded`.
@@ -143,25 +313,31 @@ async fn forward(State(st): State<ProxyState>, headers: HeaderMap, body: Bytes) 
                 log.unfiltered_describes += 1;
             }
         }
-        if log.throttle_until.is_some_and(|t| Instant::now() < t) {
+        let now = Instant::now();
+        let over_limit = log.throttle_until.is_some_and(|t| now < t)
+            || log
+                .buckets
+                .as_mut()
+                .is_some_and(|b| !b.take(ActionClass::of(&action), now));
+        if over_limit {
             log.throttled += 1;
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>proxy</RequestID></Response>";
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [("content-type", "text/xml")],
-                xml,
-            )
-                .into_response();
+            *log.throttled_by.entry(action).or_default() += 1;
+            return request_limit_exceeded();
         }
-        *log.forwarded.entry(action).or_default() += 1;
+        *log.forwarded.entry(action.clone()).or_default() += 1;
     }
+    let at = Instant::now();
+    let client_token = pairs
+        .iter()
+        .find(|(k, _)| k == "ClientToken")
+        .map(|(_, v)| v.clone());
     let mut req = st.http.post(format!("{}/", st.upstream)).body(body);
     for (k, v) in headers.iter() {
         if k != "host" && k != "content-length" {
             req = req.header(k.as_str(), v.as_bytes());
         }
     }
-    match req.send().await {
+    let answer = match req.send().await {
         Ok(resp) => {
             let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
             let ct = resp
@@ -174,7 +350,14 @@ async fn forward(State(st): State<ProxyState>, headers: HeaderMap, body: Bytes) 
             (status, [("content-type", ct)], bytes).into_response()
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    }
+    };
+    st.log.lock().unwrap().upstream.push(Upstream {
+        action,
+        at,
+        took: at.elapsed(),
+        client_token,
+    });
+    answer
 }
 
 /// A client straight to moto (not through any proxy).
