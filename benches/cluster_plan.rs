@@ -15,7 +15,9 @@
 //!   the ideal. Target: actual ÷ ideal ≤ 1.15.
 //! - **staged** ("Coopr-style"): the same tasks in stages with a barrier
 //!   between them, a task's stage being its depth (the longest path from a
-//!   root) and each task taking the time it took in this run; the total is
+//!   root) and each task taking the time it took in this run (from when
+//!   its dependencies were done, as a task queued on its node behind
+//!   another is recorded started early); the total is
 //!   the sum over the stages of the longest task of each. actual ÷ staged
 //!   is the gain of starting each task as soon as its own dependencies
 //!   finished.
@@ -231,7 +233,7 @@ impl Seen {
         if ni.spec.target.is_some() {
             self.targeted.entry(name.clone()).or_insert(at);
         }
-        if let Some(t) = &ni.spec.task {
+        for t in &ni.spec.tasks {
             self.asked.entry((t.id.clone(), t.attempt)).or_insert(at);
         }
         let Some(st) = &ni.status else { return };
@@ -241,7 +243,7 @@ impl Seen {
         if !st.active.is_empty() {
             self.switched.entry(name).or_insert(at);
         }
-        if let Some(t) = &st.task {
+        for t in &st.tasks {
             let key = (t.id.clone(), t.attempt);
             match t.state {
                 HookState::Running => self.hook_running.entry(key).or_insert(at),
@@ -456,7 +458,16 @@ fn figures(
     spans: &BTreeMap<String, Span>,
     hook: f64,
 ) -> Figures {
-    let duration = |t: &Task| spans.get(&t.id).map_or(0.0, Span::duration);
+    // A task's time from when it could run: a task queued on its node
+    // behind another is recorded started before that one ends.
+    let duration = |t: &Task| {
+        let ready = t
+            .after
+            .iter()
+            .filter_map(|a| spans.get(a).map(|s| s.end))
+            .fold(f64::MIN, f64::max);
+        spans.get(&t.id).map_or(0.0, |s| s.end - s.start.max(ready))
+    };
     let launch = median(
         tasks
             .iter()

@@ -1,5 +1,8 @@
-//! Service action hooks: the one `spec.task` of the node's NodeInstall, run
-//! once per (task id, attempt).
+//! Service action hooks: the `spec.tasks` of the node's NodeInstall, run in
+//! their order, each once per (task id, attempt), each only once the ones
+//! before it succeeded. The operator hands a node its next hooks with the
+//! one it runs now, so the node goes from one to the next without waiting
+//! for the operator to see the first one end.
 //!
 //! Once per attempt, even across restarts of the agent: before a hook
 //! starts, its attempt is recorded durably in `ROOT/tasks/` (one JSON file
@@ -53,7 +56,7 @@ const MESSAGE_BYTES: usize = 2000;
 const TAIL_READ: u64 = 64 * 1024;
 
 /// Why a hook could not run (each variant names its step). The text goes
-/// into `status.task.message`.
+/// into the attempt's `message` in `status.tasks`.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     /// Reading or writing the record of an attempt in `ROOT/tasks/` failed.
@@ -331,8 +334,25 @@ struct Context {
 }
 
 impl Context {
+    /// Reports an attempt: replaces the report of its task.
     fn report(&self, status: NodeTaskStatus) {
-        self.reporter.update(|s| s.task = Some(status));
+        self.reporter
+            .update(|s| match s.tasks.iter_mut().find(|t| t.id == status.id) {
+                Some(t) => *t = status,
+                None => s.tasks.push(status),
+            });
+    }
+
+    /// Keeps the reports of the tasks of `queue` only, in its order.
+    fn keep_reports_of(&self, queue: &[NodeTask]) {
+        let reports = self.reporter.snapshot().tasks;
+        let kept: Vec<NodeTaskStatus> = queue
+            .iter()
+            .filter_map(|q| reports.iter().find(|r| r.id == q.id).cloned())
+            .collect();
+        if kept != reports {
+            self.reporter.update(|s| s.tasks = kept);
+        }
     }
 
     async fn write(&self, record: Record) -> Result<(), HookError> {
@@ -363,7 +383,8 @@ struct Running {
     cancel: CancellationToken,
 }
 
-/// Runs the hooks of `spec.task`, one at a time, once per attempt.
+/// Runs the hooks of `spec.tasks`, one at a time, in order, once per
+/// attempt.
 pub struct Hooks {
     ctx: Arc<Context>,
     running: Option<Running>,
@@ -395,28 +416,55 @@ impl Hooks {
             .is_some_and(|r| !r.handle.is_finished())
     }
 
-    /// One pass over the desired task: starts its hook if this attempt was
-    /// never started, reports its recorded result, or reports it Failed if
-    /// it was started but never finished. Does nothing while a hook runs.
-    pub async fn pass(&mut self, task: Option<&NodeTask>) {
+    /// One pass over the desired tasks, in order: a task whose attempt
+    /// succeeded lets the pass go on to the next; the first other one is
+    /// started if this attempt was never started, its recorded result
+    /// reported, or it is reported Failed if it was started but never
+    /// finished, and the pass ends there. Does nothing while a hook runs.
+    pub async fn pass(&mut self, queue: &[NodeTask]) {
         if self.is_running() {
             return;
         }
         self.running = None;
-        let Some(task) = task else { return };
-        let reported = self.ctx.reporter.snapshot().task;
-        let (records, t) = (self.ctx.records.clone(), task.clone());
-        match blocking(move || decide(&records, &t, reported.as_ref())).await {
-            Decision::Run => self.start(task).await,
-            Decision::Report(status) => self.ctx.report(status),
-            Decision::Interrupted(record) => self.interrupted(record).await,
+        self.ctx.keep_reports_of(queue);
+        for task in queue {
+            if !self.step(task).await {
+                return;
+            }
+        }
+    }
+
+    /// One task of a pass; whether the pass goes on to the next (this
+    /// attempt succeeded).
+    async fn step(&mut self, task: &NodeTask) -> bool {
+        let reported = self.ctx.reporter.snapshot().tasks;
+        let reported = reported.into_iter().find(|r| r.id == task.id);
+        let succeeded =
+            |s: &NodeTaskStatus| s.attempt == task.attempt && s.state == HookState::Succeeded;
+        let (records, t, r) = (self.ctx.records.clone(), task.clone(), reported.clone());
+        match blocking(move || decide(&records, &t, r.as_ref())).await {
+            Decision::Run => {
+                self.start(task).await;
+                false
+            }
+            Decision::Report(status) => {
+                let next = succeeded(&status);
+                self.ctx.report(status);
+                next
+            }
+            Decision::Interrupted(record) => {
+                self.interrupted(record).await;
+                false
+            }
             Decision::Skip(why) => {
                 tracing::debug!(task = %task.id, attempt = task.attempt, "not running the hook: {why}");
+                reported.as_ref().is_some_and(succeeded)
             }
             Decision::Refuse(e) => {
                 tracing::warn!(task = %task.id, attempt = task.attempt, "{e}");
                 self.ctx
                     .report(failed(Record::started(task).status, e.to_string()));
+                false
             }
         }
     }
@@ -951,13 +999,18 @@ mod tests {
 
     /// One pass, waiting for the hook it may start; the reported task.
     async fn pass(hooks: &mut Hooks, reporter: &Reporter, task: &NodeTask) -> NodeTaskStatus {
-        hooks.pass(Some(task)).await;
+        hooks.pass(std::slice::from_ref(task)).await;
         if hooks.running.is_some() {
             tokio::time::timeout(WAIT, hooks.finished())
                 .await
                 .expect("the hook ends");
         }
-        reporter.snapshot().task.expect("a task status")
+        report(reporter, &task.id).expect("a task status")
+    }
+
+    /// The reported attempt of task `id`.
+    fn report(reporter: &Reporter, id: &str) -> Option<NodeTaskStatus> {
+        reporter.snapshot().tasks.into_iter().find(|t| t.id == id)
     }
 
     fn runs(count: &Path) -> usize {
@@ -1102,10 +1155,78 @@ mod tests {
         assert_eq!(runs(&count), 2, "a new attempt runs");
         assert_eq!(pass(&mut hooks, &reporter, &first).await, retried);
         let (mut hooks, reporter) = runner(&root);
-        hooks.pass(Some(&first)).await;
+        hooks.pass(std::slice::from_ref(&first)).await;
         assert!(hooks.running.is_none(), "an older attempt never runs");
-        assert_eq!(reporter.snapshot().task, None);
+        assert_eq!(reporter.snapshot().tasks, vec![]);
         assert_eq!(runs(&count), 2);
+    }
+
+    /// Passes over `queue` as the agent loop makes them (one more each time
+    /// a hook ends) until one starts nothing.
+    async fn passes(hooks: &mut Hooks, queue: &[NodeTask]) {
+        loop {
+            hooks.pass(queue).await;
+            if hooks.running.is_none() {
+                return;
+            }
+            tokio::time::timeout(WAIT, hooks.finished())
+                .await
+                .expect("the hook ends");
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_hooks_run_in_order_each_after_the_one_before_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = open_root(&dir.path().join("root"));
+        let order = dir.path().join("order");
+        let step = |id: &str, exit: i32| {
+            task(
+                id,
+                1,
+                &format!("echo {id} >> '{}'; exit {exit}", order.display()),
+            )
+        };
+        let (mut hooks, reporter) = runner(&root);
+        let queue = [step("a", 0), step("b", 0), step("c", 0)];
+        passes(&mut hooks, &queue).await;
+        let ran = std::fs::read_to_string(&order).unwrap();
+        assert_eq!(ran, "a\nb\nc\n", "in order, each once, without a new spec");
+        let reports = reporter.snapshot().tasks;
+        let ids: Vec<_> = reports.iter().map(|r| (r.id.as_str(), r.state)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("a", HookState::Succeeded),
+                ("b", HookState::Succeeded),
+                ("c", HookState::Succeeded)
+            ]
+        );
+
+        // A failure stops the queue: what comes after it waits for a new
+        // attempt of the failed one.
+        std::fs::remove_file(&order).unwrap();
+        let queue = [step("d", 0), step("e", 3), step("f", 0)];
+        passes(&mut hooks, &queue).await;
+        assert_eq!(std::fs::read_to_string(&order).unwrap(), "d\ne\n");
+        let reports = reporter.snapshot().tasks;
+        let ids: Vec<_> = reports.iter().map(|r| (r.id.as_str(), r.state)).collect();
+        assert_eq!(ids, [("d", HookState::Succeeded), ("e", HookState::Failed)]);
+        let retry = [
+            step("d", 0),
+            task("e", 2, &format!("echo e2 >> '{}'", order.display())),
+            step("f", 0),
+        ];
+        passes(&mut hooks, &retry).await;
+        assert_eq!(std::fs::read_to_string(&order).unwrap(), "d\ne\ne2\nf\n");
+        // Reports of tasks no longer asked for are dropped.
+        hooks.pass(&retry[2..]).await;
+        let reports = reporter.snapshot().tasks;
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (reports[0].id.as_str(), reports[0].state),
+            ("f", HookState::Succeeded)
+        );
     }
 
     #[tokio::test]
@@ -1120,8 +1241,8 @@ mod tests {
         );
         let t = task("long", 1, &script);
         let (mut hooks, reporter) = runner(&root);
-        hooks.pass(Some(&t)).await;
-        let running = reporter.snapshot().task.unwrap();
+        hooks.pass(std::slice::from_ref(&t)).await;
+        let running = report(&reporter, &t.id).unwrap();
         assert_eq!(running.state, HookState::Running);
         assert!(running.started.is_some());
         let pid = recorded_pid(&hooks, &t).await;
@@ -1149,7 +1270,7 @@ mod tests {
         let root = open_root(dir.path());
         let (mut hooks, reporter) = runner(&root);
         let t = task("holding", 1, "sleep 1");
-        hooks.pass(Some(&t)).await;
+        hooks.pass(std::slice::from_ref(&t)).await;
         recorded_pid(&hooks, &t).await;
         let read = tokio::time::timeout(Duration::from_millis(500), root.read(|r| r.current()));
         assert_eq!(read.await.expect("reads go on"), None);
@@ -1160,7 +1281,7 @@ mod tests {
         assert!(!change.is_finished(), "the change waits for the hook");
         tokio::time::timeout(WAIT, hooks.finished()).await.unwrap();
         tokio::time::timeout(WAIT, change).await.unwrap().unwrap();
-        let status = reporter.snapshot().task.unwrap();
+        let status = report(&reporter, &t.id).unwrap();
         assert_eq!(status.state, HookState::Succeeded);
     }
 

@@ -1,8 +1,8 @@
 //! `theseus agent`: the node agent. It registers the node's NodeInstall,
 //! follows its `spec.target` (fetch → build → stop → switch → start →
 //! health check, rolling back on failure), supervises the active set's
-//! services, runs the service action hook of its `spec.task` once per
-//! attempt, heartbeats, and serves the node's local HTTP API.
+//! services, runs the service action hooks of its `spec.tasks` in order, each once
+//! per attempt, heartbeats, and serves the node's local HTTP API.
 
 pub mod activate;
 pub mod address;

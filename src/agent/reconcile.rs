@@ -1,7 +1,7 @@
 //! The agent loop: one task that owns every change to the node, so that a
 //! switch, a supervision pass and a local `POST /activate` never overlap.
 //! Each pass reads the facts, asks [`state::decide`] and carries out the
-//! answer, then looks at `spec.task` ([`Hooks::pass`]): a hook runs in a
+//! answer, then looks at `spec.tasks` ([`Hooks::pass`]): a hook runs in a
 //! task of its own, so the loop goes on while it runs.
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub struct Agent {
     /// The machine-readable reason of the last verdict (`Untrusted`), kept
     /// while the agent holds it.
     pub reason: Option<&'static str>,
-    /// Runs the service action hook of `spec.task`.
+    /// Runs the service action hooks of `spec.tasks`.
     pub hooks: Hooks,
     /// When a target refused for a Secret it could not read is tried
     /// again (an admin may grant the read meanwhile).
@@ -80,7 +80,7 @@ impl Agent {
             let desired = self.desired.borrow_and_update().clone();
             self.reconcile(&desired).await;
             if !self.awaits_switch(&desired).await {
-                self.hooks.pass(desired.task.as_ref()).await;
+                self.hooks.pass(&desired.tasks).await;
             }
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
@@ -96,7 +96,7 @@ impl Agent {
     /// [`awaits_switch`], reading the active set's hash only when a hook
     /// from a package is asked for (most passes have none).
     async fn awaits_switch(&self, desired: &Desired) -> bool {
-        let from_package = desired.task.as_ref().is_some_and(|t| t.package.is_some());
+        let from_package = desired.tasks.iter().any(|t| t.package.is_some());
         if !from_package || desired.target.is_none() {
             return false;
         }
@@ -359,25 +359,30 @@ impl Agent {
     }
 }
 
-/// The task's hook runs from a package of the target that is not active
-/// yet: it waits for the switch (an install's hook comes with the packages
-/// it installs, in one write). A target that failed does not hold it back:
-/// the hook is then refused, with the active set in its message.
+/// A hook of the tasks runs from a package of the target that is not
+/// active yet: the tasks wait for the switch (an install's hook comes with
+/// the packages it installs, in one write). A target that failed does not
+/// hold them back: the hook is then refused, with the active set in its
+/// message.
 fn awaits_switch(desired: &Desired, active_hash: Option<&str>, failed: Option<&str>) -> bool {
-    let (Some(task), Some(target)) = (&desired.task, &desired.target) else {
-        return false;
-    };
-    let Some(package) = &task.package else {
+    let Some(target) = &desired.target else {
         return false;
     };
     let pending =
         active_hash != Some(target.set_hash.as_str()) && failed != Some(target.set_hash.as_str());
-    pending
-        && target.packages.iter().any(|p| {
+    let in_target = |package: &String| {
+        target.packages.iter().any(|p| {
             p == package
                 || p.parse::<PackageId>()
                     .is_ok_and(|id| id.name() == package.as_str())
         })
+    };
+    pending
+        && desired
+            .tasks
+            .iter()
+            .filter_map(|t| t.package.as_ref())
+            .any(in_target)
 }
 
 fn facts_of(root: &crate::pkg::Root) -> ActiveFacts {
@@ -464,7 +469,7 @@ mod tests {
                 packages: packages.iter().map(|p| (*p).to_owned()).collect(),
                 ..NodeTarget::default()
             }),
-            task: Some(NodeTask {
+            tasks: vec![NodeTask {
                 id: "plan/forward/node-1/db/install".into(),
                 attempt: 1,
                 service: "db".into(),
@@ -473,7 +478,7 @@ mod tests {
                 argv: vec!["bin/db-install".into()],
                 timeout_seconds: 60,
                 env: std::collections::BTreeMap::new(),
-            }),
+            }],
             ..Desired::default()
         }
     }
@@ -502,7 +507,7 @@ mod tests {
         // A hook from no package, or no task.
         assert!(!awaits_switch(&desired(None, &["db--1.0"]), None, None));
         let none = Desired {
-            task: None,
+            tasks: vec![],
             ..desired(Some("db"), &["db--1.0"])
         };
         assert!(!awaits_switch(&none, None, None));

@@ -235,8 +235,9 @@ pub struct Desired {
     pub generation: Option<i64>,
     /// `spec.target`.
     pub target: Option<NodeTarget>,
-    /// `spec.task`: the service action hook to run (once per attempt).
-    pub task: Option<NodeTask>,
+    /// `spec.tasks`: the service action hooks to run in order (each once
+    /// per attempt).
+    pub tasks: Vec<NodeTask>,
     /// `spec.probes`: capability probes to run (once per nonce).
     pub probes: Vec<NodeProbe>,
     /// `spec.storage`: storage tasks to do (once per key).
@@ -249,7 +250,7 @@ impl Desired {
         Self {
             generation: ni.metadata.generation,
             target: ni.spec.target.clone(),
-            task: ni.spec.task.clone(),
+            tasks: ni.spec.tasks.clone(),
             probes: ni.spec.probes.clone(),
             storage: ni.spec.storage.clone(),
         }

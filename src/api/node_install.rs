@@ -31,10 +31,14 @@ pub struct NodeInstallSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<NodeTarget>,
 
-    /// A cluster plan's task for this node: one service action hook to run
-    /// once per attempt. Written by the operator's cluster controller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<NodeTask>,
+    /// A cluster plan's tasks for this node: service action hooks to run
+    /// in this order, each once per attempt, each only after the ones
+    /// before it succeeded (the node's next hooks come with the one it runs
+    /// now, so it goes on without waiting for the operator). Written by the
+    /// operator's cluster controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tasks: Vec<NodeTask>,
 
     /// Probes of ClusterCapabilities this node is selected by, one per
     /// capability, each for the capability's current measurement. Written
@@ -278,7 +282,7 @@ pub enum HookState {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeTaskStatus {
-    /// The task id of `spec.task`.
+    /// The task id, one of `spec.tasks`.
     pub id: String,
     /// Its attempt.
     pub attempt: i32,
@@ -474,9 +478,10 @@ pub struct NodeInstallStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cached: Vec<String>,
 
-    /// The last hook attempt of `spec.task` the agent ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<NodeTaskStatus>,
+    /// The agent's reports of the hooks of `spec.tasks` it ran: the last
+    /// attempt of each, in the order of `spec.tasks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<NodeTaskStatus>,
 
     /// Results of `spec.probes`, one per capability.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -97,28 +97,27 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     }
     let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
     let mut st = cluster.status.clone().unwrap_or_default();
-    let current = match &st.plan {
-        Some(name) => plans
-            .get_opt(name)
-            .await
-            .map_err(kube_err(cluster, "ReadPlan"))?,
-        None => None,
+    // The plan and the halt are read fresh, both at once: a pass begins
+    // with one round trip, not two.
+    let plan = async {
+        match &st.plan {
+            Some(name) => plans.get_opt(name).await,
+            None => Ok(None),
+        }
     };
+    let (current, halt) = tokio::join!(plan, cx.ctx.halt.get());
+    let current = current.map_err(kube_err(cluster, "ReadPlan"))?;
+    let halted = halt.map_err(kube_err(cluster, "ReadHalt"))?.is_some();
     let catalog = cx.stores.catalog();
-    let halted = cx
-        .ctx
-        .halt
-        .get()
-        .await
-        .map_err(kube_err(cluster, "ReadHalt"))?
-        .is_some();
     let (goal, config) = goal(cluster, deleting);
     let current = supersede(cluster, current, &goal, &config, &plans).await?;
     let mut action = Action::requeue(POLL);
     let mut problem = None;
+    let mut acting = None;
     let latest = match current {
         Some(mut plan) if !finished(&plan) || restored(cluster, &plan) => {
-            let next = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
+            let (next, act_on) = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
+            acting = Some((plan.clone(), act_on));
             // A plan that ended in this pass is taken in with the same
             // status write that says no plan runs.
             plan.status = Some(next);
@@ -164,7 +163,18 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     };
     let health = Health::of(&st.applied_layout, &cluster_nodes(cluster, cx));
     let observed = conditions(&st, latest.as_ref(), halted, problem, &health);
-    report(cluster, &clusters, st, observed, cx).await?;
+    let reported = report(cluster, &clusters, st, observed, cx);
+    // The nodes are told what the recorded plan asks of them while the
+    // cluster's status is written: neither waits for the other.
+    match &acting {
+        Some((plan, (desired, installs))) => {
+            let acted = act(cluster, plan, desired, installs, &catalog, cx);
+            let (acted, reported) = tokio::join!(acted, reported);
+            acted?;
+            reported?;
+        }
+        None => reported.await?,
+    }
     Ok(action)
 }
 
@@ -479,8 +489,9 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
     format!("{readable}-{}", &digest[..8])
 }
 
-/// One pass of a running plan: step, record, act; returns the plan's
-/// status as recorded.
+/// One pass of a running plan: step and record; returns the plan's status
+/// as recorded, with what the nodes should have and the nodes (for
+/// [`act`], which the caller runs beside the cluster's status write).
 async fn execute(
     cluster: &Cluster,
     plan: &ClusterPlan,
@@ -488,7 +499,7 @@ async fn execute(
     catalog: &Catalog,
     halted: bool,
     cx: &Context,
-) -> Result<ClusterPlanStatus, Error> {
+) -> Result<(ClusterPlanStatus, (Desired, Vec<NodeInstall>)), Error> {
     let mut installs = cluster_nodes(cluster, cx);
     let status = plan.status.clone().unwrap_or_default();
     let plan_id = format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default());
@@ -515,8 +526,7 @@ async fn execute(
         record_plan(cluster, plan, &next, plans).await?;
     }
     let desired = execute::desired(&plan.spec, &next, &world);
-    act(cluster, plan, &desired, &installs, catalog, cx).await?;
-    Ok(next)
+    Ok((next, (desired, installs)))
 }
 
 /// What a step of `plan` reads besides the plan.
@@ -593,7 +603,7 @@ pub(super) fn view(n: &NodeInstall) -> Option<(String, NodeView)> {
             active: st.active.clone(),
             failed_hash: st.failed_hash.clone(),
             message: st.message.clone(),
-            task: st.task.clone(),
+            tasks: st.tasks.clone(),
             ready,
         },
     ))
@@ -706,14 +716,32 @@ async fn size_pools(
                 "drainTimeoutPolicy": "Force",
             },
         });
+        let name = pool_name(cluster, class);
+        // Keyed by the cluster's uid too: a cluster made again under the
+        // same name gets its pools applied at once.
+        let key = format!("{}/{name}", cluster.uid().unwrap_or_default());
+        let fresh = |(applied, at): &(serde_json::Value, std::time::Instant)| {
+            *applied == pool && at.elapsed() < super::POOL_REAPPLY
+        };
+        if cx
+            .pools_applied
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(fresh)
+        {
+            continue;
+        }
         pools
             .patch(
-                &pool_name(cluster, class),
+                &name,
                 &PatchParams::apply(crate::shared::MANAGER).force(),
                 &Patch::Apply(&pool),
             )
             .await
             .map_err(kube_err(cluster, "ApplyNodePool"))?;
+        let now = std::time::Instant::now();
+        cx.pools_applied.lock().unwrap().insert(key, (pool, now));
     }
     Ok(())
 }
@@ -784,22 +812,19 @@ async fn put_node(
         let target = target(cluster, &packages, catalog, cx).await?;
         patch.insert("target".into(), json!(target));
     }
-    if let Some(task) = desired.hooks.get(node)
-        && ni.spec.task.as_ref() != Some(task)
-    {
-        let mut value = json!(task);
-        // A merge patch merges maps: the previous task's variables that
-        // this one lacks are removed explicitly.
-        if let Some(old) = &ni.spec.task {
-            let env = &mut value["env"];
-            if !env.is_object() {
-                *env = json!({});
-            }
-            for key in old.env.keys().filter(|k| !task.env.contains_key(*k)) {
-                env[key] = serde_json::Value::Null;
-            }
-        }
-        patch.insert("task".into(), value);
+    // The hooks the node should run. The list it holds is written again
+    // only when it lacks one of them or holds one that is neither asked
+    // for nor finished (abandoned, or given back while queued): hooks
+    // that finished may stay, so a queued hook's end costs no write. A
+    // merge patch replaces a list whole.
+    let tasks = desired.hooks.get(node).map_or(&[][..], Vec::as_slice);
+    let held = &ni.spec.tasks;
+    let missing = tasks.iter().any(|t| !held.contains(t));
+    let stale = held
+        .iter()
+        .any(|t| !tasks.contains(t) && !desired.finished_hooks.contains(&t.id));
+    if missing || stale {
+        patch.insert("tasks".into(), json!(tasks));
     }
     if patch.is_empty() {
         return Ok(());

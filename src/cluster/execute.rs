@@ -55,8 +55,8 @@ pub struct NodeView {
     pub failed_hash: Option<String>,
     /// What the agent says, for a failure's message.
     pub message: Option<String>,
-    /// The agent's report of its last hook.
-    pub task: Option<NodeTaskStatus>,
+    /// The agent's reports of the hooks it was given, by task.
+    pub tasks: Vec<NodeTaskStatus>,
     /// The node's `Ready` condition is True.
     pub ready: bool,
 }
@@ -210,6 +210,7 @@ fn advance(
     w: &World,
 ) -> Option<(String, String)> {
     let mut failed = None;
+    let before = states.clone();
     for task in tasks {
         let Some(state) = states.iter_mut().find(|s| s.id == task.id) else {
             continue;
@@ -217,7 +218,7 @@ fn advance(
         if state.state != TaskState::Running {
             continue;
         }
-        match outcome(task, state, side, w) {
+        match outcome(task, state, &before, side, w) {
             Outcome::Waiting => {}
             Outcome::Done => {
                 state.state = TaskState::Succeeded;
@@ -230,10 +231,85 @@ fn advance(
             }
         }
     }
-    if failed.is_none() && !w.halted && !w.paused {
-        start_ready(tasks, states, w.now);
+    let hold = failed.is_some() || w.halted || w.paused;
+    give_back_queued(tasks, states, hold, w.catalog);
+    if !hold {
+        start_ready(tasks, states, w.now, w.catalog);
     }
     failed
+}
+
+/// Whether `task` may run on its node right behind `before`, a task of
+/// its own that runs now: both are hooks the agent runs in the order it
+/// is given them, so the node goes on from one to the next without
+/// waiting for the operator. An install is never queued: its switch
+/// would change the node's packages under the hooks before it.
+fn queues_behind(
+    task: &Task,
+    before: &Task,
+    state: Option<&TaskStatus>,
+    catalog: &Catalog,
+) -> bool {
+    task.action != TaskAction::Install
+        && before.node == task.node
+        && state.is_some_and(|s| s.state == TaskState::Running)
+        && hook_of(task, catalog).is_some()
+        && hook_of(before, catalog).is_some()
+}
+
+/// Every predecessor of `task` finished, or runs now on its node with
+/// `task` queued behind it.
+fn startable(
+    task: &Task,
+    tasks: &[Task],
+    states: &[TaskStatus],
+    queue: bool,
+    catalog: &Catalog,
+) -> bool {
+    task.after.iter().all(|a| {
+        let state = states.iter().find(|s| s.id == *a);
+        let finished =
+            state.is_some_and(|s| matches!(s.state, TaskState::Succeeded | TaskState::Skipped));
+        finished
+            || (queue
+                && tasks
+                    .iter()
+                    .find(|t| t.id == *a)
+                    .is_some_and(|before| queues_behind(task, before, state, catalog)))
+    })
+}
+
+/// A task queued behind one that did not finish (it failed an attempt, or
+/// the plan is held) goes back to Pending, its attempt uncounted: its node
+/// never started it, since a node runs a queued hook only after the one
+/// before it succeeded. (Should the node have started it all the same, it
+/// ran that attempt once and the agent reports its result when the task
+/// starts again with the same attempt.)
+fn give_back_queued(tasks: &[Task], states: &mut [TaskStatus], hold: bool, catalog: &Catalog) {
+    loop {
+        let snapshot = states.to_vec();
+        let back: Vec<String> = tasks
+            .iter()
+            .filter(|t| {
+                snapshot
+                    .iter()
+                    .any(|s| s.id == t.id && s.state == TaskState::Running)
+            })
+            .filter(|t| {
+                let now = startable(t, tasks, &snapshot, false, catalog);
+                !now && (hold || !startable(t, tasks, &snapshot, true, catalog))
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        for s in states.iter_mut().filter(|s| back.contains(&s.id)) {
+            s.state = TaskState::Pending;
+            s.attempts -= 1;
+            s.started = None;
+        }
+    }
 }
 
 /// Records a failed attempt: back to Pending with a backoff, or Failed
@@ -254,16 +330,11 @@ fn fail_attempt(state: &mut TaskStatus, error: &str, w: &World) -> bool {
     }
 }
 
-/// Starts every Pending task whose predecessors all finished and whose
-/// backoff passed.
-fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp) {
-    let finished: BTreeSet<String> = states
-        .iter()
-        .filter(|s| matches!(s.state, TaskState::Succeeded | TaskState::Skipped))
-        .map(|s| s.id.clone())
-        .collect();
+/// Starts every Pending task whose predecessors all finished (or run on
+/// its node with it queued behind them) and whose backoff passed.
+fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp, catalog: &Catalog) {
     for task in tasks {
-        if !task.after.iter().all(|a| finished.contains(a)) {
+        if !startable(task, tasks, states, true, catalog) {
             continue;
         }
         let state = match states.iter().position(|s| s.id == task.id) {
@@ -287,9 +358,27 @@ fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp) {
     }
 }
 
-/// What became of a running task, from the nodes' reports.
-fn outcome(task: &Task, state: &TaskStatus, side: &str, w: &World) -> Outcome {
-    let started = state.started.as_ref().map_or(w.now, |t| t.0);
+/// What became of a running task, from the nodes' reports. A queued task
+/// waits for the tasks before it to be recorded finished, and its time
+/// counts from the last of them.
+fn outcome(
+    task: &Task,
+    state: &TaskStatus,
+    states: &[TaskStatus],
+    side: &str,
+    w: &World,
+) -> Outcome {
+    let mut started = state.started.as_ref().map_or(w.now, |t| t.0);
+    for before in &task.after {
+        match states.iter().find(|s| s.id == *before) {
+            Some(s) if matches!(s.state, TaskState::Succeeded | TaskState::Skipped) => {
+                if let Some(end) = &s.finished {
+                    started = started.max(end.0);
+                }
+            }
+            _ => return Outcome::Waiting,
+        }
+    }
     let node = w.nodes.get(&task.node);
     let result = match task.action {
         TaskAction::CreateNode | TaskAction::Bootstrap => {
@@ -339,18 +428,17 @@ fn service_outcome(
     if hook_of(task, w.catalog).is_none() {
         return Outcome::Done;
     }
-    match &node.task {
-        Some(t) if t.id == hook_id(w.plan, side, task) && t.attempt == state.attempts => {
-            match t.state {
-                HookState::Running => Outcome::Waiting,
-                HookState::Succeeded => Outcome::Done,
-                HookState::Failed => Outcome::Failed(
-                    t.message
-                        .clone()
-                        .unwrap_or_else(|| format!("the {} hook failed", task.action.as_str())),
-                ),
-            }
-        }
+    let id = hook_id(w.plan, side, task);
+    match node.tasks.iter().find(|t| t.id == id) {
+        Some(t) if t.attempt == state.attempts => match t.state {
+            HookState::Running => Outcome::Waiting,
+            HookState::Succeeded => Outcome::Done,
+            HookState::Failed => Outcome::Failed(
+                t.message
+                    .clone()
+                    .unwrap_or_else(|| format!("the {} hook failed", task.action.as_str())),
+            ),
+        },
         _ => Outcome::Waiting,
     }
 }
@@ -528,15 +616,21 @@ pub struct Desired {
     pub deleting: BTreeSet<String>,
     /// The packages each node should have active, sorted.
     pub packages: BTreeMap<String, Vec<String>>,
-    /// The hook each node should run now.
-    pub hooks: BTreeMap<String, NodeTask>,
+    /// The hooks each node should run, in order: the one it runs now and
+    /// those queued behind it.
+    pub hooks: BTreeMap<String, Vec<NodeTask>>,
+    /// The hook ids of the tasks recorded finished: a node may keep these
+    /// in its list; any other it holds that is not asked for is taken
+    /// back.
+    pub finished_hooks: BTreeSet<String>,
 }
 
 /// What every node should have, given the tasks recorded as started and
 /// finished: a node exists from its createNode's start to its
 /// deleteNode's; a service's packages are on a node from its install's
 /// start to its remove's end; a hook is asked for while its task runs
-/// (an install's with its packages: the agent runs it after the switch).
+/// (an install's with its packages: the agent runs it after the switch),
+/// a node's hooks in the plan's order.
 pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) -> Desired {
     let mut exists: BTreeMap<String, String> = spec
         .from
@@ -555,7 +649,8 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
             &spec.from_config,
         ),
     ];
-    let mut hooks = BTreeMap::new();
+    let mut hooks: BTreeMap<String, Vec<NodeTask>> = BTreeMap::new();
+    let mut finished_hooks = BTreeSet::new();
     for (side, tasks, states, layout, config) in lists {
         for task in tasks.iter() {
             let Some(state) = states.iter().find(|s| s.id == task.id && s.attempts > 0) else {
@@ -572,7 +667,10 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
             if state.state == TaskState::Running
                 && let Some(hook) = hook_task(task, state, side, layout, config, w)
             {
-                hooks.insert(task.node.clone(), hook);
+                hooks.entry(task.node.clone()).or_default().push(hook);
+            }
+            if matches!(state.state, TaskState::Succeeded | TaskState::Skipped) {
+                finished_hooks.insert(hook_id(w.plan, side, task));
             }
         }
     }
@@ -585,6 +683,7 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
         deleting,
         packages,
         hooks,
+        finished_hooks,
     }
 }
 
@@ -804,13 +903,13 @@ mod tests {
             install: "ni".into(),
             registered: true,
             active: active.iter().map(|s| s.to_string()).collect(),
-            task: task.map(|(id, attempt, state)| NodeTaskStatus {
+            tasks: Vec::from_iter(task.map(|(id, attempt, state)| NodeTaskStatus {
                 id: id.into(),
                 attempt,
                 state,
                 message: Some("exit code 1".into()),
                 ..NodeTaskStatus::default()
-            }),
+            })),
             ..NodeView::default()
         }
     }
@@ -866,7 +965,7 @@ mod tests {
             "app starts after db"
         );
         let want = desired(&spec, &st, &world(&nodes, &catalog, 12));
-        let hook = &want.hooks["n0"];
+        let hook = &want.hooks["n0"][0];
         assert_eq!(
             (hook.id.as_str(), hook.attempt),
             ("p/forward/n0/db/start", 1)
@@ -912,8 +1011,8 @@ mod tests {
         // One write tells the node both: the packages and the hook.
         let want = desired(&spec, &st, &world(&registered, &catalog, 4));
         assert_eq!(want.packages["n0"], ["db--1"]);
-        assert_eq!(want.hooks["n0"].id, "p/forward/n0/db/install");
-        assert_eq!(want.hooks["n0"].package.as_deref(), Some("db--1"));
+        assert_eq!(want.hooks["n0"][0].id, "p/forward/n0/db/install");
+        assert_eq!(want.hooks["n0"][0].package.as_deref(), Some("db--1"));
 
         // A hook reported done before the switch shows does not end it.
         let hook = ("p/forward/n0/db/install", 1, HookState::Succeeded);
@@ -948,6 +1047,154 @@ mod tests {
         (st, nodes)
     }
 
+    /// One node running `db` with a hook for every step.
+    fn chain() -> (ClusterPlanSpec, Catalog) {
+        let hook = |name: &str| {
+            Some(Hook {
+                argv: vec![format!("bin/{name}")],
+                timeout_seconds: 10,
+            })
+        };
+        let mut catalog = Catalog::default();
+        let actions = Actions {
+            install: hook("install"),
+            configure: hook("configure"),
+            initialize: hook("initialize"),
+            start: hook("start"),
+            ..Actions::default()
+        };
+        let db = ServiceDefinitionSpec {
+            packages: vec!["db--1".into()],
+            actions,
+            ..ServiceDefinitionSpec::default()
+        };
+        catalog.services.insert("db".into(), db);
+        let to = vec![LayoutNode {
+            name: "n0".into(),
+            node_class: "box".into(),
+            services: vec!["db".into()],
+        }];
+        let op = Operation::Create;
+        let forward = crate::plan::plan(&[], &to, &catalog, &op).unwrap();
+        let back = crate::plan::inverse(&[], &to, &catalog, &op).unwrap();
+        let spec = ClusterPlanSpec {
+            cluster: "c".into(),
+            operation: op,
+            from: Vec::new(),
+            to,
+            tasks: forward.tasks,
+            config: BTreeMap::new(),
+            from_config: BTreeMap::new(),
+            inverse: back.tasks,
+        };
+        (spec, catalog)
+    }
+
+    fn reported(active: &[&str], reports: &[(&str, i32, HookState)]) -> NodeView {
+        NodeView {
+            tasks: reports
+                .iter()
+                .map(|(step, attempt, state)| NodeTaskStatus {
+                    id: format!("p/forward/n0/db/{step}"),
+                    attempt: *attempt,
+                    state: *state,
+                    message: Some(format!("{step} said no")),
+                    ..NodeTaskStatus::default()
+                })
+                .collect(),
+            ..node(active, None)
+        }
+    }
+
+    fn queue(want: &Desired) -> Vec<(String, i32)> {
+        want.hooks
+            .get("n0")
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h.id.trim_start_matches("p/forward/n0/db/").to_owned(),
+                    h.attempt,
+                )
+            })
+            .collect()
+    }
+
+    fn attempts(st: &ClusterPlanStatus, step: &str) -> (TaskState, i32) {
+        let s = state(st, &format!("n0/db/{step}")).unwrap();
+        (s.state, s.attempts)
+    }
+
+    #[test]
+    fn a_nodes_next_hooks_are_queued_behind_the_one_it_runs_and_given_back_when_it_fails() {
+        use HookState::{Failed, Running, Succeeded};
+        let (spec, catalog) = chain();
+        let mut nodes = BTreeMap::from([("n0".into(), node(&["db--1"], None))]);
+        let st = step(
+            &spec,
+            &ClusterPlanStatus::default(),
+            &world(&nodes, &catalog, 0),
+        );
+        let steps = ["install", "configure", "initialize", "start"];
+        for s in steps {
+            assert_eq!(attempts(&st, s), (TaskState::Running, 1), "{s}");
+        }
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 0));
+        let all: Vec<(String, i32)> = steps.iter().map(|s| ((*s).to_owned(), 1)).collect();
+        assert_eq!(
+            queue(&want),
+            all,
+            "the whole chain goes to the node, in order"
+        );
+
+        // Held: what is queued behind the running hook is given back.
+        let held = World {
+            halted: true,
+            ..world(&nodes, &catalog, 1)
+        };
+        let st_held = step(&spec, &st, &held);
+        assert_eq!(attempts(&st_held, "install"), (TaskState::Running, 1));
+        assert_eq!(attempts(&st_held, "configure"), (TaskState::Pending, 0));
+        assert_eq!(
+            queue(&desired(&spec, &st_held, &held)),
+            [("install".to_owned(), 1)]
+        );
+
+        // The node ran install, then configure failed: configure backs
+        // off, what was queued behind it goes back to Pending, uncounted.
+        let report = [("install", 1, Succeeded), ("configure", 1, Failed)];
+        nodes.insert("n0".into(), reported(&["db--1"], &report));
+        let st = step(&spec, &st, &world(&nodes, &catalog, 2));
+        assert_eq!(attempts(&st, "install"), (TaskState::Succeeded, 1));
+        assert_eq!(attempts(&st, "configure"), (TaskState::Pending, 1));
+        assert_eq!(attempts(&st, "initialize"), (TaskState::Pending, 0));
+        assert_eq!(attempts(&st, "start"), (TaskState::Pending, 0));
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 2));
+        assert!(queue(&want).is_empty());
+        assert!(want.finished_hooks.contains("p/forward/n0/db/install"));
+
+        // The retry goes out with the rest queued again, at their first
+        // attempt; the node runs them all and the plan is done.
+        let st = step(&spec, &st, &world(&nodes, &catalog, 5));
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 5));
+        let again = [("configure", 2), ("initialize", 1), ("start", 1)];
+        let again: Vec<(String, i32)> = again.iter().map(|(s, a)| ((*s).to_owned(), *a)).collect();
+        assert_eq!(queue(&want), again);
+        let report = [("configure", 2, Succeeded), ("initialize", 1, Running)];
+        nodes.insert("n0".into(), reported(&["db--1"], &report));
+        let st = step(&spec, &st, &world(&nodes, &catalog, 6));
+        assert_eq!(attempts(&st, "configure"), (TaskState::Succeeded, 2));
+        assert_eq!(
+            attempts(&st, "start"),
+            (TaskState::Running, 1),
+            "still queued"
+        );
+        let report = [("initialize", 1, Succeeded), ("start", 1, Succeeded)];
+        nodes.insert("n0".into(), reported(&["db--1"], &report));
+        let st = step(&spec, &st, &world(&nodes, &catalog, 7));
+        assert_eq!(st.phase, PlanPhase::Succeeded);
+    }
+
     #[test]
     fn a_failed_hook_is_retried_after_a_backoff_then_the_plan_rolls_back_what_ran() {
         let (spec, catalog) = fixture();
@@ -973,7 +1220,7 @@ mod tests {
         assert_eq!(state(&st, "n0/db/start").unwrap().attempts, 2, "the retry");
         let want = desired(&spec, &st, &world(&nodes, &catalog, 22));
         assert_eq!(
-            want.hooks["n0"].attempt, 2,
+            want.hooks["n0"][0].attempt, 2,
             "a new attempt runs the hook again"
         );
 

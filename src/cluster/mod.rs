@@ -106,7 +106,16 @@ pub struct Context {
     /// the catalog's fingerprint and the layout hash it then had. A pass
     /// with the same inputs (a node's report woke it) does not solve again.
     pub solved: std::sync::Mutex<HashMap<String, SolvedFrom>>,
+    /// Each NodePool (by cluster uid and name) as this replica last
+    /// applied it, and when:
+    /// a pass that would apply the same again within
+    /// [`POOL_REAPPLY`] does not (a pass wakes at every node report).
+    pub pools_applied: std::sync::Mutex<HashMap<String, (serde_json::Value, std::time::Instant)>>,
 }
+
+/// How long an applied NodePool is taken to be as applied: after this,
+/// the next pass applies it again (whoever changed it since).
+pub const POOL_REAPPLY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A cluster's generation, the catalog's fingerprint and the cluster's
 /// layout hash, as a solve read them.
@@ -122,6 +131,7 @@ impl Context {
             stores,
             recorder,
             solved: Default::default(),
+            pools_applied: Default::default(),
         })
     }
 }

@@ -80,6 +80,7 @@ fn solve_context(client: kube::Client, stores: Stores) -> Arc<Context> {
         stores,
         recorder,
         solved: Default::default(),
+        pools_applied: Default::default(),
     })
 }
 
@@ -195,6 +196,7 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
         stores: stores.clone(),
         recorder,
         solved: Default::default(),
+        pools_applied: Default::default(),
     });
     let t = stores.templates.state()[0].clone();
     template::reconcile(t.clone(), cx).await.expect("a pass");

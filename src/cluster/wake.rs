@@ -69,12 +69,12 @@ mod tests {
         .unwrap();
         let mut status = ni.status.clone().unwrap_or_default();
         status.heartbeat = Some(Time(Timestamp::from_second(beat).unwrap()));
-        status.task = task.map(|state| NodeTaskStatus {
+        status.tasks = Vec::from_iter(task.map(|state| NodeTaskStatus {
             id: "p/forward/node-1/db/start".into(),
             attempt: 1,
             state,
             ..NodeTaskStatus::default()
-        });
+        }));
         ni.status = Some(status);
         ni
     }
