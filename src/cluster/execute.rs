@@ -819,6 +819,23 @@ mod tests {
     use super::*;
     use crate::api::{Action as Hook, Actions, Operation, ServiceDefinitionSpec};
 
+    /// The plan of creating `to` from nothing, and its inverse.
+    fn create_plan(to: Vec<LayoutNode>, catalog: &Catalog) -> ClusterPlanSpec {
+        let op = Operation::Create;
+        let forward = crate::plan::plan(&[], &to, catalog, &op).unwrap();
+        let back = crate::plan::inverse(&[], &to, catalog, &op).unwrap();
+        ClusterPlanSpec {
+            cluster: "c".into(),
+            operation: op,
+            from: Vec::new(),
+            to,
+            tasks: forward.tasks,
+            config: BTreeMap::new(),
+            from_config: BTreeMap::new(),
+            inverse: back.tasks,
+        }
+    }
+
     /// `db` (package db--1, a start hook) and `app` needing db at runtime
     /// (package app--1, no hooks), on nodes n0 (db) and n1 (app).
     fn fixture() -> (ClusterPlanSpec, Catalog) {
@@ -856,20 +873,7 @@ mod tests {
                 services: vec!["app".into()],
             },
         ];
-        let op = Operation::Create;
-        let forward = crate::plan::plan(&[], &to, &catalog, &op).unwrap();
-        let back = crate::plan::inverse(&[], &to, &catalog, &op).unwrap();
-        let spec = ClusterPlanSpec {
-            cluster: "c".into(),
-            operation: op,
-            from: Vec::new(),
-            to,
-            tasks: forward.tasks,
-            config: BTreeMap::new(),
-            from_config: BTreeMap::new(),
-            inverse: back.tasks,
-        };
-        (spec, catalog)
+        (create_plan(to, &catalog), catalog)
     }
 
     fn world<'a>(
@@ -1074,20 +1078,7 @@ mod tests {
             node_class: "box".into(),
             services: vec!["db".into()],
         }];
-        let op = Operation::Create;
-        let forward = crate::plan::plan(&[], &to, &catalog, &op).unwrap();
-        let back = crate::plan::inverse(&[], &to, &catalog, &op).unwrap();
-        let spec = ClusterPlanSpec {
-            cluster: "c".into(),
-            operation: op,
-            from: Vec::new(),
-            to,
-            tasks: forward.tasks,
-            config: BTreeMap::new(),
-            from_config: BTreeMap::new(),
-            inverse: back.tasks,
-        };
-        (spec, catalog)
+        (create_plan(to, &catalog), catalog)
     }
 
     fn reported(active: &[&str], reports: &[(&str, i32, HookState)]) -> NodeView {
