@@ -1,15 +1,17 @@
 //! Which NodeInstall changes wake a Cluster: what the plan executor reads
 //! of its nodes (the binding, the agent's registration, active packages,
-//! failed switch, hook report, readiness, a removal) — not heartbeats. A
-//! running plan's next task then starts as soon as the last one is
-//! reported, not at the next poll.
+//! failed switch, hook report, readiness, a removal) — not heartbeats, and
+//! not a hook reported Running (the executor waits for its end; a pass for
+//! it would only hold up the pass for the next report). A running plan's
+//! next task then starts as soon as the last one is reported, not at the
+//! next poll.
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::drive::{CLUSTER_LABEL, CLUSTER_NAMESPACE_LABEL, view};
 use super::execute::NodeView;
-use crate::api::{Cluster, NodeInstall, REMOVE_ANNOTATION};
+use crate::api::{Cluster, HookState, NodeInstall, REMOVE_ANNOTATION};
 use crate::shared::wake::View;
 
 /// What the Cluster controller reads from one NodeInstall.
@@ -35,7 +37,10 @@ impl View for ClusterNode {
                 let ns = labels.get(CLUSTER_NAMESPACE_LABEL).cloned();
                 (ns.unwrap_or_default(), name.clone())
             }),
-            bound: view(ni),
+            bound: view(ni).map(|(node, mut v)| {
+                v.tasks.retain(|t| t.state != HookState::Running);
+                (node, v)
+            }),
             remove_requested: ni.annotations().contains_key(REMOVE_ANNOTATION),
             deleting: ni.metadata.deletion_timestamp.is_some(),
         }
@@ -55,7 +60,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{HookState, NodeTaskStatus};
+    use crate::api::NodeTaskStatus;
     use crate::shared::wake::Filter;
 
     fn node(beat: i64, task: Option<HookState>) -> NodeInstall {
@@ -87,13 +92,13 @@ mod tests {
     }
 
     #[test]
-    fn a_hook_report_wakes_the_cluster_and_a_heartbeat_does_not() {
+    fn a_hook_s_end_wakes_the_cluster_and_a_heartbeat_or_its_start_does_not() {
         let mut f = Filter::<ClusterNode>::default();
         assert_eq!(woken(&mut f, node(1, None)), ["team/shop"]);
         assert!(woken(&mut f, node(2, None)).is_empty(), "a heartbeat");
-        assert_eq!(
-            woken(&mut f, node(3, Some(HookState::Running))),
-            ["team/shop"]
+        assert!(
+            woken(&mut f, node(3, Some(HookState::Running))).is_empty(),
+            "a hook started"
         );
         assert_eq!(
             woken(&mut f, node(4, Some(HookState::Succeeded))),
