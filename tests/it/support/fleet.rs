@@ -2,6 +2,15 @@
 //! `theseus repo serve`, a `theseus operator` child process, and a fleet of
 //! simulated agents that play their part on NodeInstalls (switch after a
 //! delay, fail chosen set hashes, heartbeat).
+//!
+//! The fleet is cheap enough for thousands of nodes in one process: one
+//! watch of the fleet's NodeInstalls stands for every agent's own watch of
+//! its node (a real agent watches only its own NodeInstall; the events each
+//! would see are the same), the NodeInstalls are created [`CONCURRENCY`] at
+//! a time, and each node heartbeats every [`HEARTBEAT`] at its own phase
+//! (the fleet's heartbeats spread evenly over the period, as independent
+//! agents' are, with at most [`CONCURRENCY`] writes in flight), not all at
+//! once after a LIST.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use theseus::api::conditions::{self, Observed};
@@ -240,13 +249,33 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// How many API requests the fleet's set-up, heartbeats and removal have in
+/// flight at most.
+pub const CONCURRENCY: usize = 32;
+
+/// How often each simulated agent heartbeats (the agent's default).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// What the simulated agents did.
 #[derive(Debug, Default)]
 pub struct FleetLog {
     /// (node, set hash) → how many times the node switched to it.
     pub activations: BTreeMap<(String, String), usize>,
-    /// How long each switch took, from the target first seen to Active.
-    pub switch_times: Vec<Duration>,
+    /// Each switch, from the target first seen to Active written.
+    #[allow(dead_code)] // read by the benchmarks
+    pub switches: Vec<Switch>,
+}
+
+/// One node's switch to a set, as its simulated agent saw it.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the benchmarks
+pub struct Switch {
+    /// The node.
+    pub node: String,
+    /// When the agent saw the target (the watch event arrived).
+    pub began: Instant,
+    /// When its `Active` status was written.
+    pub ended: Instant,
 }
 
 /// Simulated agents for `n` NodeInstalls.
@@ -258,12 +287,14 @@ pub struct Fleet {
     /// Set hashes whose activation fails (the node rolls back).
     pub failing: Arc<Mutex<BTreeSet<String>>>,
     task: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
     api: Api<NodeInstall>,
 }
 
 impl Fleet {
-    /// Creates the NodeInstalls (labelled with the run) and starts playing
-    /// their agents: each switch takes `switch_time`.
+    /// Creates the NodeInstalls (labelled with the run), [`CONCURRENCY`] at
+    /// a time, and starts playing their agents: each switch takes
+    /// `switch_time`.
     pub async fn start(
         client: &Client,
         run: &str,
@@ -271,28 +302,34 @@ impl Fleet {
         n: usize,
         switch_time: Duration,
     ) -> Fleet {
+        use futures::StreamExt;
         let api: Api<NodeInstall> = Api::all(client.clone());
         let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}")).collect();
-        for name in &names {
-            let node: NodeInstall = serde_json::from_value(json!({
-                "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
-                "metadata": { "name": name, "labels": { RUN_LABEL: run } },
-                "spec": {}
-            }))
-            .unwrap();
-            api.create(&PostParams::default(), &node).await.unwrap();
-            write_status(
-                &api,
-                name,
-                NodeInstallStatus {
-                    heartbeat: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        Timestamp::now(),
-                    )),
-                    ..Default::default()
-                },
-            )
+        futures::stream::iter(&names)
+            .for_each_concurrent(CONCURRENCY, |name| {
+                let api = api.clone();
+                async move {
+                    let node: NodeInstall = serde_json::from_value(json!({
+                        "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+                        "metadata": { "name": name, "labels": { RUN_LABEL: run } },
+                        "spec": {}
+                    }))
+                    .unwrap();
+                    api.create(&PostParams::default(), &node).await.unwrap();
+                    write_status(
+                        &api,
+                        name,
+                        NodeInstallStatus {
+                            heartbeat: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                Timestamp::now(),
+                            )),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                }
+            })
             .await;
-        }
         let log = Arc::new(Mutex::new(FleetLog::default()));
         let failing = Arc::new(Mutex::new(BTreeSet::new()));
         let task = tokio::spawn(play(
@@ -302,11 +339,13 @@ impl Fleet {
             log.clone(),
             failing.clone(),
         ));
+        let heartbeat = tokio::spawn(heartbeat(api.clone(), names.clone()));
         Fleet {
             names,
             log,
             failing,
             task,
+            heartbeat,
             api,
         }
     }
@@ -320,12 +359,18 @@ impl Fleet {
         nodes
     }
 
-    /// Stops the agents and deletes the NodeInstalls.
+    /// Stops the agents and deletes the NodeInstalls, [`CONCURRENCY`] at a
+    /// time.
     pub async fn remove(self) {
+        use futures::StreamExt;
         self.task.abort();
-        for name in &self.names {
-            let _ = self.api.delete(name, &DeleteParams::default()).await;
-        }
+        self.heartbeat.abort();
+        let api = &self.api;
+        futures::stream::iter(&self.names)
+            .for_each_concurrent(CONCURRENCY, |name| async move {
+                let _ = api.delete(name, &DeleteParams::default()).await;
+            })
+            .await;
     }
 }
 
@@ -347,7 +392,7 @@ async fn write_status(api: &Api<NodeInstall>, name: &str, status: NodeInstallSta
 }
 
 /// Plays every agent: reacts to target changes as they are watched (as a
-/// real agent does), switches after `switch_time`, and heartbeats.
+/// real agent does) and switches after `switch_time`.
 async fn play(
     api: Api<NodeInstall>,
     run: String,
@@ -358,7 +403,6 @@ async fn play(
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let selector = format!("{RUN_LABEL}={run}");
-    tokio::spawn(heartbeat(api.clone(), selector.clone()));
     let switching: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let events = watcher(api.clone(), watcher::Config::default().labels(&selector))
         .default_backoff()
@@ -372,15 +416,22 @@ async fn play(
         };
         if Some(&hash) == status.active_hash.as_ref() || Some(&hash) == status.failed_hash.as_ref()
         {
+            // The watch has caught up with the switch's end.
+            let mut switching = switching.lock().unwrap();
+            if switching.get(&name) == Some(&hash) {
+                switching.remove(&name);
+            }
             continue;
         }
+        let began = Instant::now();
         if switching.lock().unwrap().insert(name.clone(), hash.clone()) == Some(hash.clone()) {
-            continue; // already switching to it
+            // Already switching to it, or switched and this event is older
+            // than the switch's end (a heartbeat written meanwhile).
+            continue;
         }
         let (api, log, failing, switching) =
             (api.clone(), log.clone(), failing.clone(), switching.clone());
         tokio::spawn(async move {
-            let began = Instant::now();
             let mut status = status;
             status.phase = NodePhase::Fetching;
             write_status(&api, &name, status.clone()).await;
@@ -390,13 +441,17 @@ async fn play(
             }
             finish(&mut status, &hash, failing.lock().unwrap().contains(&hash));
             write_status(&api, &name, status).await;
-            switching.lock().unwrap().remove(&name);
             if failing.lock().unwrap().contains(&hash) {
                 return;
             }
+            let ended = Instant::now();
             let mut log = log.lock().unwrap();
-            *log.activations.entry((name, hash)).or_default() += 1;
-            log.switch_times.push(began.elapsed());
+            *log.activations.entry((name.clone(), hash)).or_default() += 1;
+            log.switches.push(Switch {
+                node: name,
+                began,
+                ended,
+            });
         });
     }
 }
@@ -428,22 +483,29 @@ fn finish(status: &mut NodeInstallStatus, hash: &str, fails: bool) {
     );
 }
 
-/// Every ten seconds (the agent's default), a heartbeat from every node (a merge patch of the
-/// heartbeat alone, so it never overwrites a switch's report).
-async fn heartbeat(api: Api<NodeInstall>, selector: String) {
-    loop {
-        if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+/// A heartbeat from every node every [`HEARTBEAT`], each at its own phase
+/// (the nodes' heartbeats spread evenly over the period), at most
+/// [`CONCURRENCY`] in flight: a merge patch of the heartbeat alone, so it
+/// never overwrites a switch's report.
+async fn heartbeat(api: Api<NodeInstall>, names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    let gap = (HEARTBEAT / names.len() as u32).max(Duration::from_micros(100));
+    let mut tick = tokio::time::interval(gap);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    for name in names.iter().cycle() {
+        tick.tick().await;
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let (api, name) = (api.clone(), name.clone());
+        tokio::spawn(async move {
             let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
             let patch = json!({ "status": { "heartbeat": now } });
-            futures::future::join_all(list.items.iter().map(|n| {
-                let (api, name, patch) = (api.clone(), n.name_any(), patch.clone());
-                async move {
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                }
-            }))
-            .await;
-        }
-        tokio::time::sleep(Duration::from_secs(10)).await;
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            drop(slot);
+        });
     }
 }
