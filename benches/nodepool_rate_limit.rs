@@ -95,15 +95,7 @@ fn ec2_target() -> Option<(String, Option<(String, String)>)> {
     if let Ok(endpoint) = std::env::var("THESEUS_EC2_ENDPOINT") {
         return Some((endpoint, None));
     }
-    let Some(tb) = support::testbed() else {
-        if std::env::var_os("CI").is_some() {
-            eprintln!(
-                "nodepool_rate_limit needs moto: set THESEUS_EC2_ENDPOINT or run `testbed/testbed up` first"
-            );
-            std::process::exit(1);
-        }
-        return None;
-    };
+    let tb = support::testbed()?;
     let keys = (
         tb.var("AWS_ACCESS_KEY_ID").to_owned(),
         tb.var("AWS_SECRET_ACCESS_KEY").to_owned(),

@@ -102,6 +102,14 @@ pub enum TaskState {
     Skipped,
 }
 
+impl TaskState {
+    /// Done with: succeeded, or skipped with nothing to do; what a task
+    /// after it waits for.
+    pub fn is_done(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Skipped)
+    }
+}
+
 /// How a plan stands, task by task.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]

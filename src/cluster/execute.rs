@@ -268,8 +268,7 @@ fn startable(
 ) -> bool {
     task.after.iter().all(|a| {
         let state = states.iter().find(|s| s.id == *a);
-        let finished =
-            state.is_some_and(|s| matches!(s.state, TaskState::Succeeded | TaskState::Skipped));
+        let finished = state.is_some_and(|s| s.state.is_done());
         finished
             || (queue
                 && tasks
@@ -371,7 +370,7 @@ fn outcome(
     let mut started = state.started.as_ref().map_or(w.now, |t| t.0);
     for before in &task.after {
         match states.iter().find(|s| s.id == *before) {
-            Some(s) if matches!(s.state, TaskState::Succeeded | TaskState::Skipped) => {
+            Some(s) if s.state.is_done() => {
                 if let Some(end) = &s.finished {
                     started = started.max(end.0);
                 }
@@ -564,11 +563,9 @@ fn skipped_inverse(spec: &ClusterPlanSpec, forward: &[TaskStatus]) -> Vec<TaskSt
 }
 
 fn all_done(tasks: &[Task], states: &[TaskStatus]) -> bool {
-    tasks.iter().all(|t| {
-        states
-            .iter()
-            .any(|s| s.id == t.id && matches!(s.state, TaskState::Succeeded | TaskState::Skipped))
-    })
+    tasks
+        .iter()
+        .all(|t| states.iter().any(|s| s.id == t.id && s.state.is_done()))
 }
 
 /// Every bound node runs the packages it should: the last switches (a
@@ -589,11 +586,7 @@ fn progress(spec: &ClusterPlanSpec, status: &ClusterPlanStatus) -> String {
     let done = |tasks: &[Task], states: &[TaskStatus]| {
         tasks
             .iter()
-            .filter(|t| {
-                states.iter().any(|s| {
-                    s.id == t.id && matches!(s.state, TaskState::Succeeded | TaskState::Skipped)
-                })
-            })
+            .filter(|t| states.iter().any(|s| s.id == t.id && s.state.is_done()))
             .count()
     };
     match status.phase {
@@ -669,7 +662,7 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
             {
                 hooks.entry(task.node.clone()).or_default().push(hook);
             }
-            if matches!(state.state, TaskState::Succeeded | TaskState::Skipped) {
+            if state.state.is_done() {
                 finished_hooks.insert(hook_id(w.plan, side, task));
             }
         }

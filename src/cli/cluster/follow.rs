@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 
 use super::{ClusterRef, bar, plan_of};
 use crate::api::conditions::{self, types};
-use crate::api::{Cluster, ClusterPlan, Operation, PlanPhase, TaskState};
+use crate::api::{Cluster, ClusterPlan, Operation, PlanPhase};
 use crate::cluster::drive::hash_of;
 
 #[derive(Args, Debug)]
@@ -119,11 +119,7 @@ fn progress(plan: &ClusterPlan) -> (&'static str, usize, usize) {
     };
     let done = tasks
         .iter()
-        .filter(|t| {
-            states.iter().any(|s| {
-                s.id == t.id && matches!(s.state, TaskState::Succeeded | TaskState::Skipped)
-            })
-        })
+        .filter(|t| states.iter().any(|s| s.id == t.id && s.state.is_done()))
         .count();
     (label, done, tasks.len())
 }
