@@ -30,8 +30,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("cluster", 4),
     ("configgen", 4),
     ("apps", 4),
-    ("operator", 5),
-    ("cli", 6),
+    // Reads what the controllers publish (the discovery tree).
+    ("dashboard", 5),
+    ("operator", 6),
+    ("cli", 7),
 ];
 
 type Module = Vec<String>;

@@ -27,9 +27,12 @@
 //!    [`cluster`] (ClusterTemplate and Cluster: validation and layouts),
 //!    [`apps`] (ClusterCapability, Role, AppPackage, AppInstance); and
 //!    beside them the node [`agent`], which uses only `api` and `pkg`;
-//! 5. [`operator`]: wiring only: each controller's typed configuration
-//!    from the arguments, leader election, the HTTP endpoints;
-//! 6. [`cli`], and `main.rs`.
+//! 5. [`dashboard`]: the web pages under `/ui/`, which read and change
+//!    the kinds as the signed-in user and read the discovery tree;
+//! 6. [`operator`]: wiring only: each controller's typed configuration
+//!    from the arguments, leader election, the HTTP endpoints (with the
+//!    dashboard);
+//! 7. [`cli`], and `main.rs`.
 //!
 //! [`logging`] sits below everything.
 #![forbid(unsafe_code)]
@@ -41,6 +44,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod configgen;
+pub mod dashboard;
 pub mod discovery;
 #[cfg(test)]
 mod layers;

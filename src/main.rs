@@ -54,7 +54,7 @@ enum Command {
     /// Run the operator: the PackageSet, PackageRepository, ServiceGroup,
     /// NodePool, ClusterTemplate, Cluster, ConfigBundle, ClusterCapability,
     /// Role, AppPackage and AppInstance controllers under leader
-    /// election, and the /halt, /resume,
+    /// election, the dashboard under /ui/, and the /halt, /resume,
     /// /healthz, /readyz and /metrics endpoints.
     Operator(Box<theseus::operator::OperatorArgs>),
     /// Run the node agent: register the NodeInstall, follow its target,
@@ -92,6 +92,8 @@ enum Command {
     App(cli::app::AppArgs),
     /// Show which cluster capabilities hold, and on which nodes they fail.
     Capability(cli::app::CapabilityArgs),
+    /// Serve the dashboard on this machine, as the kubeconfig's user.
+    Dashboard(cli::dashboard::DashboardArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -120,6 +122,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Config(args) => runtime()?.block_on(cli::config::run(args)),
         Command::App(args) => ok(runtime()?.block_on(cli::app::run(args))),
         Command::Capability(args) => ok(runtime()?.block_on(cli::app::run_capability(args))),
+        Command::Dashboard(args) => ok(runtime()?.block_on(cli::dashboard::run(args))),
     }
 }
 

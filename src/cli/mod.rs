@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod completions;
 pub mod config;
 pub mod crds;
+pub mod dashboard;
 pub mod discover;
 pub mod groups;
 pub mod node;

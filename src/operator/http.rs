@@ -1,4 +1,4 @@
-//! The operator's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, the
+//! The operator's HTTP endpoints: the dashboard under `/ui/`, `/healthz`, `/readyz`, `/metrics`, the
 //! SLA monitor's `POST /halt` and `POST /resume` (bearer token), and the
 //! repository of generated configuration packages under
 //! `/config-repository/` (`index.json`, `index.json.sig`,
@@ -33,6 +33,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// The generated packages' repository.
     pub config_repository: Option<crate::configgen::store::Repository>,
+    /// The dashboard under `/ui/`, unless it is off.
+    pub dashboard: Option<crate::dashboard::Dashboard>,
 }
 
 /// Whether `/readyz` answers 200: not before the operator has reached the
@@ -68,14 +70,19 @@ impl Readiness {
 
 /// The router.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let dashboard = state.dashboard.clone();
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/halt", post(halt))
         .route("/resume", post(resume))
         .route("/config-repository/{*path}", get(config_file))
-        .with_state(state)
+        .with_state(state);
+    match dashboard {
+        Some(dashboard) => router.merge(crate::dashboard::router(dashboard)),
+        None => router,
+    }
 }
 
 /// A file of the generated packages' repository.

@@ -149,6 +149,25 @@ pub struct OperatorArgs {
     /// kept before it is deleted.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub config_gc_grace_seconds: u64,
+
+    /// How the dashboard under /ui/ knows its users. `token`: each user's
+    /// bearer token, pasted once on the login page (kept in an HttpOnly
+    /// cookie) or sent by an authenticating proxy in `Authorization`.
+    /// `proxy`: a trusted authenticating proxy names the user in
+    /// X-Forwarded-User and X-Forwarded-Groups and the operator
+    /// impersonates them (it needs the `impersonate` verb; only that proxy
+    /// may reach --listen). `off`: no dashboard. Either way every read and
+    /// change is made as the user, so RBAC decides.
+    #[arg(long, env = "THESEUS_UI_AUTH", value_enum, default_value = "token")]
+    pub ui_auth: UiAuth,
+}
+
+/// How the dashboard knows its users (`--ui-auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UiAuth {
+    Token,
+    Proxy,
+    Off,
 }
 
 /// A controller: given the shared handle, runs until `stop` is cancelled.
@@ -242,6 +261,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         client,
         fenced,
         elector,
+        dashboard,
     } = clients(&args, &identity).await?;
     let token = halt_token(&client, &args).await?;
     let halt = HaltStore::new(client.clone(), &args.namespace);
@@ -292,6 +312,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             metrics: shared.metrics.clone(),
             readiness: readiness.clone(),
             config_repository: Some(config_repository),
+            dashboard: dashboard.map(|mode| {
+                crate::dashboard::Dashboard::new(
+                    mode,
+                    &args.namespace,
+                    args.selector.clone(),
+                    (!args.no_discovery).then(|| args.discovery.config()),
+                )
+            }),
         },
     );
     info!(%listen, identity = %identity, "operator starting");
@@ -331,6 +359,8 @@ struct Clients {
     fenced: Client,
     /// Campaigns for the lease.
     elector: Elector,
+    /// How the dashboard authenticates, if it is on.
+    dashboard: Option<crate::dashboard::Mode>,
 }
 
 async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients> {
@@ -339,6 +369,15 @@ async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients>
         .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client (check KUBECONFIG or the in-cluster service account): {e}"))?;
     let client = Client::try_from(config.clone())
         .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let dashboard = match args.ui_auth {
+        UiAuth::Off => None,
+        UiAuth::Token => Some(crate::dashboard::Mode::Tokens {
+            base: config.clone(),
+        }),
+        UiAuth::Proxy => Some(crate::dashboard::Mode::Impersonate {
+            base: config.clone(),
+        }),
+    };
     let elector = Elector::new(
         client.clone(),
         LeaseConfig {
@@ -356,6 +395,7 @@ async fn clients(args: &OperatorArgs, identity: &str) -> anyhow::Result<Clients>
         client,
         fenced,
         elector,
+        dashboard,
     })
 }
 

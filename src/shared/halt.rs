@@ -30,7 +30,7 @@ pub struct Halt {
 }
 
 impl Halt {
-    fn from_configmap(cm: &ConfigMap) -> Self {
+    pub(crate) fn from_configmap(cm: &ConfigMap) -> Self {
         let get = |k: &str| {
             cm.data
                 .as_ref()

@@ -30,6 +30,7 @@ mod config;
 mod config_bundles;
 mod config_secrets;
 mod container;
+mod dashboard;
 mod demo;
 mod discovery;
 mod layout;

@@ -11,6 +11,7 @@
 //! The benchmarks include this module too (`#[path]`), each using a part.
 
 pub mod agents;
+pub mod browser;
 pub mod discovery;
 pub mod ec2;
 pub mod fleet;

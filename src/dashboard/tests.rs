@@ -1,0 +1,305 @@
+//! The handlers and templates in process, over the fake API server: what a
+//! page shows to whom, and which requests a button makes or refuses.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{Dashboard, Mode, router};
+use crate::shared::fake_api::{self, Call, Log};
+
+/// An API server where `allowed` is every access review's answer and
+/// `patch_status` every PATCH's.
+fn api(log: &Log, allowed: bool, patch_status: u16, list_status: u16) -> kube::Client {
+    fake_api::client(log, move |call: &Call| {
+        let path = call.path.split('?').next().unwrap_or_default();
+        match (call.method.as_str(), path) {
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => {
+                fake_api::ok(json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                    "spec": call.body["spec"], "status": { "allowed": allowed }
+                }))
+            }
+            ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews") => fake_api::ok(json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                "status": { "userInfo": { "username": "alice" } }
+            })),
+            ("GET", "/api/v1/namespaces/theseus-system/configmaps/theseus-halt") => {
+                fake_api::status(404, "NotFound")
+            }
+            ("GET", p) if p.starts_with("/apis/theseus.dev/v1alpha1/") => {
+                if list_status != 200 {
+                    return fake_api::status(list_status, "Refused");
+                }
+                let web = json!({
+                    "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+                    "metadata": { "name": "web" },
+                    "spec": { "repository": "r", "packages": ["web--1.0.0"], "nodeSelector": {} },
+                    "status": { "desiredNodes": 3, "updatedNodes": 1 }
+                });
+                if p.ends_with("/packagesets/web") {
+                    return fake_api::ok(web);
+                }
+                let items: Vec<Value> = if p.ends_with("/packagesets") {
+                    vec![web]
+                } else {
+                    vec![]
+                };
+                fake_api::ok(
+                    json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }),
+                )
+            }
+            ("PATCH", _) if patch_status != 200 => fake_api::status(patch_status, "Forbidden"),
+            ("PATCH", p) if p.contains("/packagesets/") => fake_api::ok(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+                "metadata": { "name": "web" },
+                "spec": { "repository": "r", "packages": call.body["spec"]["packages"], "nodeSelector": {} }
+            })),
+            ("PATCH", _) => fake_api::ok(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "theseus-halt", "namespace": "theseus-system" },
+                "data": { "reason": "r", "by": "alice", "at": "2026-01-01T00:00:00Z" }
+            })),
+            _ => fake_api::status(404, "NotFound"),
+        }
+    })
+}
+
+fn dashboard(client: kube::Client) -> (Dashboard, String) {
+    let key = [7u8; 32];
+    let csrf = super::auth::csrf_token(&key, b"");
+    (
+        Dashboard::new(
+            Mode::Kubeconfig {
+                client,
+                csrf_key: key,
+            },
+            "theseus-system",
+            None,
+            None,
+        ),
+        csrf,
+    )
+}
+
+async fn send(
+    dashboard: &Dashboard,
+    request: Request<Body>,
+) -> (StatusCode, String, axum::http::HeaderMap) {
+    let response = router(dashboard.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("host", "dash")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn post(uri: &str, csrf: Option<&str>, body: &str) -> Request<Body> {
+    let mut request = Request::post(uri)
+        .header("host", "dash")
+        .header("hx-request", "true")
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn the_fleet_page_shows_the_halt_button_only_to_users_allowed_to_halt() {
+    let log = Log::default();
+    let (admin, csrf) = dashboard(api(&log, true, 200, 200));
+    let (status, html, _) = send(&admin, get("/ui/")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(r#"id="set-web""#), "{html}");
+    assert!(html.contains(r#"<progress value="1" max="3""#), "{html}");
+    assert!(html.contains(r#"hx-post="/ui/halt""#), "{html}");
+    assert!(html.contains(&csrf), "the page carries the CSRF token");
+    assert!(
+        html.contains(r#"sse-connect="/ui/live?view=fleet""#),
+        "{html}"
+    );
+    let reviews: Vec<Value> = log
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("selfsubjectaccessreviews"))
+        .map(|c| c.body["spec"]["resourceAttributes"].clone())
+        .collect();
+    assert!(
+        reviews.iter().any(|r| r["verb"] == "patch"
+            && r["resource"] == "configmaps"
+            && r["name"] == "theseus-halt"),
+        "the halt button is a verb on the halt ConfigMap: {reviews:?}"
+    );
+
+    let (viewer, _) = dashboard(api(&Log::default(), false, 200, 200));
+    let (status, html, _) = send(&viewer, get("/ui/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"id="set-web""#));
+    assert!(!html.contains("hx-post=\"/ui/halt\""), "{html}");
+}
+
+#[tokio::test]
+async fn a_post_without_the_csrf_token_is_refused_before_the_api_server_is_asked() {
+    let log = Log::default();
+    let (admin, csrf) = dashboard(api(&log, true, 200, 200));
+    let (status, body, _) = send(&admin, post("/ui/halt", None, "reason=x")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("no CSRF token"), "{body}");
+    let (status, body, _) = send(&admin, post("/ui/halt", Some("forged"), "reason=x")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let mut cross = post("/ui/halt", Some(&csrf), "reason=x");
+    cross
+        .headers_mut()
+        .insert("origin", "https://elsewhere".parse().unwrap());
+    let (status, body, _) = send(&admin, cross).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        log.calls().is_empty(),
+        "nothing reached the API server: {:?}",
+        log.lines()
+    );
+
+    let (status, body, _) = send(&admin, post("/ui/halt", Some(&csrf), "reason=SLA+breach")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("halted by alice: SLA breach"), "{body}");
+    let patch = log
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PATCH")
+        .expect("the halt was written");
+    assert!(
+        patch
+            .path
+            .starts_with("/api/v1/namespaces/theseus-system/configmaps/theseus-halt")
+    );
+    assert_eq!(patch.body["data"]["reason"], "SLA breach");
+    assert_eq!(
+        patch.body["data"]["by"], "alice",
+        "the halt names the signed-in user"
+    );
+}
+
+#[tokio::test]
+async fn a_change_the_api_server_refuses_answers_its_status_and_message() {
+    let (viewer, csrf) = dashboard(api(&Log::default(), false, 403, 200));
+    let (status, body, _) = send(&viewer, post("/ui/halt", Some(&csrf), "reason=x")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("Cannot halt") && body.contains("Forbidden"),
+        "{body}"
+    );
+    let (status, body, _) = send(
+        &viewer,
+        post("/ui/nodepools/p/scale", Some(&csrf), "replicas=3"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body, _) = send(
+        &viewer,
+        post("/ui/nodepools/p/scale", Some(&csrf), "replicas=many"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("whole number"), "{body}");
+}
+
+#[tokio::test]
+async fn a_credential_the_api_server_no_longer_accepts_leads_to_the_login_page() {
+    let (expired, csrf) = dashboard(api(&Log::default(), true, 401, 401));
+    let (status, _, headers) = send(&expired, get("/ui/")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/login?expired=1");
+    let (status, _, headers) = send(
+        &expired,
+        post("/ui/nodepools/p/scale", Some(&csrf), "replicas=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["hx-redirect"], "/ui/login?expired=1");
+}
+
+#[tokio::test]
+async fn a_change_of_packages_is_confirmed_with_its_diff_first() {
+    let log = Log::default();
+    let (admin, csrf) = dashboard(api(&log, true, 200, 200));
+    let (status, body, _) = send(
+        &admin,
+        post(
+            "/ui/packagesets/web/packages",
+            Some(&csrf),
+            "packages=web--2.0.0%0Aextra--1.0.0",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("PackageSet <strong>web</strong>"), "{body}");
+    assert!(
+        body.contains("− web--1.0.0")
+            && body.contains("+ web--2.0.0")
+            && body.contains("+ extra--1.0.0"),
+        "{body}"
+    );
+    assert!(body.contains(r#"name="confirm""#), "{body}");
+    assert!(
+        !log.calls().iter().any(|c| c.method == "PATCH"),
+        "nothing changed before the confirmation"
+    );
+    let (status, body, _) = send(
+        &admin,
+        post(
+            "/ui/packagesets/web/packages",
+            Some(&csrf),
+            "packages=web--2.0.0%0Aextra--1.0.0&confirm=1",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let patch = log
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PATCH")
+        .unwrap();
+    assert_eq!(
+        patch.body["spec"]["packages"],
+        json!(["web--2.0.0", "extra--1.0.0"])
+    );
+}
+
+#[tokio::test]
+async fn every_kind_lists_in_its_printer_columns_and_assets_are_served() {
+    let (admin, _) = dashboard(api(&Log::default(), true, 200, 200));
+    let (status, html, _) = send(&admin, get("/ui/kinds/packagesets")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("<th>Halted</th>"), "{html}");
+    assert!(
+        html.contains(r#"href="/ui/kinds/packagesets/web""#),
+        "{html}"
+    );
+    let (status, _, _) = send(&admin, get("/ui/kinds/secrets")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, js, headers) = send(&admin, get("/ui/assets/htmx.min.js")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(js.len() > 40_000 && headers["content-type"] == "text/javascript");
+    let (status, _, _) = send(&admin, get("/ui/assets/../../etc/passwd")).await;
+    assert_ne!(status, StatusCode::OK);
+}
+
+#[test]
+fn a_form_body_decodes_like_a_browser_sends_it() {
+    let form = super::pages::form(b"reason=SLA+breach%21&csrf=abc&empty=&bad=%zz");
+    assert_eq!(form["reason"], "SLA breach!");
+    assert_eq!(form["csrf"], "abc");
+    assert_eq!(form["empty"], "");
+    assert_eq!(form["bad"], "%zz");
+}

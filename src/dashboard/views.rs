@@ -1,0 +1,845 @@
+//! What each page shows. A [`View`] names the objects it reads
+//! ([`Source`]s); a [`Snapshot`] holds them; [`render`] turns a snapshot
+//! into [`Fragment`]s: rows and panels with stable element ids. The page
+//! handler renders a snapshot it LISTed; the live stream renders one from
+//! its watches after each change and sends the fragments that differ, so
+//! both always show the same HTML.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::{Client, ResourceExt};
+
+use super::auth::{self, Access};
+use super::columns::{self, Kind};
+use crate::api::conditions;
+use crate::api::{NodeInstall, NodePool, PackageSet};
+use crate::shared::halt::{HALT_CONFIGMAP, Halt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// Rows of the node table of a PackageSet's page.
+pub const PAGE_SIZE: usize = 100;
+
+/// A page's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The halt, every PackageSet with its progress, every NodePool.
+    Fleet,
+    /// A PackageSet and one page of its nodes, optionally of one phase.
+    PackageSet {
+        name: String,
+        page: usize,
+        phase: Option<String>,
+    },
+    /// A NodePool and its instances.
+    NodePool { name: String },
+    /// Every object of a kind, in its printer columns.
+    Kind { plural: String },
+}
+
+/// What a view reads.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Halt,
+    PackageSets,
+    NodeInstalls,
+    NodePools,
+    Objects(&'static Kind),
+}
+
+impl View {
+    /// The objects the view reads.
+    pub fn sources(&self) -> Vec<Source> {
+        match self {
+            View::Fleet => vec![
+                Source::Halt,
+                Source::PackageSets,
+                Source::NodeInstalls,
+                Source::NodePools,
+            ],
+            View::PackageSet { .. } => {
+                vec![Source::Halt, Source::PackageSets, Source::NodeInstalls]
+            }
+            View::NodePool { .. } => vec![Source::NodePools],
+            View::Kind { plural } => columns::by_plural(plural)
+                .map(|k| vec![Source::Objects(k)])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The query string of the view's live stream.
+    pub fn live_query(&self) -> String {
+        let enc = |s: &str| {
+            s.bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        match self {
+            View::Fleet => "view=fleet".to_owned(),
+            View::PackageSet { name, page, phase } => format!(
+                "view=packageset&name={}&page={page}{}",
+                enc(name),
+                phase
+                    .as_deref()
+                    .map(|p| format!("&phase={}", enc(p)))
+                    .unwrap_or_default()
+            ),
+            View::NodePool { name } => format!("view=nodepool&name={}", enc(name)),
+            View::Kind { plural } => format!("view=kind&plural={}", enc(plural)),
+        }
+    }
+}
+
+/// The objects a view reads, as the user sees them.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub halt: Option<Halt>,
+    pub sets: Vec<PackageSet>,
+    pub nodes: Vec<NodeInstall>,
+    pub pools: Vec<NodePool>,
+    pub objects: Vec<DynamicObject>,
+}
+
+/// What the user may do on a page: the buttons shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowed {
+    pub halt: bool,
+    pub pause: bool,
+    pub scale: bool,
+}
+
+impl Allowed {
+    /// Asks the API server (SelfSubjectAccessReviews, at once) what the
+    /// client's user may do on `view`.
+    pub async fn check(client: &Client, view: &View, namespace: &str) -> Self {
+        let halt = Access {
+            verb: "patch",
+            group: "",
+            resource: "configmaps",
+            namespace: Some(namespace.to_owned()),
+            name: Some(HALT_CONFIGMAP.to_owned()),
+        };
+        let (pause, scale) = match view {
+            View::Fleet | View::PackageSet { .. } => (
+                Some(Access {
+                    verb: "patch",
+                    group: "theseus.dev",
+                    resource: "packagesets",
+                    namespace: None,
+                    name: None,
+                }),
+                None,
+            ),
+            View::NodePool { .. } => (
+                None,
+                Some(Access {
+                    verb: "patch",
+                    group: "theseus.dev",
+                    resource: "nodepools",
+                    namespace: None,
+                    name: None,
+                }),
+            ),
+            View::Kind { .. } => (None, None),
+        };
+        let wants_halt = matches!(view, View::Fleet | View::PackageSet { .. });
+        let ask = |a: Option<Access>| async move {
+            match a {
+                Some(a) => auth::can(client, &a).await,
+                None => false,
+            }
+        };
+        let (halt, pause, scale) =
+            futures::join!(ask(wants_halt.then_some(halt)), ask(pause), ask(scale));
+        Self { halt, pause, scale }
+    }
+}
+
+/// Reads a view's objects as the client's user (LISTs, at once).
+pub async fn load(
+    client: &Client,
+    view: &View,
+    namespace: &str,
+    selector: Option<&str>,
+) -> Result<Snapshot, kube::Error> {
+    let mut snapshot = Snapshot::default();
+    let params = || match selector {
+        Some(s) => ListParams::default().labels(s),
+        None => ListParams::default(),
+    };
+    for source in view.sources() {
+        match source {
+            Source::Halt => {
+                snapshot.halt = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .get_opt(HALT_CONFIGMAP)
+                    .await?
+                    .map(|cm| Halt::from_configmap(&cm));
+            }
+            Source::PackageSets => {
+                snapshot.sets = Api::<PackageSet>::all(client.clone())
+                    .list(&params())
+                    .await?
+                    .items;
+            }
+            Source::NodeInstalls => {
+                snapshot.nodes = Api::<NodeInstall>::all(client.clone())
+                    .list(&params())
+                    .await?
+                    .items;
+            }
+            Source::NodePools => {
+                snapshot.pools = Api::<NodePool>::all(client.clone())
+                    .list(&params())
+                    .await?
+                    .items;
+            }
+            Source::Objects(kind) => {
+                snapshot.objects = Api::<DynamicObject>::all_with(client.clone(), &kind.resource)
+                    .list(&params())
+                    .await?
+                    .items;
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// A piece of a page with a stable element id: a row of the table whose
+/// body is `parent`, or (no parent) a panel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub id: String,
+    pub parent: Option<String>,
+    pub html: String,
+}
+
+/// A view's fragments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered(pub Vec<Fragment>);
+
+impl Rendered {
+    /// The rows of table body `parent`, concatenated.
+    pub fn rows(&self, parent: &str) -> String {
+        self.0
+            .iter()
+            .filter(|f| f.parent.as_deref() == Some(parent))
+            .map(|f| f.html.as_str())
+            .collect()
+    }
+
+    /// Panel `id`.
+    pub fn panel(&self, id: &str) -> String {
+        self.0
+            .iter()
+            .find(|f| f.id == id && f.parent.is_none())
+            .map(|f| f.html.clone())
+            .unwrap_or_default()
+    }
+
+    fn push(&mut self, id: String, parent: Option<&str>, template: impl Template) {
+        let html = template.render().expect("dashboard templates render");
+        self.0.push(Fragment {
+            id,
+            parent: parent.map(str::to_owned),
+            html,
+        });
+    }
+}
+
+/// An element id for `name`: letters, digits and `-`, the rest escaped.
+pub fn element_id(prefix: &str, name: &str) -> String {
+    let mut id = format!("{prefix}-");
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            id.push(c);
+        } else {
+            id.push_str(&format!("_{:x}_", c as u32));
+        }
+    }
+    id
+}
+
+/// The fragments of `view` over `snapshot`.
+pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
+    let mut out = Rendered::default();
+    match view {
+        View::Fleet => {
+            out.push("halt-banner".into(), None, banner(snapshot, allowed));
+            for set in &snapshot.sets {
+                let name = set.name_any();
+                out.push(
+                    element_id("set", &name),
+                    Some("sets"),
+                    SetRow::of(set, &snapshot.nodes),
+                );
+            }
+            for pool in &snapshot.pools {
+                out.push(
+                    element_id("pool", &pool.name_any()),
+                    Some("pools"),
+                    PoolRow::of(pool),
+                );
+            }
+        }
+        View::PackageSet { name, page, phase } => {
+            out.push("halt-banner".into(), None, banner(snapshot, allowed));
+            let set = snapshot.sets.iter().find(|s| s.name_any() == *name);
+            out.push(
+                "set-summary".into(),
+                None,
+                SetSummary::of(name, set, &snapshot.nodes, allowed),
+            );
+            let mut nodes: Vec<&NodeInstall> = snapshot
+                .nodes
+                .iter()
+                .filter(|n| target_set(n) == Some(name.as_str()))
+                .filter(|n| phase.as_deref().is_none_or(|p| phase_of(n) == p))
+                .collect();
+            nodes.sort_by_key(|n| n.name_any());
+            let pages = nodes.len().div_ceil(PAGE_SIZE).max(1);
+            let page = (*page).min(pages - 1);
+            out.push(
+                "node-pager".into(),
+                None,
+                Pager {
+                    name: name.clone(),
+                    page,
+                    pages,
+                    total: nodes.len(),
+                    phase: phase.clone().unwrap_or_default(),
+                },
+            );
+            for node in nodes.iter().skip(page * PAGE_SIZE).take(PAGE_SIZE) {
+                out.push(
+                    element_id("node", &node.name_any()),
+                    Some("nodes"),
+                    NodeRow::of(node),
+                );
+            }
+        }
+        View::NodePool { name } => {
+            let pool = snapshot.pools.iter().find(|p| p.name_any() == *name);
+            out.push(
+                "pool-summary".into(),
+                None,
+                PoolSummary::of(name, pool, allowed),
+            );
+            for instance in pool
+                .and_then(|p| p.status.as_ref())
+                .map(|s| s.instances.as_slice())
+                .unwrap_or_default()
+            {
+                out.push(
+                    element_id("instance", &instance.id),
+                    Some("instances"),
+                    InstanceRow {
+                        row_id: element_id("instance", &instance.id),
+                        id: instance.id.clone(),
+                        node: instance.node.clone().unwrap_or_default(),
+                        state: instance.state.clone().unwrap_or_default(),
+                        launched: instance
+                            .launched
+                            .as_ref()
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default(),
+                        draining: instance.drain_started.is_some(),
+                    },
+                );
+            }
+        }
+        View::Kind { plural } => {
+            let Some(kind) = columns::by_plural(plural) else {
+                return out;
+            };
+            let mut objects: Vec<&DynamicObject> = snapshot.objects.iter().collect();
+            objects.sort_by_key(|o| (o.namespace(), o.name_any()));
+            for object in objects {
+                let json = serde_json::to_value(object).unwrap_or_default();
+                let namespace = object.namespace();
+                let name = object.name_any();
+                let key = match &namespace {
+                    Some(ns) => format!("{ns}/{name}"),
+                    None => name.clone(),
+                };
+                out.push(
+                    element_id("obj", &key),
+                    Some("objects"),
+                    ObjectRow {
+                        id: element_id("obj", &key),
+                        href: format!("/ui/kinds/{}/{key}", kind.plural),
+                        namespace: namespace.unwrap_or_default(),
+                        namespaced: kind.namespaced,
+                        name,
+                        cells: kind
+                            .columns
+                            .iter()
+                            .map(|c| columns::cell(&json, &c.json_path))
+                            .collect(),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+fn target_set(node: &NodeInstall) -> Option<&str> {
+    node.spec.target.as_ref().map(|t| t.package_set.as_str())
+}
+
+fn phase_of(node: &NodeInstall) -> String {
+    node.status
+        .as_ref()
+        .map(|s| format!("{:?}", s.phase))
+        .unwrap_or_else(|| "Unreported".to_owned())
+}
+
+fn short(hash: Option<&str>) -> String {
+    hash.map(|h| h.chars().take(10).collect())
+        .unwrap_or_default()
+}
+
+fn banner(snapshot: &Snapshot, allowed: &Allowed) -> HaltBanner {
+    HaltBanner {
+        halted: snapshot.halt.is_some(),
+        message: snapshot
+            .halt
+            .as_ref()
+            .map(Halt::message)
+            .unwrap_or_default(),
+        at: snapshot
+            .halt
+            .as_ref()
+            .map(|h| h.at.clone())
+            .unwrap_or_default(),
+        can_halt: allowed.halt,
+    }
+}
+
+/// The halt: a banner while it is in force, and the button that sets or
+/// clears it for those allowed to.
+#[derive(Template)]
+#[template(path = "dashboard/halt_banner.html")]
+pub struct HaltBanner {
+    pub halted: bool,
+    pub message: String,
+    pub at: String,
+    pub can_halt: bool,
+}
+
+/// A condition as a badge.
+#[derive(Clone, Debug)]
+pub struct Badge {
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// `ok`, `bad` or `off`: the badge's colour.
+    pub tone: &'static str,
+}
+
+impl Badge {
+    fn of(c: &Condition) -> Self {
+        // Conditions whose True is trouble, and those that only say
+        // something is under way.
+        let bad_when_true = matches!(
+            c.type_.as_str(),
+            "Halted" | "Degraded" | "Stalled" | "Conflict" | "Failed"
+        );
+        let in_progress = matches!(c.type_.as_str(), "Progressing" | "Scaling" | "Reconciling");
+        let tone = match (c.status.as_str(), bad_when_true, in_progress) {
+            ("True", _, true) => "ok",
+            (_, _, true) => "off",
+            ("True", false, _) | ("False", true, _) => "ok",
+            ("True", true, _) | ("False", false, _) => "bad",
+            _ => "off",
+        };
+        Self {
+            type_: c.type_.clone(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            tone,
+        }
+    }
+}
+
+fn badges(conditions: &[Condition]) -> Vec<Badge> {
+    conditions.iter().map(Badge::of).collect()
+}
+
+/// How many of a set's nodes are in each phase.
+fn phase_counts(name: &str, nodes: &[NodeInstall]) -> Vec<(String, usize)> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for node in nodes.iter().filter(|n| target_set(n) == Some(name)) {
+        *counts.entry(phase_of(node)).or_default() += 1;
+    }
+    counts.into_iter().collect()
+}
+
+/// A PackageSet on the fleet page.
+#[derive(Template)]
+#[template(path = "dashboard/set_row.html")]
+pub struct SetRow {
+    pub id: String,
+    pub name: String,
+    pub packages: String,
+    pub desired: i32,
+    pub updated: i32,
+    pub ready: i32,
+    pub failed: i32,
+    pub paused: bool,
+    pub halted: bool,
+    pub phases: Vec<(String, usize)>,
+    pub badges: Vec<Badge>,
+}
+
+impl SetRow {
+    fn of(set: &PackageSet, nodes: &[NodeInstall]) -> Self {
+        let name = set.name_any();
+        let status = set.status.clone().unwrap_or_default();
+        Self {
+            id: element_id("set", &name),
+            packages: set.spec.packages.join(" "),
+            desired: status.desired_nodes,
+            updated: status.updated_nodes,
+            ready: status.ready_nodes,
+            failed: status.failed_nodes,
+            paused: set.spec.paused,
+            halted: conditions::is_true(&status.conditions, "Halted"),
+            phases: phase_counts(&name, nodes),
+            badges: badges(&status.conditions),
+            name,
+        }
+    }
+}
+
+/// A PackageSet's page header: its spec, progress, conditions and buttons.
+#[derive(Template)]
+#[template(path = "dashboard/set_summary.html")]
+pub struct SetSummary {
+    pub found: bool,
+    pub name: String,
+    pub repository: String,
+    pub packages: Vec<String>,
+    pub packages_text: String,
+    pub set_hash: String,
+    pub desired: i32,
+    pub updated: i32,
+    pub ready: i32,
+    pub failed: i32,
+    pub paused: bool,
+    pub phases: Vec<(String, usize)>,
+    pub badges: Vec<Badge>,
+    pub can_pause: bool,
+}
+
+impl SetSummary {
+    fn of(name: &str, set: Option<&PackageSet>, nodes: &[NodeInstall], allowed: &Allowed) -> Self {
+        let status = set.and_then(|s| s.status.clone()).unwrap_or_default();
+        let packages = set.map(|s| s.spec.packages.clone()).unwrap_or_default();
+        Self {
+            found: set.is_some(),
+            name: name.to_owned(),
+            repository: set.map(|s| s.spec.repository.clone()).unwrap_or_default(),
+            packages_text: packages.join("\n"),
+            packages,
+            set_hash: short(status.set_hash.as_deref()),
+            desired: status.desired_nodes,
+            updated: status.updated_nodes,
+            ready: status.ready_nodes,
+            failed: status.failed_nodes,
+            paused: set.is_some_and(|s| s.spec.paused),
+            phases: phase_counts(name, nodes),
+            badges: badges(&status.conditions),
+            can_pause: allowed.pause,
+        }
+    }
+}
+
+/// The pager of a PackageSet's nodes.
+#[derive(Template)]
+#[template(path = "dashboard/pager.html")]
+pub struct Pager {
+    pub name: String,
+    pub page: usize,
+    pub pages: usize,
+    pub total: usize,
+    pub phase: String,
+}
+
+/// A node of a PackageSet.
+#[derive(Template)]
+#[template(path = "dashboard/node_row.html")]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub phase: String,
+    pub active: String,
+    pub target: String,
+    pub message: String,
+    pub heartbeat: String,
+    pub failed: bool,
+}
+
+impl NodeRow {
+    fn of(node: &NodeInstall) -> Self {
+        let status = node.status.clone().unwrap_or_default();
+        let phase = phase_of(node);
+        let message = [status.reason.clone(), status.message.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        Self {
+            id: element_id("node", &node.name_any()),
+            name: node.name_any(),
+            failed: matches!(phase.as_str(), "Failed" | "RolledBack"),
+            phase,
+            active: short(status.active_hash.as_deref()),
+            target: short(node.spec.target.as_ref().map(|t| t.set_hash.as_str())),
+            message,
+            heartbeat: status
+                .heartbeat
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A NodePool on the fleet page.
+#[derive(Template)]
+#[template(path = "dashboard/pool_row.html")]
+pub struct PoolRow {
+    pub id: String,
+    pub name: String,
+    pub provider: String,
+    pub replicas: i32,
+    pub current: i32,
+    pub ready: i32,
+    pub badges: Vec<Badge>,
+}
+
+impl PoolRow {
+    fn of(pool: &NodePool) -> Self {
+        let status = pool.status.clone().unwrap_or_default();
+        Self {
+            id: element_id("pool", &pool.name_any()),
+            name: pool.name_any(),
+            provider: format!("{:?}", pool.spec.provider.type_),
+            replicas: pool.spec.replicas,
+            current: status.replicas,
+            ready: status.ready_replicas,
+            badges: badges(&status.conditions),
+        }
+    }
+}
+
+/// A NodePool's page header and scale form.
+#[derive(Template)]
+#[template(path = "dashboard/pool_summary.html")]
+pub struct PoolSummary {
+    pub found: bool,
+    pub name: String,
+    pub provider: String,
+    pub replicas: i32,
+    pub current: i32,
+    pub ready: i32,
+    pub badges: Vec<Badge>,
+    pub can_scale: bool,
+}
+
+impl PoolSummary {
+    fn of(name: &str, pool: Option<&NodePool>, allowed: &Allowed) -> Self {
+        let status = pool.and_then(|p| p.status.clone()).unwrap_or_default();
+        Self {
+            found: pool.is_some(),
+            name: name.to_owned(),
+            provider: pool
+                .map(|p| format!("{:?}", p.spec.provider.type_))
+                .unwrap_or_default(),
+            replicas: pool.map(|p| p.spec.replicas).unwrap_or_default(),
+            current: status.replicas,
+            ready: status.ready_replicas,
+            badges: badges(&status.conditions),
+            can_scale: allowed.scale,
+        }
+    }
+}
+
+/// An instance of a NodePool.
+#[derive(Template)]
+#[template(path = "dashboard/instance_row.html")]
+pub struct InstanceRow {
+    pub row_id: String,
+    pub id: String,
+    pub node: String,
+    pub state: String,
+    pub launched: String,
+    pub draining: bool,
+}
+
+/// An object in its kind's printer columns.
+#[derive(Template)]
+#[template(path = "dashboard/object_row.html")]
+pub struct ObjectRow {
+    pub id: String,
+    pub href: String,
+    pub namespaced: bool,
+    pub namespace: String,
+    pub name: String,
+    pub cells: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(name: &str, updated: i32, halted: bool) -> PackageSet {
+        serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+            "metadata": { "name": name },
+            "spec": { "repository": "r", "packages": ["web--1.0.0"], "nodeSelector": {} },
+            "status": {
+                "desiredNodes": 4, "updatedNodes": updated, "readyNodes": updated,
+                "conditions": [{
+                    "type": "Halted", "status": if halted { "True" } else { "False" },
+                    "reason": "R", "message": "<script>", "lastTransitionTime": "2026-01-01T00:00:00Z"
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, set: &str, phase: &str) -> NodeInstall {
+        serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+            "metadata": { "name": name },
+            "spec": { "target": { "packageSet": set, "setHash": "abcdef0123456789", "packages": [], "repositoryUrl": "http://r" } },
+            "status": { "phase": phase, "message": "switching" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fleet_shows_each_sets_progress_and_its_nodes_phases() {
+        let snapshot = Snapshot {
+            sets: vec![set("web", 2, false)],
+            nodes: vec![
+                node("n1", "web", "Active"),
+                node("n2", "web", "Active"),
+                node("n3", "web", "Fetching"),
+                node("n4", "other", "Failed"),
+            ],
+            ..Snapshot::default()
+        };
+        let rendered = render(&View::Fleet, &snapshot, &Allowed::default());
+        let row = rendered.rows("sets");
+        assert!(row.contains(r#"id="set-web""#), "{row}");
+        assert!(row.contains(r#"<progress value="2" max="4""#), "{row}");
+        assert!(
+            row.contains("Active 2") && row.contains("Fetching 1"),
+            "{row}"
+        );
+        assert!(!row.contains("Failed"), "another set's node: {row}");
+        assert!(!row.contains("<script>"), "escaped: {row}");
+        let banner = rendered.panel("halt-banner");
+        assert!(!banner.contains("Halted by"), "{banner}");
+        assert!(
+            !banner.contains("<form"),
+            "no halt button without access: {banner}"
+        );
+    }
+
+    #[test]
+    fn the_halt_button_shows_only_for_users_allowed_to_halt() {
+        let halted = Snapshot {
+            halt: Some(Halt {
+                reason: "SLA breach".into(),
+                by: "monitor".into(),
+                at: "2026-01-01T00:00:00Z".into(),
+            }),
+            ..Snapshot::default()
+        };
+        let allowed = Allowed {
+            halt: true,
+            ..Allowed::default()
+        };
+        let banner = render(&View::Fleet, &halted, &allowed).panel("halt-banner");
+        assert!(banner.contains("halted by monitor: SLA breach"), "{banner}");
+        assert!(banner.contains(r#"hx-post="/ui/resume""#), "{banner}");
+        let viewer = render(&View::Fleet, &halted, &Allowed::default()).panel("halt-banner");
+        assert!(viewer.contains("halted by monitor"), "{viewer}");
+        assert!(!viewer.contains("hx-post"), "{viewer}");
+        let running = render(&View::Fleet, &Snapshot::default(), &allowed).panel("halt-banner");
+        assert!(running.contains(r#"hx-post="/ui/halt""#), "{running}");
+    }
+
+    #[test]
+    fn a_sets_nodes_are_paged_and_filtered_by_phase() {
+        let nodes: Vec<NodeInstall> = (0..250)
+            .map(|i| {
+                node(
+                    &format!("n{i:03}"),
+                    "web",
+                    if i % 2 == 0 { "Active" } else { "Fetching" },
+                )
+            })
+            .collect();
+        let snapshot = Snapshot {
+            sets: vec![set("web", 125, false)],
+            nodes,
+            ..Snapshot::default()
+        };
+        let view = |page, phase: Option<&str>| View::PackageSet {
+            name: "web".into(),
+            page,
+            phase: phase.map(str::to_owned),
+        };
+        let first = render(&view(0, None), &snapshot, &Allowed::default());
+        assert_eq!(
+            first
+                .0
+                .iter()
+                .filter(|f| f.parent.as_deref() == Some("nodes"))
+                .count(),
+            PAGE_SIZE
+        );
+        assert!(first.rows("nodes").contains("node-n000"));
+        let last = render(&view(9, None), &snapshot, &Allowed::default());
+        assert_eq!(
+            last.0
+                .iter()
+                .filter(|f| f.parent.as_deref() == Some("nodes"))
+                .count(),
+            50,
+            "clamped to the last page"
+        );
+        assert!(
+            last.panel("node-pager").contains("250 nodes"),
+            "{}",
+            last.panel("node-pager")
+        );
+        let fetching = render(&view(0, Some("Fetching")), &snapshot, &Allowed::default());
+        assert!(fetching.rows("nodes").contains("node-n001"));
+        assert!(!fetching.rows("nodes").contains("node-n000"));
+        assert_eq!(
+            view(1, Some("Fetching")).live_query(),
+            "view=packageset&name=web&page=1&phase=Fetching"
+        );
+    }
+
+    #[test]
+    fn element_ids_are_stable_and_safe() {
+        assert_eq!(element_id("obj", "ns/a.b"), "obj-ns_2f_a_2e_b");
+        assert_eq!(element_id("set", "web-1"), "set-web-1");
+    }
+}

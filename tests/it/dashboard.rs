@@ -1,0 +1,505 @@
+//! The dashboard in a real headless Chromium, served by a real operator over
+//! the testbed: users sign in with ServiceAccount tokens, RBAC decides what
+//! they see and may change, and pages follow the fleet through their live
+//! streams alone (a marker set on the page at load must survive: no reload).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use theseus::api::conditions;
+use theseus::api::{NodePool, PackageSet};
+
+use crate::support::browser::{Browser, Page};
+use crate::support::fleet::{Operator, RUN_LABEL};
+use crate::support::operator::{CONFIG, Rig, V1};
+use crate::support::pools::LocalRig;
+use crate::support::repo_root;
+
+const LIVE: Duration = Duration::from_secs(20);
+
+/// A ServiceAccount of the test's namespace bound to `cluster_role`, and a
+/// token of it; the binding is named after the account and the namespace.
+async fn account(client: &Client, ns: &str, name: &str, cluster_role: &str) -> String {
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": format!("{ns}-{name}"), "labels": { RUN_LABEL: ns } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
+        "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": ns }]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))
+            .unwrap();
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
+}
+
+/// A ClusterRole that reads every Theseus kind, ConfigMaps and Events and
+/// changes nothing.
+async fn viewer_role(client: &Client, ns: &str) -> String {
+    let name = format!("{ns}-viewer");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { RUN_LABEL: ns } },
+        "rules": [
+            { "apiGroups": ["theseus.dev"], "resources": ["*"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [""], "resources": ["configmaps", "events"], "verbs": ["get", "list", "watch"] }
+        ]
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    name
+}
+
+/// Deletes the cluster-scoped RBAC objects of run `ns`.
+async fn remove_rbac(client: &Client, ns: &str) {
+    let params = kube::api::ListParams::default().labels(&format!("{RUN_LABEL}={ns}"));
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &params)
+        .await;
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &params)
+        .await;
+}
+
+/// Signs in on the login page with `token`; the page is then the fleet.
+async fn sign_in(page: &Page, base: &str, token: &str) {
+    page.goto(&format!("{base}/ui/login")).await;
+    page.find("#token").await.unwrap().send_keys(token).await;
+    page.find("button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await;
+    page.wait_until(
+        LIVE,
+        "signed in, on the fleet page",
+        "location.pathname === '/ui/' && document.querySelector('#halt-banner') !== null",
+    )
+    .await;
+    mark(page).await;
+}
+
+/// Marks the page: [`unreloaded`] then tells whether it is the same page.
+async fn mark(page: &Page) {
+    page.execute(
+        "window.theseusTestMark = 'still here'; return null;",
+        vec![],
+    )
+    .await;
+}
+
+async fn unreloaded(page: &Page) -> bool {
+    page.execute("return window.theseusTestMark === 'still here';", vec![])
+        .await
+        .as_bool()
+        .unwrap_or(false)
+}
+
+/// Where the README's screenshots go.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    repo_root()
+        .join("docs/images")
+        .join(format!("dashboard-{name}.png"))
+}
+
+/// The status of a POST made from the page by script with the page's CSRF
+/// token, as a forger with the user's session would.
+async fn forged_post(page: &Page, path: &str, body: &str) -> u64 {
+    page.execute(
+        "var csrf = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token'];
+         var x = new XMLHttpRequest();
+         x.open('POST', arguments[0], false);
+         x.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded');
+         x.setRequestHeader('X-CSRF-Token', csrf);
+         x.send(arguments[1]);
+         return x.status;",
+        vec![json!(path), json!(body)],
+    )
+    .await
+    .as_u64()
+    .unwrap_or_default()
+}
+
+/// A second PackageSet of the run that selects no node.
+async fn idle_set(rig: &Rig) -> String {
+    let name = format!("{}-idle", rig.run);
+    let set = json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+        "metadata": { "name": name, "labels": { RUN_LABEL: rig.run } },
+        "spec": {
+            "repository": rig.run,
+            "packages": [V1, CONFIG],
+            "nodeSelector": { "matchLabels": { RUN_LABEL: rig.run, "theseus.dev/none": "none" } }
+        }
+    });
+    rig.sets()
+        .patch(
+            &name,
+            &PatchParams::apply("dashboard-test").force(),
+            &Patch::Apply(&set),
+        )
+        .await
+        .unwrap();
+    name
+}
+
+#[tokio::test]
+async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_page() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(rig) = Rig::new("dash-admin").await else {
+        return;
+    };
+    let operator = rig.operator("a");
+    let base = operator.http.clone();
+    let token = account(&rig.client, &rig.ns.name, "admin", "cluster-admin").await;
+    let fleet = rig.fleet(4, Duration::from_millis(1500)).await;
+    let idle = idle_set(&rig).await;
+
+    let first = browser.new_session().await;
+    sign_in(&first, &base, &token).await;
+
+    // The set appears, and its progress bar moves, without a reload.
+    rig.apply_set(&[V1], 1).await;
+    let row = format!("#set-{}", rig.run);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let value = first
+            .execute(
+                "var p = document.querySelector(arguments[0] + ' progress');
+                 return p ? [p.value, p.max] : null;",
+                vec![json!(row)],
+            )
+            .await;
+        if let Some([value, max]) = value.as_array().map(|a| [a[0].as_f64(), a[1].as_f64()]) {
+            let (value, max) = (value.unwrap_or(-1.0), max.unwrap_or(-1.0));
+            if seen.last() != Some(&(value, max)) {
+                seen.push((value, max));
+            }
+            if max == 4.0 && value == 4.0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bar never reached 4/4: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.iter().any(|&(v, m)| m == 4.0 && v > 0.0 && v < 4.0),
+        "the bar moved through the rollout: {seen:?}"
+    );
+    assert!(unreloaded(&first).await, "the page was never reloaded");
+    rig.wait_condition("Available", "True", Duration::from_secs(60))
+        .await;
+
+    // A second, independently signed-in page.
+    let second = browser.new_session().await;
+    sign_in(&second, &base, &token).await;
+    for set in [&rig.run, &idle] {
+        second
+            .wait_until(
+                LIVE,
+                "both sets listed",
+                &format!("document.querySelector('#set-{set}') !== null"),
+            )
+            .await;
+    }
+
+    // Halt from the first page; the second follows every set to Halted.
+    first
+        .find("input[name=reason]")
+        .await
+        .unwrap()
+        .send_keys("dashboard test")
+        .await;
+    first.find("button.halt").await.unwrap().click().await;
+    let asked = first.accept_alert().await;
+    assert!(asked.contains("Halt every rollout"), "{asked}");
+    let halted_at = Instant::now();
+    second
+        .wait_until(
+            LIVE,
+            "every set shown Halted, and the banner",
+            &format!(
+                "document.querySelector('#set-{} .tag.bad') !== null
+                 && document.querySelector('#set-{} .tag.bad') !== null
+                 && document.querySelector('#halt-banner.halted') !== null
+                 && document.querySelector('#halt-banner').textContent.includes('dashboard test')",
+                rig.run, idle
+            ),
+        )
+        .await;
+    eprintln!(
+        "the second page showed every set Halted {:?} after the click",
+        halted_at.elapsed()
+    );
+    assert!(
+        unreloaded(&second).await,
+        "the second page followed without a reload"
+    );
+    let user = format!("system:serviceaccount:{}:admin", rig.ns.name);
+    for name in [&rig.run, &idle] {
+        let set = rig.sets().get(name).await.unwrap();
+        let st = set.status.unwrap_or_default();
+        let halted = conditions::find(&st.conditions, "Halted").expect("Halted");
+        assert_eq!(halted.status, "True", "{name}: {halted:?}");
+        assert!(
+            halted.message.contains(&user),
+            "the halt names its user: {}",
+            halted.message
+        );
+    }
+    first.screenshot(&screenshot_path("fleet")).await;
+    first
+        .goto(&format!("{base}/ui/packagesets/{}", rig.run))
+        .await;
+    first
+        .wait_until(
+            LIVE,
+            "the set's nodes",
+            "document.querySelectorAll('#nodes tr').length === 4",
+        )
+        .await;
+    first.screenshot(&screenshot_path("packageset")).await;
+
+    // Resume from the second page; the first (now the set's page) follows.
+    mark(&first).await;
+    second.find("button.resume").await.unwrap().click().await;
+    second.accept_alert().await;
+    first
+        .wait_until(
+            LIVE,
+            "the banner says running",
+            "document.querySelector('#halt-banner.running') !== null",
+        )
+        .await;
+    assert!(unreloaded(&first).await);
+    let halt = Api::<ConfigMap>::namespaced(rig.client.clone(), &rig.ns.name)
+        .get_opt("theseus-halt")
+        .await
+        .unwrap();
+    assert!(halt.is_none(), "resumed: {halt:?}");
+
+    first.close().await;
+    second.close().await;
+    drop(operator);
+    let _ = rig.sets().delete(&idle, &DeleteParams::default()).await;
+    remove_rbac(&rig.client, &rig.ns.name).await;
+    rig.clean_up(fleet).await;
+}
+
+#[tokio::test]
+async fn an_admin_scales_a_node_pool_and_sees_its_instances_appear() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(rig) = LocalRig::new("dash-pool").await else {
+        return;
+    };
+    let operator: Operator = rig.operator();
+    let base = operator.http.clone();
+    let token = account(&rig.client, &rig.ns.name, "admin", "cluster-admin").await;
+    rig.apply_pool(0, "Force").await;
+
+    let page = browser.new_session().await;
+    sign_in(&page, &base, &token).await;
+    page.wait_until(
+        LIVE,
+        "the pool listed",
+        &format!("document.querySelector('#pool-{}') !== null", rig.run),
+    )
+    .await;
+    page.goto(&format!("{base}/ui/nodepools/{}", rig.run)).await;
+    mark(&page).await;
+    let replicas = page.find("#replicas").await.unwrap();
+    replicas.clear().await;
+    replicas.send_keys("2").await;
+    page.find("button.scale").await.unwrap().click().await;
+    let asked = page.accept_alert().await;
+    assert!(
+        asked.contains(&rig.run),
+        "the confirmation names the pool: {asked}"
+    );
+    page.wait_until(
+        LIVE,
+        "two instances listed",
+        "document.querySelectorAll('#instances tr.instance').length === 2",
+    )
+    .await;
+    assert!(unreloaded(&page).await);
+    let pool = rig.pools().get(&rig.run).await.unwrap();
+    assert_eq!(pool.spec.replicas, 2);
+    let ids: Vec<String> = pool
+        .status
+        .unwrap_or_default()
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    for id in &ids {
+        assert!(page.exists(&format!("#instance-{id}")).await, "{id} shown");
+    }
+    page.wait_until(
+        Duration::from_secs(60),
+        "both ready",
+        "document.querySelector('#pool-counts') && document.querySelector('#pool-summary').textContent.includes('2 ready')",
+    )
+    .await;
+    page.screenshot(&screenshot_path("nodepool")).await;
+    page.close().await;
+
+    rig.scale(0);
+    crate::support::pools::delete_and_wait(&rig.pools(), &rig.run).await;
+    drop(operator);
+    remove_rbac(&rig.client, &rig.ns.name).await;
+    rig.ns.delete(&rig.client).await;
+}
+
+#[tokio::test]
+async fn a_reader_sees_no_buttons_a_forged_post_is_refused_and_bad_tokens_sign_in_again() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(rig) = Rig::new("dash-viewer").await else {
+        return;
+    };
+    let operator = rig.operator("a");
+    let base = operator.http.clone();
+    let role = viewer_role(&rig.client, &rig.ns.name).await;
+    let token = account(&rig.client, &rig.ns.name, "viewer", &role).await;
+    rig.apply_set(&[V1], 1).await;
+    let pools = Api::<NodePool>::all(rig.client.clone());
+    crate::support::pools::apply(
+        &pools,
+        &rig.run,
+        0,
+        json!({ "provider": { "type": "Local", "local": {} } }),
+    )
+    .await;
+
+    let page = browser.new_session().await;
+    sign_in(&page, &base, &token).await;
+    page.wait_until(
+        LIVE,
+        "the set listed",
+        &format!("document.querySelector('#set-{}') !== null", rig.run),
+    )
+    .await;
+    assert!(
+        !page.exists("button.halt").await,
+        "no halt button for a reader"
+    );
+    assert!(!page.exists("input[name=reason]").await);
+    page.goto(&format!("{base}/ui/packagesets/{}", rig.run))
+        .await;
+    page.wait_for("#set-summary", LIVE).await;
+    assert!(
+        !page.exists("button[hx-post$='/pause']").await,
+        "no pause button"
+    );
+    page.goto(&format!("{base}/ui/nodepools/{}", rig.run)).await;
+    page.wait_for("#pool-summary", LIVE).await;
+    assert!(
+        !page.exists("#scale-form").await,
+        "no scale form for a reader"
+    );
+
+    // The same requests the buttons would make, forged with the session's
+    // own CSRF token: the API server refuses them as this user.
+    assert_eq!(forged_post(&page, "/ui/halt", "reason=forged").await, 403);
+    let scale = format!("/ui/nodepools/{}/scale", rig.run);
+    assert_eq!(forged_post(&page, &scale, "replicas=5").await, 403);
+    let pause = format!("/ui/packagesets/{}/pause", rig.run);
+    assert_eq!(forged_post(&page, &pause, "paused=true").await, 403);
+    let halt = Api::<ConfigMap>::namespaced(rig.client.clone(), &rig.ns.name)
+        .get_opt("theseus-halt")
+        .await
+        .unwrap();
+    assert!(halt.is_none(), "nothing halted: {halt:?}");
+    assert_eq!(pools.get(&rig.run).await.unwrap().spec.replicas, 0);
+    let set: PackageSet = rig.sets().get(&rig.run).await.unwrap();
+    assert!(!set.spec.paused);
+    page.close().await;
+
+    // A token the API server does not accept never gets past the login page.
+    let stranger = browser.new_session().await;
+    stranger.goto(&format!("{base}/ui/login")).await;
+    stranger
+        .find("#token")
+        .await
+        .unwrap()
+        .send_keys("not-a-token")
+        .await;
+    stranger
+        .find("button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await;
+    stranger.wait_for("#login-error", LIVE).await;
+    stranger.screenshot(&screenshot_path("login")).await;
+    stranger
+        .add_cookie("theseus-token", "forged-or-expired")
+        .await;
+    stranger.goto(&format!("{base}/ui/")).await;
+    stranger
+        .wait_until(
+            LIVE,
+            "back on the login page",
+            "location.pathname === '/ui/login' && location.search === '?expired=1'",
+        )
+        .await;
+    assert!(stranger.exists("#login-expired").await);
+    stranger.close().await;
+
+    // A signed-in user whose token stops being valid (its ServiceAccount is
+    // deleted) is sent to the login page on the next page.
+    let gone = account(&rig.client, &rig.ns.name, "leaver", &role).await;
+    let leaver = browser.new_session().await;
+    sign_in(&leaver, &base, &gone).await;
+    Api::<ServiceAccount>::namespaced(rig.client.clone(), &rig.ns.name)
+        .delete("leaver", &DeleteParams::default())
+        .await
+        .unwrap();
+    crate::support::eventually(LIVE, "the token is refused", || async {
+        leaver.goto(&format!("{base}/ui/")).await;
+        let at = leaver.url().await;
+        if at.ends_with("/ui/login?expired=1") {
+            Ok(())
+        } else {
+            Err(at)
+        }
+    })
+    .await;
+    leaver.close().await;
+
+    crate::support::pools::delete_and_wait(&pools, &rig.run).await;
+    drop(operator);
+    remove_rbac(&rig.client, &rig.ns.name).await;
+    let nodes = rig.fleet(0, Duration::from_millis(100)).await;
+    rig.clean_up(nodes).await;
+}
