@@ -35,7 +35,7 @@ use tokio::sync::{Notify, watch};
 
 use super::Dashboard;
 use super::views::{self, Allowed, Fragment, Rendered, Snapshot, Source, View};
-use crate::api::{NodeInstall, NodePool, PackageSet};
+use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
 
 /// The shortest time between two updates of a stream: changes within it
@@ -50,6 +50,7 @@ pub struct LiveQuery {
     pub page: Option<usize>,
     pub phase: Option<String>,
     pub plural: Option<String>,
+    pub namespace: Option<String>,
 }
 
 impl LiveQuery {
@@ -64,6 +65,10 @@ impl LiveQuery {
                 phase: self.phase.clone().filter(|p| !p.is_empty()),
             }),
             "nodepool" => Some(View::NodePool { name: name()? }),
+            "cluster" => Some(View::Cluster {
+                namespace: self.namespace.clone().filter(|n| !n.is_empty())?,
+                name: name()?,
+            }),
             "kind" => {
                 let plural = self.plural.clone()?;
                 super::columns::by_plural(&plural)?;
@@ -81,6 +86,7 @@ pub fn containers(view: &View) -> &'static [&'static str] {
         View::PackageSet { .. } => &["nodes"],
         View::NodePool { .. } => &["instances"],
         View::Kind { .. } => &["objects"],
+        View::Cluster { .. } => &["layout", "tasks"],
     }
 }
 
@@ -126,6 +132,8 @@ struct Watches {
     nodes: Option<Store<NodeInstall>>,
     pools: Option<Store<NodePool>>,
     objects: Option<Store<DynamicObject>>,
+    clusters: Option<Store<Cluster>>,
+    plans: Option<Store<ClusterPlan>>,
     /// Rung after every change.
     changed: Arc<Notify>,
     /// Becomes true when the API server refuses the credential.
@@ -154,6 +162,8 @@ impl Watches {
             nodes: None,
             pools: None,
             objects: None,
+            clusters: None,
+            plans: None,
             changed: changed.clone(),
             refused,
             tasks: Vec::new(),
@@ -190,6 +200,20 @@ impl Watches {
                     watches.objects = Some(store);
                     watches.tasks.push(task);
                 }
+                Source::Cluster(namespace, name) => {
+                    let api = Api::<Cluster>::namespaced(client.clone(), &namespace);
+                    let config =
+                        watcher::Config::default().fields(&format!("metadata.name={name}"));
+                    let (store, task) = reflect(api, config, (), ctx);
+                    watches.clusters = Some(store);
+                    watches.tasks.push(task);
+                }
+                Source::ClusterPlans(namespace) => {
+                    let api = Api::<ClusterPlan>::namespaced(client.clone(), &namespace);
+                    let (store, task) = reflect(api, watcher::Config::default(), (), ctx);
+                    watches.plans = Some(store);
+                    watches.tasks.push(task);
+                }
             }
         }
         watches
@@ -205,6 +229,8 @@ impl Watches {
                 wait(&self.nodes),
                 wait(&self.pools),
                 wait(&self.objects),
+                wait(&self.clusters),
+                wait(&self.plans),
             );
         };
         let mut refused = self.refused.clone();
@@ -235,6 +261,8 @@ impl Watches {
             nodes: items(&self.nodes),
             pools: items(&self.pools),
             objects: items(&self.objects),
+            clusters: items(&self.clusters),
+            plans: items(&self.plans),
         }
     }
 }

@@ -106,6 +106,15 @@ pub fn router(dashboard: Dashboard) -> Router {
         )
         .route("/ui/nodepools/{name}", get(pages::node_pool))
         .route("/ui/nodepools/{name}/scale", post(pages::scale))
+        .route("/ui/clusters/{namespace}/{name}", get(pages::cluster))
+        .route(
+            "/ui/clusters/{namespace}/{name}/pause",
+            post(pages::pause_cluster),
+        )
+        .route(
+            "/ui/clusters/{namespace}/{name}/approve",
+            post(pages::approve),
+        )
         .route("/ui/services", get(pages::services))
         .route("/ui/kinds/{plural}", get(pages::kind_list))
         .route("/ui/kinds/{plural}/{name}", get(pages::object))

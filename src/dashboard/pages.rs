@@ -21,7 +21,8 @@ use super::Dashboard;
 use super::auth::{self, Rejection, Session};
 use super::columns;
 use super::views::{self, Allowed, Rendered, View};
-use crate::api::{NodePool, PackageSet, ServiceGroup};
+use crate::api::{Cluster, ClusterPlan, NodePool, PackageSet, PlanPhase, ServiceGroup};
+use crate::cluster::drive::APPROVED_ANNOTATION;
 use crate::shared::halt::HaltStore;
 
 /// What every page's frame needs.
@@ -848,5 +849,126 @@ pub async fn scale(
             &format!("NodePool {name} scales to {replicas}."),
         ),
         Err(err) => refused(&headers, &format!("scale NodePool {name}"), &err),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/cluster.html")]
+struct ClusterPage {
+    chrome: Chrome,
+    name: String,
+    summary: String,
+    layout: String,
+    tasks: String,
+}
+
+/// `GET /ui/clusters/NAMESPACE/NAME`: the cluster, its layout and its
+/// current plan's tasks by level.
+pub async fn cluster(
+    State(dashboard): State<Dashboard>,
+    session: Session,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let view = View::Cluster {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    match load(&dashboard, &session, &view).await {
+        Ok(rendered) => page(ClusterPage {
+            chrome: Chrome::new(&session, Some(&view)),
+            summary: rendered.panel("cluster-summary"),
+            layout: rendered.rows("layout"),
+            tasks: rendered.rows("tasks"),
+            name,
+        }),
+        Err(err) => api_error(&session, &format!("Cluster {namespace}/{name}"), &err),
+    }
+}
+
+/// `POST /ui/clusters/NAMESPACE/NAME/pause` (`paused`: true or false): a
+/// paused cluster is not solved again and its plan starts no new task.
+pub async fn pause_cluster(
+    State(dashboard): State<Dashboard>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, fields) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let paused = fields.get("paused").map(String::as_str) != Some("false");
+    let patch = json!({ "spec": { "paused": paused } });
+    match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) if paused => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("Cluster {namespace}/{name} paused: its plan starts no new task."),
+        ),
+        Ok(_) => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("Cluster {namespace}/{name} resumed."),
+        ),
+        Err(err) => refused(&headers, &format!("pause Cluster {namespace}/{name}"), &err),
+    }
+}
+
+/// `POST /ui/clusters/NAMESPACE/NAME/approve`: approves the plan named in
+/// the cluster's status, when it awaits approval (409 otherwise, naming
+/// its phase), by the annotation `theseus cluster approve` sets.
+pub async fn approve(
+    State(dashboard): State<Dashboard>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, _) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let what = format!("approve the plan of Cluster {namespace}/{name}");
+    let cluster = match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
+        .get(&name)
+        .await
+    {
+        Ok(cluster) => cluster,
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    let Some(plan_name) = cluster.status.and_then(|s| s.plan) else {
+        return answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!("Cluster {namespace}/{name} has no plan to approve."),
+        );
+    };
+    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
+    let phase = match plans.get(&plan_name).await {
+        Ok(plan) => plan.status.map(|s| s.phase).unwrap_or_default(),
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    if phase != PlanPhase::AwaitingApproval {
+        return answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!(
+                "ClusterPlan {namespace}/{plan_name} is {phase:?}, not AwaitingApproval: nothing to approve."
+            ),
+        );
+    }
+    let patch = json!({ "metadata": { "annotations": { APPROVED_ANNOTATION: "true" } } });
+    match plans
+        .patch(&plan_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("ClusterPlan {namespace}/{plan_name} approved."),
+        ),
+        Err(err) => refused(&headers, &what, &err),
     }
 }

@@ -282,10 +282,7 @@ async fn every_kind_lists_in_its_printer_columns_and_assets_are_served() {
     let (status, html, _) = send(&admin, get("/ui/kinds/packagesets")).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("<th>Halted</th>"), "{html}");
-    assert!(
-        html.contains(r#"href="/ui/kinds/packagesets/web""#),
-        "{html}"
-    );
+    assert!(html.contains(r#"href="/ui/packagesets/web""#), "{html}");
     let (status, _, _) = send(&admin, get("/ui/kinds/secrets")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, js, headers) = send(&admin, get("/ui/assets/htmx.min.js")).await;
@@ -302,4 +299,58 @@ fn a_form_body_decodes_like_a_browser_sends_it() {
     assert_eq!(form["csrf"], "abc");
     assert_eq!(form["empty"], "");
     assert_eq!(form["bad"], "%zz");
+}
+
+#[tokio::test]
+async fn a_plan_is_approved_only_while_it_awaits_approval() {
+    for (phase, expected) in [
+        ("AwaitingApproval", StatusCode::OK),
+        ("Running", StatusCode::CONFLICT),
+    ] {
+        let log = Log::default();
+        let client = fake_api::client(&log, move |call: &Call| {
+            let path = call.path.split('?').next().unwrap_or_default();
+            match (call.method.as_str(), path) {
+                ("GET", "/apis/theseus.dev/v1alpha1/namespaces/team/clusters/shop") => {
+                    fake_api::ok(json!({
+                        "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+                        "metadata": { "name": "shop", "namespace": "team" },
+                        "spec": { "template": "web", "size": 2 },
+                        "status": { "plan": "shop-1" }
+                    }))
+                }
+                (_, "/apis/theseus.dev/v1alpha1/namespaces/team/clusterplans/shop-1") => {
+                    fake_api::ok(json!({
+                        "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+                        "metadata": { "name": "shop-1", "namespace": "team" },
+                        "spec": { "cluster": "shop", "operation": { "type": "create" }, "tasks": [] },
+                        "status": { "phase": phase }
+                    }))
+                }
+                _ => fake_api::status(404, "NotFound"),
+            }
+        });
+        let (admin, csrf) = dashboard(client);
+        let (status, body, _) = send(
+            &admin,
+            post("/ui/clusters/team/shop/approve", Some(&csrf), ""),
+        )
+        .await;
+        assert_eq!(status, expected, "{phase}: {body}");
+        let patches: Vec<Call> = log
+            .calls()
+            .into_iter()
+            .filter(|c| c.method == "PATCH")
+            .collect();
+        if expected == StatusCode::OK {
+            assert_eq!(patches.len(), 1);
+            assert_eq!(
+                patches[0].body["metadata"]["annotations"]["theseus.dev/approved"],
+                "true"
+            );
+        } else {
+            assert!(body.contains("Running, not AwaitingApproval"), "{body}");
+            assert!(patches.is_empty(), "nothing approved: {:?}", log.lines());
+        }
+    }
 }

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use super::auth::{self, Access};
 use super::columns::{self, Kind};
 use crate::api::conditions;
-use crate::api::{NodeInstall, NodePool, PackageSet};
+use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet, PlanPhase, Task};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -37,6 +37,8 @@ pub enum View {
     NodePool { name: String },
     /// Every object of a kind, in its printer columns.
     Kind { plural: String },
+    /// A Cluster: its layout and its current plan, task by task.
+    Cluster { namespace: String, name: String },
 }
 
 /// What a view reads.
@@ -47,6 +49,10 @@ pub enum Source {
     NodeInstalls,
     NodePools,
     Objects(&'static Kind),
+    /// The Cluster `name` of `namespace`.
+    Cluster(String, String),
+    /// The ClusterPlans of a namespace.
+    ClusterPlans(String),
 }
 
 impl View {
@@ -66,6 +72,10 @@ impl View {
             View::Kind { plural } => columns::by_plural(plural)
                 .map(|k| vec![Source::Objects(k)])
                 .unwrap_or_default(),
+            View::Cluster { namespace, name } => vec![
+                Source::Cluster(namespace.clone(), name.clone()),
+                Source::ClusterPlans(namespace.clone()),
+            ],
         }
     }
 
@@ -93,6 +103,11 @@ impl View {
             ),
             View::NodePool { name } => format!("view=nodepool&name={}", enc(name)),
             View::Kind { plural } => format!("view=kind&plural={}", enc(plural)),
+            View::Cluster { namespace, name } => format!(
+                "view=cluster&namespace={}&name={}",
+                enc(namespace),
+                enc(name)
+            ),
         }
     }
 }
@@ -105,6 +120,8 @@ pub struct Snapshot {
     pub nodes: Vec<NodeInstall>,
     pub pools: Vec<NodePool>,
     pub objects: Vec<DynamicObject>,
+    pub clusters: Vec<Cluster>,
+    pub plans: Vec<ClusterPlan>,
 }
 
 /// What the user may do on a page: the buttons shown.
@@ -113,6 +130,7 @@ pub struct Allowed {
     pub halt: bool,
     pub pause: bool,
     pub scale: bool,
+    pub approve: bool,
 }
 
 impl Allowed {
@@ -125,6 +143,17 @@ impl Allowed {
             resource: "configmaps",
             namespace: Some(namespace.to_owned()),
             name: Some(HALT_CONFIGMAP.to_owned()),
+        };
+        let patch = |resource: &'static str, namespace: &String| Access {
+            verb: "patch",
+            group: "theseus.dev",
+            resource,
+            namespace: Some(namespace.clone()),
+            name: None,
+        };
+        let approve = match view {
+            View::Cluster { namespace, .. } => Some(patch("clusterplans", namespace)),
+            _ => None,
         };
         let (pause, scale) = match view {
             View::Fleet | View::PackageSet { .. } => (
@@ -148,6 +177,7 @@ impl Allowed {
                 }),
             ),
             View::Kind { .. } => (None, None),
+            View::Cluster { namespace, .. } => (Some(patch("clusters", namespace)), None),
         };
         let wants_halt = matches!(view, View::Fleet | View::PackageSet { .. });
         let ask = |a: Option<Access>| async move {
@@ -156,9 +186,18 @@ impl Allowed {
                 None => false,
             }
         };
-        let (halt, pause, scale) =
-            futures::join!(ask(wants_halt.then_some(halt)), ask(pause), ask(scale));
-        Self { halt, pause, scale }
+        let (halt, pause, scale, approve) = futures::join!(
+            ask(wants_halt.then_some(halt)),
+            ask(pause),
+            ask(scale),
+            ask(approve)
+        );
+        Self {
+            halt,
+            pause,
+            scale,
+            approve,
+        }
     }
 }
 
@@ -203,6 +242,19 @@ pub async fn load(
             Source::Objects(kind) => {
                 snapshot.objects = Api::<DynamicObject>::all_with(client.clone(), &kind.resource)
                     .list(&params())
+                    .await?
+                    .items;
+            }
+            Source::Cluster(namespace, name) => {
+                snapshot.clusters = Api::<Cluster>::namespaced(client.clone(), &namespace)
+                    .get_opt(&name)
+                    .await?
+                    .into_iter()
+                    .collect();
+            }
+            Source::ClusterPlans(namespace) => {
+                snapshot.plans = Api::<ClusterPlan>::namespaced(client.clone(), &namespace)
+                    .list(&ListParams::default())
                     .await?
                     .items;
             }
@@ -368,12 +420,18 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
                     Some(ns) => format!("{ns}/{name}"),
                     None => name.clone(),
                 };
+                let href = match kind.plural.as_str() {
+                    "packagesets" => format!("/ui/packagesets/{name}"),
+                    "nodepools" => format!("/ui/nodepools/{name}"),
+                    "clusters" => format!("/ui/clusters/{key}"),
+                    _ => format!("/ui/kinds/{}/{key}", kind.plural),
+                };
                 out.push(
                     element_id("obj", &key),
                     Some("objects"),
                     ObjectRow {
                         id: element_id("obj", &key),
-                        href: format!("/ui/kinds/{}/{key}", kind.plural),
+                        href,
                         namespace: namespace.unwrap_or_default(),
                         namespaced: kind.namespaced,
                         name,
@@ -386,8 +444,170 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
                 );
             }
         }
+        View::Cluster { namespace, name } => {
+            render_cluster(&mut out, namespace, name, snapshot, allowed)
+        }
     }
     out
+}
+
+fn render_cluster(
+    out: &mut Rendered,
+    namespace: &str,
+    name: &str,
+    snapshot: &Snapshot,
+    allowed: &Allowed,
+) {
+    let cluster = snapshot.clusters.iter().find(|c| c.name_any() == name);
+    let status = cluster.and_then(|c| c.status.clone()).unwrap_or_default();
+    let plan = status
+        .plan
+        .as_deref()
+        .and_then(|p| snapshot.plans.iter().find(|x| x.name_any() == p));
+    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
+    out.push(
+        "cluster-summary".into(),
+        None,
+        ClusterSummary {
+            found: cluster.is_some(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            template: cluster.map(|c| c.spec.template.clone()).unwrap_or_default(),
+            size: cluster.map(|c| c.spec.size).unwrap_or_default(),
+            services: cluster
+                .map(|c| c.spec.services.join(", "))
+                .unwrap_or_default(),
+            paused: cluster.is_some_and(|c| c.spec.paused),
+            badges: badges(&status.conditions),
+            plan: status.plan.clone().unwrap_or_default(),
+            phase: plan
+                .map(|_| format!("{:?}", plan_status.phase))
+                .unwrap_or_default(),
+            progress: plan_status.progress.clone().unwrap_or_default(),
+            message: plan_status.message.clone().unwrap_or_default(),
+            can_pause: allowed.pause,
+            can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
+        },
+    );
+    for node in &status.layout {
+        out.push(
+            element_id("layout", &node.name),
+            Some("layout"),
+            LayoutRow {
+                id: element_id("layout", &node.name),
+                node: node.name.clone(),
+                class: node.node_class.clone(),
+                services: node.services.join(", "),
+            },
+        );
+    }
+    let Some(plan) = plan else { return };
+    let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
+        .tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t))
+        .collect();
+    for (level, task) in levels(&plan.spec.tasks) {
+        let state = states.get(task.id.as_str());
+        out.push(
+            element_id("task", &task.id),
+            Some("tasks"),
+            TaskRow {
+                id: element_id("task", &task.id),
+                task: task.id.clone(),
+                level,
+                node: task.node.clone(),
+                service: task.service.clone().unwrap_or_default(),
+                action: format!("{:?}", task.action),
+                after: task.after.join(", "),
+                state: state
+                    .map(|s| format!("{:?}", s.state))
+                    .unwrap_or_else(|| "Pending".into()),
+                attempts: state.map(|s| s.attempts).unwrap_or_default(),
+                error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
+            },
+        );
+    }
+}
+
+/// A plan's tasks by level (one more than the highest level of the tasks
+/// it waits for; 0 for those that wait for none), then in plan order: the
+/// DAG as columns.
+pub fn levels(tasks: &[Task]) -> Vec<(usize, &Task)> {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    // Plans list a task after those it waits for, so one pass settles
+    // them; more passes settle any other order (a cycle stops at the
+    // number of tasks).
+    for _ in 0..tasks.len().max(1) {
+        let mut changed = false;
+        for task in tasks {
+            let l = task
+                .after
+                .iter()
+                .filter_map(|a| level.get(a.as_str()))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            if level.insert(task.id.as_str(), l) != Some(l) {
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<(usize, &Task)> = tasks
+        .iter()
+        .map(|t| (level.get(t.id.as_str()).copied().unwrap_or(0), t))
+        .collect();
+    out.sort_by_key(|(l, _)| *l);
+    out
+}
+
+/// A Cluster's page header and buttons.
+#[derive(Template)]
+#[template(path = "dashboard/cluster_summary.html")]
+pub struct ClusterSummary {
+    pub found: bool,
+    pub namespace: String,
+    pub name: String,
+    pub template: String,
+    pub size: i32,
+    pub services: String,
+    pub paused: bool,
+    pub badges: Vec<Badge>,
+    pub plan: String,
+    pub phase: String,
+    pub progress: String,
+    pub message: String,
+    pub can_pause: bool,
+    pub can_approve: bool,
+}
+
+/// A node of a Cluster's layout.
+#[derive(Template)]
+#[template(path = "dashboard/layout_row.html")]
+pub struct LayoutRow {
+    pub id: String,
+    pub node: String,
+    pub class: String,
+    pub services: String,
+}
+
+/// A task of a Cluster's plan.
+#[derive(Template)]
+#[template(path = "dashboard/task_row.html")]
+pub struct TaskRow {
+    pub id: String,
+    pub task: String,
+    pub level: usize,
+    pub node: String,
+    pub service: String,
+    pub action: String,
+    pub after: String,
+    pub state: String,
+    pub attempts: i32,
+    pub error: String,
 }
 
 fn target_set(node: &NodeInstall) -> Option<&str> {
@@ -835,6 +1055,91 @@ mod tests {
             view(1, Some("Fetching")).live_query(),
             "view=packageset&name=web&page=1&phase=Fetching"
         );
+    }
+
+    fn cluster_snapshot(phase: &str) -> Snapshot {
+        let cluster: Cluster = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "shop", "namespace": "team" },
+            "spec": { "template": "web", "size": 2 },
+            "status": {
+                "plan": "shop-1",
+                "layout": [{ "name": "shop-0", "nodeClass": "small", "services": ["db"] }]
+            }
+        }))
+        .unwrap();
+        let plan: ClusterPlan = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+            "metadata": { "name": "shop-1", "namespace": "team" },
+            "spec": {
+                "cluster": "shop", "operation": { "type": "create" },
+                "tasks": [
+                    { "id": "start-db", "node": "shop-0", "service": "db", "action": "start", "after": ["install-db"] },
+                    { "id": "create-0", "node": "shop-0", "action": "createNode" },
+                    { "id": "install-db", "node": "shop-0", "service": "db", "action": "install", "after": ["create-0"] }
+                ]
+            },
+            "status": {
+                "phase": phase,
+                "tasks": [
+                    { "id": "create-0", "state": "Succeeded", "attempts": 1 },
+                    { "id": "install-db", "state": "Failed", "attempts": 2, "lastError": "exit 3" }
+                ]
+            }
+        }))
+        .unwrap();
+        Snapshot {
+            clusters: vec![cluster],
+            plans: vec![plan],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_clusters_plan_shows_as_levels_with_task_states_and_approval_only_when_awaited() {
+        let view = View::Cluster {
+            namespace: "team".into(),
+            name: "shop".into(),
+        };
+        let allowed = Allowed {
+            approve: true,
+            pause: true,
+            ..Allowed::default()
+        };
+        let rendered = render(&view, &cluster_snapshot("AwaitingApproval"), &allowed);
+        let tasks = rendered.rows("tasks");
+        let create = tasks.find("task-create-0").unwrap();
+        let install = tasks.find("task-install-db").unwrap();
+        let start = tasks.find("task-start-db").unwrap();
+        assert!(create < install && install < start, "by level: {tasks}");
+        assert!(
+            tasks.contains(r#"<td class="level">2</td><td class="mono">start-db</td>"#),
+            "{tasks}"
+        );
+        assert!(
+            tasks.contains("Failed</span> (2 attempts)") && tasks.contains("exit 3"),
+            "{tasks}"
+        );
+        assert!(rendered.rows("layout").contains("shop-0"));
+        let summary = rendered.panel("cluster-summary");
+        assert!(
+            summary.contains(r#"hx-post="/ui/clusters/team/shop/approve""#),
+            "{summary}"
+        );
+        assert!(summary.contains("AwaitingApproval"), "{summary}");
+        let running =
+            render(&view, &cluster_snapshot("Running"), &allowed).panel("cluster-summary");
+        assert!(
+            !running.contains("/approve"),
+            "nothing to approve: {running}"
+        );
+        let reader = render(
+            &view,
+            &cluster_snapshot("AwaitingApproval"),
+            &Allowed::default(),
+        )
+        .panel("cluster-summary");
+        assert!(!reader.contains("hx-post"), "{reader}");
     }
 
     #[test]
