@@ -260,17 +260,11 @@ async fn load_cluster() -> anyhow::Result<Catalog> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach the API server ({e}); pass the catalog as files with -f")
     })?;
-    let mut catalog = Catalog::default();
-    for o in list::<ServiceDefinition>(&client).await? {
-        catalog.services.insert(o.name_any(), o.spec);
-    }
-    for o in list::<NodeClass>(&client).await? {
-        catalog.node_classes.insert(o.name_any(), o.spec);
-    }
-    for o in list::<ClusterTemplate>(&client).await? {
-        catalog.templates.insert(o.name_any(), o.spec);
-    }
-    Ok(catalog)
+    Ok(Catalog::of(
+        &list::<ServiceDefinition>(&client).await?,
+        &list::<NodeClass>(&client).await?,
+        &list::<ClusterTemplate>(&client).await?,
+    ))
 }
 
 async fn list<K>(client: &Client) -> anyhow::Result<Vec<K>>

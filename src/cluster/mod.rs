@@ -80,17 +80,16 @@ impl Stores {
 
     /// The catalog as it stands now.
     pub fn catalog(&self) -> Catalog {
-        let mut catalog = Catalog::default();
-        for s in self.services.state() {
-            catalog.services.insert(s.name_any(), s.spec.clone());
-        }
-        for c in self.node_classes.state() {
-            catalog.node_classes.insert(c.name_any(), c.spec.clone());
-        }
-        for t in self.templates.state() {
-            catalog.templates.insert(t.name_any(), t.spec.clone());
-        }
-        catalog
+        let (services, classes, templates) = (
+            self.services.state(),
+            self.node_classes.state(),
+            self.templates.state(),
+        );
+        Catalog::of(
+            services.iter().map(AsRef::as_ref),
+            classes.iter().map(AsRef::as_ref),
+            templates.iter().map(AsRef::as_ref),
+        )
     }
 }
 

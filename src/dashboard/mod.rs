@@ -16,6 +16,7 @@
 //! [`live`] (the streams), [`pages`] (the handlers).
 
 pub mod auth;
+mod clusters;
 pub mod columns;
 pub mod live;
 mod pages;
@@ -106,14 +107,17 @@ pub fn router(dashboard: Dashboard) -> Router {
         )
         .route("/ui/nodepools/{name}", get(pages::node_pool))
         .route("/ui/nodepools/{name}/scale", post(pages::scale))
-        .route("/ui/clusters/{namespace}/{name}", get(pages::cluster))
+        .route("/ui/clusters/new", get(clusters::new_form))
+        .route("/ui/clusters/preview", post(clusters::preview))
+        .route("/ui/clusters", post(clusters::create))
+        .route("/ui/clusters/{namespace}/{name}", get(clusters::show))
         .route(
             "/ui/clusters/{namespace}/{name}/pause",
-            post(pages::pause_cluster),
+            post(clusters::pause),
         )
         .route(
             "/ui/clusters/{namespace}/{name}/approve",
-            post(pages::approve),
+            post(clusters::approve),
         )
         .route("/ui/services", get(pages::services))
         .route("/ui/kinds/{plural}", get(pages::kind_list))

@@ -21,8 +21,7 @@ use super::Dashboard;
 use super::auth::{self, Rejection, Session};
 use super::columns;
 use super::views::{self, Allowed, Rendered, View};
-use crate::api::{Cluster, ClusterPlan, NodePool, PackageSet, PlanPhase, ServiceGroup};
-use crate::cluster::drive::APPROVED_ANNOTATION;
+use crate::api::{NodePool, PackageSet, ServiceGroup};
 use crate::shared::halt::HaltStore;
 
 /// What every page's frame needs.
@@ -36,7 +35,7 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    fn new(session: &Session, view: Option<&View>) -> Self {
+    pub(super) fn new(session: &Session, view: Option<&View>) -> Self {
         Self {
             csrf: session.csrf.clone(),
             can_sign_out: session.signed_in_by_cookie,
@@ -49,7 +48,7 @@ impl Chrome {
     }
 }
 
-fn page(template: impl Template) -> Response {
+pub(super) fn page(template: impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(err) => (
@@ -70,7 +69,7 @@ struct ErrorPage {
 
 /// A page for an API error: the login page when the credential is no
 /// longer accepted, otherwise what the API server said.
-fn api_error(session: &Session, what: &str, err: &kube::Error) -> Response {
+pub(super) fn api_error(session: &Session, what: &str, err: &kube::Error) -> Response {
     if auth::unauthenticated(err) {
         return auth::login_redirect(true, false);
     }
@@ -97,7 +96,7 @@ fn api_error(session: &Session, what: &str, err: &kube::Error) -> Response {
 }
 
 /// Reads `view` as the session's user and what they may do on it.
-async fn load(
+pub(super) async fn load(
     dashboard: &Dashboard,
     session: &Session,
     view: &View,
@@ -611,7 +610,7 @@ pub fn form(body: &[u8]) -> BTreeMap<String, String> {
 }
 
 /// An answer to a button: a fragment for `#flash` (or the form's result).
-fn answer(status: StatusCode, class: &str, text: &str) -> Response {
+pub(super) fn answer(status: StatusCode, class: &str, text: &str) -> Response {
     let html = format!(
         "<span class=\"{class}\">{}</span>",
         askama::filters::escape(text, askama::filters::Html)
@@ -622,7 +621,7 @@ fn answer(status: StatusCode, class: &str, text: &str) -> Response {
 }
 
 /// Checks a button's request; the refusal when it may not proceed.
-fn check(
+pub(super) fn check(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     body: &[u8],
@@ -645,7 +644,7 @@ fn check(
 }
 
 /// The answer to a change the API server refused or failed.
-fn refused(headers: &HeaderMap, what: &str, err: &kube::Error) -> Response {
+pub(super) fn refused(headers: &HeaderMap, what: &str, err: &kube::Error) -> Response {
     if auth::unauthenticated(err) {
         return auth::login_redirect(true, headers.contains_key("hx-request"));
     }
@@ -849,126 +848,5 @@ pub async fn scale(
             &format!("NodePool {name} scales to {replicas}."),
         ),
         Err(err) => refused(&headers, &format!("scale NodePool {name}"), &err),
-    }
-}
-
-#[derive(Template)]
-#[template(path = "dashboard/cluster.html")]
-struct ClusterPage {
-    chrome: Chrome,
-    name: String,
-    summary: String,
-    layout: String,
-    tasks: String,
-}
-
-/// `GET /ui/clusters/NAMESPACE/NAME`: the cluster, its layout and its
-/// current plan's tasks by level.
-pub async fn cluster(
-    State(dashboard): State<Dashboard>,
-    session: Session,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    let view = View::Cluster {
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
-    match load(&dashboard, &session, &view).await {
-        Ok(rendered) => page(ClusterPage {
-            chrome: Chrome::new(&session, Some(&view)),
-            summary: rendered.panel("cluster-summary"),
-            layout: rendered.rows("layout"),
-            tasks: rendered.rows("tasks"),
-            name,
-        }),
-        Err(err) => api_error(&session, &format!("Cluster {namespace}/{name}"), &err),
-    }
-}
-
-/// `POST /ui/clusters/NAMESPACE/NAME/pause` (`paused`: true or false): a
-/// paused cluster is not solved again and its plan starts no new task.
-pub async fn pause_cluster(
-    State(dashboard): State<Dashboard>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
-    let paused = fields.get("paused").map(String::as_str) != Some("false");
-    let patch = json!({ "spec": { "paused": paused } });
-    match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) if paused => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("Cluster {namespace}/{name} paused: its plan starts no new task."),
-        ),
-        Ok(_) => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("Cluster {namespace}/{name} resumed."),
-        ),
-        Err(err) => refused(&headers, &format!("pause Cluster {namespace}/{name}"), &err),
-    }
-}
-
-/// `POST /ui/clusters/NAMESPACE/NAME/approve`: approves the plan named in
-/// the cluster's status, when it awaits approval (409 otherwise, naming
-/// its phase), by the annotation `theseus cluster approve` sets.
-pub async fn approve(
-    State(dashboard): State<Dashboard>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (session, _) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
-    let what = format!("approve the plan of Cluster {namespace}/{name}");
-    let cluster = match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
-        .get(&name)
-        .await
-    {
-        Ok(cluster) => cluster,
-        Err(err) => return refused(&headers, &what, &err),
-    };
-    let Some(plan_name) = cluster.status.and_then(|s| s.plan) else {
-        return answer(
-            StatusCode::CONFLICT,
-            "refused",
-            &format!("Cluster {namespace}/{name} has no plan to approve."),
-        );
-    };
-    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
-    let phase = match plans.get(&plan_name).await {
-        Ok(plan) => plan.status.map(|s| s.phase).unwrap_or_default(),
-        Err(err) => return refused(&headers, &what, &err),
-    };
-    if phase != PlanPhase::AwaitingApproval {
-        return answer(
-            StatusCode::CONFLICT,
-            "refused",
-            &format!(
-                "ClusterPlan {namespace}/{plan_name} is {phase:?}, not AwaitingApproval: nothing to approve."
-            ),
-        );
-    }
-    let patch = json!({ "metadata": { "annotations": { APPROVED_ANNOTATION: "true" } } });
-    match plans
-        .patch(&plan_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("ClusterPlan {namespace}/{plan_name} approved."),
-        ),
-        Err(err) => refused(&headers, &what, &err),
     }
 }

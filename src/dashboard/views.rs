@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use super::auth::{self, Access};
 use super::columns::{self, Kind};
 use crate::api::conditions;
-use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet, PlanPhase, Task};
+use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -295,7 +295,7 @@ impl Rendered {
             .unwrap_or_default()
     }
 
-    fn push(&mut self, id: String, parent: Option<&str>, template: impl Template) {
+    pub(super) fn push(&mut self, id: String, parent: Option<&str>, template: impl Template) {
         let html = template.render().expect("dashboard templates render");
         self.0.push(Fragment {
             id,
@@ -445,169 +445,10 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
             }
         }
         View::Cluster { namespace, name } => {
-            render_cluster(&mut out, namespace, name, snapshot, allowed)
+            super::clusters::render(&mut out, namespace, name, snapshot, allowed)
         }
     }
     out
-}
-
-fn render_cluster(
-    out: &mut Rendered,
-    namespace: &str,
-    name: &str,
-    snapshot: &Snapshot,
-    allowed: &Allowed,
-) {
-    let cluster = snapshot.clusters.iter().find(|c| c.name_any() == name);
-    let status = cluster.and_then(|c| c.status.clone()).unwrap_or_default();
-    let plan = status
-        .plan
-        .as_deref()
-        .and_then(|p| snapshot.plans.iter().find(|x| x.name_any() == p));
-    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
-    out.push(
-        "cluster-summary".into(),
-        None,
-        ClusterSummary {
-            found: cluster.is_some(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            template: cluster.map(|c| c.spec.template.clone()).unwrap_or_default(),
-            size: cluster.map(|c| c.spec.size).unwrap_or_default(),
-            services: cluster
-                .map(|c| c.spec.services.join(", "))
-                .unwrap_or_default(),
-            paused: cluster.is_some_and(|c| c.spec.paused),
-            badges: badges(&status.conditions),
-            plan: status.plan.clone().unwrap_or_default(),
-            phase: plan
-                .map(|_| format!("{:?}", plan_status.phase))
-                .unwrap_or_default(),
-            progress: plan_status.progress.clone().unwrap_or_default(),
-            message: plan_status.message.clone().unwrap_or_default(),
-            can_pause: allowed.pause,
-            can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
-        },
-    );
-    for node in &status.layout {
-        out.push(
-            element_id("layout", &node.name),
-            Some("layout"),
-            LayoutRow {
-                id: element_id("layout", &node.name),
-                node: node.name.clone(),
-                class: node.node_class.clone(),
-                services: node.services.join(", "),
-            },
-        );
-    }
-    let Some(plan) = plan else { return };
-    let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
-        .tasks
-        .iter()
-        .map(|t| (t.id.as_str(), t))
-        .collect();
-    for (level, task) in levels(&plan.spec.tasks) {
-        let state = states.get(task.id.as_str());
-        out.push(
-            element_id("task", &task.id),
-            Some("tasks"),
-            TaskRow {
-                id: element_id("task", &task.id),
-                task: task.id.clone(),
-                level,
-                node: task.node.clone(),
-                service: task.service.clone().unwrap_or_default(),
-                action: format!("{:?}", task.action),
-                after: task.after.join(", "),
-                state: state
-                    .map(|s| format!("{:?}", s.state))
-                    .unwrap_or_else(|| "Pending".into()),
-                attempts: state.map(|s| s.attempts).unwrap_or_default(),
-                error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
-            },
-        );
-    }
-}
-
-/// A plan's tasks by level (one more than the highest level of the tasks
-/// it waits for; 0 for those that wait for none), then in plan order: the
-/// DAG as columns.
-pub fn levels(tasks: &[Task]) -> Vec<(usize, &Task)> {
-    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-    // Plans list a task after those it waits for, so one pass settles
-    // them; more passes settle any other order (a cycle stops at the
-    // number of tasks).
-    for _ in 0..tasks.len().max(1) {
-        let mut changed = false;
-        for task in tasks {
-            let l = task
-                .after
-                .iter()
-                .filter_map(|a| level.get(a.as_str()))
-                .map(|l| l + 1)
-                .max()
-                .unwrap_or(0);
-            if level.insert(task.id.as_str(), l) != Some(l) {
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    let mut out: Vec<(usize, &Task)> = tasks
-        .iter()
-        .map(|t| (level.get(t.id.as_str()).copied().unwrap_or(0), t))
-        .collect();
-    out.sort_by_key(|(l, _)| *l);
-    out
-}
-
-/// A Cluster's page header and buttons.
-#[derive(Template)]
-#[template(path = "dashboard/cluster_summary.html")]
-pub struct ClusterSummary {
-    pub found: bool,
-    pub namespace: String,
-    pub name: String,
-    pub template: String,
-    pub size: i32,
-    pub services: String,
-    pub paused: bool,
-    pub badges: Vec<Badge>,
-    pub plan: String,
-    pub phase: String,
-    pub progress: String,
-    pub message: String,
-    pub can_pause: bool,
-    pub can_approve: bool,
-}
-
-/// A node of a Cluster's layout.
-#[derive(Template)]
-#[template(path = "dashboard/layout_row.html")]
-pub struct LayoutRow {
-    pub id: String,
-    pub node: String,
-    pub class: String,
-    pub services: String,
-}
-
-/// A task of a Cluster's plan.
-#[derive(Template)]
-#[template(path = "dashboard/task_row.html")]
-pub struct TaskRow {
-    pub id: String,
-    pub task: String,
-    pub level: usize,
-    pub node: String,
-    pub service: String,
-    pub action: String,
-    pub after: String,
-    pub state: String,
-    pub attempts: i32,
-    pub error: String,
 }
 
 fn target_set(node: &NodeInstall) -> Option<&str> {
@@ -691,7 +532,7 @@ impl Badge {
     }
 }
 
-fn badges(conditions: &[Condition]) -> Vec<Badge> {
+pub(super) fn badges(conditions: &[Condition]) -> Vec<Badge> {
     conditions.iter().map(Badge::of).collect()
 }
 
@@ -1055,91 +896,6 @@ mod tests {
             view(1, Some("Fetching")).live_query(),
             "view=packageset&name=web&page=1&phase=Fetching"
         );
-    }
-
-    fn cluster_snapshot(phase: &str) -> Snapshot {
-        let cluster: Cluster = serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
-            "metadata": { "name": "shop", "namespace": "team" },
-            "spec": { "template": "web", "size": 2 },
-            "status": {
-                "plan": "shop-1",
-                "layout": [{ "name": "shop-0", "nodeClass": "small", "services": ["db"] }]
-            }
-        }))
-        .unwrap();
-        let plan: ClusterPlan = serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
-            "metadata": { "name": "shop-1", "namespace": "team" },
-            "spec": {
-                "cluster": "shop", "operation": { "type": "create" },
-                "tasks": [
-                    { "id": "start-db", "node": "shop-0", "service": "db", "action": "start", "after": ["install-db"] },
-                    { "id": "create-0", "node": "shop-0", "action": "createNode" },
-                    { "id": "install-db", "node": "shop-0", "service": "db", "action": "install", "after": ["create-0"] }
-                ]
-            },
-            "status": {
-                "phase": phase,
-                "tasks": [
-                    { "id": "create-0", "state": "Succeeded", "attempts": 1 },
-                    { "id": "install-db", "state": "Failed", "attempts": 2, "lastError": "exit 3" }
-                ]
-            }
-        }))
-        .unwrap();
-        Snapshot {
-            clusters: vec![cluster],
-            plans: vec![plan],
-            ..Snapshot::default()
-        }
-    }
-
-    #[test]
-    fn a_clusters_plan_shows_as_levels_with_task_states_and_approval_only_when_awaited() {
-        let view = View::Cluster {
-            namespace: "team".into(),
-            name: "shop".into(),
-        };
-        let allowed = Allowed {
-            approve: true,
-            pause: true,
-            ..Allowed::default()
-        };
-        let rendered = render(&view, &cluster_snapshot("AwaitingApproval"), &allowed);
-        let tasks = rendered.rows("tasks");
-        let create = tasks.find("task-create-0").unwrap();
-        let install = tasks.find("task-install-db").unwrap();
-        let start = tasks.find("task-start-db").unwrap();
-        assert!(create < install && install < start, "by level: {tasks}");
-        assert!(
-            tasks.contains(r#"<td class="level">2</td><td class="mono">start-db</td>"#),
-            "{tasks}"
-        );
-        assert!(
-            tasks.contains("Failed</span> (2 attempts)") && tasks.contains("exit 3"),
-            "{tasks}"
-        );
-        assert!(rendered.rows("layout").contains("shop-0"));
-        let summary = rendered.panel("cluster-summary");
-        assert!(
-            summary.contains(r#"hx-post="/ui/clusters/team/shop/approve""#),
-            "{summary}"
-        );
-        assert!(summary.contains("AwaitingApproval"), "{summary}");
-        let running =
-            render(&view, &cluster_snapshot("Running"), &allowed).panel("cluster-summary");
-        assert!(
-            !running.contains("/approve"),
-            "nothing to approve: {running}"
-        );
-        let reader = render(
-            &view,
-            &cluster_snapshot("AwaitingApproval"),
-            &Allowed::default(),
-        )
-        .panel("cluster-summary");
-        assert!(!reader.contains("hx-post"), "{reader}");
     }
 
     #[test]

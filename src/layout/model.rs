@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{ClusterTemplateSpec, NodeClassSpec, Resources, ServiceDefinitionSpec};
+use crate::api::{
+    ClusterTemplate, ClusterTemplateSpec, NodeClass, NodeClassSpec, Resources, ServiceDefinition,
+    ServiceDefinitionSpec,
+};
 
 use super::quantity;
 
@@ -22,6 +25,33 @@ pub struct Catalog {
     pub node_classes: BTreeMap<String, NodeClassSpec>,
     /// ClusterTemplates by name (unresolved).
     pub templates: BTreeMap<String, ClusterTemplateSpec>,
+}
+
+impl Catalog {
+    /// The catalog of these objects, by name.
+    pub fn of<'a>(
+        services: impl IntoIterator<Item = &'a ServiceDefinition>,
+        node_classes: impl IntoIterator<Item = &'a NodeClass>,
+        templates: impl IntoIterator<Item = &'a ClusterTemplate>,
+    ) -> Self {
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.clone().unwrap_or_default()
+        };
+        Self {
+            services: services
+                .into_iter()
+                .map(|o| (name(&o.metadata), o.spec.clone()))
+                .collect(),
+            node_classes: node_classes
+                .into_iter()
+                .map(|o| (name(&o.metadata), o.spec.clone()))
+                .collect(),
+            templates: templates
+                .into_iter()
+                .map(|o| (name(&o.metadata), o.spec.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// What a user asks for.

@@ -304,6 +304,37 @@ async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_pa
         .unwrap();
     assert!(halt.is_none(), "resumed: {halt:?}");
 
+    // The create page previews the layout as the form is filled in.
+    let catalog = repo_root().join("examples/catalog");
+    rig.tb
+        .kubectl_ok(&["apply", "-f", catalog.to_str().unwrap()]);
+    first
+        .goto(&format!("{base}/ui/clusters/new?namespace={}", rig.ns.name))
+        .await;
+    first
+        .find("input[name=name]")
+        .await
+        .unwrap()
+        .send_keys("analytics")
+        .await;
+    first
+        .execute(
+            "var s = document.querySelector('select[name=template]'); s.value = 'hadoop';
+             s.dispatchEvent(new Event('change', { bubbles: true })); return null;",
+            vec![],
+        )
+        .await;
+    first
+        .find("input[name=size]")
+        .await
+        .unwrap()
+        .send_keys("6")
+        .await;
+    first
+        .wait_until(LIVE, "the preview shows six nodes", "document.querySelector('#preview-summary') !== null && document.querySelector('#preview-summary').textContent.includes('6 nodes')")
+        .await;
+    first.screenshot(&screenshot_path("new-cluster")).await;
+
     first.close().await;
     second.close().await;
     drop(operator);
@@ -502,4 +533,142 @@ async fn a_reader_sees_no_buttons_a_forged_post_is_refused_and_bad_tokens_sign_i
     remove_rbac(&rig.client, &rig.ns.name).await;
     let nodes = rig.fleet(0, Duration::from_millis(100)).await;
     rig.clean_up(nodes).await;
+}
+
+/// The dashboard's router in this process, acting as the testbed's admin
+/// (as `theseus dashboard` does), and its CSRF token.
+fn in_process(client: &Client, namespace: &str) -> (axum::Router, String) {
+    let key = [3u8; 32];
+    let dashboard = theseus::dashboard::Dashboard::new(
+        theseus::dashboard::Mode::Kubeconfig {
+            client: client.clone(),
+            csrf_key: key,
+        },
+        namespace,
+        None,
+        None,
+    );
+    (
+        theseus::dashboard::router(dashboard),
+        theseus::dashboard::auth::csrf_token(&key, b""),
+    )
+}
+
+async fn post_form(
+    router: &axum::Router,
+    csrf: &str,
+    path: &str,
+    form: &str,
+) -> (u16, String, Option<String>) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::post(path)
+        .header("host", "dashboard")
+        .header("hx-request", "true")
+        .header("x-csrf-token", csrf)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(form.to_owned()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let redirect = response
+        .headers()
+        .get("hx-redirect")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        redirect,
+    )
+}
+
+async fn get_page(router: &axum::Router, path: &str) -> (u16, String) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .header("host", "dashboard")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_servers_errors_by_field()
+ {
+    let Some(tb) = crate::support::testbed() else {
+        return;
+    };
+    crate::support::apply_crds(&tb);
+    let client = tb.client().await;
+    let ns = crate::support::TestNamespace::create(&tb, &client, "dash-create").await;
+    let catalog = repo_root().join("examples/catalog");
+    tb.kubectl_ok(&["apply", "-f", catalog.to_str().unwrap()]);
+    let (router, csrf) = in_process(&client, &ns.name);
+
+    // The preview solves as the form changes: six nodes of hadoop fit,
+    // three do not, and the explanation says why.
+    let form = |size: u32, name: &str| {
+        format!(
+            "namespace={}&name={name}&template=hadoop&size={size}",
+            ns.name
+        )
+    };
+    let (status, six, _) = post_form(&router, &csrf, "/ui/clusters/preview", &form(6, "lab")).await;
+    assert_eq!(status, 200, "{six}");
+    assert!(
+        six.contains("Size 6 of <span class=\"mono\">hadoop</span> → 6 nodes"),
+        "{six}"
+    );
+    assert!(six.contains("lab-"), "nodes named after the cluster: {six}");
+    let (_, three, _) = post_form(&router, &csrf, "/ui/clusters/preview", &form(3, "lab")).await;
+    assert!(three.contains("No layout:"), "{three}");
+
+    // The API server's validation answers next to the field it names.
+    let (status, invalid, _) = post_form(&router, &csrf, "/ui/clusters", &form(0, "lab")).await;
+    assert_eq!(status, 422, "{invalid}");
+    assert!(
+        invalid.contains(r#"id="error-size""#) && invalid.contains("spec.size"),
+        "{invalid}"
+    );
+    let clusters = Api::<theseus::api::Cluster>::namespaced(client.clone(), &ns.name);
+    assert!(
+        clusters.get_opt("lab").await.unwrap().is_none(),
+        "nothing created"
+    );
+
+    // A valid form creates the Cluster and sends the page to it.
+    let (status, _, redirect) = post_form(&router, &csrf, "/ui/clusters", &form(6, "lab")).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        redirect.as_deref(),
+        Some(format!("/ui/clusters/{}/lab", ns.name).as_str())
+    );
+    let cluster = clusters.get("lab").await.unwrap();
+    assert_eq!(
+        (cluster.spec.template.as_str(), cluster.spec.size),
+        ("hadoop", 6)
+    );
+    let (status, again, _) = post_form(&router, &csrf, "/ui/clusters", &form(6, "lab")).await;
+    assert_eq!(status, 409, "an existing name is refused: {again}");
+    let (status, new) = get_page(&router, "/ui/clusters/new").await;
+    assert_eq!(status, 200, "{new}");
+    assert!(new.contains(r#"<option value="hadoop">hadoop"#), "{new}");
+    let (status, page) = get_page(&router, &format!("/ui/clusters/{}/lab", ns.name)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("Cluster {}/lab", ns.name)), "{page}");
+    assert!(
+        page.contains("view=cluster&#38;namespace="),
+        "the page is live: {page}"
+    );
+
+    let _ = clusters.delete("lab", &DeleteParams::default()).await;
+    ns.delete(&client).await;
 }

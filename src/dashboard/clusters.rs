@@ -1,0 +1,728 @@
+//! A Cluster's page and the create-a-cluster page: the layout and the
+//! current plan's tasks by level, approve and pause; a form whose preview
+//! solves the layout as the user types, and the create.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::Dashboard;
+use super::auth::Session;
+use super::pages::{Chrome, answer, api_error, check, load, page, refused};
+use super::views::{Allowed, Badge, Rendered, Snapshot, View, badges, element_id};
+use crate::api::{
+    Cluster, ClusterPlan, ClusterTemplate, NodeClass, PlanPhase, ServiceDefinition, Task,
+};
+use crate::cluster::drive::APPROVED_ANNOTATION;
+use crate::layout::{Catalog, Outcome, Request};
+
+/// The fragments of a Cluster's page.
+pub fn render(
+    out: &mut Rendered,
+    namespace: &str,
+    name: &str,
+    snapshot: &Snapshot,
+    allowed: &Allowed,
+) {
+    let cluster = snapshot.clusters.iter().find(|c| c.name_any() == name);
+    let status = cluster.and_then(|c| c.status.clone()).unwrap_or_default();
+    let plan = status
+        .plan
+        .as_deref()
+        .and_then(|p| snapshot.plans.iter().find(|x| x.name_any() == p));
+    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
+    out.push(
+        "cluster-summary".into(),
+        None,
+        ClusterSummary {
+            found: cluster.is_some(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            template: cluster.map(|c| c.spec.template.clone()).unwrap_or_default(),
+            size: cluster.map(|c| c.spec.size).unwrap_or_default(),
+            services: cluster
+                .map(|c| c.spec.services.join(", "))
+                .unwrap_or_default(),
+            paused: cluster.is_some_and(|c| c.spec.paused),
+            badges: badges(&status.conditions),
+            plan: status.plan.clone().unwrap_or_default(),
+            phase: plan
+                .map(|_| format!("{:?}", plan_status.phase))
+                .unwrap_or_default(),
+            progress: plan_status.progress.clone().unwrap_or_default(),
+            message: plan_status.message.clone().unwrap_or_default(),
+            can_pause: allowed.pause,
+            can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
+        },
+    );
+    for node in &status.layout {
+        out.push(
+            element_id("layout", &node.name),
+            Some("layout"),
+            LayoutRow {
+                id: element_id("layout", &node.name),
+                node: node.name.clone(),
+                class: node.node_class.clone(),
+                services: node.services.join(", "),
+            },
+        );
+    }
+    let Some(plan) = plan else { return };
+    let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
+        .tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t))
+        .collect();
+    for (level, task) in levels(&plan.spec.tasks) {
+        let state = states.get(task.id.as_str());
+        out.push(
+            element_id("task", &task.id),
+            Some("tasks"),
+            TaskRow {
+                id: element_id("task", &task.id),
+                task: task.id.clone(),
+                level,
+                node: task.node.clone(),
+                service: task.service.clone().unwrap_or_default(),
+                action: format!("{:?}", task.action),
+                after: task.after.join(", "),
+                state: state
+                    .map(|s| format!("{:?}", s.state))
+                    .unwrap_or_else(|| "Pending".into()),
+                attempts: state.map(|s| s.attempts).unwrap_or_default(),
+                error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
+            },
+        );
+    }
+}
+
+/// A plan's tasks by level (one more than the highest level of the tasks
+/// it waits for; 0 for those that wait for none), then in plan order: the
+/// DAG as columns.
+pub fn levels(tasks: &[Task]) -> Vec<(usize, &Task)> {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    // Plans list a task after those it waits for, so one pass settles
+    // them; more passes settle any other order (a cycle stops at the
+    // number of tasks).
+    for _ in 0..tasks.len().max(1) {
+        let mut changed = false;
+        for task in tasks {
+            let l = task
+                .after
+                .iter()
+                .filter_map(|a| level.get(a.as_str()))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            if level.insert(task.id.as_str(), l) != Some(l) {
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<(usize, &Task)> = tasks
+        .iter()
+        .map(|t| (level.get(t.id.as_str()).copied().unwrap_or(0), t))
+        .collect();
+    out.sort_by_key(|(l, _)| *l);
+    out
+}
+
+/// A Cluster's page header and buttons.
+#[derive(Template)]
+#[template(path = "dashboard/cluster_summary.html")]
+pub struct ClusterSummary {
+    pub found: bool,
+    pub namespace: String,
+    pub name: String,
+    pub template: String,
+    pub size: i32,
+    pub services: String,
+    pub paused: bool,
+    pub badges: Vec<Badge>,
+    pub plan: String,
+    pub phase: String,
+    pub progress: String,
+    pub message: String,
+    pub can_pause: bool,
+    pub can_approve: bool,
+}
+
+/// A node of a Cluster's layout.
+#[derive(Template)]
+#[template(path = "dashboard/layout_row.html")]
+pub struct LayoutRow {
+    pub id: String,
+    pub node: String,
+    pub class: String,
+    pub services: String,
+}
+
+/// A task of a Cluster's plan.
+#[derive(Template)]
+#[template(path = "dashboard/task_row.html")]
+pub struct TaskRow {
+    pub id: String,
+    pub task: String,
+    pub level: usize,
+    pub node: String,
+    pub service: String,
+    pub action: String,
+    pub after: String,
+    pub state: String,
+    pub attempts: i32,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/cluster.html")]
+struct ClusterPage {
+    chrome: Chrome,
+    name: String,
+    summary: String,
+    layout: String,
+    tasks: String,
+}
+
+/// `GET /ui/clusters/NAMESPACE/NAME`: the cluster, its layout and its
+/// current plan's tasks by level.
+pub async fn show(
+    State(dashboard): State<Dashboard>,
+    session: Session,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let view = View::Cluster {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    match load(&dashboard, &session, &view).await {
+        Ok(rendered) => page(ClusterPage {
+            chrome: Chrome::new(&session, Some(&view)),
+            summary: rendered.panel("cluster-summary"),
+            layout: rendered.rows("layout"),
+            tasks: rendered.rows("tasks"),
+            name,
+        }),
+        Err(err) => api_error(&session, &format!("Cluster {namespace}/{name}"), &err),
+    }
+}
+
+/// `POST /ui/clusters/NAMESPACE/NAME/pause` (`paused`: true or false): a
+/// paused cluster is not solved again and its plan starts no new task.
+pub async fn pause(
+    State(dashboard): State<Dashboard>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, fields) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let paused = fields.get("paused").map(String::as_str) != Some("false");
+    let patch = json!({ "spec": { "paused": paused } });
+    match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) if paused => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("Cluster {namespace}/{name} paused: its plan starts no new task."),
+        ),
+        Ok(_) => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("Cluster {namespace}/{name} resumed."),
+        ),
+        Err(err) => refused(&headers, &format!("pause Cluster {namespace}/{name}"), &err),
+    }
+}
+
+/// `POST /ui/clusters/NAMESPACE/NAME/approve`: approves the plan named in
+/// the cluster's status, when it awaits approval (409 otherwise, naming
+/// its phase), by the annotation `theseus cluster approve` sets.
+pub async fn approve(
+    State(dashboard): State<Dashboard>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, _) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let what = format!("approve the plan of Cluster {namespace}/{name}");
+    let cluster = match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
+        .get(&name)
+        .await
+    {
+        Ok(cluster) => cluster,
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    let Some(plan_name) = cluster.status.and_then(|s| s.plan) else {
+        return answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!("Cluster {namespace}/{name} has no plan to approve."),
+        );
+    };
+    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
+    let phase = match plans.get(&plan_name).await {
+        Ok(plan) => plan.status.map(|s| s.phase).unwrap_or_default(),
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    if phase != PlanPhase::AwaitingApproval {
+        return answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!(
+                "ClusterPlan {namespace}/{plan_name} is {phase:?}, not AwaitingApproval: nothing to approve."
+            ),
+        );
+    }
+    let patch = json!({ "metadata": { "annotations": { APPROVED_ANNOTATION: "true" } } });
+    match plans
+        .patch(&plan_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => answer(
+            StatusCode::OK,
+            "ok",
+            &format!("ClusterPlan {namespace}/{plan_name} approved."),
+        ),
+        Err(err) => refused(&headers, &what, &err),
+    }
+}
+
+/// A template on the create page: its name and the sizes it can have.
+pub struct TemplateChoice {
+    pub name: String,
+    pub sizes: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/cluster_new.html")]
+struct NewPage {
+    chrome: Chrome,
+    namespace: String,
+    templates: Vec<TemplateChoice>,
+}
+
+/// The query of the create page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NewQuery {
+    namespace: Option<String>,
+}
+
+/// `GET /ui/clusters/new`: a form for a Cluster's spec (template, size,
+/// services, node class, configuration) whose preview solves the layout
+/// as the user types.
+pub async fn new_form(
+    State(_dashboard): State<Dashboard>,
+    session: Session,
+    axum::extract::Query(query): axum::extract::Query<NewQuery>,
+) -> Response {
+    let templates = match Api::<ClusterTemplate>::all(session.client.clone())
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(err) => return api_error(&session, "ClusterTemplates", &err),
+    };
+    page(NewPage {
+        chrome: Chrome::new(&session, None),
+        namespace: query.namespace.unwrap_or_else(|| "default".to_owned()),
+        templates: templates
+            .iter()
+            .filter(|t| !t.spec.partial)
+            .map(|t| TemplateChoice {
+                name: t.name_any(),
+                sizes: t
+                    .status
+                    .as_ref()
+                    .map(|s| s.feasible_sizes.join(", "))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    })
+}
+
+/// What the create form asks for.
+#[derive(Debug, Default, PartialEq)]
+pub struct ClusterForm {
+    pub namespace: String,
+    pub name: String,
+    pub template: String,
+    pub size: Option<u32>,
+    pub services: Vec<String>,
+    pub node_class: Option<String>,
+    pub config: BTreeMap<String, String>,
+}
+
+impl ClusterForm {
+    /// The form's fields; `config` is one `KEY=VALUE` per line.
+    pub fn parse(fields: &BTreeMap<String, String>) -> Self {
+        let field = |k: &str| {
+            fields
+                .get(k)
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            namespace: field("namespace"),
+            name: field("name"),
+            template: field("template"),
+            size: field("size").parse().ok(),
+            services: field("services")
+                .split([',', ' ', '\n'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            node_class: Some(field("nodeClass")).filter(|c| !c.is_empty()),
+            config: field("config")
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The Cluster it describes.
+    pub fn cluster(&self) -> serde_json::Value {
+        let mut spec = json!({ "template": self.template, "size": self.size.unwrap_or(0) });
+        if !self.services.is_empty() {
+            spec["services"] = json!(self.services);
+        }
+        if let Some(class) = &self.node_class {
+            spec["nodeClass"] = json!(class);
+        }
+        if !self.config.is_empty() {
+            spec["config"] = json!(self.config);
+        }
+        json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": self.name, "namespace": self.namespace },
+            "spec": spec
+        })
+    }
+}
+
+/// The preview of a form: the layout the solver finds, or why there is
+/// none.
+#[derive(Template)]
+#[template(path = "dashboard/cluster_preview.html")]
+pub struct Preview {
+    pub size: u32,
+    pub template: String,
+    /// Node, class, services.
+    pub nodes: Vec<(String, String, String)>,
+    pub cost: String,
+    /// Why there is no layout, or what is wrong with the request.
+    pub problem: String,
+}
+
+/// `POST /ui/clusters/preview`: solves the form's request against the
+/// catalog as the user reads it.
+pub async fn preview(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, fields) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let form = ClusterForm::parse(&fields);
+    let show = |preview: Preview| match preview.render() {
+        Ok(html) => axum::response::Html(html).into_response(),
+        Err(err) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "refused",
+            &err.to_string(),
+        ),
+    };
+    let mut preview = Preview {
+        size: form.size.unwrap_or(0),
+        template: form.template.clone(),
+        nodes: Vec::new(),
+        cost: String::new(),
+        problem: String::new(),
+    };
+    if form.template.is_empty() || form.size.is_none_or(|s| s == 0) {
+        preview.problem = "Choose a template and a size of at least 1.".into();
+        return show(preview);
+    }
+    let all = kube::api::ListParams::default();
+    let (service_api, class_api, template_api) = (
+        Api::<ServiceDefinition>::all(session.client.clone()),
+        Api::<NodeClass>::all(session.client.clone()),
+        Api::<ClusterTemplate>::all(session.client.clone()),
+    );
+    let (services, classes, templates) = futures::join!(
+        service_api.list(&all),
+        class_api.list(&all),
+        template_api.list(&all),
+    );
+    let (services, classes, templates) = match (services, classes, templates) {
+        (Ok(s), Ok(c), Ok(t)) => (s.items, c.items, t.items),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            return refused(&headers, "read the catalog", &err);
+        }
+    };
+    let catalog = Catalog::of(&services, &classes, &templates);
+    let request = Request {
+        size: form.size.unwrap_or(0),
+        services: form.services.clone(),
+        node_class: form.node_class.clone(),
+    };
+    let prefix = if form.name.is_empty() {
+        form.template.clone()
+    } else {
+        form.name.clone()
+    };
+    let template = form.template.clone();
+    let solved = tokio::task::spawn_blocking(move || {
+        crate::layout::solve_request(&catalog, &template, &request, &[], &prefix)
+    })
+    .await;
+    match solved {
+        Ok(Ok(Outcome::Solved { layout, objective })) => {
+            preview.nodes = layout
+                .into_iter()
+                .map(|n| (n.name, n.node_class, n.services.join(", ")))
+                .collect();
+            preview.cost = objective.cost.to_string();
+        }
+        Ok(Ok(Outcome::Unsatisfiable(explanation))) => {
+            preview.problem = format!("No layout: {explanation}");
+        }
+        Ok(Err(err)) => preview.problem = err.to_string(),
+        Err(err) => preview.problem = format!("the solver stopped: {err}"),
+    }
+    show(preview)
+}
+
+/// `POST /ui/clusters`: creates the form's Cluster as the user; the page
+/// then goes to the cluster's page. The API server's validation errors
+/// are shown next to the field they name.
+pub async fn create(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, fields) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let form = ClusterForm::parse(&fields);
+    if form.namespace.is_empty() || form.name.is_empty() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "refused",
+            "A cluster needs a namespace and a name.",
+        );
+    }
+    let cluster: Cluster = match serde_json::from_value(form.cluster()) {
+        Ok(cluster) => cluster,
+        Err(err) => return answer(StatusCode::BAD_REQUEST, "refused", &err.to_string()),
+    };
+    match Api::<Cluster>::namespaced(session.client.clone(), &form.namespace)
+        .create(&Default::default(), &cluster)
+        .await
+    {
+        Ok(_) => {
+            let to = format!("/ui/clusters/{}/{}", form.namespace, form.name);
+            (StatusCode::CREATED, [("hx-redirect", to)], "created").into_response()
+        }
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let mut response = axum::response::Html(field_errors(&status.message)).into_response();
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            response
+        }
+        Err(err) => refused(
+            &headers,
+            &format!("create Cluster {}/{}", form.namespace, form.name),
+            &err,
+        ),
+    }
+}
+
+/// The API server's validation message as out-of-band swaps into the
+/// error slot of each field it names (`spec.size: …` into `#error-size`),
+/// and the whole message into the form's result.
+pub fn field_errors(message: &str) -> String {
+    let escape = |s: &str| {
+        askama::filters::escape(s, askama::filters::Html)
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let mut out = format!("<span class=\"refused\">{}</span>", escape(message));
+    for field in [
+        "template",
+        "size",
+        "services",
+        "nodeClass",
+        "config",
+        "name",
+    ] {
+        let path = if field == "name" {
+            "metadata.name".to_owned()
+        } else {
+            format!("spec.{field}")
+        };
+        if let Some(at) = message.find(&format!("{path}:")) {
+            let rest = &message[at..];
+            let end = rest.find(", spec.").map(|e| e + 1).unwrap_or(rest.len());
+            out.push_str(&format!(
+                "<template><span id=\"error-{field}\" class=\"field-error\" hx-swap-oob=\"true\">{}</span></template>",
+                escape(rest[..end].trim_end_matches([',', ']', ' ']))
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster_snapshot(phase: &str) -> Snapshot {
+        let cluster: Cluster = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "shop", "namespace": "team" },
+            "spec": { "template": "web", "size": 2 },
+            "status": {
+                "plan": "shop-1",
+                "layout": [{ "name": "shop-0", "nodeClass": "small", "services": ["db"] }]
+            }
+        }))
+        .unwrap();
+        let plan: ClusterPlan = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+            "metadata": { "name": "shop-1", "namespace": "team" },
+            "spec": {
+                "cluster": "shop", "operation": { "type": "create" },
+                "tasks": [
+                    { "id": "start-db", "node": "shop-0", "service": "db", "action": "start", "after": ["install-db"] },
+                    { "id": "create-0", "node": "shop-0", "action": "createNode" },
+                    { "id": "install-db", "node": "shop-0", "service": "db", "action": "install", "after": ["create-0"] }
+                ]
+            },
+            "status": {
+                "phase": phase,
+                "tasks": [
+                    { "id": "create-0", "state": "Succeeded", "attempts": 1 },
+                    { "id": "install-db", "state": "Failed", "attempts": 2, "lastError": "exit 3" }
+                ]
+            }
+        }))
+        .unwrap();
+        Snapshot {
+            clusters: vec![cluster],
+            plans: vec![plan],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_clusters_plan_shows_as_levels_with_task_states_and_approval_only_when_awaited() {
+        let view = View::Cluster {
+            namespace: "team".into(),
+            name: "shop".into(),
+        };
+        let allowed = Allowed {
+            approve: true,
+            pause: true,
+            ..Allowed::default()
+        };
+        let rendered =
+            super::super::views::render(&view, &cluster_snapshot("AwaitingApproval"), &allowed);
+        let tasks = rendered.rows("tasks");
+        let create = tasks.find("task-create-0").unwrap();
+        let install = tasks.find("task-install-db").unwrap();
+        let start = tasks.find("task-start-db").unwrap();
+        assert!(create < install && install < start, "by level: {tasks}");
+        assert!(
+            tasks.contains(r#"<td class="level">2</td><td class="mono">start-db</td>"#),
+            "{tasks}"
+        );
+        assert!(
+            tasks.contains("Failed</span> (2 attempts)") && tasks.contains("exit 3"),
+            "{tasks}"
+        );
+        assert!(rendered.rows("layout").contains("shop-0"));
+        let summary = rendered.panel("cluster-summary");
+        assert!(
+            summary.contains(r#"hx-post="/ui/clusters/team/shop/approve""#),
+            "{summary}"
+        );
+        assert!(summary.contains("AwaitingApproval"), "{summary}");
+        let running = super::super::views::render(&view, &cluster_snapshot("Running"), &allowed)
+            .panel("cluster-summary");
+        assert!(
+            !running.contains("/approve"),
+            "nothing to approve: {running}"
+        );
+        let reader = super::super::views::render(
+            &view,
+            &cluster_snapshot("AwaitingApproval"),
+            &Allowed::default(),
+        )
+        .panel("cluster-summary");
+        assert!(!reader.contains("hx-post"), "{reader}");
+    }
+
+    #[test]
+    fn the_form_becomes_a_cluster() {
+        let fields: BTreeMap<String, String> = [
+            ("namespace", "team"),
+            ("name", "shop"),
+            ("template", "web"),
+            ("size", "3"),
+            ("services", "web, db"),
+            ("nodeClass", ""),
+            ("config", "region=eu\n\nbad line\nsize = large"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let form = ClusterForm::parse(&fields);
+        assert_eq!(form.size, Some(3));
+        assert_eq!(form.services, ["web", "db"]);
+        assert_eq!(form.node_class, None);
+        let cluster = form.cluster();
+        assert_eq!(
+            cluster["metadata"],
+            json!({ "name": "shop", "namespace": "team" })
+        );
+        assert_eq!(
+            cluster["spec"],
+            json!({ "template": "web", "size": 3, "services": ["web", "db"], "config": { "region": "eu", "size": "large" } })
+        );
+        let _: Cluster = serde_json::from_value(cluster).expect("a Cluster");
+    }
+
+    #[test]
+    fn validation_errors_go_next_to_the_fields_they_name() {
+        let message = r#"Cluster.theseus.dev "x" is invalid: [spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1, spec.template: Required value]"#;
+        let html = field_errors(message);
+        assert!(html.contains(r#"id="error-size""#), "{html}");
+        assert!(html.contains("spec.size: Invalid value: 0"), "{html}");
+        assert!(html.contains(r#"<span id="error-template" class="field-error" hx-swap-oob="true">spec.template: Required value</span>"#), "{html}");
+        assert!(!html.contains("error-services"), "{html}");
+        assert!(html.contains("&#34;x&#34;"), "escaped: {html}");
+    }
+}
