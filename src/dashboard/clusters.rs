@@ -10,12 +10,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
 use super::Dashboard;
 use super::auth::Session;
-use super::pages::{Chrome, answer, api_error, check, load, page, refused};
+use super::pages::{Chrome, answer, api_error, check, load, merge_patch, page, refused};
 use super::views::{Allowed, Badge, Rendered, Snapshot, View, badges, element_id};
 use crate::api::{
     Cluster, ClusterPlan, ClusterTemplate, NodeClass, PlanPhase, ServiceDefinition, Task,
@@ -229,23 +229,20 @@ pub async fn pause(
         Err(refusal) => return *refusal,
     };
     let paused = fields.get("paused").map(String::as_str) != Some("false");
-    let patch = json!({ "spec": { "paused": paused } });
-    match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) if paused => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("Cluster {namespace}/{name} paused: its plan starts no new task."),
-        ),
-        Ok(_) => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("Cluster {namespace}/{name} resumed."),
-        ),
-        Err(err) => refused(&headers, &format!("pause Cluster {namespace}/{name}"), &err),
-    }
+    let done = if paused {
+        format!("Cluster {namespace}/{name} paused: its plan starts no new task.")
+    } else {
+        format!("Cluster {namespace}/{name} resumed.")
+    };
+    merge_patch(
+        Api::<Cluster>::namespaced(session.client.clone(), &namespace),
+        &name,
+        json!({ "spec": { "paused": paused } }),
+        &headers,
+        &done,
+        &format!("pause Cluster {namespace}/{name}"),
+    )
+    .await
 }
 
 /// `POST /ui/clusters/NAMESPACE/NAME/approve`: approves the plan named in
@@ -291,17 +288,8 @@ pub async fn approve(
         );
     }
     let patch = json!({ "metadata": { "annotations": { APPROVED_ANNOTATION: "true" } } });
-    match plans
-        .patch(&plan_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("ClusterPlan {namespace}/{plan_name} approved."),
-        ),
-        Err(err) => refused(&headers, &what, &err),
-    }
+    let done = format!("ClusterPlan {namespace}/{plan_name} approved.");
+    merge_patch(plans, &plan_name, patch, &headers, &done, &what).await
 }
 
 /// A template on the create page: its name and the sizes it can have.

@@ -662,6 +662,28 @@ pub(super) fn refused(headers: &HeaderMap, what: &str, err: &kube::Error) -> Res
     }
 }
 
+/// A button's change: a merge patch of `name` as the user; answers `done`
+/// or the API server's refusal of `what`.
+pub(super) async fn merge_patch<K>(
+    api: Api<K>,
+    name: &str,
+    patch: serde_json::Value,
+    headers: &HeaderMap,
+    done: &str,
+    what: &str,
+) -> Response
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => answer(StatusCode::OK, "ok", done),
+        Err(err) => refused(headers, what, &err),
+    }
+}
+
 /// `POST /ui/halt` (`reason`): halts every rollout, as the user.
 pub async fn halt(State(dashboard): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Response {
     let (session, fields) = match check(&dashboard, &headers, &body) {
@@ -728,15 +750,18 @@ pub async fn pause(
         Err(refusal) => return *refusal,
     };
     let paused = fields.get("paused").map(String::as_str) != Some("false");
-    let patch = json!({ "spec": { "paused": paused } });
-    match Api::<PackageSet>::all(session.client.clone())
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) if paused => answer(StatusCode::OK, "ok", &format!("PackageSet {name} paused.")),
-        Ok(_) => answer(StatusCode::OK, "ok", &format!("PackageSet {name} resumed.")),
-        Err(err) => refused(&headers, &format!("pause PackageSet {name}"), &err),
-    }
+    merge_patch(
+        Api::<PackageSet>::all(session.client.clone()),
+        &name,
+        json!({ "spec": { "paused": paused } }),
+        &headers,
+        &format!(
+            "PackageSet {name} {}.",
+            if paused { "paused" } else { "resumed" }
+        ),
+        &format!("pause PackageSet {name}"),
+    )
+    .await
 }
 
 /// `POST /ui/packagesets/NAME/packages` (`packages`, one per line): without
@@ -763,18 +788,10 @@ pub async fn change_packages(
         .unwrap_or_default();
     let api = Api::<PackageSet>::all(session.client.clone());
     if fields.contains_key("confirm") {
+        let done = format!("PackageSet {name} now rolls out {}.", wanted.join(" "));
         let patch = json!({ "spec": { "packages": wanted } });
-        return match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => answer(
-                StatusCode::OK,
-                "ok",
-                &format!("PackageSet {name} now rolls out {}.", wanted.join(" ")),
-            ),
-            Err(err) => refused(&headers, &format!("change PackageSet {name}"), &err),
-        };
+        let what = format!("change PackageSet {name}");
+        return merge_patch(api, &name, patch, &headers, &done, &what).await;
     }
     let current = match api.get(&name).await {
         Ok(set) => set.spec.packages,
@@ -837,16 +854,13 @@ pub async fn scale(
             "Replicas must be a whole number.",
         );
     };
-    let patch = json!({ "spec": { "replicas": replicas } });
-    match Api::<NodePool>::all(session.client.clone())
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => answer(
-            StatusCode::OK,
-            "ok",
-            &format!("NodePool {name} scales to {replicas}."),
-        ),
-        Err(err) => refused(&headers, &format!("scale NodePool {name}"), &err),
-    }
+    merge_patch(
+        Api::<NodePool>::all(session.client.clone()),
+        &name,
+        json!({ "spec": { "replicas": replicas } }),
+        &headers,
+        &format!("NodePool {name} scales to {replicas}."),
+        &format!("scale NodePool {name}"),
+    )
+    .await
 }

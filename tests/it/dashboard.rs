@@ -20,7 +20,8 @@ use crate::support::operator::{CONFIG, Rig, V1};
 use crate::support::pools::LocalRig;
 use crate::support::repo_root;
 
-const LIVE: Duration = Duration::from_secs(20);
+/// How long a page may take to show a change (generous: the whole suite runs at once).
+const LIVE: Duration = Duration::from_secs(45);
 
 /// A ServiceAccount of the test's namespace bound to `cluster_role`, and a
 /// token of it; the binding is named after the account and the namespace.
