@@ -15,173 +15,11 @@ use serde_json::json;
 
 use super::Dashboard;
 use super::auth::Session;
-use super::pages::{Chrome, answer, api_error, check, load, merge_patch, page, refused};
-use super::views::{Allowed, Badge, Rendered, Snapshot, View, badges, element_id};
-use crate::api::{
-    Cluster, ClusterPlan, ClusterTemplate, NodeClass, PlanPhase, ServiceDefinition, Task,
-};
+use super::pages::{Chrome, Loaded, answer, api_error, check, load, merge_patch, page, refused};
+use super::views::View;
+use crate::api::{Cluster, ClusterPlan, ClusterTemplate, NodeClass, PlanPhase, ServiceDefinition};
 use crate::cluster::drive::APPROVED_ANNOTATION;
 use crate::layout::{Catalog, Outcome, Request};
-
-/// The fragments of a Cluster's page.
-pub fn render(
-    out: &mut Rendered,
-    namespace: &str,
-    name: &str,
-    snapshot: &Snapshot,
-    allowed: &Allowed,
-) {
-    let cluster = snapshot.clusters.iter().find(|c| c.name_any() == name);
-    let status = cluster.and_then(|c| c.status.clone()).unwrap_or_default();
-    let plan = status
-        .plan
-        .as_deref()
-        .and_then(|p| snapshot.plans.iter().find(|x| x.name_any() == p));
-    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
-    out.push(
-        "cluster-summary".into(),
-        None,
-        ClusterSummary {
-            found: cluster.is_some(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            template: cluster.map(|c| c.spec.template.clone()).unwrap_or_default(),
-            size: cluster.map(|c| c.spec.size).unwrap_or_default(),
-            services: cluster
-                .map(|c| c.spec.services.join(", "))
-                .unwrap_or_default(),
-            paused: cluster.is_some_and(|c| c.spec.paused),
-            badges: badges(&status.conditions),
-            plan: status.plan.clone().unwrap_or_default(),
-            phase: plan
-                .map(|_| format!("{:?}", plan_status.phase))
-                .unwrap_or_default(),
-            progress: plan_status.progress.clone().unwrap_or_default(),
-            message: plan_status.message.clone().unwrap_or_default(),
-            can_pause: allowed.pause,
-            can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
-        },
-    );
-    for node in &status.layout {
-        out.push(
-            element_id("layout", &node.name),
-            Some("layout"),
-            LayoutRow {
-                id: element_id("layout", &node.name),
-                node: node.name.clone(),
-                class: node.node_class.clone(),
-                services: node.services.join(", "),
-            },
-        );
-    }
-    let Some(plan) = plan else { return };
-    let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
-        .tasks
-        .iter()
-        .map(|t| (t.id.as_str(), t))
-        .collect();
-    for (level, task) in levels(&plan.spec.tasks) {
-        let state = states.get(task.id.as_str());
-        out.push(
-            element_id("task", &task.id),
-            Some("tasks"),
-            TaskRow {
-                id: element_id("task", &task.id),
-                task: task.id.clone(),
-                level,
-                node: task.node.clone(),
-                service: task.service.clone().unwrap_or_default(),
-                action: format!("{:?}", task.action),
-                after: task.after.join(", "),
-                state: state
-                    .map(|s| format!("{:?}", s.state))
-                    .unwrap_or_else(|| "Pending".into()),
-                attempts: state.map(|s| s.attempts).unwrap_or_default(),
-                error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
-            },
-        );
-    }
-}
-
-/// A plan's tasks by level (one more than the highest level of the tasks
-/// it waits for; 0 for those that wait for none), then in plan order: the
-/// DAG as columns.
-pub fn levels(tasks: &[Task]) -> Vec<(usize, &Task)> {
-    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-    // Plans list a task after those it waits for, so one pass settles
-    // them; more passes settle any other order (a cycle stops at the
-    // number of tasks).
-    for _ in 0..tasks.len().max(1) {
-        let mut changed = false;
-        for task in tasks {
-            let l = task
-                .after
-                .iter()
-                .filter_map(|a| level.get(a.as_str()))
-                .map(|l| l + 1)
-                .max()
-                .unwrap_or(0);
-            if level.insert(task.id.as_str(), l) != Some(l) {
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    let mut out: Vec<(usize, &Task)> = tasks
-        .iter()
-        .map(|t| (level.get(t.id.as_str()).copied().unwrap_or(0), t))
-        .collect();
-    out.sort_by_key(|(l, _)| *l);
-    out
-}
-
-/// A Cluster's page header and buttons.
-#[derive(Template)]
-#[template(path = "dashboard/cluster_summary.html")]
-pub struct ClusterSummary {
-    pub found: bool,
-    pub namespace: String,
-    pub name: String,
-    pub template: String,
-    pub size: i32,
-    pub services: String,
-    pub paused: bool,
-    pub badges: Vec<Badge>,
-    pub plan: String,
-    pub phase: String,
-    pub progress: String,
-    pub message: String,
-    pub can_pause: bool,
-    pub can_approve: bool,
-}
-
-/// A node of a Cluster's layout.
-#[derive(Template)]
-#[template(path = "dashboard/layout_row.html")]
-pub struct LayoutRow {
-    pub id: String,
-    pub node: String,
-    pub class: String,
-    pub services: String,
-}
-
-/// A task of a Cluster's plan.
-#[derive(Template)]
-#[template(path = "dashboard/task_row.html")]
-pub struct TaskRow {
-    pub id: String,
-    pub task: String,
-    pub level: usize,
-    pub node: String,
-    pub service: String,
-    pub action: String,
-    pub after: String,
-    pub state: String,
-    pub attempts: i32,
-    pub error: String,
-}
 
 #[derive(Template)]
 #[template(path = "dashboard/cluster.html")]
@@ -205,7 +43,7 @@ pub async fn show(
         name: name.clone(),
     };
     match load(&dashboard, &session, &view).await {
-        Ok(rendered) => page(ClusterPage {
+        Ok(Loaded { rendered, .. }) => page(ClusterPage {
             chrome: Chrome::new(&session, Some(&view)),
             summary: rendered.panel("cluster-summary"),
             layout: rendered.rows("layout"),
@@ -535,7 +373,18 @@ pub async fn create(
             (StatusCode::CREATED, [("hx-redirect", to)], "created").into_response()
         }
         Err(kube::Error::Api(status)) if status.code == 422 => {
-            let mut response = axum::response::Html(field_errors(&status.message)).into_response();
+            let paths = [
+                "metadata.name",
+                "spec.template",
+                "spec.size",
+                "spec.services",
+                "spec.nodeClass",
+                "spec.config",
+            ]
+            .map(str::to_owned);
+            let mut response =
+                axum::response::Html(super::forms::field_errors(&status.message, &paths))
+                    .into_response();
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             response
         }
@@ -547,131 +396,10 @@ pub async fn create(
     }
 }
 
-/// The API server's validation message as out-of-band swaps into the
-/// error slot of each field it names (`spec.size: …` into `#error-size`),
-/// and the whole message into the form's result.
-pub fn field_errors(message: &str) -> String {
-    let escape = |s: &str| {
-        askama::filters::escape(s, askama::filters::Html)
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    };
-    let mut out = format!("<span class=\"refused\">{}</span>", escape(message));
-    for field in [
-        "template",
-        "size",
-        "services",
-        "nodeClass",
-        "config",
-        "name",
-    ] {
-        let path = if field == "name" {
-            "metadata.name".to_owned()
-        } else {
-            format!("spec.{field}")
-        };
-        if let Some(at) = message.find(&format!("{path}:")) {
-            let rest = &message[at..];
-            let end = rest.find(", spec.").map(|e| e + 1).unwrap_or(rest.len());
-            out.push_str(&format!(
-                "<template><span id=\"error-{field}\" class=\"field-error\" hx-swap-oob=\"true\">{}</span></template>",
-                escape(rest[..end].trim_end_matches([',', ']', ' ']))
-            ));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn cluster_snapshot(phase: &str) -> Snapshot {
-        let cluster: Cluster = serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
-            "metadata": { "name": "shop", "namespace": "team" },
-            "spec": { "template": "web", "size": 2 },
-            "status": {
-                "plan": "shop-1",
-                "layout": [{ "name": "shop-0", "nodeClass": "small", "services": ["db"] }]
-            }
-        }))
-        .unwrap();
-        let plan: ClusterPlan = serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
-            "metadata": { "name": "shop-1", "namespace": "team" },
-            "spec": {
-                "cluster": "shop", "operation": { "type": "create" },
-                "tasks": [
-                    { "id": "start-db", "node": "shop-0", "service": "db", "action": "start", "after": ["install-db"] },
-                    { "id": "create-0", "node": "shop-0", "action": "createNode" },
-                    { "id": "install-db", "node": "shop-0", "service": "db", "action": "install", "after": ["create-0"] }
-                ]
-            },
-            "status": {
-                "phase": phase,
-                "tasks": [
-                    { "id": "create-0", "state": "Succeeded", "attempts": 1 },
-                    { "id": "install-db", "state": "Failed", "attempts": 2, "lastError": "exit 3" }
-                ]
-            }
-        }))
-        .unwrap();
-        Snapshot {
-            clusters: vec![cluster],
-            plans: vec![plan],
-            ..Snapshot::default()
-        }
-    }
-
-    #[test]
-    fn a_clusters_plan_shows_as_levels_with_task_states_and_approval_only_when_awaited() {
-        let view = View::Cluster {
-            namespace: "team".into(),
-            name: "shop".into(),
-        };
-        let allowed = Allowed {
-            approve: true,
-            pause: true,
-            ..Allowed::default()
-        };
-        let rendered =
-            super::super::views::render(&view, &cluster_snapshot("AwaitingApproval"), &allowed);
-        let tasks = rendered.rows("tasks");
-        let create = tasks.find("task-create-0").unwrap();
-        let install = tasks.find("task-install-db").unwrap();
-        let start = tasks.find("task-start-db").unwrap();
-        assert!(create < install && install < start, "by level: {tasks}");
-        assert!(
-            tasks.contains(r#"<td class="level">2</td><td class="mono">start-db</td>"#),
-            "{tasks}"
-        );
-        assert!(
-            tasks.contains("Failed</span> (2 attempts)") && tasks.contains("exit 3"),
-            "{tasks}"
-        );
-        assert!(rendered.rows("layout").contains("shop-0"));
-        let summary = rendered.panel("cluster-summary");
-        assert!(
-            summary.contains(r#"hx-post="/ui/clusters/team/shop/approve""#),
-            "{summary}"
-        );
-        assert!(summary.contains("AwaitingApproval"), "{summary}");
-        let running = super::super::views::render(&view, &cluster_snapshot("Running"), &allowed)
-            .panel("cluster-summary");
-        assert!(
-            !running.contains("/approve"),
-            "nothing to approve: {running}"
-        );
-        let reader = super::super::views::render(
-            &view,
-            &cluster_snapshot("AwaitingApproval"),
-            &Allowed::default(),
-        )
-        .panel("cluster-summary");
-        assert!(!reader.contains("hx-post"), "{reader}");
-    }
 
     #[test]
     fn the_form_becomes_a_cluster() {
@@ -701,16 +429,5 @@ mod tests {
             json!({ "template": "web", "size": 3, "services": ["web", "db"], "config": { "region": "eu", "size": "large" } })
         );
         let _: Cluster = serde_json::from_value(cluster).expect("a Cluster");
-    }
-
-    #[test]
-    fn validation_errors_go_next_to_the_fields_they_name() {
-        let message = r#"Cluster.theseus.dev "x" is invalid: [spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1, spec.template: Required value]"#;
-        let html = field_errors(message);
-        assert!(html.contains(r#"id="error-size""#), "{html}");
-        assert!(html.contains("spec.size: Invalid value: 0"), "{html}");
-        assert!(html.contains(r#"<span id="error-template" class="field-error" hx-swap-oob="true">spec.template: Required value</span>"#), "{html}");
-        assert!(!html.contains("error-services"), "{html}");
-        assert!(html.contains("&#34;x&#34;"), "escaped: {html}");
     }
 }

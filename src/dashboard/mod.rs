@@ -11,13 +11,15 @@
 //! watches as the user; the browser never sees a watch event.
 //!
 //! Modules: [`auth`] (sessions, CSRF, access reviews), [`columns`] (CRD
-//! printer columns as the default columns), [`views`] (what each page
+//! printer columns as the default columns), [`forms`] (create and edit
+//! forms generated from the CRD schemas), [`views`] (what each page
 //! shows, rendered the same way for the page and for its stream),
 //! [`live`] (the streams), [`pages`] (the handlers).
 
 pub mod auth;
 mod clusters;
 pub mod columns;
+pub mod forms;
 pub mod live;
 mod pages;
 pub mod views;
@@ -118,6 +120,10 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route(
             "/ui/clusters/{namespace}/{name}/approve",
             post(clusters::approve),
+        )
+        .route(
+            "/ui/edit/{plural}",
+            get(forms::edit_form).post(forms::apply),
         )
         .route("/ui/services", get(pages::services))
         .route("/ui/kinds/{plural}", get(pages::kind_list))

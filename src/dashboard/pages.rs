@@ -100,7 +100,7 @@ pub(super) async fn load(
     dashboard: &Dashboard,
     session: &Session,
     view: &View,
-) -> Result<Rendered, kube::Error> {
+) -> Result<Loaded, kube::Error> {
     let (snapshot, allowed) = futures::join!(
         views::load(
             &session.client,
@@ -110,7 +110,21 @@ pub(super) async fn load(
         ),
         Allowed::check(&session.client, view, dashboard.namespace())
     );
-    Ok(views::render(view, &snapshot?, &allowed))
+    let snapshot = snapshot?;
+    Ok(Loaded {
+        rendered: views::render(view, &snapshot, &allowed),
+        snapshot,
+        allowed,
+    })
+}
+
+/// A page's fragments, and what they were rendered from: a page's forms
+/// are rendered once, outside the fragments its live stream replaces, so
+/// that an update never takes what the user is typing.
+pub(super) struct Loaded {
+    pub rendered: Rendered,
+    pub snapshot: views::Snapshot,
+    pub allowed: Allowed,
 }
 
 #[derive(Template)]
@@ -126,7 +140,7 @@ struct FleetPage {
 pub async fn fleet(State(dashboard): State<Dashboard>, session: Session) -> Response {
     let view = View::Fleet;
     match load(&dashboard, &session, &view).await {
-        Ok(rendered) => page(FleetPage {
+        Ok(Loaded { rendered, .. }) => page(FleetPage {
             chrome: Chrome::new(&session, Some(&view)),
             banner: rendered.panel("halt-banner"),
             sets: rendered.rows("sets"),
@@ -147,6 +161,10 @@ pub struct SetQuery {
 #[template(path = "dashboard/package_set.html")]
 struct SetPage {
     chrome: Chrome,
+    /// Whether the user may change the set (the change form is shown).
+    can_change: bool,
+    /// The set's packages when the page was rendered, one per line.
+    packages_text: String,
     name: String,
     banner: String,
     summary: String,
@@ -173,7 +191,18 @@ pub async fn package_set(
         events(&session.client, "PackageSet", &name)
     );
     match rendered {
-        Ok(rendered) => page(SetPage {
+        Ok(Loaded {
+            rendered,
+            snapshot,
+            allowed,
+        }) => page(SetPage {
+            can_change: allowed.pause,
+            packages_text: snapshot
+                .sets
+                .iter()
+                .find(|s| s.name_any() == name)
+                .map(|s| s.spec.packages.join("\n"))
+                .unwrap_or_default(),
             chrome: Chrome::new(&session, Some(&view)),
             banner: rendered.panel("halt-banner"),
             summary: rendered.panel("set-summary"),
@@ -223,6 +252,10 @@ async fn events(client: &Client, kind: &str, name: &str) -> Vec<(String, String,
 #[template(path = "dashboard/node_pool.html")]
 struct PoolPage {
     chrome: Chrome,
+    /// Whether the user may scale the pool (the scale form is shown).
+    can_scale: bool,
+    /// The pool's replicas when the page was rendered.
+    replicas: i32,
     name: String,
     summary: String,
     instances: String,
@@ -236,7 +269,18 @@ pub async fn node_pool(
 ) -> Response {
     let view = View::NodePool { name: name.clone() };
     match load(&dashboard, &session, &view).await {
-        Ok(rendered) => page(PoolPage {
+        Ok(Loaded {
+            rendered,
+            snapshot,
+            allowed,
+        }) => page(PoolPage {
+            can_scale: allowed.scale,
+            replicas: snapshot
+                .pools
+                .iter()
+                .find(|p| p.name_any() == name)
+                .map(|p| p.spec.replicas)
+                .unwrap_or_default(),
             chrome: Chrome::new(&session, Some(&view)),
             summary: rendered.panel("pool-summary"),
             instances: rendered.rows("instances"),
@@ -250,6 +294,7 @@ pub async fn node_pool(
 #[template(path = "dashboard/kind_list.html")]
 struct KindPage {
     chrome: Chrome,
+    can_create: bool,
     plural: String,
     kind: String,
     namespaced: bool,
@@ -269,9 +314,21 @@ pub async fn kind_list(
     let view = View::Kind {
         plural: plural.clone(),
     };
-    match load(&dashboard, &session, &view).await {
-        Ok(rendered) => page(KindPage {
+    let create = auth::Access {
+        verb: "create",
+        group: "theseus.dev",
+        resource: leak(&kind.plural),
+        namespace: None,
+        name: None,
+    };
+    let (loaded, can_create) = futures::join!(
+        load(&dashboard, &session, &view),
+        auth::can(&session.client, &create)
+    );
+    match loaded {
+        Ok(Loaded { rendered, .. }) => page(KindPage {
             chrome: Chrome::new(&session, Some(&view)),
+            can_create,
             plural,
             kind: kind.kind.clone(),
             namespaced: kind.namespaced,
@@ -282,7 +339,7 @@ pub async fn kind_list(
     }
 }
 
-fn not_found(session: &Session, message: &str) -> Response {
+pub(super) fn not_found(session: &Session, message: &str) -> Response {
     let mut response = page(ErrorPage {
         chrome: Chrome::new(session, None),
         heading: "Not found".into(),
@@ -296,6 +353,8 @@ fn not_found(session: &Session, message: &str) -> Response {
 #[template(path = "dashboard/object.html")]
 struct ObjectPage {
     chrome: Chrome,
+    /// The edit form's address, when the user may change the object.
+    edit: String,
     kind: String,
     name: String,
     yaml: String,
@@ -334,11 +393,25 @@ async fn show_object(
         }
         None => Api::<DynamicObject>::all_with(session.client.clone(), &kind.resource),
     };
-    match api.get(name).await {
+    let patch = auth::Access {
+        verb: "patch",
+        group: "theseus.dev",
+        resource: leak(&kind.plural),
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+    };
+    let (got, can_patch) = futures::join!(api.get(name), auth::can(&session.client, &patch));
+    match got {
         Ok(mut object) => {
             object.metadata.managed_fields = None;
+            let edit = match (can_patch, namespace) {
+                (false, _) => String::new(),
+                (true, Some(ns)) => format!("/ui/edit/{plural}?namespace={ns}&name={name}"),
+                (true, None) => format!("/ui/edit/{plural}?name={name}"),
+            };
             page(ObjectPage {
                 chrome: Chrome::new(session, None),
+                edit,
                 kind: kind.kind.clone(),
                 name: name.to_owned(),
                 yaml: serde_yaml::to_string(&object).unwrap_or_default(),
@@ -863,4 +936,14 @@ pub async fn scale(
         &format!("scale NodePool {name}"),
     )
     .await
+}
+
+/// A kind's plural as the `'static` an [`auth::Access`] holds: every
+/// plural comes from the kinds' table, which lives as long as the process.
+fn leak(plural: &str) -> &'static str {
+    columns::kinds()
+        .iter()
+        .find(|k| k.plural == plural)
+        .map(|k| k.plural.as_str())
+        .unwrap_or("")
 }

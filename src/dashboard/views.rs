@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use super::auth::{self, Access};
 use super::columns::{self, Kind};
 use crate::api::conditions;
-use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet};
+use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet, PlanPhase, Task};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -378,11 +378,7 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
         }
         View::NodePool { name } => {
             let pool = snapshot.pools.iter().find(|p| p.name_any() == *name);
-            out.push(
-                "pool-summary".into(),
-                None,
-                PoolSummary::of(name, pool, allowed),
-            );
+            out.push("pool-summary".into(), None, PoolSummary::of(name, pool));
             for instance in pool
                 .and_then(|p| p.status.as_ref())
                 .map(|s| s.instances.as_slice())
@@ -445,10 +441,170 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
             }
         }
         View::Cluster { namespace, name } => {
-            super::clusters::render(&mut out, namespace, name, snapshot, allowed)
+            render_cluster(&mut out, namespace, name, snapshot, allowed)
         }
     }
     out
+}
+
+/// The fragments of a Cluster's page.
+fn render_cluster(
+    out: &mut Rendered,
+    namespace: &str,
+    name: &str,
+    snapshot: &Snapshot,
+    allowed: &Allowed,
+) {
+    let cluster = snapshot.clusters.iter().find(|c| c.name_any() == name);
+    let status = cluster.and_then(|c| c.status.clone()).unwrap_or_default();
+    let plan = status
+        .plan
+        .as_deref()
+        .and_then(|p| snapshot.plans.iter().find(|x| x.name_any() == p));
+    let plan_status = plan.and_then(|p| p.status.clone()).unwrap_or_default();
+    out.push(
+        "cluster-summary".into(),
+        None,
+        ClusterSummary {
+            found: cluster.is_some(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            template: cluster.map(|c| c.spec.template.clone()).unwrap_or_default(),
+            size: cluster.map(|c| c.spec.size).unwrap_or_default(),
+            services: cluster
+                .map(|c| c.spec.services.join(", "))
+                .unwrap_or_default(),
+            paused: cluster.is_some_and(|c| c.spec.paused),
+            badges: badges(&status.conditions),
+            plan: status.plan.clone().unwrap_or_default(),
+            phase: plan
+                .map(|_| format!("{:?}", plan_status.phase))
+                .unwrap_or_default(),
+            progress: plan_status.progress.clone().unwrap_or_default(),
+            message: plan_status.message.clone().unwrap_or_default(),
+            can_pause: allowed.pause,
+            can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
+        },
+    );
+    for node in &status.layout {
+        out.push(
+            element_id("layout", &node.name),
+            Some("layout"),
+            LayoutRow {
+                id: element_id("layout", &node.name),
+                node: node.name.clone(),
+                class: node.node_class.clone(),
+                services: node.services.join(", "),
+            },
+        );
+    }
+    let Some(plan) = plan else { return };
+    let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
+        .tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t))
+        .collect();
+    for (level, task) in levels(&plan.spec.tasks) {
+        let state = states.get(task.id.as_str());
+        out.push(
+            element_id("task", &task.id),
+            Some("tasks"),
+            TaskRow {
+                id: element_id("task", &task.id),
+                task: task.id.clone(),
+                level,
+                node: task.node.clone(),
+                service: task.service.clone().unwrap_or_default(),
+                action: format!("{:?}", task.action),
+                after: task.after.join(", "),
+                state: state
+                    .map(|s| format!("{:?}", s.state))
+                    .unwrap_or_else(|| "Pending".into()),
+                attempts: state.map(|s| s.attempts).unwrap_or_default(),
+                error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
+            },
+        );
+    }
+}
+
+/// A plan's tasks by level (one more than the highest level of the tasks
+/// it waits for; 0 for those that wait for none), then in plan order: the
+/// DAG as columns.
+pub fn levels(tasks: &[Task]) -> Vec<(usize, &Task)> {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    // Plans list a task after those it waits for, so one pass settles
+    // them; more passes settle any other order (a cycle stops at the
+    // number of tasks).
+    for _ in 0..tasks.len().max(1) {
+        let mut changed = false;
+        for task in tasks {
+            let l = task
+                .after
+                .iter()
+                .filter_map(|a| level.get(a.as_str()))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            if level.insert(task.id.as_str(), l) != Some(l) {
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<(usize, &Task)> = tasks
+        .iter()
+        .map(|t| (level.get(t.id.as_str()).copied().unwrap_or(0), t))
+        .collect();
+    out.sort_by_key(|(l, _)| *l);
+    out
+}
+
+/// A Cluster's page header and buttons.
+#[derive(Template)]
+#[template(path = "dashboard/cluster_summary.html")]
+pub struct ClusterSummary {
+    pub found: bool,
+    pub namespace: String,
+    pub name: String,
+    pub template: String,
+    pub size: i32,
+    pub services: String,
+    pub paused: bool,
+    pub badges: Vec<Badge>,
+    pub plan: String,
+    pub phase: String,
+    pub progress: String,
+    pub message: String,
+    pub can_pause: bool,
+    pub can_approve: bool,
+}
+
+/// A node of a Cluster's layout.
+#[derive(Template)]
+#[template(path = "dashboard/layout_row.html")]
+pub struct LayoutRow {
+    pub id: String,
+    pub node: String,
+    pub class: String,
+    pub services: String,
+}
+
+/// A task of a Cluster's plan.
+#[derive(Template)]
+#[template(path = "dashboard/task_row.html")]
+pub struct TaskRow {
+    pub id: String,
+    pub task: String,
+    pub level: usize,
+    pub node: String,
+    pub service: String,
+    pub action: String,
+    pub after: String,
+    pub state: String,
+    pub attempts: i32,
+    pub error: String,
 }
 
 fn target_set(node: &NodeInstall) -> Option<&str> {
@@ -590,7 +746,6 @@ pub struct SetSummary {
     pub name: String,
     pub repository: String,
     pub packages: Vec<String>,
-    pub packages_text: String,
     pub set_hash: String,
     pub desired: i32,
     pub updated: i32,
@@ -610,7 +765,6 @@ impl SetSummary {
             found: set.is_some(),
             name: name.to_owned(),
             repository: set.map(|s| s.spec.repository.clone()).unwrap_or_default(),
-            packages_text: packages.join("\n"),
             packages,
             set_hash: short(status.set_hash.as_deref()),
             desired: status.desired_nodes,
@@ -714,11 +868,10 @@ pub struct PoolSummary {
     pub current: i32,
     pub ready: i32,
     pub badges: Vec<Badge>,
-    pub can_scale: bool,
 }
 
 impl PoolSummary {
-    fn of(name: &str, pool: Option<&NodePool>, allowed: &Allowed) -> Self {
+    fn of(name: &str, pool: Option<&NodePool>) -> Self {
         let status = pool.and_then(|p| p.status.clone()).unwrap_or_default();
         Self {
             found: pool.is_some(),
@@ -730,7 +883,6 @@ impl PoolSummary {
             current: status.replicas,
             ready: status.ready_replicas,
             badges: badges(&status.conditions),
-            can_scale: allowed.scale,
         }
     }
 }
@@ -760,147 +912,4 @@ pub struct ObjectRow {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn set(name: &str, updated: i32, halted: bool) -> PackageSet {
-        serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
-            "metadata": { "name": name },
-            "spec": { "repository": "r", "packages": ["web--1.0.0"], "nodeSelector": {} },
-            "status": {
-                "desiredNodes": 4, "updatedNodes": updated, "readyNodes": updated,
-                "conditions": [{
-                    "type": "Halted", "status": if halted { "True" } else { "False" },
-                    "reason": "R", "message": "<script>", "lastTransitionTime": "2026-01-01T00:00:00Z"
-                }]
-            }
-        }))
-        .unwrap()
-    }
-
-    fn node(name: &str, set: &str, phase: &str) -> NodeInstall {
-        serde_json::from_value(json!({
-            "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
-            "metadata": { "name": name },
-            "spec": { "target": { "packageSet": set, "setHash": "abcdef0123456789", "packages": [], "repositoryUrl": "http://r" } },
-            "status": { "phase": phase, "message": "switching" }
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_fleet_shows_each_sets_progress_and_its_nodes_phases() {
-        let snapshot = Snapshot {
-            sets: vec![set("web", 2, false)],
-            nodes: vec![
-                node("n1", "web", "Active"),
-                node("n2", "web", "Active"),
-                node("n3", "web", "Fetching"),
-                node("n4", "other", "Failed"),
-            ],
-            ..Snapshot::default()
-        };
-        let rendered = render(&View::Fleet, &snapshot, &Allowed::default());
-        let row = rendered.rows("sets");
-        assert!(row.contains(r#"id="set-web""#), "{row}");
-        assert!(row.contains(r#"<progress value="2" max="4""#), "{row}");
-        assert!(
-            row.contains("Active 2") && row.contains("Fetching 1"),
-            "{row}"
-        );
-        assert!(!row.contains("Failed"), "another set's node: {row}");
-        assert!(!row.contains("<script>"), "escaped: {row}");
-        let banner = rendered.panel("halt-banner");
-        assert!(!banner.contains("Halted by"), "{banner}");
-        assert!(
-            !banner.contains("<form"),
-            "no halt button without access: {banner}"
-        );
-    }
-
-    #[test]
-    fn the_halt_button_shows_only_for_users_allowed_to_halt() {
-        let halted = Snapshot {
-            halt: Some(Halt {
-                reason: "SLA breach".into(),
-                by: "monitor".into(),
-                at: "2026-01-01T00:00:00Z".into(),
-            }),
-            ..Snapshot::default()
-        };
-        let allowed = Allowed {
-            halt: true,
-            ..Allowed::default()
-        };
-        let banner = render(&View::Fleet, &halted, &allowed).panel("halt-banner");
-        assert!(banner.contains("halted by monitor: SLA breach"), "{banner}");
-        assert!(banner.contains(r#"hx-post="/ui/resume""#), "{banner}");
-        let viewer = render(&View::Fleet, &halted, &Allowed::default()).panel("halt-banner");
-        assert!(viewer.contains("halted by monitor"), "{viewer}");
-        assert!(!viewer.contains("hx-post"), "{viewer}");
-        let running = render(&View::Fleet, &Snapshot::default(), &allowed).panel("halt-banner");
-        assert!(running.contains(r#"hx-post="/ui/halt""#), "{running}");
-    }
-
-    #[test]
-    fn a_sets_nodes_are_paged_and_filtered_by_phase() {
-        let nodes: Vec<NodeInstall> = (0..250)
-            .map(|i| {
-                node(
-                    &format!("n{i:03}"),
-                    "web",
-                    if i % 2 == 0 { "Active" } else { "Fetching" },
-                )
-            })
-            .collect();
-        let snapshot = Snapshot {
-            sets: vec![set("web", 125, false)],
-            nodes,
-            ..Snapshot::default()
-        };
-        let view = |page, phase: Option<&str>| View::PackageSet {
-            name: "web".into(),
-            page,
-            phase: phase.map(str::to_owned),
-        };
-        let first = render(&view(0, None), &snapshot, &Allowed::default());
-        assert_eq!(
-            first
-                .0
-                .iter()
-                .filter(|f| f.parent.as_deref() == Some("nodes"))
-                .count(),
-            PAGE_SIZE
-        );
-        assert!(first.rows("nodes").contains("node-n000"));
-        let last = render(&view(9, None), &snapshot, &Allowed::default());
-        assert_eq!(
-            last.0
-                .iter()
-                .filter(|f| f.parent.as_deref() == Some("nodes"))
-                .count(),
-            50,
-            "clamped to the last page"
-        );
-        assert!(
-            last.panel("node-pager").contains("250 nodes"),
-            "{}",
-            last.panel("node-pager")
-        );
-        let fetching = render(&view(0, Some("Fetching")), &snapshot, &Allowed::default());
-        assert!(fetching.rows("nodes").contains("node-n001"));
-        assert!(!fetching.rows("nodes").contains("node-n000"));
-        assert_eq!(
-            view(1, Some("Fetching")).live_query(),
-            "view=packageset&name=web&page=1&phase=Fetching"
-        );
-    }
-
-    #[test]
-    fn element_ids_are_stable_and_safe() {
-        assert_eq!(element_id("obj", "ns/a.b"), "obj-ns_2f_a_2e_b");
-        assert_eq!(element_id("set", "web-1"), "set-web-1");
-    }
-}
+mod tests;

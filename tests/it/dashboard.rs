@@ -636,7 +636,7 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
     let (status, invalid, _) = post_form(&router, &csrf, "/ui/clusters", &form(0, "lab")).await;
     assert_eq!(status, 422, "{invalid}");
     assert!(
-        invalid.contains(r#"id="error-size""#) && invalid.contains("spec.size"),
+        invalid.contains(r#"id="error-spec-size""#) && invalid.contains("spec.size"),
         "{invalid}"
     );
     let clusters = Api::<theseus::api::Cluster>::namespaced(client.clone(), &ns.name);
@@ -672,4 +672,79 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
 
     let _ = clusters.delete("lab", &DeleteParams::default()).await;
     ns.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_schema_form_creates_and_edits_an_object_with_the_api_servers_errors_by_field() {
+    let Some(tb) = crate::support::testbed() else {
+        return;
+    };
+    crate::support::apply_crds(&tb);
+    let client = tb.client().await;
+    let (router, csrf) = in_process(&client, "default");
+    let name = format!("dash-form-{:08x}", rand::random::<u32>());
+    let classes = Api::<theseus::api::NodeClass>::all(client.clone());
+
+    let (status, new) = get_page(&router, "/ui/edit/nodeclasses").await;
+    assert_eq!(status, 200, "{new}");
+    assert!(
+        new.contains(r#"<select name="spec.provider.type">"#),
+        "{new}"
+    );
+    let (_, list) = get_page(&router, "/ui/kinds/nodeclasses").await;
+    assert!(
+        list.contains(r#"href="/ui/edit/nodeclasses">New NodeClass</a>"#),
+        "the admin may create: {list}"
+    );
+
+    // The API server's refusal lands next to the field; nothing is made.
+    let form = |cost: &str| {
+        format!(
+            "name={name}&spec.provider.type=Local&spec.provider.local.servicePortBase=28000&spec.cost={cost}&spec.capacity.cpu=4&spec.nodeLabels=tier%3A+db"
+        )
+    };
+    let (status, invalid, _) = post_form(&router, &csrf, "/ui/edit/nodeclasses", &form("-1")).await;
+    assert_eq!(status, 422, "{invalid}");
+    assert!(
+        invalid.contains(
+            r#"<span id="error-spec-cost" class="field-error" hx-swap-oob="true">spec.cost"#
+        ),
+        "{invalid}"
+    );
+    assert!(classes.get_opt(&name).await.unwrap().is_none());
+    let (status, unreadable, _) =
+        post_form(&router, &csrf, "/ui/edit/nodeclasses", &form("cheap")).await;
+    assert_eq!(status, 422, "{unreadable}");
+    assert!(unreadable.contains("is not a whole number"), "{unreadable}");
+
+    // A valid form creates it as the user and sends the page to it.
+    let (status, body, redirect) =
+        post_form(&router, &csrf, "/ui/edit/nodeclasses", &form("3")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        redirect.as_deref(),
+        Some(format!("/ui/kinds/nodeclasses/{name}").as_str())
+    );
+    let class = serde_json::to_value(classes.get(&name).await.unwrap()).unwrap();
+    assert_eq!(class["spec"]["cost"], 3);
+    let cpu = &class["spec"]["capacity"]["cpu"];
+    assert!(*cpu == json!(4) || *cpu == json!("4"), "{cpu}");
+    assert_eq!(class["spec"]["nodeLabels"], json!({ "tier": "db" }));
+
+    // Its edit form is filled in, and an edit applies.
+    let (_, page) = get_page(&router, &format!("/ui/kinds/nodeclasses/{name}")).await;
+    assert!(
+        page.contains(&format!(
+            r#"href="/ui/edit/nodeclasses?name={name}">Edit</a>"#
+        )),
+        "{page}"
+    );
+    let (_, filled) = get_page(&router, &format!("/ui/edit/nodeclasses?name={name}")).await;
+    assert!(filled.contains(r#"name="spec.cost" value="3""#), "{filled}");
+    assert!(filled.contains("tier: db"), "{filled}");
+    let (status, body, _) = post_form(&router, &csrf, "/ui/edit/nodeclasses", &form("5")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(classes.get(&name).await.unwrap().spec.cost, 5);
+
+    let _ = classes.delete(&name, &DeleteParams::default()).await;
 }
