@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use common::{env_or, machine};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, ListParams};
-use support::fleet::{Fleet, Operator, RUN_LABEL};
-use support::{TestNamespace, test_logs};
+use support::fleet::{Fleet, Operator};
+use support::test_logs;
 use theseus::api::{NodeInstall, PackageRepository, PackageSet};
 
 /// Pages timed this many times; the median is reported.
@@ -71,16 +71,18 @@ async fn bench() {
         "THESEUS_BENCH_SWITCH_MS",
         if full { 3000 } else { 300 },
     ));
-    support::apply_crds(&tb);
-    let client = tb.client().await;
-    let ns = TestNamespace::create(&tb, &client, "bench-ui").await;
-    let run = ns.name.clone();
-    let selector = format!("{RUN_LABEL}={run}");
-    let _cleanup = common::Cleanup {
-        tb: tb.clone(),
-        kinds: "nodeinstalls,packagesets,packagerepositories",
-        selector: selector.clone(),
-    };
+    let common::Run {
+        client,
+        ns,
+        run,
+        selector,
+        cleanup: _cleanup,
+    } = common::Run::start(
+        &tb,
+        "bench-ui",
+        "nodeinstalls,packagesets,packagerepositories",
+    )
+    .await;
     let _repo = common::repository(&client, &run).await;
     let logs = test_logs(&run);
     let operator = Operator::start_with(

@@ -44,7 +44,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::fleet::{CONCURRENCY, Fleet, Operator, RUN_LABEL};
-use support::{TestNamespace, test_logs};
+use support::test_logs;
 use theseus::api::{PackageRepository, PackageSet};
 
 /// What the pod watch saw of one pod, and when.
@@ -68,16 +68,18 @@ async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let nodes = env_or("THESEUS_BENCH_NODES", if full { 2000 } else { 6 }) as usize;
     let budget = env_or("THESEUS_BENCH_BUDGET", if full { 100 } else { 2 });
-    support::apply_crds(&tb);
-    let client = tb.client().await;
-    let ns = TestNamespace::create(&tb, &client, "dsbench").await;
-    let run = ns.name.clone();
-    let selector = format!("{RUN_LABEL}={run}");
-    let _cleanup = common::Cleanup {
-        tb: tb.clone(),
-        kinds: "nodes,nodeinstalls,packagesets,packagerepositories",
-        selector: selector.clone(),
-    };
+    let common::Run {
+        client,
+        ns,
+        run,
+        selector,
+        cleanup: _cleanup,
+    } = common::Run::start(
+        &tb,
+        "dsbench",
+        "nodes,nodeinstalls,packagesets,packagerepositories",
+    )
+    .await;
 
     // The kwok Nodes, Ready.
     eprintln!("creating {nodes} kwok nodes …");

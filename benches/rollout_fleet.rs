@@ -53,8 +53,8 @@ use std::time::{Duration, Instant};
 
 use common::{env_or, machine, metrics};
 use kube::api::{Api, DeleteParams};
-use support::fleet::{Fleet, Operator, RUN_LABEL};
-use support::{TestNamespace, test_logs};
+use support::fleet::{Fleet, Operator};
+use support::test_logs;
 use theseus::api::{PackageRepository, PackageSet};
 
 fn main() {
@@ -79,16 +79,13 @@ async fn bench() {
         if full { 3000 } else { 300 },
     ));
     proxy::check_classify();
-    support::apply_crds(&tb);
-    let client = tb.client().await;
-    let ns = TestNamespace::create(&tb, &client, "bench").await;
-    let run = ns.name.clone();
-    let selector = format!("{RUN_LABEL}={run}");
-    let _cleanup = common::Cleanup {
-        tb: tb.clone(),
-        kinds: "nodeinstalls,packagesets,packagerepositories",
-        selector: selector.clone(),
-    };
+    let common::Run {
+        client,
+        ns,
+        run,
+        selector,
+        cleanup: _cleanup,
+    } = common::Run::start(&tb, "bench", "nodeinstalls,packagesets,packagerepositories").await;
     let _repo = common::repository(&client, &run).await;
 
     // The operator and the reflector, each behind a counting proxy, before

@@ -1,5 +1,6 @@
 //! What the rollout benchmarks share: their settings, the machine they ran
-//! on, the PackageSet they roll, and a clean-up if they stop early.
+//! on, their namespace, the PackageSet they roll, and a clean-up if they
+//! stop early.
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +9,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use theseus::api::{PackageRepository, PackageSet};
 
-use crate::support::TestbedEnv;
 use crate::support::agents::Repo;
 use crate::support::fleet::RUN_LABEL;
+use crate::support::{TestNamespace, TestbedEnv};
 
 /// The variable `name` as a number, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -102,6 +103,41 @@ pub async fn metrics(http: &str) -> String {
     match reqwest::get(format!("{http}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
+    }
+}
+
+/// A benchmark's own namespace on the testbed, whose name is the run label
+/// of everything the benchmark makes, and the clean-up of what it makes if
+/// it stops early.
+pub struct Run {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub run: String,
+    /// `RUN_LABEL=run`.
+    pub selector: String,
+    pub cleanup: Cleanup,
+}
+
+impl Run {
+    /// The CRDs applied, a namespace tagged `tag`, and a clean-up of the
+    /// `kinds` (kubectl's comma-separated list) labelled with the run.
+    pub async fn start(tb: &TestbedEnv, tag: &str, kinds: &'static str) -> Run {
+        crate::support::apply_crds(tb);
+        let client = tb.client().await;
+        let ns = TestNamespace::create(tb, &client, tag).await;
+        let run = ns.name.clone();
+        let selector = format!("{RUN_LABEL}={run}");
+        Run {
+            cleanup: Cleanup {
+                tb: tb.clone(),
+                kinds,
+                selector: selector.clone(),
+            },
+            client,
+            ns,
+            run,
+            selector,
+        }
     }
 }
 
