@@ -354,3 +354,60 @@ async fn a_plan_is_approved_only_while_it_awaits_approval() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_discovery_tree_is_shown_only_where_the_user_may_get_service_groups() {
+    let groups = |allowed_in: &'static str| {
+        let log = Log::default();
+        let items: Vec<Value> = ["team-a", "team-b"]
+            .into_iter()
+            .map(|ns| {
+                json!({
+                    "apiVersion": "theseus.dev/v1alpha1", "kind": "ServiceGroup",
+                    "metadata": { "name": "web", "namespace": ns },
+                    "spec": { "service": "web", "labels": ["eu"], "replicas": 1,
+                              "template": { "image": "nginx" } }
+                })
+            })
+            .collect();
+        let client = fake_api::client(&log, move |call: &Call| {
+            let path = call.path.split('?').next().unwrap_or_default();
+            match (call.method.as_str(), path) {
+                ("GET", "/apis/theseus.dev/v1alpha1/servicegroups") => fake_api::ok(json!({
+                    "apiVersion": "v1", "kind": "List", "metadata": {},
+                    "items": items.clone()
+                })),
+                ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => {
+                    let attributes = &call.body["spec"]["resourceAttributes"];
+                    let allowed = attributes["resource"] == "servicegroups"
+                        && attributes["verb"] == "get"
+                        && attributes["namespace"] == allowed_in;
+                    fake_api::ok(json!({
+                        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                        "spec": call.body["spec"], "status": { "allowed": allowed }
+                    }))
+                }
+                _ => fake_api::status(404, "NotFound"),
+            }
+        });
+        dashboard(client).0
+    };
+    let (status, html, _) = send(&groups("team-a"), get("/ui/services?labels=eu")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    // team-a: allowed, so the tree is asked (this dashboard has none);
+    // team-b: not allowed, so it is not even asked.
+    assert!(
+        html.contains("this dashboard has no discovery etcd"),
+        "{html}"
+    );
+    assert!(
+        html.contains("you may not get ServiceGroups in team-b"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("you may not get ServiceGroups in team-a"),
+        "{html}"
+    );
+    let (_, filtered, _) = send(&groups("team-a"), get("/ui/services?labels=us")).await;
+    assert!(filtered.contains("No ServiceGroups match."), "{filtered}");
+}

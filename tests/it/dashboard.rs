@@ -116,6 +116,53 @@ async fn unreloaded(page: &Page) -> bool {
         .unwrap_or(false)
 }
 
+/// A catalog of the run's own (a node class, a service and a template of
+/// at least four nodes, each named after the run), so that no other test's
+/// catalog is touched; the template's name. [`remove_catalog`] deletes it.
+fn private_catalog(tb: &crate::support::TestbedEnv, run: &str) -> String {
+    let yaml = format!(
+        r#"apiVersion: theseus.dev/v1alpha1
+kind: NodeClass
+metadata: {{name: {run}-small, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{provider: {{type: Local, local: {{}}}}, capacity: {{cpu: "2", memory: 8Gi}}, cost: 1}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ServiceDefinition
+metadata: {{name: {run}-app, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{packages: [app--1.0.0], resources: {{cpu: "1", memory: 2Gi}}}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ClusterTemplate
+metadata: {{name: {run}-tpl, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  compatibility: {{services: [{run}-app], nodeClasses: [{run}-small]}}
+  defaults: {{services: [{run}-app], nodeClass: {run}-small}}
+  constraints:
+    size: {{min: 4, max: 20}}
+    services:
+      {run}-app: {{count: {{min: 4}}}}
+"#
+    );
+    let out = tb.kubectl_stdin(&["apply"], &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{run}-tpl")
+}
+
+/// Deletes the catalog of [`private_catalog`].
+fn remove_catalog(tb: &crate::support::TestbedEnv, run: &str) {
+    tb.kubectl(&[
+        "delete",
+        "clustertemplates,servicedefinitions,nodeclasses",
+        "-l",
+        &format!("{RUN_LABEL}={run}"),
+        "--wait=false",
+    ]);
+}
+
 /// Where the README's screenshots go.
 fn screenshot_path(name: &str) -> std::path::PathBuf {
     repo_root()
@@ -306,9 +353,7 @@ async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_pa
     assert!(halt.is_none(), "resumed: {halt:?}");
 
     // The create page previews the layout as the form is filled in.
-    let catalog = repo_root().join("examples/catalog");
-    rig.tb
-        .kubectl_ok(&["apply", "-f", catalog.to_str().unwrap()]);
+    let template = private_catalog(&rig.tb, &rig.run);
     first
         .goto(&format!("{base}/ui/clusters/new?namespace={}", rig.ns.name))
         .await;
@@ -320,9 +365,9 @@ async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_pa
         .await;
     first
         .execute(
-            "var s = document.querySelector('select[name=template]'); s.value = 'hadoop';
+            "var s = document.querySelector('select[name=template]'); s.value = arguments[0];
              s.dispatchEvent(new Event('change', { bubbles: true })); return null;",
-            vec![],
+            vec![json!(template)],
         )
         .await;
     first
@@ -341,6 +386,7 @@ async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_pa
     drop(operator);
     let _ = rig.sets().delete(&idle, &DeleteParams::default()).await;
     remove_rbac(&rig.client, &rig.ns.name).await;
+    remove_catalog(&rig.tb, &rig.run);
     rig.clean_up(fleet).await;
 }
 
@@ -610,22 +656,23 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
     crate::support::apply_crds(&tb);
     let client = tb.client().await;
     let ns = crate::support::TestNamespace::create(&tb, &client, "dash-create").await;
-    let catalog = repo_root().join("examples/catalog");
-    tb.kubectl_ok(&["apply", "-f", catalog.to_str().unwrap()]);
+    let template = private_catalog(&tb, &ns.name);
     let (router, csrf) = in_process(&client, &ns.name);
 
-    // The preview solves as the form changes: six nodes of hadoop fit,
+    // The preview solves as the form changes: six nodes of the template fit,
     // three do not, and the explanation says why.
     let form = |size: u32, name: &str| {
         format!(
-            "namespace={}&name={name}&template=hadoop&size={size}",
+            "namespace={}&name={name}&template={template}&size={size}",
             ns.name
         )
     };
     let (status, six, _) = post_form(&router, &csrf, "/ui/clusters/preview", &form(6, "lab")).await;
     assert_eq!(status, 200, "{six}");
     assert!(
-        six.contains("Size 6 of <span class=\"mono\">hadoop</span> → 6 nodes"),
+        six.contains(&format!(
+            "Size 6 of <span class=\"mono\">{template}</span> → 6 nodes"
+        )),
         "{six}"
     );
     assert!(six.contains("lab-"), "nodes named after the cluster: {six}");
@@ -655,13 +702,16 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
     let cluster = clusters.get("lab").await.unwrap();
     assert_eq!(
         (cluster.spec.template.as_str(), cluster.spec.size),
-        ("hadoop", 6)
+        (template.as_str(), 6)
     );
     let (status, again, _) = post_form(&router, &csrf, "/ui/clusters", &form(6, "lab")).await;
     assert_eq!(status, 409, "an existing name is refused: {again}");
     let (status, new) = get_page(&router, "/ui/clusters/new").await;
     assert_eq!(status, 200, "{new}");
-    assert!(new.contains(r#"<option value="hadoop">hadoop"#), "{new}");
+    assert!(
+        new.contains(&format!(r#"<option value="{template}">{template}"#)),
+        "{new}"
+    );
     let (status, page) = get_page(&router, &format!("/ui/clusters/{}/lab", ns.name)).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&format!("Cluster {}/lab", ns.name)), "{page}");
@@ -671,6 +721,7 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
     );
 
     let _ = clusters.delete("lab", &DeleteParams::default()).await;
+    remove_catalog(&tb, &ns.name);
     ns.delete(&client).await;
 }
 
