@@ -242,15 +242,12 @@ impl Watches {
     }
 
     fn snapshot(&self) -> Snapshot {
-        fn items<K>(store: &Option<Store<K>>) -> Vec<K>
+        fn items<K>(store: &Option<Store<K>>) -> Vec<Arc<K>>
         where
             K: Resource + Clone + 'static,
             K::DynamicType: Eq + Hash + Clone,
         {
-            store
-                .as_ref()
-                .map(|s| s.state().iter().map(|k| (**k).clone()).collect())
-                .unwrap_or_default()
+            store.as_ref().map(Store::state).unwrap_or_default()
         }
         Snapshot {
             halt: self

@@ -49,8 +49,10 @@ struct Inner {
     /// Only objects whose labels match this selector are shown (the
     /// operator's `--selector`).
     selector: Option<String>,
-    /// The discovery tree, when there is one.
+    /// The discovery etcd, when there is one.
     discovery: Option<crate::discovery::EtcdConfig>,
+    /// Its tree, connected on first use and kept.
+    tree: tokio::sync::OnceCell<crate::discovery::Tree>,
 }
 
 impl Dashboard {
@@ -68,6 +70,7 @@ impl Dashboard {
                 namespace: namespace.to_owned(),
                 selector,
                 discovery,
+                tree: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -84,8 +87,17 @@ impl Dashboard {
         self.inner.selector.as_deref()
     }
 
-    pub(crate) fn discovery(&self) -> Option<&crate::discovery::EtcdConfig> {
-        self.inner.discovery.as_ref()
+    /// The discovery tree: connected once, then shared by every request.
+    pub(crate) async fn tree(&self) -> Result<crate::discovery::Tree, String> {
+        let Some(config) = &self.inner.discovery else {
+            return Err("this dashboard has no discovery etcd".to_owned());
+        };
+        self.inner
+            .tree
+            .get_or_try_init(|| crate::discovery::Tree::connect(config))
+            .await
+            .cloned()
+            .map_err(|e| e.to_string())
     }
 }
 

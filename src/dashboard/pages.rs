@@ -317,7 +317,7 @@ pub async fn kind_list(
     let create = auth::Access {
         verb: "create",
         group: "theseus.dev",
-        resource: leak(&kind.plural),
+        resource: &kind.plural,
         namespace: None,
         name: None,
     };
@@ -396,7 +396,7 @@ async fn show_object(
     let patch = auth::Access {
         verb: "patch",
         group: "theseus.dev",
-        resource: leak(&kind.plural),
+        resource: &kind.plural,
         namespace: namespace.map(str::to_owned),
         name: Some(name.to_owned()),
     };
@@ -492,12 +492,7 @@ pub async fn services(
             entry.insert(auth::can(&session.client, &access).await);
         }
     }
-    let tree = match dashboard.discovery() {
-        Some(config) => crate::discovery::Tree::connect(config)
-            .await
-            .map_err(|e| e.to_string()),
-        None => Err("this dashboard has no discovery etcd".to_owned()),
-    };
+    let tree = dashboard.tree().await;
     let mut out = Vec::new();
     for group in &groups {
         let namespace = group.namespace().unwrap_or_default();
@@ -648,38 +643,7 @@ pub async fn logout() -> Response {
 
 /// A urlencoded form body as a map (the last value of a repeated field).
 pub fn form(body: &[u8]) -> BTreeMap<String, String> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or_default();
-                    match u8::from_str_radix(hex, 16) {
-                        Ok(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    std::str::from_utf8(body)
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// An answer to a button: a fragment for `#flash` (or the form's result).
@@ -936,14 +900,4 @@ pub async fn scale(
         &format!("scale NodePool {name}"),
     )
     .await
-}
-
-/// A kind's plural as the `'static` an [`auth::Access`] holds: every
-/// plural comes from the kinds' table, which lives as long as the process.
-fn leak(plural: &str) -> &'static str {
-    columns::kinds()
-        .iter()
-        .find(|k| k.plural == plural)
-        .map(|k| k.plural.as_str())
-        .unwrap_or("")
 }

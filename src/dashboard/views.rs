@@ -6,6 +6,7 @@
 //! both always show the same HTML.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use askama::Template;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -116,12 +117,12 @@ impl View {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub halt: Option<Halt>,
-    pub sets: Vec<PackageSet>,
-    pub nodes: Vec<NodeInstall>,
-    pub pools: Vec<NodePool>,
-    pub objects: Vec<DynamicObject>,
-    pub clusters: Vec<Cluster>,
-    pub plans: Vec<ClusterPlan>,
+    pub sets: Vec<Arc<PackageSet>>,
+    pub nodes: Vec<Arc<NodeInstall>>,
+    pub pools: Vec<Arc<NodePool>>,
+    pub objects: Vec<Arc<DynamicObject>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub plans: Vec<Arc<ClusterPlan>>,
 }
 
 /// What the user may do on a page: the buttons shown.
@@ -225,30 +226,43 @@ pub async fn load(
                 snapshot.sets = Api::<PackageSet>::all(client.clone())
                     .list(&params())
                     .await?
-                    .items;
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             }
             Source::NodeInstalls => {
                 snapshot.nodes = Api::<NodeInstall>::all(client.clone())
                     .list(&params())
                     .await?
-                    .items;
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             }
             Source::NodePools => {
                 snapshot.pools = Api::<NodePool>::all(client.clone())
                     .list(&params())
                     .await?
-                    .items;
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             }
             Source::Objects(kind) => {
                 snapshot.objects = Api::<DynamicObject>::all_with(client.clone(), &kind.resource)
                     .list(&params())
                     .await?
-                    .items;
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             }
             Source::Cluster(namespace, name) => {
                 snapshot.clusters = Api::<Cluster>::namespaced(client.clone(), &namespace)
                     .get_opt(&name)
                     .await?
+                    .map(Arc::new)
                     .into_iter()
                     .collect();
             }
@@ -256,7 +270,10 @@ pub async fn load(
                 snapshot.plans = Api::<ClusterPlan>::namespaced(client.clone(), &namespace)
                     .list(&ListParams::default())
                     .await?
-                    .items;
+                    .items
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             }
         }
     }
@@ -342,7 +359,11 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
         }
         View::PackageSet { name, page, phase } => {
             out.push("halt-banner".into(), None, banner(snapshot, allowed));
-            let set = snapshot.sets.iter().find(|s| s.name_any() == *name);
+            let set = snapshot
+                .sets
+                .iter()
+                .find(|s| s.name_any() == *name)
+                .map(AsRef::as_ref);
             out.push(
                 "set-summary".into(),
                 None,
@@ -351,6 +372,7 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
             let mut nodes: Vec<&NodeInstall> = snapshot
                 .nodes
                 .iter()
+                .map(AsRef::as_ref)
                 .filter(|n| target_set(n) == Some(name.as_str()))
                 .filter(|n| phase.as_deref().is_none_or(|p| phase_of(n) == p))
                 .collect();
@@ -377,7 +399,11 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
             }
         }
         View::NodePool { name } => {
-            let pool = snapshot.pools.iter().find(|p| p.name_any() == *name);
+            let pool = snapshot
+                .pools
+                .iter()
+                .find(|p| p.name_any() == *name)
+                .map(AsRef::as_ref);
             out.push("pool-summary".into(), None, PoolSummary::of(name, pool));
             for instance in pool
                 .and_then(|p| p.status.as_ref())
@@ -406,7 +432,8 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
             let Some(kind) = columns::by_plural(plural) else {
                 return out;
             };
-            let mut objects: Vec<&DynamicObject> = snapshot.objects.iter().collect();
+            let mut objects: Vec<&DynamicObject> =
+                snapshot.objects.iter().map(AsRef::as_ref).collect();
             objects.sort_by_key(|o| (o.namespace(), o.name_any()));
             for object in objects {
                 let json = serde_json::to_value(object).unwrap_or_default();
@@ -693,7 +720,7 @@ pub(super) fn badges(conditions: &[Condition]) -> Vec<Badge> {
 }
 
 /// How many of a set's nodes are in each phase.
-fn phase_counts(name: &str, nodes: &[NodeInstall]) -> Vec<(String, usize)> {
+fn phase_counts(name: &str, nodes: &[Arc<NodeInstall>]) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for node in nodes.iter().filter(|n| target_set(n) == Some(name)) {
         *counts.entry(phase_of(node)).or_default() += 1;
@@ -719,7 +746,7 @@ pub struct SetRow {
 }
 
 impl SetRow {
-    fn of(set: &PackageSet, nodes: &[NodeInstall]) -> Self {
+    fn of(set: &PackageSet, nodes: &[Arc<NodeInstall>]) -> Self {
         let name = set.name_any();
         let status = set.status.clone().unwrap_or_default();
         Self {
@@ -758,7 +785,12 @@ pub struct SetSummary {
 }
 
 impl SetSummary {
-    fn of(name: &str, set: Option<&PackageSet>, nodes: &[NodeInstall], allowed: &Allowed) -> Self {
+    fn of(
+        name: &str,
+        set: Option<&PackageSet>,
+        nodes: &[Arc<NodeInstall>],
+        allowed: &Allowed,
+    ) -> Self {
         let status = set.and_then(|s| s.status.clone()).unwrap_or_default();
         let packages = set.map(|s| s.spec.packages.clone()).unwrap_or_default();
         Self {

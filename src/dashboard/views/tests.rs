@@ -3,7 +3,7 @@
 use super::*;
 use serde_json::json;
 
-fn set(name: &str, updated: i32, halted: bool) -> PackageSet {
+fn set(name: &str, updated: i32, halted: bool) -> Arc<PackageSet> {
     serde_json::from_value(json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
         "metadata": { "name": name },
@@ -16,16 +16,18 @@ fn set(name: &str, updated: i32, halted: bool) -> PackageSet {
             }]
         }
     }))
+    .map(Arc::new)
     .unwrap()
 }
 
-fn node(name: &str, set: &str, phase: &str) -> NodeInstall {
+fn node(name: &str, set: &str, phase: &str) -> Arc<NodeInstall> {
     serde_json::from_value(json!({
         "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
         "metadata": { "name": name },
         "spec": { "target": { "packageSet": set, "setHash": "abcdef0123456789", "packages": [], "repositoryUrl": "http://r" } },
         "status": { "phase": phase, "message": "switching" }
     }))
+    .map(Arc::new)
     .unwrap()
 }
 
@@ -85,7 +87,7 @@ fn the_halt_button_shows_only_for_users_allowed_to_halt() {
 
 #[test]
 fn a_sets_nodes_are_paged_and_filtered_by_phase() {
-    let nodes: Vec<NodeInstall> = (0..250)
+    let nodes: Vec<Arc<NodeInstall>> = (0..250)
         .map(|i| {
             node(
                 &format!("n{i:03}"),
@@ -175,8 +177,8 @@ fn cluster_snapshot(phase: &str) -> Snapshot {
     }))
     .unwrap();
     Snapshot {
-        clusters: vec![cluster],
-        plans: vec![plan],
+        clusters: vec![Arc::new(cluster)],
+        plans: vec![Arc::new(plan)],
         ..Snapshot::default()
     }
 }
