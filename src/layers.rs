@@ -22,6 +22,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 3),
     // Above `layout`, whose Catalog it reads; it imports only `layout` and `api`.
     ("plan", 3),
+    // Quotas: usage of a layout, reservations by compare-and-swap.
+    ("quota", 3),
     ("agent", 4),
     ("rollout", 4),
     ("repository", 4),
@@ -30,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("cluster", 4),
     ("configgen", 4),
     ("apps", 4),
+    ("tenant", 4),
     // Reads what the controllers publish (the discovery tree).
     ("dashboard", 5),
     ("operator", 6),

@@ -54,6 +54,8 @@ pub mod nodepool;
 pub mod operator;
 pub mod pkg;
 pub mod plan;
+pub mod quota;
 pub mod repository;
 pub mod rollout;
 pub mod shared;
+pub mod tenant;

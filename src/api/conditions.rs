@@ -137,6 +137,9 @@ pub mod types {
     pub const VALID: &str = "Valid";
     /// A layout of nodes and services was found for the cluster.
     pub const LAYOUT_SOLVED: &str = "LayoutSolved";
+    /// The object's usage is reserved in its tenant's quotas (objects in
+    /// a tenant's namespaces only).
+    pub const ADMITTED: &str = "Admitted";
 }
 
 #[cfg(test)]

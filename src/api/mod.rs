@@ -27,6 +27,7 @@ mod package_set;
 mod role;
 mod service_definition;
 mod service_group;
+mod tenant;
 
 pub use app_instance::*;
 pub use app_package::*;
@@ -44,6 +45,7 @@ pub use package_set::*;
 pub use role::*;
 pub use service_definition::*;
 pub use service_group::*;
+pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -81,6 +83,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ConfigBundle::crd(),
         ClusterCapability::crd(),
         Role::crd(),
+        Tenant::crd(),
         with_root_rules(
             AppPackage::crd(),
             serde_json::json!([{

@@ -28,7 +28,7 @@ use crate::api::conditions::{Observed, types};
 use crate::api::{
     AppInstance, AppInstanceStatus, AppPackage, ClaimedPath, ConfigBundle, ConfigModule,
     DeletionPolicy, EnsureDirectory, InstanceEndpoint, InstancePhase, InstancePolicy,
-    InstanceState, PackageSet, Role, ServiceGroup, StorageFile, StorageTask,
+    InstanceState, PackageSet, Role, ServiceGroup, StorageFile, StorageTask, Tenant,
 };
 use crate::pkg::vars::expand;
 use crate::shared::{MANAGER, status};
@@ -434,6 +434,12 @@ pub async fn reconcile(inst: Arc<AppInstance>, cx: Arc<Context>) -> Result<Actio
         let gone = remove(&inst, app.as_ref(), role.as_ref(), &previous, &cx, now).await?;
         match gone {
             Ok(()) => {
+                if let Some(tenant) = tenant_of(&inst, &cx).await? {
+                    let tenants: Api<Tenant> = Api::all(client.clone());
+                    crate::quota::release(&tenants, &tenant.name_any(), &object)
+                        .await
+                        .map_err(|e| quota_err(&object, e))?;
+                }
                 set_finalizer(&api, &inst, FINALIZER, false).await?;
                 return Ok(Action::await_change());
             }
@@ -448,6 +454,23 @@ pub async fn reconcile(inst: Arc<AppInstance>, cx: Arc<Context>) -> Result<Actio
         }
     }
     set_finalizer(&api, &inst, FINALIZER, true).await?;
+    if let Some(tenant) = tenant_of(&inst, &cx).await? {
+        let (ok, condition) = admit(&inst, &tenant, &object, &cx).await?;
+        if !ok {
+            let pass = Pass {
+                observed: vec![condition],
+                phase: previous.phase,
+                requeue: 10,
+            };
+            return finish(&inst, &cx, previous, next, pass, now).await;
+        }
+        let _ = status::merge(
+            &mut next.conditions,
+            vec![condition],
+            inst.metadata.generation,
+            now,
+        );
+    }
     let role_missing = role.is_none();
     let (Some(app), Some(role)) = (app, role) else {
         let missing = if role_missing {
@@ -469,6 +492,84 @@ pub async fn reconcile(inst: Arc<AppInstance>, cx: Arc<Context>) -> Result<Actio
         .items;
     let pass = advance(&inst, &app, &role, &others, &mut next, &cx, now).await?;
     finish(&inst, &cx, previous, next, pass, now).await
+}
+
+/// The tenant whose namespace the instance is in, if any.
+async fn tenant_of(inst: &AppInstance, cx: &Context) -> Result<Option<Tenant>, Error> {
+    let tenants = Api::<Tenant>::all(cx.shared.client.clone())
+        .list(&list_params(&cx.shared))
+        .await
+        .map_err(|source| Error::Read {
+            object: format!("AppInstance {}", key(inst)),
+            what: "the Tenants".into(),
+            source,
+        })?
+        .items;
+    let ns = inst.namespace().unwrap_or_default();
+    Ok(crate::quota::tenant_of(&ns, &tenants).cloned())
+}
+
+fn quota_err(object: &str, e: crate::quota::ReserveError) -> Error {
+    Error::Quota {
+        object: object.to_owned(),
+        source: e,
+    }
+}
+
+/// The instance's application must be in the tenant's catalog, and one
+/// instance is reserved in its quotas (by compare-and-swap) before
+/// anything is staged. Returns the `Admitted` condition.
+async fn admit(
+    inst: &AppInstance,
+    tenant: &Tenant,
+    object: &str,
+    cx: &Context,
+) -> Result<(bool, Observed<'static>), Error> {
+    use crate::quota::ReserveError;
+    let name = tenant.name_any();
+    let allowed = tenant.status.as_ref().map(|s| &s.app_packages);
+    if tenant.spec.catalog.app_packages.is_some()
+        && !allowed.is_some_and(|a| a.contains(&inst.spec.app))
+    {
+        let message = format!(
+            "application {} is not in tenant {name}'s catalog (spec.catalog.appPackages)",
+            inst.spec.app
+        );
+        return Ok((
+            false,
+            Observed::new(types::ADMITTED, false, "AppNotAllowed", message),
+        ));
+    }
+    let tenants: Api<Tenant> = Api::all(cx.shared.client.clone());
+    let uid = inst.uid().unwrap_or_default();
+    let usage = crate::quota::instance_usage();
+    match crate::quota::reserve(&tenants, &name, (object, &uid), &usage).await {
+        Ok(_) => Ok((
+            true,
+            Observed::new(
+                types::ADMITTED,
+                true,
+                "Reserved",
+                format!("one instance reserved in tenant {name}'s quotas"),
+            ),
+        )),
+        Err(ReserveError::Exceeded { exceeded, .. }) => Ok((
+            false,
+            Observed::new(
+                types::ADMITTED,
+                false,
+                "QuotaExceeded",
+                format!(
+                    "tenant {name}: {exceeded}; nothing is staged: remove an instance or raise the quota"
+                ),
+            ),
+        )),
+        Err(e @ (ReserveError::Deleting { .. } | ReserveError::Gone { .. })) => Ok((
+            false,
+            Observed::new(types::ADMITTED, false, "TenantUnavailable", e.to_string()),
+        )),
+        Err(e) => Err(quota_err(object, e)),
+    }
 }
 
 async fn advance(

@@ -110,6 +110,14 @@ pub enum Error {
         /// The cause.
         source: kube::Error,
     },
+    /// Its tenant's reservation could not be read or written.
+    #[error("{object}: {source}")]
+    Quota {
+        /// The object reconciled.
+        object: String,
+        /// The cause.
+        source: crate::quota::ReserveError,
+    },
     /// The status could not be written.
     #[error("{object}: cannot write its status: {source}")]
     WriteStatus {
@@ -128,6 +136,7 @@ impl Error {
             Error::Read { .. } => "Read",
             Error::Write { .. } => "Write",
             Error::WriteStatus { .. } => "WriteStatus",
+            Error::Quota { .. } => "Quota",
         }
     }
 }

@@ -114,9 +114,18 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     let mut action = Action::requeue(POLL);
     let mut problem = None;
     let mut acting = None;
+    let tenant = super::admit::tenant_of(cluster, cx);
+    let mut admitted = None;
     let latest = match current {
         Some(mut plan) if !finished(&plan) || restored(cluster, &plan) => {
-            let (next, act_on) = execute(cluster, &plan, &plans, &catalog, halted, cx).await?;
+            let (next, act_on) = execute(
+                cluster,
+                &plan,
+                (&plans, &catalog),
+                (halted, tenant.as_deref()),
+                cx,
+            )
+            .await?;
             acting = Some((plan.clone(), act_on));
             // A plan that ended in this pass is taken in with the same
             // status write that says no plan runs.
@@ -137,11 +146,28 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
             } else {
                 hash_of(&goal, &config) == st.applied_hash.clone().unwrap_or_else(empty_hash)
             };
+            let refused = match (&tenant, done || deleting) {
+                (Some(t), false) => {
+                    let (ok, condition) =
+                        super::admit::admit(cluster, t, &goal, &catalog, cx).await?;
+                    admitted = Some(condition);
+                    !ok
+                }
+                _ => false,
+            };
             if done {
                 action = Action::requeue(Duration::from_secs(30));
                 if deleting {
                     return finish_delete(cluster, &clusters, cx).await;
                 }
+                if let Some(t) = &tenant {
+                    super::admit::settle(cluster, t, &st.applied_layout, &catalog, cx).await?;
+                }
+                last
+            } else if refused {
+                // Nothing is launched; a tenant's change, or this, tries
+                // again.
+                action = Action::requeue(Duration::from_secs(10));
                 last
             } else if let Some(err) =
                 start_plan(cluster, &mut st, &goal, &config, &catalog, &plans).await?
@@ -162,7 +188,8 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
         }
     };
     let health = Health::of(&st.applied_layout, &cluster_nodes(cluster, cx));
-    let observed = conditions(&st, latest.as_ref(), halted, problem, &health);
+    let mut observed = conditions(&st, latest.as_ref(), halted, problem, &health);
+    observed.extend(admitted);
     let reported = report(cluster, &clusters, st, observed, cx);
     // The nodes are told what the recorded plan asks of them while the
     // cluster's status is written: neither waits for the other.
@@ -495,11 +522,33 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
 async fn execute(
     cluster: &Cluster,
     plan: &ClusterPlan,
-    plans: &Api<ClusterPlan>,
-    catalog: &Catalog,
-    halted: bool,
+    (plans, catalog): (&Api<ClusterPlan>, &Catalog),
+    (halted, tenant): (bool, Option<&crate::api::Tenant>),
     cx: &Context,
 ) -> Result<(ClusterPlanStatus, (Desired, Vec<NodeInstall>)), Error> {
+    // A tenant with `workers`: its lock is held until this pass's
+    // recorded, so its plans' passes count and start tasks one at a time.
+    let workers = tenant.and_then(|t| Some((t, t.spec.workers?)));
+    let _turn = match workers {
+        Some((t, _)) => {
+            let lock = cx
+                .workers
+                .lock()
+                .unwrap()
+                .entry(t.name_any())
+                .or_default()
+                .clone();
+            Some(lock.lock_owned().await)
+        }
+        None => None,
+    };
+    let slots = match workers {
+        Some((t, n)) => {
+            let elsewhere = running_elsewhere(cluster, plan, t, cx).await?;
+            Some((n.max(0) as usize).saturating_sub(elsewhere))
+        }
+        None => None,
+    };
     let mut installs = cluster_nodes(cluster, cx);
     let status = plan.status.clone().unwrap_or_default();
     let plan_id = format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default());
@@ -510,7 +559,9 @@ async fn execute(
     // later).
     {
         let views = views(&installs);
-        let world = world(cluster, plan, &views, catalog, halted, &name, &plan_id, now);
+        let world = world(
+            cluster, plan, &views, catalog, halted, &name, &plan_id, now, slots,
+        );
         let desired = execute::desired(&plan.spec, &status, &world);
         let nodes: Api<NodeInstall> = Api::all(cx.ctx.client.clone());
         for (install, node) in bind(cluster, &desired, &installs, &nodes).await? {
@@ -520,7 +571,9 @@ async fn execute(
         }
     }
     let views = views(&installs);
-    let world = world(cluster, plan, &views, catalog, halted, &name, &plan_id, now);
+    let world = world(
+        cluster, plan, &views, catalog, halted, &name, &plan_id, now, slots,
+    );
     let next = execute::step(&plan.spec, &status, &world);
     if next != status {
         record_plan(cluster, plan, &next, plans).await?;
@@ -540,6 +593,7 @@ fn world<'a>(
     name: &'a str,
     plan_id: &'a str,
     now: Timestamp,
+    slots: Option<usize>,
 ) -> World<'a> {
     World {
         nodes: views,
@@ -562,7 +616,35 @@ fn world<'a>(
             && plan.spec.operation != Operation::Delete,
         revert: restored(cluster, plan),
         now,
+        slots,
     }
+}
+
+/// The tasks running now in the other plans of `tenant`'s clusters (read
+/// fresh, not from a cache: a worker another pass just took counts).
+async fn running_elsewhere(
+    cluster: &Cluster,
+    plan: &ClusterPlan,
+    tenant: &crate::api::Tenant,
+    cx: &Context,
+) -> Result<usize, Error> {
+    let mut running = 0;
+    for ns in crate::quota::namespaces(tenant) {
+        let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
+        let list = plans
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(kube_err(cluster, "ListTenantPlans"))?;
+        running += list
+            .items
+            .iter()
+            .filter(|p| p.uid() != plan.uid())
+            .filter_map(|p| p.status.as_ref())
+            .flat_map(|s| s.tasks.iter().chain(&s.rollback))
+            .filter(|t| t.state == crate::api::TaskState::Running)
+            .count();
+    }
+    Ok(running)
 }
 
 /// The NodeInstalls of the cluster's pools, from the shared store.
@@ -878,6 +960,7 @@ async fn finish_delete(
     clusters: &Api<Cluster>,
     cx: &Context,
 ) -> Result<Action, Error> {
+    super::admit::release(cluster, cx).await?;
     let pools: Api<NodePool> = Api::all(cx.ctx.client.clone());
     let selector = format!("{CLUSTER_LABEL}={}", cluster.name_any());
     let owned = pools

@@ -90,6 +90,9 @@ pub struct World<'a> {
     pub revert: bool,
     /// The time of the pass.
     pub now: Timestamp,
+    /// How many tasks of this plan may run at once (its tenant's
+    /// `workers` less the tasks its other plans run); `None`: no limit.
+    pub slots: Option<usize>,
 }
 
 /// What became of a running task this pass.
@@ -234,7 +237,7 @@ fn advance(
     let hold = failed.is_some() || w.halted || w.paused;
     give_back_queued(tasks, states, hold, w.catalog);
     if !hold {
-        start_ready(tasks, states, w.now, w.catalog);
+        start_ready(tasks, states, w.now, w.catalog, w.slots);
     }
     failed
 }
@@ -331,8 +334,22 @@ fn fail_attempt(state: &mut TaskStatus, error: &str, w: &World) -> bool {
 
 /// Starts every Pending task whose predecessors all finished (or run on
 /// its node with it queued behind them) and whose backoff passed.
-fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp, catalog: &Catalog) {
+fn start_ready(
+    tasks: &[Task],
+    states: &mut Vec<TaskStatus>,
+    now: Timestamp,
+    catalog: &Catalog,
+    slots: Option<usize>,
+) {
+    let running = states
+        .iter()
+        .filter(|s| s.state == TaskState::Running)
+        .count();
+    let mut free = slots.map(|s| s.saturating_sub(running));
     for task in tasks {
+        if free == Some(0) {
+            return;
+        }
         if !startable(task, tasks, states, true, catalog) {
             continue;
         }
@@ -348,6 +365,9 @@ fn start_ready(tasks: &[Task], states: &mut Vec<TaskStatus>, now: Timestamp, cat
         };
         let backed_off = state.retry_after.as_ref().is_none_or(|t| t.0 <= now);
         if state.state == TaskState::Pending && backed_off {
+            if let Some(free) = free.as_mut() {
+                *free -= 1;
+            }
             state.state = TaskState::Running;
             state.attempts += 1;
             state.started = Some(Time(now));
@@ -888,6 +908,7 @@ mod tests {
             cancel: false,
             revert: false,
             now: Timestamp::from_second(now).unwrap(),
+            slots: None,
         }
     }
 
@@ -909,6 +930,38 @@ mod tests {
             })),
             ..NodeView::default()
         }
+    }
+
+    #[test]
+    fn a_tenant_s_workers_bound_the_tasks_a_plan_runs_at_once() {
+        let (spec, catalog) = fixture();
+        let empty = BTreeMap::new();
+        let running = |st: &ClusterPlanStatus| -> Vec<String> {
+            st.tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running)
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        let one = World {
+            slots: Some(1),
+            ..world(&empty, &catalog, 0)
+        };
+        let st = step(&spec, &ClusterPlanStatus::default(), &one);
+        assert_eq!(running(&st), ["n0/createNode"], "one worker: one task");
+        let again = step(&spec, &st, &one);
+        assert_eq!(running(&again), ["n0/createNode"], "still one");
+        let none = World {
+            slots: Some(0),
+            ..world(&empty, &catalog, 0)
+        };
+        let st = step(&spec, &ClusterPlanStatus::default(), &none);
+        assert!(
+            running(&st).is_empty(),
+            "every worker busy in the tenant's other plans: {:?}",
+            running(&st)
+        );
+        assert_eq!(st.phase, PlanPhase::Running);
     }
 
     #[test]

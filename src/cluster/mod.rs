@@ -13,6 +13,7 @@
 //! stores) → decide (pure: [`template::assess`], [`solve::decide`]) →
 //! record (status, only when it changed) → report (events, metrics).
 
+pub mod admit;
 pub mod drive;
 pub mod execute;
 pub mod solve;
@@ -33,7 +34,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Cluster, ClusterTemplate, NodeClass, ServiceDefinition};
+use crate::api::{Cluster, ClusterTemplate, NodeClass, ServiceDefinition, Tenant};
 use crate::layout::Catalog;
 use crate::shared::Shared;
 
@@ -110,6 +111,13 @@ pub struct Context {
     /// a pass that would apply the same again within
     /// [`POOL_REAPPLY`] does not (a pass wakes at every node report).
     pub pools_applied: std::sync::Mutex<HashMap<String, (serde_json::Value, std::time::Instant)>>,
+    /// Tenants, whose namespaces' clusters reserve usage in their
+    /// status before a plan starts.
+    pub tenants: Store<Tenant>,
+    /// One lock per tenant with `workers`: held from counting the
+    /// tenant's running tasks to recording a plan's new ones, so that two
+    /// clusters' passes cannot both take the last worker.
+    pub workers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How long an applied NodePool is taken to be as applied: after this,
@@ -123,6 +131,11 @@ pub type SolvedFrom = (Option<i64>, u64, Option<String>);
 impl Context {
     /// A context whose events are reported as the operator.
     pub fn new(ctx: Shared, stores: Stores) -> Arc<Self> {
+        Self::with_tenants(ctx, stores, reflector::store().0)
+    }
+
+    /// A context that sees the tenants of `tenants`.
+    pub fn with_tenants(ctx: Shared, stores: Stores, tenants: Store<Tenant>) -> Arc<Self> {
         let recorder =
             kube::runtime::events::Recorder::new(ctx.client.clone(), ctx.reporter.clone());
         Arc::new(Self {
@@ -131,6 +144,8 @@ impl Context {
             recorder,
             solved: Default::default(),
             pools_applied: Default::default(),
+            tenants,
+            workers: Default::default(),
         })
     }
 }
@@ -156,6 +171,14 @@ pub enum Error {
         /// The cause.
         source: kube::Error,
     },
+    /// Its tenant's reservation could not be read or written.
+    #[error("{object}: {source}")]
+    Tenant {
+        /// `Cluster NAMESPACE/NAME`.
+        object: String,
+        /// The cause.
+        source: crate::quota::ReserveError,
+    },
     /// A step of driving the cluster's plan failed.
     #[error("{object}: {step} failed: {source}")]
     Act {
@@ -175,6 +198,7 @@ impl Error {
             Error::Decide { .. } => "Decide",
             Error::WriteStatus { .. } => "WriteStatus",
             Error::Act { step, .. } => step,
+            Error::Tenant { .. } => "Tenant",
         }
     }
 }
@@ -255,6 +279,10 @@ pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
             shared_reflector::<ClusterTemplate, 3>(&ctx, Api::all(client.clone()));
         let (clusters, clusters_driver, [clusters_a]) =
             shared_reflector::<Cluster, 1>(&ctx, Api::all(client.clone()));
+        // A tenant's change (a quota raised, usage freed) may admit a
+        // cluster refused before.
+        let (tenants, tenants_driver, [tenants_a]) =
+            shared_reflector::<Tenant, 1>(&ctx, Api::all(client.clone()));
         let stores = Stores {
             services,
             node_classes,
@@ -277,14 +305,21 @@ pub fn run(ctx: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
             (spec_changes(clusters_a), clusters),
             spec_changes(templates_c),
             move |t: Arc<ClusterTemplate>| made_from(&by_template, &t.name_any()),
-            futures::stream::select(ticks(services_b), ticks(classes_b)),
+            (
+                futures::stream::select(
+                    futures::stream::select(ticks(services_b), ticks(classes_b)),
+                    ticks(spec_changes(tenants_a)),
+                ),
+                tenants,
+            ),
             stop.clone(),
         );
-        let drivers = futures::future::join4(
+        let drivers = futures::future::join5(
             services_driver,
             classes_driver,
             templates_driver,
             clusters_driver,
+            tenants_driver,
         );
         // The controllers end when `stop` is cancelled (after their
         // reconciles in flight); the reflectors end with them.

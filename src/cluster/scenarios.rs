@@ -81,6 +81,8 @@ fn solve_context(client: kube::Client, stores: Stores) -> Arc<Context> {
         recorder,
         solved: Default::default(),
         pools_applied: Default::default(),
+        tenants: kube::runtime::reflector::store().0,
+        workers: Default::default(),
     })
 }
 
@@ -197,6 +199,8 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
         recorder,
         solved: Default::default(),
         pools_applied: Default::default(),
+        tenants: kube::runtime::reflector::store().0,
+        workers: Default::default(),
     });
     let t = stores.templates.state()[0].clone();
     template::reconcile(t.clone(), cx).await.expect("a pass");

@@ -42,10 +42,13 @@ pub fn controller(
     ),
     templates: impl Stream<Item = Arc<ClusterTemplate>> + Send + 'static,
     made_from: impl Fn(Arc<ClusterTemplate>) -> Vec<ObjectRef<Cluster>> + Send + Sync + 'static,
-    catalog_changed: impl Stream<Item = ()> + Send + 'static,
+    (catalog_changed, tenants): (
+        impl Stream<Item = ()> + Send + 'static,
+        Store<crate::api::Tenant>,
+    ),
     stop: CancellationToken,
 ) -> BoxFuture<'static, ()> {
-    let context = Context::new(ctx, stores);
+    let context = Context::with_tenants(ctx, stores, tenants);
     async move {
         if context.ctx.stores.nodes.ready(NAME).await.is_err() {
             return;

@@ -238,6 +238,7 @@ pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec
             crate::nodepool::controller::run(shared, nodepool.clone(), stop)
         }),
         Controller::new("cluster", crate::cluster::run),
+        Controller::new(crate::tenant::NAME, crate::tenant::run),
         Controller::new("apps", move |shared, stop| {
             crate::apps::run(shared, apps.clone(), stop)
         }),

@@ -57,8 +57,9 @@ pub fn merge(
 /// whose reason says the spec is invalid, a dependency is unavailable or
 /// another object conflicts.
 pub fn is_bad_news(type_: &str, status: &str, reason: &str) -> bool {
-    let bad_condition = matches!(type_, "Degraded" | "Halted" | "Conflict") && status == "True";
-    let bad_false = matches!(type_, "Valid" | "LayoutSolved") && status == "False";
+    let bad_condition =
+        matches!(type_, "Degraded" | "Halted" | "Conflict" | "QuotaExceeded") && status == "True";
+    let bad_false = matches!(type_, "Valid" | "LayoutSolved" | "Admitted") && status == "False";
     let bad_reason = matches!(
         reason,
         "InvalidSpec" | "EtcdUnavailable" | "Conflict" | "Untrusted"

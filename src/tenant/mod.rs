@@ -1,0 +1,686 @@
+//! The Tenant controller: a tenant's namespaces, the bindings of its
+//! owners and members to the shipped ClusterRoles, the binding of the
+//! shipped admission policy to its namespaces, the part of the catalog it
+//! may use, and its deletion.
+//!
+//! A pass: observe (the tenant, the catalog, the objects in its
+//! namespaces) → act (namespaces, RoleBindings, the catalog's
+//! ClusterRoleBinding, the policy binding) → record (status, by
+//! compare-and-swap through [`crate::quota::update`], since the Cluster
+//! and AppInstance controllers reserve usage in the same status) →
+//! report (events for the conditions that changed).
+//!
+//! Deleted (under a finalizer): its Clusters and AppInstances are deleted
+//! first, each through its own delete plan (nodes drained and terminated
+//! at the provider); once none is left, the bindings and namespaces go,
+//! then the finalizer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::api::conditions::{Observed, types};
+use crate::api::{
+    AppInstance, AppPackage, Cluster, ClusterTemplate, RoleSubject, TENANT_LABEL, Tenant,
+    TenantStatus,
+};
+use crate::quota::{self, ReserveError};
+use crate::shared::{MANAGER, Shared, selector, status};
+
+/// The controller's name in metrics.
+pub const NAME: &str = "tenant";
+/// The finalizer that deletes a tenant's clusters, instances and
+/// namespaces before the Tenant goes.
+pub const FINALIZER: &str = "theseus.dev/tenant";
+/// The ClusterRole a tenant's owners are bound to in its namespaces.
+pub const ADMIN_ROLE: &str = "theseus-tenant-admin";
+/// The ClusterRole a tenant's members are bound to in its namespaces.
+pub const USER_ROLE: &str = "theseus-tenant-user";
+/// The ClusterRole that reads the catalog, bound cluster-wide to a
+/// tenant's owners and members.
+pub const CATALOG_ROLE: &str = "theseus-tenant-catalog";
+/// The shipped ValidatingAdmissionPolicy each tenant's namespaces are
+/// bound to (with the Tenant as its parameter).
+pub const POLICY: &str = "theseus-tenant";
+/// The RoleBinding of the owners, in each namespace.
+const ADMINS_BINDING: &str = "theseus-tenant-admins";
+/// The RoleBinding of the members, in each namespace.
+const USERS_BINDING: &str = "theseus-tenant-users";
+/// The condition a tenant carries while it is deleted.
+pub const DELETING: &str = "Deleting";
+/// The condition naming the quota the last refused reservation exceeded.
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+
+/// The name of a tenant's cluster-wide objects (its catalog binding and
+/// its policy binding).
+pub fn binding_name(tenant: &str) -> String {
+    format!("theseus-tenant-{tenant}")
+}
+
+/// Errors of a pass, each naming the tenant and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading objects failed.
+    #[error("Tenant {tenant}: cannot read {what}: {source}")]
+    Read {
+        /// The tenant.
+        tenant: String,
+        /// What was read.
+        what: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// Writing an object failed.
+    #[error("Tenant {tenant}: cannot {action}: {source}")]
+    Write {
+        /// The tenant.
+        tenant: String,
+        /// What was written.
+        action: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// The status could not be written.
+    #[error("{0}")]
+    Status(#[from] ReserveError),
+}
+
+impl Error {
+    /// The step that failed, as the metric's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "Read",
+            Error::Write { .. } => "Write",
+            Error::Status(_) => "WriteStatus",
+        }
+    }
+}
+
+/// What a pass needs.
+pub struct Context {
+    /// The shared handle.
+    pub shared: Shared,
+    /// Events.
+    pub recorder: Recorder,
+}
+
+/// Runs the controller until `stop`.
+pub fn run(shared: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    async move {
+        let client = shared.client.clone();
+        let cx = Arc::new(Context {
+            recorder: Recorder::new(client.clone(), shared.reporter.clone()),
+            shared: shared.clone(),
+        });
+        // A template's or an application's labels decide whether a
+        // tenant's catalog holds it.
+        let catalog = futures::stream::select(
+            ticks(watcher(
+                Api::<ClusterTemplate>::all(client.clone()),
+                shared.watch_config(),
+            )),
+            ticks(watcher(
+                Api::<AppPackage>::all(client.clone()),
+                shared.watch_config(),
+            )),
+        );
+        Controller::new(Api::<Tenant>::all(client.clone()), shared.watch_config())
+            .reconcile_all_on(catalog)
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile, error_policy, cx)
+            .for_each(|_| async {})
+            .await;
+    }
+    .boxed()
+}
+
+/// A tick per change the watch reports.
+fn ticks<K: Send + 'static>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    events.filter_map(|e| async move {
+        matches!(
+            e,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+        )
+        .then_some(())
+    })
+}
+
+fn error_policy(tenant: Arc<Tenant>, err: &Error, cx: Arc<Context>) -> Action {
+    warn!(tenant = %tenant.name_any(), error = %err, "reconcile failed");
+    cx.shared.metrics.failed(NAME, err.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The objects in a tenant's namespaces that hold reservations, by
+/// object name (`Cluster NS/NAME`) and uid, and those being deleted.
+struct Held {
+    live: BTreeMap<String, String>,
+    clusters: Vec<Cluster>,
+    instances: Vec<AppInstance>,
+}
+
+/// One pass over a tenant.
+pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, Error> {
+    cx.shared.metrics.reconciled(NAME);
+    let name = tenant.name_any();
+    let client = &cx.shared.client;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let deleting = tenant.meta().deletion_timestamp.is_some();
+    let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && !has_finalizer {
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        let mut finalizers = tenant.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": tenant.resource_version() } });
+        tenants
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(write_err(&name, "add its finalizer"))?;
+    }
+    let namespaces = quota::namespaces(&tenant);
+    let held = held(&tenant, &namespaces, &cx).await?;
+    if deleting {
+        return delete(&tenant, &namespaces, held, &cx).await;
+    }
+    for ns in &namespaces {
+        apply_namespace(&tenant, ns, &cx).await?;
+    }
+    apply_cluster_wide(&tenant, &cx).await?;
+    let templates =
+        allowed::<ClusterTemplate>(&tenant, tenant.spec.catalog.templates.as_ref(), &cx).await?;
+    let packages =
+        allowed::<AppPackage>(&tenant, tenant.spec.catalog.app_packages.as_ref(), &cx).await?;
+    let refused = refusals(&held);
+    let stale: BTreeSet<String> = tenant
+        .status
+        .as_ref()
+        .map(|s| quota::stale(s, &held.live))
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let now = Timestamp::now();
+    let mut observed = Vec::new();
+    let previous = tenant.status.clone().unwrap_or_default();
+    let written = quota::update(&tenants, &name, &format!("Tenant {name}"), |current, st| {
+        let before = st.clone();
+        // Reservations of objects that are gone (deleted while no
+        // operator ran) are released; others were made since the read
+        // and stay.
+        for object in &stale {
+            if !held.live.contains_key(object) {
+                *st = quota::with_reservation(st, &current.spec.quotas, (object, ""), None, now);
+            }
+        }
+        st.observed_generation = current.metadata.generation;
+        st.namespaces = namespaces.clone();
+        st.templates = templates.clone();
+        st.app_packages = packages.clone();
+        st.usage = quota::total(&st.reservations);
+        st.summary = quota::summary(&current.spec.quotas, &st.usage);
+        observed = conditions(current, st, &refused);
+        status::merge(
+            &mut st.conditions,
+            observed.clone(),
+            current.metadata.generation,
+            now,
+        );
+        Ok(*st != before)
+    })
+    .await?;
+    let after = written
+        .and_then(|t| t.status)
+        .unwrap_or_else(|| previous.clone());
+    let changed = changed_conditions(&previous, &after);
+    status::publish(&cx.recorder, &tenant.object_ref(&()), &changed).await;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The conditions whose status differs between two statuses, as they
+/// are in `after`.
+fn changed_conditions(
+    before: &TenantStatus,
+    after: &TenantStatus,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    after
+        .conditions
+        .iter()
+        .filter(|c| {
+            before
+                .conditions
+                .iter()
+                .find(|b| b.type_ == c.type_)
+                .is_none_or(|b| b.status != c.status)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Ready, QuotaExceeded (usage over a lowered quota, or the clusters and
+/// instances refused for a quota) and Deleting (False).
+fn conditions(
+    tenant: &Tenant,
+    st: &TenantStatus,
+    refused: &[(String, String)],
+) -> Vec<Observed<'static>> {
+    let ready = Observed::new(
+        types::READY,
+        true,
+        "NamespacesReady",
+        format!(
+            "namespaces {} and the bindings of {} owners and {} members exist",
+            st.namespaces.join(", "),
+            tenant.spec.owners.len(),
+            tenant.spec.members.len()
+        ),
+    );
+    let over = quota::check(
+        &tenant.spec.quotas,
+        &quota::total(std::iter::empty()),
+        &crate::api::Usage::default(),
+        &st.usage,
+    );
+    let exceeded = match (refused.first(), over) {
+        (Some((object, why)), _) => Observed::new(
+            QUOTA_EXCEEDED,
+            true,
+            "Refused",
+            format!(
+                "{object} was refused: {why}{}",
+                if refused.len() > 1 {
+                    format!(" (and {} more)", refused.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (None, Some(over)) => Observed::new(
+            QUOTA_EXCEEDED,
+            true,
+            "OverQuota",
+            format!(
+                "the tenant uses {} of quota {}, which is {}: lowered below usage; nothing grows until usage is back under it",
+                over.wanted, over.quota, over.limit
+            ),
+        ),
+        (None, None) => Observed::new(
+            QUOTA_EXCEEDED,
+            false,
+            "WithinQuota",
+            "every reservation fits the quotas",
+        ),
+    };
+    let deleting = Observed::new(DELETING, false, "NotDeleting", "the tenant is in use");
+    vec![ready, exceeded, deleting]
+}
+
+/// The Clusters refused for a quota, with why (their `Admitted`
+/// condition).
+fn refusals(held: &Held) -> Vec<(String, String)> {
+    held.clusters
+        .iter()
+        .filter_map(|c| {
+            let cond = c
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|k| k.type_ == types::ADMITTED)?;
+            (cond.status == "False" && cond.reason == "QuotaExceeded").then(|| {
+                (
+                    format!(
+                        "Cluster {}/{}",
+                        c.namespace().unwrap_or_default(),
+                        c.name_any()
+                    ),
+                    cond.message.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn read_err<'a>(tenant: &'a str, what: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Read {
+        tenant: tenant.to_owned(),
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn write_err<'a>(tenant: &'a str, action: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Write {
+        tenant: tenant.to_owned(),
+        action: action.to_owned(),
+        source,
+    }
+}
+
+/// The Clusters and AppInstances in the tenant's namespaces.
+async fn held(tenant: &Tenant, namespaces: &[String], cx: &Context) -> Result<Held, Error> {
+    let name = tenant.name_any();
+    let client = &cx.shared.client;
+    let mut out = Held {
+        live: BTreeMap::new(),
+        clusters: Vec::new(),
+        instances: Vec::new(),
+    };
+    for ns in namespaces {
+        let clusters = Api::<Cluster>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(read_err(&name, "its Clusters"))?;
+        for c in clusters.items {
+            out.live.insert(
+                format!("Cluster {ns}/{}", c.name_any()),
+                c.uid().unwrap_or_default(),
+            );
+            out.clusters.push(c);
+        }
+        let instances = Api::<AppInstance>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(read_err(&name, "its AppInstances"))?;
+        for i in instances.items {
+            out.live.insert(
+                format!("AppInstance {ns}/{}", i.name_any()),
+                i.uid().unwrap_or_default(),
+            );
+            out.instances.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// The names of the objects of kind `K` that `selector` selects (every
+/// one, without a selector).
+async fn allowed<K>(
+    tenant: &Tenant,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    cx: &Context,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(selector) = selector else {
+        return Ok(Vec::new());
+    };
+    let name = tenant.name_any();
+    let what = format!("the {}s", K::kind(&()));
+    let list = Api::<K>::all(cx.shared.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(read_err(&name, &what))?;
+    let mut names: Vec<String> = list
+        .items
+        .iter()
+        .filter(|o| selector::matches(selector, o.labels()))
+        .map(ResourceExt::name_any)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn subjects(people: &[RoleSubject]) -> Vec<serde_json::Value> {
+    people
+        .iter()
+        .map(|s| json!({ "kind": s.kind, "name": s.name, "apiGroup": "rbac.authorization.k8s.io" }))
+        .collect()
+}
+
+/// The tenant's labels on what it makes: its name, and its own labels
+/// (so an operator's `--selector` sees them).
+fn labels(tenant: &Tenant) -> BTreeMap<String, String> {
+    let mut labels = tenant.labels().clone();
+    labels.insert(TENANT_LABEL.into(), tenant.name_any());
+    labels
+}
+
+/// A namespace of the tenant, labeled with it, and the bindings of its
+/// owners and members there.
+async fn apply_namespace(tenant: &Tenant, ns: &str, cx: &Context) -> Result<(), Error> {
+    let name = tenant.name_any();
+    let client = &cx.shared.client;
+    let apply = PatchParams::apply(MANAGER).force();
+    let body = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": ns, "labels": labels(tenant) },
+    });
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &apply, &Patch::Apply(&body))
+        .await
+        .map_err(write_err(&name, &format!("apply Namespace {ns}")))?;
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    for (binding, role, people) in [
+        (ADMINS_BINDING, ADMIN_ROLE, &tenant.spec.owners),
+        (USERS_BINDING, USER_ROLE, &tenant.spec.members),
+    ] {
+        let body = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": binding, "namespace": ns, "labels": labels(tenant) },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": subjects(people),
+        });
+        bindings
+            .patch(binding, &apply, &Patch::Apply(&body))
+            .await
+            .map_err(write_err(
+                &name,
+                &format!("apply RoleBinding {ns}/{binding}"),
+            ))?;
+    }
+    Ok(())
+}
+
+/// The cluster-wide binding of the tenant's people to the catalog
+/// reader, and the admission policy's binding to its namespaces.
+async fn apply_cluster_wide(tenant: &Tenant, cx: &Context) -> Result<(), Error> {
+    let name = tenant.name_any();
+    let client = &cx.shared.client;
+    let apply = PatchParams::apply(MANAGER).force();
+    let binding = binding_name(&name);
+    let people: Vec<RoleSubject> = tenant
+        .spec
+        .owners
+        .iter()
+        .chain(&tenant.spec.members)
+        .cloned()
+        .collect();
+    let body = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": binding, "labels": labels(tenant) },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CATALOG_ROLE },
+        "subjects": subjects(&people),
+    });
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(&binding, &apply, &Patch::Apply(&body))
+        .await
+        .map_err(write_err(
+            &name,
+            &format!("apply ClusterRoleBinding {binding}"),
+        ))?;
+    let body = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": { "name": binding, "labels": labels(tenant) },
+        "spec": {
+            "policyName": POLICY,
+            "validationActions": ["Deny"],
+            "paramRef": { "name": name, "parameterNotFoundAction": "Deny" },
+            "matchResources": {
+                "namespaceSelector": { "matchLabels": { TENANT_LABEL: name } },
+            },
+        },
+    });
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(&binding, &apply, &Patch::Apply(&body))
+        .await
+        .map_err(write_err(
+            &name,
+            &format!("apply ValidatingAdmissionPolicyBinding {binding}"),
+        ))?;
+    Ok(())
+}
+
+/// A deleted tenant: its Clusters and AppInstances are deleted (each
+/// through its own finalizer and delete plan); once none is left, its
+/// bindings and namespaces; once those are gone, the finalizer.
+async fn delete(
+    tenant: &Tenant,
+    namespaces: &[String],
+    held: Held,
+    cx: &Context,
+) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let client = &cx.shared.client;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let background = DeleteParams::background();
+    for c in held
+        .clusters
+        .iter()
+        .filter(|c| c.meta().deletion_timestamp.is_none())
+    {
+        let ns = c.namespace().unwrap_or_default();
+        Api::<Cluster>::namespaced(client.clone(), &ns)
+            .delete(&c.name_any(), &background)
+            .await
+            .map(drop)
+            .or_else(gone)
+            .map_err(write_err(
+                &name,
+                &format!("delete Cluster {ns}/{}", c.name_any()),
+            ))?;
+    }
+    for i in held
+        .instances
+        .iter()
+        .filter(|i| i.meta().deletion_timestamp.is_none())
+    {
+        let ns = i.namespace().unwrap_or_default();
+        Api::<AppInstance>::namespaced(client.clone(), &ns)
+            .delete(&i.name_any(), &background)
+            .await
+            .map(drop)
+            .or_else(gone)
+            .map_err(write_err(
+                &name,
+                &format!("delete AppInstance {ns}/{}", i.name_any()),
+            ))?;
+    }
+    let left = held.clusters.len() + held.instances.len();
+    let mut remaining_namespaces = Vec::new();
+    if left == 0 {
+        let binding = binding_name(&name);
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .delete(&binding, &background)
+            .await
+            .map(drop)
+            .or_else(gone)
+            .map_err(write_err(&name, "delete its policy binding"))?;
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(&binding, &background)
+            .await
+            .map(drop)
+            .or_else(gone)
+            .map_err(write_err(&name, "delete its catalog binding"))?;
+        let api = Api::<Namespace>::all(client.clone());
+        for ns in namespaces {
+            let Some(found) = api
+                .get_opt(ns)
+                .await
+                .map_err(read_err(&name, "its namespaces"))?
+            else {
+                continue;
+            };
+            // Only a namespace this tenant made (or adopted) goes.
+            if found.labels().get(TENANT_LABEL) != Some(&name) {
+                continue;
+            }
+            remaining_namespaces.push(ns.clone());
+            if found.meta().deletion_timestamp.is_none() {
+                api.delete(ns, &background)
+                    .await
+                    .map(drop)
+                    .or_else(gone)
+                    .map_err(write_err(&name, &format!("delete Namespace {ns}")))?;
+            }
+        }
+    }
+    let message = if left > 0 {
+        format!(
+            "deleting {} clusters and {} application instances (their delete plans drain and remove their nodes)",
+            held.clusters.len(),
+            held.instances.len()
+        )
+    } else if !remaining_namespaces.is_empty() {
+        format!("deleting namespaces {}", remaining_namespaces.join(", "))
+    } else {
+        "done; removing the finalizer".to_owned()
+    };
+    let now = Timestamp::now();
+    let previous = tenant.status.clone().unwrap_or_default();
+    let observed = vec![Observed::new(DELETING, true, "Deleting", message)];
+    let written = quota::update(&tenants, &name, &format!("Tenant {name}"), |current, st| {
+        let before = st.clone();
+        status::merge(
+            &mut st.conditions,
+            observed.clone(),
+            current.metadata.generation,
+            now,
+        );
+        Ok(*st != before)
+    })
+    .await?;
+    let after = written
+        .and_then(|t| t.status)
+        .unwrap_or_else(|| previous.clone());
+    status::publish(
+        &cx.recorder,
+        &tenant.object_ref(&()),
+        &changed_conditions(&previous, &after),
+    )
+    .await;
+    if left > 0 || !remaining_namespaces.is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let finalizers: Vec<String> = tenant
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": tenant.resource_version() } });
+    tenants
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .or_else(gone)
+        .map_err(write_err(&name, "remove its finalizer"))?;
+    tracing::info!(tenant = %name, "tenant deleted: its clusters, instances and namespaces are gone");
+    Ok(Action::await_change())
+}
+
+/// A 404 is what a delete wanted.
+fn gone(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e),
+    }
+}
