@@ -39,5 +39,6 @@ mod operator;
 mod pkg;
 mod policy;
 mod rollout;
+mod tenants;
 mod testbed;
 mod trust;

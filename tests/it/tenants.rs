@@ -1,0 +1,346 @@
+//! Tenants against the testbed: a real operator, real agents launched by
+//! Local NodePools, the chart's tenant roles and admission policy, users
+//! impersonated with `kubectl --as`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use theseus::api::{Cluster, NodePool, Tenant, conditions};
+
+use crate::support::fleet::RUN_LABEL;
+use crate::support::policy::{Cleanup, text};
+use crate::support::shop::Shop;
+use crate::support::{TestbedEnv, chart, eventually};
+
+/// The chart's tenant roles and the `theseus-tenant` admission policy,
+/// applied as `helm install` would (the same objects for every test).
+fn apply_tenant_objects(tb: &TestbedEnv) {
+    for template in [
+        "templates/tenant-roles.yaml",
+        "templates/tenant-admission-policy.yaml",
+    ] {
+        let yaml = tb.helm_ok(&["template", "theseus", &chart(), "--show-only", template]);
+        let out = tb.kubectl_stdin(&["apply"], &yaml);
+        assert!(out.status.success(), "{template}: {}", text(&out));
+    }
+}
+
+/// A template of the shop's store alone, of 1 to 10 nodes, labeled `tier`.
+fn solo_template(run: &str, tier: &str) -> String {
+    format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: ClusterTemplate
+metadata: {{name: {run}-solo, labels: {{{RUN_LABEL}: {run}, tier: {tier}}}}}
+spec:
+  compatibility: {{services: [{run}-store], nodeClasses: [{run}-box]}}
+  defaults: {{services: [{run}-store], nodeClass: {run}-box}}
+  constraints:
+    size: {{min: 1, max: 10}}
+"
+    )
+}
+
+fn tenant_yaml(run: &str, name: &str, user: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: Tenant
+metadata: {{name: {name}, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  namespaces: {{names: [{name}-ns]}}
+  members: [{{kind: User, name: {user}}}]
+{extra}"
+    )
+}
+
+fn cluster_yaml(run: &str, name: &str, template: &str, hooklog: &str) -> String {
+    format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {name}, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  template: {template}
+  size: 1
+  strategy: {{taskRetries: 1}}
+  config: {{hooklog: '{hooklog}'}}
+"
+    )
+}
+
+/// The Admitted condition of each cluster that has one: (status, reason,
+/// message) by name.
+async fn admitted(clusters: &Api<Cluster>) -> BTreeMap<String, (String, String, String)> {
+    clusters
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.name_any().starts_with('c'))
+        .filter_map(|c| {
+            let st = c.status.clone()?;
+            let a = conditions::find(&st.conditions, "Admitted")?.clone();
+            Some((c.name_any(), (a.status, a.reason, a.message)))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_deleted_tenant_leaves_nothing()
+ {
+    let Some(shop) = Shop::start("tenant").await else {
+        return;
+    };
+    let (tb, run) = (shop.tb.clone(), shop.run.clone());
+    apply_tenant_objects(&tb);
+    let mut cleanup = Cleanup::new(&tb);
+    let out = tb.kubectl_stdin(&["apply"], &solo_template(&run, "solo"));
+    assert!(out.status.success(), "{}", text(&out));
+    cleanup.add("clustertemplate", &format!("{run}-solo"));
+    let (a, b) = (format!("{run}-a"), format!("{run}-b"));
+    let (alice, bob) = (format!("{run}-alice"), format!("{run}-bob"));
+    let a_yaml = tenant_yaml(
+        &run,
+        &a,
+        &alice,
+        "  catalog: {templates: {matchLabels: {tier: solo}}}\n  quotas: {nodes: 5}\n",
+    );
+    let out = tb.kubectl_stdin(
+        &["apply"],
+        &(a_yaml + "---\n" + &tenant_yaml(&run, &b, &bob, "")),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    cleanup.add("tenant", &b);
+    cleanup.add("tenant", &a);
+    for t in [&a, &b] {
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("tenant/{t}"),
+            "--timeout=60s",
+        ]);
+    }
+    let (a_ns, b_ns) = (format!("{a}-ns"), format!("{b}-ns"));
+
+    // Each tenant's user sees its own namespace and not the other's.
+    let as_user = |user: &str, args: &[&str]| {
+        let mut all = vec!["--as", user];
+        all.extend_from_slice(args);
+        tb.kubectl(&all)
+    };
+    // (A new binding and policy binding take a moment to be in force.)
+    eventually(Duration::from_secs(30), "the tenants' bindings in force", || async {
+        let own = as_user(&alice, &["get", "clusters", "-n", &a_ns]);
+        let other = as_user(&alice, &["get", "clusters", "-n", &b_ns]);
+        let bob_in_a = as_user(&bob, &["get", "appinstances", "-n", &a_ns]);
+        let refused = |out: &std::process::Output| {
+            !out.status.success() && text(out).contains("forbidden")
+        };
+        if own.status.success() && refused(&other) && refused(&bob_in_a) {
+            Ok(())
+        } else {
+            Err(format!(
+                "alice in her tenant: {}; alice in the other's (want 403): {}; bob in a's (want 403): {}",
+                text(&own),
+                text(&other),
+                text(&bob_in_a)
+            ))
+        }
+    })
+    .await;
+
+    // The catalog: a template the tenant's selector does not pick is
+    // refused at admission, naming the tenant.
+    let hooklog = shop.hooklog.to_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(30),
+        "the policy to refuse a template outside the catalog",
+        || async {
+            let out = tb.kubectl_stdin(
+                &["--as", &alice, "create", "-n", &a_ns],
+                &cluster_yaml(&run, "outside", &run, &hooklog),
+            );
+            let said = text(&out);
+            if out.status.success() {
+                tb.kubectl_ok(&["delete", "cluster", "outside", "-n", &a_ns, "--wait=false"]);
+                return Err(format!("created: {said}"));
+            }
+            if said.contains("ValidatingAdmissionPolicy 'theseus-tenant'")
+                && said.contains(&format!("is not in tenant {a}'s catalog"))
+            {
+                Ok(())
+            } else {
+                Err(format!("refused, but not by the tenant policy: {said}"))
+            }
+        },
+    )
+    .await;
+
+    // 20 creates at once, as the tenant's user, for a quota of 5 nodes.
+    let creates: Vec<_> = (0..20)
+        .map(|i| {
+            let (tb, run, alice, a_ns, hooklog) = (
+                tb.clone(),
+                run.clone(),
+                alice.clone(),
+                a_ns.clone(),
+                hooklog.clone(),
+            );
+            std::thread::spawn(move || {
+                let yaml = cluster_yaml(&run, &format!("c{i}"), &format!("{run}-solo"), &hooklog);
+                let out = tb.kubectl_stdin(&["--as", &alice, "create", "-n", &a_ns], &yaml);
+                assert!(out.status.success(), "create c{i}: {}", text(&out));
+            })
+        })
+        .collect();
+    for c in creates {
+        c.join().unwrap();
+    }
+    let clusters: Api<Cluster> = Api::namespaced(shop.client.clone(), &a_ns);
+    let tenants: Api<Tenant> = Api::all(shop.client.clone());
+    let pools: Api<NodePool> = Api::all(shop.client.clone());
+    let pool_replicas = || async {
+        pools
+            .list(&ListParams::default().labels(&format!("theseus.dev/cluster-namespace={a_ns}")))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|p| p.spec.replicas)
+            .sum::<i32>()
+    };
+    let verdicts = eventually(
+        Duration::from_secs(120),
+        "every cluster admitted or refused",
+        || async {
+            // Never more reserved, asked of the pools or running than the
+            // quota, at any moment this test looks.
+            let reserved = tenants
+                .get(&a)
+                .await
+                .unwrap()
+                .status
+                .map(|s| s.usage.nodes)
+                .unwrap_or(0);
+            assert!(reserved <= 5, "{reserved} nodes reserved");
+            let replicas = pool_replicas().await;
+            assert!(replicas <= 5, "{replicas} pool replicas");
+            let agents = shop.agents().len();
+            assert!(agents <= 5, "{agents} agents running");
+            let verdicts = admitted(&clusters).await;
+            if verdicts.len() == 20 {
+                Ok(verdicts)
+            } else {
+                Err(format!("{} of 20 have Admitted", verdicts.len()))
+            }
+        },
+    )
+    .await;
+    let yes: Vec<&String> = verdicts
+        .iter()
+        .filter(|(_, (s, _, _))| s == "True")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(yes.len(), 5, "exactly 5 of 20 admitted: {verdicts:#?}");
+    for (name, (status, reason, message)) in &verdicts {
+        if status == "False" {
+            assert_eq!(reason, "QuotaExceeded", "{name}: {message}");
+            assert!(
+                message.contains(
+                    "quota nodes is 5: this asks for 1, which would make the tenant's 6 (1 over)"
+                ),
+                "{name}'s refusal names the quota and the numbers: {message}"
+            );
+        }
+    }
+    let status = tenants.get(&a).await.unwrap().status.unwrap();
+    assert_eq!(status.usage.nodes, 5);
+    assert_eq!(status.summary.nodes.as_deref(), Some("5/5"));
+    let exceeded = conditions::find(&status.conditions, "QuotaExceeded").cloned();
+    eventually(
+        Duration::from_secs(90),
+        "the admitted clusters' agents",
+        || async {
+            let agents = shop.agents().len();
+            let replicas = pool_replicas().await;
+            if agents == 5 && replicas == 5 {
+                Ok(())
+            } else {
+                Err(format!("{agents} agents, {replicas} pool replicas"))
+            }
+        },
+    )
+    .await;
+    let exceeded = match exceeded {
+        Some(c) if c.status == "True" => c,
+        _ => {
+            eventually(
+                Duration::from_secs(90),
+                "the tenant's QuotaExceeded",
+                || async {
+                    let st = tenants.get(&a).await.unwrap().status.unwrap_or_default();
+                    match conditions::find(&st.conditions, "QuotaExceeded") {
+                        Some(c) if c.status == "True" => Ok(c.clone()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await
+        }
+    };
+    assert!(
+        exceeded.message.contains("quota nodes is 5"),
+        "{}",
+        exceeded.message
+    );
+
+    // Deleting the tenant deletes its clusters through their delete plans
+    // (agents gone), then its namespace; the other tenant is untouched.
+    tb.kubectl_ok(&["delete", "tenant", &a, "--wait=false"]);
+    eventually(
+        Duration::from_secs(300),
+        "tenant a and all it made to go",
+        || async {
+            let tenant = tenants.get_opt(&a).await.unwrap();
+            let ns = tb.kubectl(&["get", "namespace", &a_ns]);
+            let agents = shop.agents().len();
+            let replicas = pool_replicas().await;
+            if tenant.is_none() && !ns.status.success() && agents == 0 && replicas == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "tenant {}, namespace {}, {agents} agents, {replicas} pool replicas",
+                    if tenant.is_some() { "left" } else { "gone" },
+                    text(&ns).trim()
+                ))
+            }
+        },
+    )
+    .await;
+    let b_now = tenants.get(&b).await.unwrap();
+    assert!(b_now.meta_deletion_free(), "tenant b is untouched");
+    tb.kubectl_ok(&["get", "namespace", &b_ns]);
+    tb.kubectl_ok(&["delete", "tenant", &b, "--timeout=120s"]);
+    let Shop {
+        ns,
+        client,
+        mut operator,
+        ..
+    } = shop;
+    operator.kill();
+    ns.delete(&client).await;
+    drop(cleanup);
+}
+
+/// A tenant that is not being deleted.
+trait DeletionFree {
+    fn meta_deletion_free(&self) -> bool;
+}
+
+impl DeletionFree for Tenant {
+    fn meta_deletion_free(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && conditions::is_true(&self.status.clone().unwrap_or_default().conditions, "Ready")
+    }
+}
