@@ -160,6 +160,14 @@ pub struct OperatorArgs {
     /// change is made as the user, so RBAC decides.
     #[arg(long, env = "THESEUS_UI_AUTH", value_enum, default_value = "token")]
     pub ui_auth: UiAuth,
+
+    /// The names of the cluster-wide objects tenants are bound to:
+    /// ClusterRoles PREFIX-admin (owners), PREFIX-user (members) and
+    /// PREFIX-catalog (both, cluster-wide), and the
+    /// ValidatingAdmissionPolicy PREFIX. The Helm chart ships them as
+    /// FULLNAME-tenant-… and passes its prefix.
+    #[arg(long, default_value = crate::tenant::DEFAULT_PREFIX, value_parser = crate::tenant::parse_prefix)]
+    pub tenant_prefix: String,
 }
 
 /// How the dashboard knows its users (`--ui-auth`).
@@ -226,6 +234,7 @@ pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec
     };
     let discovery = (!args.no_discovery).then(|| args.discovery.config());
     let apps = crate::apps::Config { stale_after };
+    let tenants = crate::tenant::Config::with_prefix(&args.tenant_prefix);
     vec![
         Controller::new("packagerepository", crate::repository::run),
         Controller::new("packageset", move |shared, stop| {
@@ -238,7 +247,9 @@ pub fn controllers(args: &OperatorArgs, config: crate::configgen::Config) -> Vec
             crate::nodepool::controller::run(shared, nodepool.clone(), stop)
         }),
         Controller::new("cluster", crate::cluster::run),
-        Controller::new(crate::tenant::NAME, crate::tenant::run),
+        Controller::new(crate::tenant::NAME, move |shared, stop| {
+            crate::tenant::run(shared, tenants.clone(), stop)
+        }),
         Controller::new("apps", move |shared, stop| {
             crate::apps::run(shared, apps.clone(), stop)
         }),

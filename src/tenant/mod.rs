@@ -47,16 +47,61 @@ pub const NAME: &str = "tenant";
 /// The finalizer that deletes a tenant's clusters, instances and
 /// namespaces before the Tenant goes.
 pub const FINALIZER: &str = "theseus.dev/tenant";
-/// The ClusterRole a tenant's owners are bound to in its namespaces.
-pub const ADMIN_ROLE: &str = "theseus-tenant-admin";
-/// The ClusterRole a tenant's members are bound to in its namespaces.
-pub const USER_ROLE: &str = "theseus-tenant-user";
-/// The ClusterRole that reads the catalog, bound cluster-wide to a
-/// tenant's owners and members.
-pub const CATALOG_ROLE: &str = "theseus-tenant-catalog";
-/// The shipped ValidatingAdmissionPolicy each tenant's namespaces are
-/// bound to (with the Tenant as its parameter).
-pub const POLICY: &str = "theseus-tenant";
+/// The default prefix of the cluster-wide objects tenants are bound to.
+pub const DEFAULT_PREFIX: &str = "theseus-tenant";
+
+/// `--tenant-prefix`: a DNS subdomain prefix, short enough for its
+/// suffixes.
+pub fn parse_prefix(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 200
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !value.starts_with(['-', '.'])
+        && !value.ends_with(['-', '.']);
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a name prefix: lowercase letters, digits, '-' and '.', at most 200"
+        ))
+    }
+}
+
+/// The names of the shipped cluster-wide objects a tenant is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The ClusterRole a tenant's owners are bound to in its namespaces.
+    pub admin_role: String,
+    /// The ClusterRole a tenant's members are bound to in its namespaces.
+    pub user_role: String,
+    /// The ClusterRole that reads the catalog, bound cluster-wide to a
+    /// tenant's owners and members.
+    pub catalog_role: String,
+    /// The ValidatingAdmissionPolicy each tenant's namespaces are bound
+    /// to (with the Tenant as its parameter).
+    pub policy: String,
+}
+
+impl Config {
+    /// PREFIX-admin, PREFIX-user, PREFIX-catalog and PREFIX.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Config {
+            admin_role: format!("{prefix}-admin"),
+            user_role: format!("{prefix}-user"),
+            catalog_role: format!("{prefix}-catalog"),
+            policy: prefix.to_owned(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::with_prefix(DEFAULT_PREFIX)
+    }
+}
+
 /// The RoleBinding of the owners, in each namespace.
 const ADMINS_BINDING: &str = "theseus-tenant-admins";
 /// The RoleBinding of the members, in each namespace.
@@ -117,15 +162,18 @@ pub struct Context {
     pub shared: Shared,
     /// Events.
     pub recorder: Recorder,
+    /// The names of the roles and the policy.
+    pub config: Config,
 }
 
 /// Runs the controller until `stop`.
-pub fn run(shared: Shared, stop: CancellationToken) -> BoxFuture<'static, ()> {
+pub fn run(shared: Shared, config: Config, stop: CancellationToken) -> BoxFuture<'static, ()> {
     async move {
         let client = shared.client.clone();
         let cx = Arc::new(Context {
             recorder: Recorder::new(client.clone(), shared.reporter.clone()),
             shared: shared.clone(),
+            config,
         });
         // A template's or an application's labels decide whether a
         // tenant's catalog holds it.
@@ -470,8 +518,8 @@ async fn apply_namespace(tenant: &Tenant, ns: &str, cx: &Context) -> Result<(), 
         .map_err(write_err(&name, &format!("apply Namespace {ns}")))?;
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     for (binding, role, people) in [
-        (ADMINS_BINDING, ADMIN_ROLE, &tenant.spec.owners),
-        (USERS_BINDING, USER_ROLE, &tenant.spec.members),
+        (ADMINS_BINDING, &cx.config.admin_role, &tenant.spec.owners),
+        (USERS_BINDING, &cx.config.user_role, &tenant.spec.members),
     ] {
         let body = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -507,7 +555,7 @@ async fn apply_cluster_wide(tenant: &Tenant, cx: &Context) -> Result<(), Error> 
     let body = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": { "name": binding, "labels": labels(tenant) },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CATALOG_ROLE },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cx.config.catalog_role },
         "subjects": subjects(&people),
     });
     Api::<ClusterRoleBinding>::all(client.clone())
@@ -521,7 +569,7 @@ async fn apply_cluster_wide(tenant: &Tenant, cx: &Context) -> Result<(), Error> 
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": { "name": binding, "labels": labels(tenant) },
         "spec": {
-            "policyName": POLICY,
+            "policyName": cx.config.policy,
             "validationActions": ["Deny"],
             "paramRef": { "name": name, "parameterNotFoundAction": "Deny" },
             "matchResources": {
@@ -551,22 +599,15 @@ async fn delete(
     let name = tenant.name_any();
     let client = &cx.shared.client;
     let tenants: Api<Tenant> = Api::all(client.clone());
-    let background = DeleteParams::background();
     for c in held
         .clusters
         .iter()
         .filter(|c| c.meta().deletion_timestamp.is_none())
     {
         let ns = c.namespace().unwrap_or_default();
-        Api::<Cluster>::namespaced(client.clone(), &ns)
-            .delete(&c.name_any(), &background)
-            .await
-            .map(drop)
-            .or_else(gone)
-            .map_err(write_err(
-                &name,
-                &format!("delete Cluster {ns}/{}", c.name_any()),
-            ))?;
+        let api = Api::<Cluster>::namespaced(client.clone(), &ns);
+        let what = format!("Cluster {ns}/{}", c.name_any());
+        delete_one(&api, &c.name_any(), &name, &what).await?;
     }
     for i in held
         .instances
@@ -574,32 +615,18 @@ async fn delete(
         .filter(|i| i.meta().deletion_timestamp.is_none())
     {
         let ns = i.namespace().unwrap_or_default();
-        Api::<AppInstance>::namespaced(client.clone(), &ns)
-            .delete(&i.name_any(), &background)
-            .await
-            .map(drop)
-            .or_else(gone)
-            .map_err(write_err(
-                &name,
-                &format!("delete AppInstance {ns}/{}", i.name_any()),
-            ))?;
+        let api = Api::<AppInstance>::namespaced(client.clone(), &ns);
+        let what = format!("AppInstance {ns}/{}", i.name_any());
+        delete_one(&api, &i.name_any(), &name, &what).await?;
     }
     let left = held.clusters.len() + held.instances.len();
     let mut remaining_namespaces = Vec::new();
     if left == 0 {
         let binding = binding_name(&name);
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .delete(&binding, &background)
-            .await
-            .map(drop)
-            .or_else(gone)
-            .map_err(write_err(&name, "delete its policy binding"))?;
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .delete(&binding, &background)
-            .await
-            .map(drop)
-            .or_else(gone)
-            .map_err(write_err(&name, "delete its catalog binding"))?;
+        let policy_bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+        delete_one(&policy_bindings, &binding, &name, "its policy binding").await?;
+        let catalog_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+        delete_one(&catalog_bindings, &binding, &name, "its catalog binding").await?;
         let api = Api::<Namespace>::all(client.clone());
         for ns in namespaces {
             let Some(found) = api
@@ -615,11 +642,7 @@ async fn delete(
             }
             remaining_namespaces.push(ns.clone());
             if found.meta().deletion_timestamp.is_none() {
-                api.delete(ns, &background)
-                    .await
-                    .map(drop)
-                    .or_else(gone)
-                    .map_err(write_err(&name, &format!("delete Namespace {ns}")))?;
+                delete_one(&api, ns, &name, &format!("Namespace {ns}")).await?;
             }
         }
     }
@@ -667,20 +690,31 @@ async fn delete(
         .cloned()
         .collect();
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": tenant.resource_version() } });
-    tenants
+    match tenants
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map(drop)
-        .or_else(gone)
-        .map_err(write_err(&name, "remove its finalizer"))?;
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(write_err(&name, "remove its finalizer")(e)),
+    }
     tracing::info!(tenant = %name, "tenant deleted: its clusters, instances and namespaces are gone");
     Ok(Action::await_change())
 }
 
-/// A 404 is what a delete wanted.
-fn gone(e: kube::Error) -> Result<(), kube::Error> {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => Ok(()),
-        e => Err(e),
+/// Deletes `name` of `api` (in the background); one already gone is
+/// what was wanted.
+async fn delete_one<K>(api: &Api<K>, name: &str, tenant: &str, what: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Write {
+            tenant: tenant.to_owned(),
+            action: format!("delete {what}"),
+            source,
+        }),
     }
 }

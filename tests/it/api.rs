@@ -73,7 +73,8 @@ fn crds_prints_every_definition_in_group_theseus_dev() {
             "PackageSet",
             "Role",
             "ServiceDefinition",
-            "ServiceGroup"
+            "ServiceGroup",
+            "Tenant"
         ]
     );
     for crd in &docs {

@@ -123,6 +123,8 @@ struct Release {
     tb: TestbedEnv,
     name: String,
     namespace: String,
+    /// Released after the uninstall (fields drop after `drop`).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Release {
@@ -169,6 +171,7 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         tb: tb.clone(),
         name: ns.name.clone(),
         namespace: ns.name.clone(),
+        _turn: support::chart_release_lock(),
     };
     // A NodePool's EC2 credentials Secret, and the Secret a ConfigBundle's
     // secret parameter reads, named in the values.
@@ -207,7 +210,11 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
         tb.kubectl_ok(&["get", kind, name, "--namespace", &ns.name]);
     }
     let policy = format!("{agent}-node");
+    let tenant_policy = format!("{prefix}-tenant");
+    let tenant_admin = format!("{prefix}-tenant-admin");
     for (kind, name) in [
+        ("validatingadmissionpolicy", &tenant_policy),
+        ("clusterrole", &tenant_admin),
         ("clusterrole", &operator),
         ("clusterrolebinding", &operator),
         ("clusterrole", &agent),
@@ -356,7 +363,29 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     // Application controllers: a role's namespace and its admins' binding,
     // and only to theseus-app-admin.
     assert!(can("create", "namespaces", &[]));
-    assert!(!can("delete", "namespaces", &[]));
+    // Tenants: a deleted tenant's namespaces go with it; its people are
+    // bound to this release's tenant roles only; its status is written by
+    // compare-and-swap (update), never applied.
+    assert!(can("delete", "namespaces", &[]));
+    for role in ["admin", "user", "catalog"] {
+        assert!(can(
+            "bind",
+            &format!("clusterroles.rbac.authorization.k8s.io/{prefix}-tenant-{role}"),
+            &[]
+        ));
+    }
+    assert!(!can(
+        "bind",
+        "clusterroles.rbac.authorization.k8s.io/theseus-tenant-admin-other",
+        &[]
+    ));
+    assert!(can(
+        "update",
+        "tenants.theseus.dev",
+        &["--subresource=status"]
+    ));
+    assert!(!can("delete", "tenants.theseus.dev", &[]));
+    assert!(can("delete", "clusters.theseus.dev", &["--all-namespaces"]));
     assert!(can(
         "bind",
         "clusterroles.rbac.authorization.k8s.io/theseus-app-admin",

@@ -14,17 +14,38 @@ use crate::support::policy::{Cleanup, text};
 use crate::support::shop::Shop;
 use crate::support::{TestbedEnv, chart, eventually};
 
-/// The chart's tenant roles and the `theseus-tenant` admission policy,
-/// applied as `helm install` would (the same objects for every test).
-fn apply_tenant_objects(tb: &TestbedEnv) {
+/// A release name of this test's own: the chart names the tenants'
+/// ClusterRoles and admission policy after it (`RELEASE-tenant-…`), so
+/// they are this test's alone, never a Helm release's.
+fn release_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "theseus-tenants-{:08x}",
+        (nanos as u64) ^ u64::from(std::process::id())
+    )
+}
+
+/// The chart's tenant roles and admission policy for `release`, applied
+/// (and deleted by `cleanup` when the test ends); returns the prefix to
+/// give the operator (`--tenant-prefix`).
+fn apply_tenant_objects(tb: &TestbedEnv, release: &str, cleanup: &mut Cleanup) -> String {
+    let prefix = format!("{release}-tenant");
     for template in [
         "templates/tenant-roles.yaml",
         "templates/tenant-admission-policy.yaml",
     ] {
-        let yaml = tb.helm_ok(&["template", "theseus", &chart(), "--show-only", template]);
+        let yaml = tb.helm_ok(&["template", release, &chart(), "--show-only", template]);
         let out = tb.kubectl_stdin(&["apply"], &yaml);
         assert!(out.status.success(), "{template}: {}", text(&out));
     }
+    for suffix in ["admin", "user", "catalog"] {
+        cleanup.add("clusterrole", &format!("{prefix}-{suffix}"));
+    }
+    cleanup.add("validatingadmissionpolicy", &prefix);
+    prefix
 }
 
 /// A template of the shop's store alone, of 1 to 10 nodes, labeled `tier`.
@@ -89,12 +110,16 @@ async fn admitted(clusters: &Api<Cluster>) -> BTreeMap<String, (String, String, 
 #[tokio::test]
 async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_deleted_tenant_leaves_nothing()
  {
-    let Some(shop) = Shop::start("tenant").await else {
+    let Some(tb) = crate::support::testbed() else {
         return;
     };
-    let (tb, run) = (shop.tb.clone(), shop.run.clone());
-    apply_tenant_objects(&tb);
     let mut cleanup = Cleanup::new(&tb);
+    let release = release_name();
+    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
+    let Some(shop) = Shop::start_with("tenant", &["--tenant-prefix", &prefix]).await else {
+        return;
+    };
+    let run = shop.run.clone();
     let out = tb.kubectl_stdin(&["apply"], &solo_template(&run, "solo"));
     assert!(out.status.success(), "{}", text(&out));
     cleanup.add("clustertemplate", &format!("{run}-solo"));
@@ -166,7 +191,7 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
                 tb.kubectl_ok(&["delete", "cluster", "outside", "-n", &a_ns, "--wait=false"]);
                 return Err(format!("created: {said}"));
             }
-            if said.contains("ValidatingAdmissionPolicy 'theseus-tenant'")
+            if said.contains(&format!("ValidatingAdmissionPolicy '{prefix}'"))
                 && said.contains(&format!("is not in tenant {a}'s catalog"))
             {
                 Ok(())

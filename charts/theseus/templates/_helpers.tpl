@@ -114,3 +114,12 @@ ServiceAccount (agent.identity), confined by the admission policy.
   apiGroup: rbac.authorization.k8s.io
   name: {{ printf "system:serviceaccounts:%s" .Values.agent.identity.serviceAccountNamespace | quote }}
 {{- end }}
+
+{{/*
+The prefix of the cluster-wide objects tenants are bound to: ClusterRoles
+PREFIX-admin, PREFIX-user, PREFIX-catalog and the policy PREFIX (the
+operator's --tenant-prefix). Per release, so two releases never share them.
+*/}}
+{{- define "theseus.tenantPrefix" -}}
+{{- printf "%s-tenant" (include "theseus.fullname" .) | trunc 200 | trimSuffix "-" }}
+{{- end }}

@@ -125,6 +125,15 @@ pub fn repo_root() -> &'static Path {
 }
 
 /// The Helm chart's directory, `charts/theseus`.
+/// Held while a test has the chart installed: a release's cluster-wide
+/// objects of fixed name (the ClusterRole `theseus-app-admin`) belong to
+/// one release at a time, so two tests' `helm install`s wait for each
+/// other instead of failing.
+pub fn chart_release_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn chart() -> String {
     repo_root()
         .join("charts/theseus")

@@ -44,6 +44,8 @@ pub struct Cleanup {
     tb: TestbedEnv,
     objects: Vec<(String, String)>,
     pub release: Option<(String, String)>,
+    /// Held while `release` is installed, released after its uninstall.
+    pub turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Cleanup {
@@ -52,6 +54,7 @@ impl Cleanup {
             tb: tb.clone(),
             objects: Vec::new(),
             release: None,
+            turn: None,
         }
     }
 
@@ -197,6 +200,7 @@ pub fn install_without_helm(
 /// `helm install` of the chart into `ns` with the test's identities; no pod
 /// runs (no operator replica, the agent DaemonSet selects no node).
 pub fn install_chart(tb: &TestbedEnv, ns: &str, nodes_ns: &str, ids: &Ids, cleanup: &mut Cleanup) {
+    cleanup.turn = Some(support::chart_release_lock());
     cleanup.release = Some((ns.to_owned(), ns.to_owned()));
     let identity = format!(
         "agent.identity.userPrefix={},agent.identity.group={},agent.identity.serviceAccountNamespace={nodes_ns}",
