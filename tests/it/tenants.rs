@@ -369,3 +369,292 @@ impl DeletionFree for Tenant {
             && conditions::is_true(&self.status.clone().unwrap_or_default().conditions, "Ready")
     }
 }
+
+/// The most tasks seen Running at once in any version of any plan in
+/// `ns`, watched until `done` says stop.
+async fn max_running(
+    client: &kube::Client,
+    ns: &str,
+    until: impl std::future::Future<Output = ()>,
+) -> usize {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let plans: Api<theseus::api::ClusterPlan> = Api::namespaced(client.clone(), ns);
+    let mut most = 0;
+    let stream = watcher(plans, watcher::Config::default()).applied_objects();
+    futures::pin_mut!(stream);
+    futures::pin_mut!(until);
+    loop {
+        tokio::select! {
+            () = &mut until => return most,
+            next = stream.next() => {
+                let Some(Ok(plan)) = next else { continue };
+                let st = plan.status.unwrap_or_default();
+                let running = st
+                    .tasks
+                    .iter()
+                    .chain(&st.rollback)
+                    .filter(|t| t.state == theseus::api::TaskState::Running)
+                    .count();
+                most = most.max(running);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_worker_serialises_a_tenant_s_plan_tasks_while_another_tenant_s_run_in_parallel() {
+    let Some(tb) = crate::support::testbed() else {
+        return;
+    };
+    let mut cleanup = Cleanup::new(&tb);
+    let release = release_name();
+    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
+    let Some(shop) = Shop::start_with("tenant-workers", &["--tenant-prefix", &prefix]).await else {
+        return;
+    };
+    let run = shop.run.clone();
+    let (one, many) = (format!("{run}-one"), format!("{run}-many"));
+    let user = format!("{run}-u");
+    let yaml = tenant_yaml(&run, &one, &user, "  workers: 1\n")
+        + "---\n"
+        + &tenant_yaml(&run, &many, &user, "");
+    let out = tb.kubectl_stdin(&["apply"], &yaml);
+    assert!(out.status.success(), "{}", text(&out));
+    cleanup.add("tenant", &many);
+    cleanup.add("tenant", &one);
+    for t in [&one, &many] {
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("tenant/{t}"),
+            "--timeout=60s",
+        ]);
+    }
+    let hooklog = shop.hooklog.to_str().unwrap().to_owned();
+    let (one_ns, many_ns) = (format!("{one}-ns"), format!("{many}-ns"));
+    let shop_cluster = |name: &str| {
+        format!(
+            "apiVersion: theseus.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {name}, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  template: {run}
+  size: 3
+  strategy: {{taskRetries: 1}}
+  config: {{hooklog: '{hooklog}'}}
+"
+        )
+    };
+    let available = |ns: &str| {
+        let tb = tb.clone();
+        let ns = ns.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                tb.kubectl_ok(&[
+                    "wait",
+                    "-n",
+                    &ns,
+                    "--for=condition=Available",
+                    "cluster/shop",
+                    "--timeout=240s",
+                ]);
+            })
+            .await
+            .unwrap();
+        }
+    };
+    for ns in [&one_ns, &many_ns] {
+        let out = tb.kubectl_stdin(&["apply", "-n", ns], &shop_cluster("shop"));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (most_one, most_many) = tokio::join!(
+        max_running(&shop.client, &one_ns, available(&one_ns)),
+        max_running(&shop.client, &many_ns, available(&many_ns)),
+    );
+    assert_eq!(most_one, 1, "workers: 1 runs one task at a time");
+    assert!(
+        most_many >= 3,
+        "the other tenant's three nodes are created at once: at most {most_many} tasks ran together"
+    );
+    tb.kubectl_ok(&["delete", "tenant", &one, &many, "--timeout=240s"]);
+    let Shop {
+        ns,
+        client,
+        mut operator,
+        ..
+    } = shop;
+    operator.kill();
+    ns.delete(&client).await;
+    drop(cleanup);
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_terminates_its_ec2_instances_and_leaves_another_tenant_s() {
+    let Some(rig) = crate::support::ec2::Ec2Rig::new("tenant-ec2").await else {
+        return;
+    };
+    let tb = rig.tb.clone();
+    let mut cleanup = Cleanup::new(&tb);
+    let release = release_name();
+    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
+    let run = rig.run.clone();
+    let mut operator = crate::support::fleet::Operator::start_with(
+        &tb,
+        &rig.ns.name,
+        &run,
+        "tenants",
+        &rig.logs,
+        &["--cluster-name", &run, "--tenant-prefix", &prefix],
+        &[],
+    );
+    // A catalog of one service on an EC2 node class (moto): its nodes are
+    // launched and never register, so the plans wait on their createNode.
+    let catalog = format!(
+        "apiVersion: theseus.dev/v1alpha1
+kind: NodeClass
+metadata: {{name: {run}-ec2, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  provider:
+    type: Aws
+    aws: {{region: us-east-1, instanceType: t3.micro, imageId: {image}, endpoint: '{endpoint}'}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ServiceDefinition
+metadata: {{name: {run}-db, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{}}
+---
+apiVersion: theseus.dev/v1alpha1
+kind: ClusterTemplate
+metadata: {{name: {run}, labels: {{{RUN_LABEL}: {run}}}}}
+spec:
+  compatibility: {{services: [{run}-db], nodeClasses: [{run}-ec2]}}
+  defaults: {{services: [{run}-db], nodeClass: {run}-ec2}}
+  constraints:
+    size: {{min: 1, max: 10}}
+",
+        image = rig.image,
+        endpoint = rig.proxy.url,
+    );
+    let out = tb.kubectl_stdin(&["apply"], &catalog);
+    assert!(out.status.success(), "{}", text(&out));
+    cleanup.add("clustertemplate", &run);
+    cleanup.add("servicedefinition", &format!("{run}-db"));
+    cleanup.add("nodeclass", &format!("{run}-ec2"));
+    let (gone, kept) = (format!("{run}-gone"), format!("{run}-kept"));
+    let yaml = tenant_yaml(&run, &gone, "nobody", "  quotas: {nodes: 3}\n")
+        + "---\n"
+        + &tenant_yaml(&run, &kept, "nobody", "");
+    let out = tb.kubectl_stdin(&["apply"], &yaml);
+    assert!(out.status.success(), "{}", text(&out));
+    cleanup.add("tenant", &kept);
+    cleanup.add("tenant", &gone);
+    for t in [&gone, &kept] {
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("tenant/{t}"),
+            "--timeout=60s",
+        ]);
+    }
+    let cluster = |size: i32| {
+        format!(
+            "apiVersion: theseus.dev/v1alpha1
+kind: Cluster
+metadata: {{name: db, labels: {{{RUN_LABEL}: {run}}}}}
+spec: {{template: {run}, size: {size}}}
+"
+        )
+    };
+    let (gone_ns, kept_ns) = (format!("{gone}-ns"), format!("{kept}-ns"));
+    for (ns, size) in [(&gone_ns, 3), (&kept_ns, 1)] {
+        let out = tb.kubectl_stdin(&["apply", "-n", ns], &cluster(size));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let pool_of = |ns: &str| {
+        let c: Cluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "db", "namespace": ns },
+            "spec": { "template": run, "size": 1 }
+        }))
+        .unwrap();
+        theseus::cluster::drive::pool_name(&c, &format!("{run}-ec2"))
+    };
+    let (gone_pool, kept_pool) = (pool_of(&gone_ns), pool_of(&kept_ns));
+    let live = |pool: String| {
+        let ec2 = rig.ec2.clone();
+        let run = run.clone();
+        async move {
+            crate::support::ec2::live(
+                &ec2,
+                &[
+                    ("theseus.dev/nodepool", &pool),
+                    ("theseus.dev/cluster", &run),
+                ],
+            )
+            .await
+            .len()
+        }
+    };
+    eventually(
+        Duration::from_secs(120),
+        "both tenants' instances at EC2",
+        || async {
+            let (g, k) = (live(gone_pool.clone()).await, live(kept_pool.clone()).await);
+            if (g, k) == (3, 1) {
+                Ok(())
+            } else {
+                Err(format!("tenant gone: {g} of 3, tenant kept: {k} of 1"))
+            }
+        },
+    )
+    .await;
+
+    tb.kubectl_ok(&["delete", "tenant", &gone, "--wait=false"]);
+    let tenants: Api<Tenant> = Api::all(rig.client.clone());
+    eventually(
+        Duration::from_secs(300),
+        "the deleted tenant's instances and namespace to go",
+        || async {
+            let g = live(gone_pool.clone()).await;
+            let ns = tb.kubectl(&["get", "namespace", &gone_ns]);
+            let tenant = tenants.get_opt(&gone).await.unwrap();
+            if g == 0 && !ns.status.success() && tenant.is_none() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{g} instances live, namespace: {}, tenant {}",
+                    text(&ns).trim(),
+                    if tenant.is_some() { "left" } else { "gone" }
+                ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        live(kept_pool.clone()).await,
+        1,
+        "the other tenant's instance runs on"
+    );
+    tb.kubectl_ok(&["get", "namespace", &kept_ns]);
+    assert!(tenants.get(&kept).await.unwrap().meta_deletion_free());
+
+    tb.kubectl_ok(&["delete", "tenant", &kept, "--timeout=240s"]);
+    // The NodePool's own finalizer terminates the last instance, after the
+    // cluster (and so the tenant) let go of it.
+    eventually(
+        Duration::from_secs(120),
+        "the other tenant's instance to end with it",
+        || async {
+            match live(kept_pool.clone()).await {
+                0 => Ok(()),
+                n => Err(format!("{n} live")),
+            }
+        },
+    )
+    .await;
+    operator.kill();
+    let crate::support::ec2::Ec2Rig { ns, client, .. } = rig;
+    ns.delete(&client).await;
+    drop(cleanup);
+}
