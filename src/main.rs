@@ -94,6 +94,8 @@ enum Command {
     Capability(cli::app::CapabilityArgs),
     /// Serve the dashboard on this machine, as the kubeconfig's user.
     Dashboard(cli::dashboard::DashboardArgs),
+    /// List, create and inspect tenants: usage against quota.
+    Tenant(cli::tenant::TenantArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -123,6 +125,7 @@ fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::App(args) => ok(runtime()?.block_on(cli::app::run(args))),
         Command::Capability(args) => ok(runtime()?.block_on(cli::app::run_capability(args))),
         Command::Dashboard(args) => ok(runtime()?.block_on(cli::dashboard::run(args))),
+        Command::Tenant(args) => ok(runtime()?.block_on(cli::tenant::run(args))),
     }
 }
 

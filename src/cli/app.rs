@@ -128,7 +128,7 @@ pub enum CapabilityCommand {
     List,
 }
 
-async fn client() -> anyhow::Result<Client> {
+pub(crate) async fn client() -> anyhow::Result<Client> {
     Client::try_default()
         .await
         .context("cannot reach Kubernetes; check KUBECONFIG")
@@ -146,7 +146,7 @@ async fn namespace(client: &Client, role: &str) -> anyhow::Result<String> {
     Ok(crate::apps::role::namespace_of(&r))
 }
 
-fn pairs(entries: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn pairs(entries: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
     entries
         .iter()
         .map(|e| match e.split_once('=') {

@@ -14,3 +14,4 @@ pub mod policy;
 pub mod repo;
 pub mod rollout;
 pub mod template;
+pub mod tenant;

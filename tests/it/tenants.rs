@@ -131,11 +131,27 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
         &alice,
         "  catalog: {templates: {matchLabels: {tier: solo}}}\n  quotas: {nodes: 5}\n",
     );
-    let out = tb.kubectl_stdin(
-        &["apply"],
-        &(a_yaml + "---\n" + &tenant_yaml(&run, &b, &bob, "")),
-    );
+    let out = tb.kubectl_stdin(&["apply"], &a_yaml);
     assert!(out.status.success(), "{}", text(&out));
+    // Tenant b with the command line.
+    let tenant_cli = |args: &[&str]| {
+        crate::support::run::stdout_ok(
+            tb.command(crate::support::theseus())
+                .arg("tenant")
+                .args(args),
+        )
+    };
+    let said = tenant_cli(&[
+        "create",
+        &b,
+        "--namespace",
+        &format!("{b}-ns"),
+        "--member",
+        &format!("User:{bob}"),
+        "--label",
+        &format!("{RUN_LABEL}={run}"),
+    ]);
+    assert!(said.contains(&format!("tenant {b} created")), "{said}");
     cleanup.add("tenant", &b);
     cleanup.add("tenant", &a);
     for t in [&a, &b] {
@@ -281,6 +297,21 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
     }
     let status = tenants.get(&a).await.unwrap().status.unwrap();
     assert_eq!(status.usage.nodes, 5);
+    let fields = |text: &str, first: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(first))
+            .unwrap_or_else(|| panic!("no line {first:?} in:\n{text}"))
+    };
+    let usage = tenant_cli(&["usage", &a]);
+    assert_eq!(fields(&usage, "nodes"), ["nodes", "5", "5"], "{usage}");
+    assert_eq!(
+        usage.lines().filter(|l| l.starts_with("Cluster ")).count(),
+        5,
+        "five clusters hold reservations: {usage}"
+    );
+    let list = tenant_cli(&["list"]);
+    assert_eq!(fields(&list, &a)[3], "5/5", "{list}");
     assert_eq!(status.summary.nodes.as_deref(), Some("5/5"));
     let exceeded = conditions::find(&status.conditions, "QuotaExceeded").cloned();
     eventually(
