@@ -37,7 +37,7 @@ enum TenantCommand {
         theseus tenant create blue --member User:ana --member Group:blue-devs --owner User:lee\n  \
         theseus tenant create blue --namespace blue-prod --namespace blue-dev --max-clusters 4 --max-nodes 20 --workers 4\n  \
         theseus tenant create blue --templates tier=standard --label team=blue --dry-run")]
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// One tenant's usage per quota, and what each cluster and instance
     /// holds.
     #[command(after_help = "Examples:\n  theseus tenant usage blue")]
