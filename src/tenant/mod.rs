@@ -15,6 +15,8 @@
 //! at the provider); once none is left, the bindings and namespaces go,
 //! then the finalizer.
 
+pub mod lease;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -102,6 +104,9 @@ impl Default for Config {
     }
 }
 
+/// The ResourceQuota of each namespace, when the tenant has a cpu or
+/// memory quota.
+const RESOURCE_QUOTA: &str = "theseus-tenant";
 /// The RoleBinding of the owners, in each namespace.
 const ADMINS_BINDING: &str = "theseus-tenant-admins";
 /// The RoleBinding of the members, in each namespace.
@@ -253,6 +258,9 @@ pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, 
         apply_namespace(&tenant, ns, &cx).await?;
     }
     apply_cluster_wide(&tenant, &cx).await?;
+    if let Some(l) = &tenant.spec.lease {
+        leases(&tenant, l, &held.clusters, &cx).await?;
+    }
     let templates =
         allowed::<ClusterTemplate>(&tenant, tenant.spec.catalog.templates.as_ref(), &cx).await?;
     let packages =
@@ -516,6 +524,30 @@ async fn apply_namespace(tenant: &Tenant, ns: &str, cx: &Context) -> Result<(), 
         .patch(ns, &apply, &Patch::Apply(&body))
         .await
         .map_err(write_err(&name, &format!("apply Namespace {ns}")))?;
+    // Pods and Deployments in the namespace: the tenant's cpu and memory
+    // bound their requests (each namespace's, as Kubernetes has no quota
+    // over namespaces; the nodes' are reserved by the operator).
+    let mut hard = serde_json::Map::new();
+    if let Some(cpu) = &tenant.spec.quotas.cpu {
+        hard.insert("requests.cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = &tenant.spec.quotas.memory {
+        hard.insert("requests.memory".into(), json!(memory));
+    }
+    if !hard.is_empty() {
+        let body = json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": { "name": RESOURCE_QUOTA, "namespace": ns, "labels": labels(tenant) },
+            "spec": { "hard": hard },
+        });
+        Api::<ResourceQuota>::namespaced(client.clone(), ns)
+            .patch(RESOURCE_QUOTA, &apply, &Patch::Apply(&body))
+            .await
+            .map_err(write_err(
+                &name,
+                &format!("apply ResourceQuota {ns}/{RESOURCE_QUOTA}"),
+            ))?;
+    }
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     for (binding, role, people) in [
         (ADMINS_BINDING, &cx.config.admin_role, &tenant.spec.owners),
@@ -534,6 +566,87 @@ async fn apply_namespace(tenant: &Tenant, ns: &str, cx: &Context) -> Result<(), 
                 &name,
                 &format!("apply RoleBinding {ns}/{binding}"),
             ))?;
+    }
+    Ok(())
+}
+
+/// Warns of the leases that end within [`lease::NOTICE`] (a Warning
+/// event on the cluster, and the annotation that says it was given) and
+/// deletes the clusters whose lease ended after a warning.
+async fn leases(
+    tenant: &Tenant,
+    l: &crate::api::Lease,
+    clusters: &[Cluster],
+    cx: &Context,
+) -> Result<(), Error> {
+    use kube::runtime::events::{Event, EventType};
+    let name = tenant.name_any();
+    let now = Timestamp::now();
+    for c in clusters
+        .iter()
+        .filter(|c| c.meta().deletion_timestamp.is_none())
+    {
+        let Some(created) = c.meta().creation_timestamp.as_ref().map(|t| t.0) else {
+            continue;
+        };
+        let annotations = c.annotations();
+        let verdict = lease::verdict(
+            created,
+            l,
+            annotations
+                .get(lease::EXTENDED_ANNOTATION)
+                .map(String::as_str),
+            annotations
+                .get(lease::WARNED_ANNOTATION)
+                .map(String::as_str),
+            now,
+        );
+        let ns = c.namespace().unwrap_or_default();
+        let api = Api::<Cluster>::namespaced(cx.shared.client.clone(), &ns);
+        let what = format!("Cluster {ns}/{}", c.name_any());
+        let (reason, note) = match &verdict {
+            lease::Verdict::Keep { .. } => continue,
+            lease::Verdict::Warn { end, note } => (
+                "LeaseExpiring",
+                format!(
+                    "tenant {name}'s lease of {what} ends at {end}: it is deleted then, unless extended (kubectl annotate -n {ns} cluster/{} {}=TIME --overwrite, at most {} days after its creation){}",
+                    c.name_any(),
+                    lease::EXTENDED_ANNOTATION,
+                    l.max_days.unwrap_or(l.initial_days),
+                    note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+                ),
+            ),
+            lease::Verdict::Delete { end } => (
+                "LeaseExpired",
+                format!("tenant {name}'s lease of {what} ended at {end}: deleting it"),
+            ),
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.clone()),
+            action: "Lease".into(),
+            secondary: None,
+        };
+        if let Err(err) = cx.recorder.publish(&event, &c.object_ref(&())).await {
+            warn!(error = %err, "cannot publish an event");
+        }
+        tracing::info!(tenant = %name, "{note}");
+        match verdict {
+            lease::Verdict::Warn { .. } => {
+                let patch = json!({ "metadata": { "annotations": {
+                    lease::WARNED_ANNOTATION: now.to_string(),
+                } } });
+                api.patch(
+                    &c.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(write_err(&name, &format!("mark {what}'s lease warned")))?;
+            }
+            _ => delete_one(&api, &c.name_any(), &name, &what).await?,
+        }
     }
     Ok(())
 }

@@ -386,6 +386,8 @@ async fn helm_install_creates_every_object_with_least_privilege_rbac() {
     ));
     assert!(!can("delete", "tenants.theseus.dev", &[]));
     assert!(can("delete", "clusters.theseus.dev", &["--all-namespaces"]));
+    assert!(can("create", "resourcequotas", &["--all-namespaces"]));
+    assert!(!can("delete", "resourcequotas", &["--all-namespaces"]));
     assert!(can(
         "bind",
         "clusterroles.rbac.authorization.k8s.io/theseus-app-admin",

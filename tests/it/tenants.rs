@@ -129,7 +129,7 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
         &run,
         &a,
         &alice,
-        "  catalog: {templates: {matchLabels: {tier: solo}}}\n  quotas: {nodes: 5}\n",
+        "  catalog: {templates: {matchLabels: {tier: solo}}}\n  quotas: {nodes: 5, cpu: '4'}\n",
     );
     let out = tb.kubectl_stdin(&["apply"], &a_yaml);
     assert!(out.status.success(), "{}", text(&out));
@@ -163,6 +163,17 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
         ]);
     }
     let (a_ns, b_ns) = (format!("{a}-ns"), format!("{b}-ns"));
+    // Its cpu quota bounds its pods' requests too.
+    let hard = tb.kubectl_ok(&[
+        "get",
+        "resourcequota",
+        "theseus-tenant",
+        "-n",
+        &a_ns,
+        "-o",
+        "jsonpath={.spec.hard.requests\\.cpu}",
+    ]);
+    assert_eq!(hard, "4");
 
     // Each tenant's user sees its own namespace and not the other's.
     let as_user = |user: &str, args: &[&str]| {
