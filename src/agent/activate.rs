@@ -272,6 +272,9 @@ pub struct Switcher {
     /// Reads the Secrets a target refers to, with the agent's identity;
     /// `None`: a target that refers to one is refused.
     pub secrets: Option<kube::Client>,
+    /// How often each service was started again after it was found not
+    /// running (reported by the local API).
+    pub restarts: super::observe::Restarts,
 }
 
 /// One switch request.
@@ -335,9 +338,26 @@ impl Switcher {
 
     /// Starts every service that is not running, in order.
     pub async fn ensure_running(&self, services: &[ServiceSpec]) -> Result<(), SwitchError> {
+        self.start_stopped(services, false).await
+    }
+
+    /// [`ensure_running`](Self::ensure_running) for the supervision of a
+    /// running set: each service started is counted as a restart.
+    pub async fn restart_stopped(&self, services: &[ServiceSpec]) -> Result<(), SwitchError> {
+        self.start_stopped(services, true).await
+    }
+
+    async fn start_stopped(
+        &self,
+        services: &[ServiceSpec],
+        restart: bool,
+    ) -> Result<(), SwitchError> {
         for svc in services {
             if !self.supervisor.is_running(svc).await {
                 tracing::info!(service = %svc.id, "not running, starting it");
+                if restart {
+                    self.restarts.bump(svc.name());
+                }
                 self.supervisor
                     .start(svc)
                     .await

@@ -2,7 +2,7 @@
 //! the node. `--address` when given; else the host's first non-loopback
 //! IPv4 address, found without a packet sent; else its host name.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
 /// An address of TEST-NET-1 (RFC 5737): nothing is ever sent to it, a UDP
 /// `connect` only asks the kernel which local address would be used.
@@ -20,6 +20,23 @@ pub fn resolve(flag: Option<&str>) -> Option<String> {
 /// default route), else its host name; `None` when neither is known.
 pub fn detect() -> Option<String> {
     outbound_ipv4().map(|ip| ip.to_string()).or_else(hostname)
+}
+
+/// Where the local API bound at `bound` answers, for `status.apiEndpoint`:
+/// its own address when it bound one, the node's `address` when it bound
+/// every address (`0.0.0.0`, `::`).
+pub fn api_endpoint(bound: SocketAddr, address: Option<&str>) -> String {
+    let host = match (bound.ip(), address) {
+        (ip, Some(address)) if ip.is_unspecified() => address.to_owned(),
+        (IpAddr::V6(ip), _) => format!("[{ip}]"),
+        (ip, _) => ip.to_string(),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("http://{host}:{}", bound.port())
 }
 
 /// Checks a `--address` value: not empty, no spaces or `/`.
@@ -80,6 +97,28 @@ mod tests {
         assert!(!usable(Ipv4Addr::LOCALHOST));
         assert!(!usable(Ipv4Addr::UNSPECIFIED));
         assert!(usable(Ipv4Addr::new(10, 0, 0, 7)));
+    }
+
+    #[test]
+    fn the_api_endpoint_is_the_bound_address_or_the_node_s() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            api_endpoint(at("127.0.0.1:41234"), Some("10.0.0.7")),
+            "http://127.0.0.1:41234"
+        );
+        assert_eq!(
+            api_endpoint(at("0.0.0.0:7070"), Some("10.0.0.7")),
+            "http://10.0.0.7:7070"
+        );
+        assert_eq!(
+            api_endpoint(at("[::]:7070"), Some("fd00::1")),
+            "http://[fd00::1]:7070"
+        );
+        assert_eq!(api_endpoint(at("[::1]:7070"), None), "http://[::1]:7070");
+        assert_eq!(
+            api_endpoint(at("0.0.0.0:7070"), None),
+            "http://0.0.0.0:7070"
+        );
     }
 
     #[test]

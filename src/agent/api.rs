@@ -1,6 +1,9 @@
 //! The node's local HTTP API, as the original module design had it:
 //! `GET /list.json`, `GET /active.json`, `POST /add`, `POST /remove`,
-//! `POST /activate`. It binds 127.0.0.1 by default and requires a bearer
+//! `POST /activate`; and what the services are doing: `GET /services.json`
+//! (each service's state, CPU, memory and restarts), `GET /logs/NAME`
+//! (the tail of a service's log, `?lines=N`) and `GET /metrics` (the same
+//! as Prometheus metrics). It binds 127.0.0.1 by default and requires a bearer
 //! token when bound elsewhere; it calls the same library as `theseus pkg`.
 //! `/add` and `/activate` follow the agent's trust configuration like a
 //! target does: an untrusted repository or index answers 403 with reason
@@ -9,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +27,8 @@ use crate::pkg::accepted::AcceptedVersions;
 use crate::pkg::trust::{self, Grant, Policy};
 use crate::pkg::{FetchOptions, Fetcher, PackageId, RootError};
 
+use super::activate::Switcher;
+use super::observe;
 use super::root::{NodeRoot, blocking};
 use super::trust::UNTRUSTED;
 
@@ -118,6 +123,19 @@ pub struct ApiState {
     pub policy: Arc<Policy>,
     /// The highest index version accepted from each repository.
     pub versions: AcceptedVersions,
+    /// What `/services.json`, `/logs/NAME` and `/metrics` report on;
+    /// `None` answers them 503.
+    pub services: Option<Services>,
+}
+
+/// The node's services, as the observation endpoints read them.
+#[derive(Clone)]
+pub struct Services {
+    /// The node's name, a label of every metric.
+    pub node: String,
+    /// The agent's switcher: the active set's services, their
+    /// supervisor and restart counts.
+    pub switcher: Switcher,
 }
 
 /// The router.
@@ -129,6 +147,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/add", post(add))
         .route("/remove", post(remove))
         .route("/activate", post(activate))
+        .route("/services.json", get(services))
+        .route("/logs/{service}", get(logs))
+        .route("/metrics", get(metrics))
         .layer(auth)
         .with_state(state)
 }
@@ -354,5 +375,92 @@ async fn activate(State(state): State<ApiState>, Json(body): Json<ActivateBody>)
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent loop stopped before answering".into(),
         ),
+    }
+}
+
+/// The active set's services and what they run as, or the answer to give.
+async fn active_services(
+    state: &ApiState,
+) -> Result<(&Services, Vec<super::service::ServiceSpec>), Response> {
+    let Some(services) = &state.services else {
+        return Err(failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this agent does not report its services".into(),
+        ));
+    };
+    match services.switcher.active_services().await {
+        Ok(specs) => Ok((services, specs)),
+        Err(e) => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn report(state: &ApiState) -> Result<(String, observe::ServicesReport), Response> {
+    let (services, specs) = active_services(state).await?;
+    let switcher = &services.switcher;
+    let report = observe::report(&specs, switcher.supervisor.as_ref(), &switcher.restarts).await;
+    Ok((services.node.clone(), report))
+}
+
+async fn services(State(state): State<ApiState>) -> Response {
+    match report(&state).await {
+        Ok((_, report)) => Json(report).into_response(),
+        Err(answer) => answer,
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match report(&state).await {
+        Ok((node, report)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            observe::prometheus(&node, &report),
+        )
+            .into_response(),
+        Err(answer) => answer,
+    }
+}
+
+/// The query of `GET /logs/NAME`.
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+/// The body of `GET /logs/NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogTail {
+    /// The service.
+    pub service: String,
+    /// Its log's last lines, oldest first.
+    pub lines: Vec<String>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path(service): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    let (_, specs) = match active_services(&state).await {
+        Ok(ok) => ok,
+        Err(answer) => return answer,
+    };
+    // Only a service of the active set: the name never becomes a path.
+    let Some(spec) = specs.into_iter().find(|s| s.name() == service) else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            format!("{service} is not a service of this node's active set"),
+        );
+    };
+    let lines = query.lines.unwrap_or(observe::DEFAULT_LINES);
+    let path = spec.log_file.clone();
+    match tokio::task::spawn_blocking(move || observe::tail(&path, lines)).await {
+        Ok(Ok(lines)) => Json(LogTail { service, lines }).into_response(),
+        Ok(Err(e)) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading {}: {e}", spec.log_file.display()),
+        ),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod chores;
 pub mod health;
 pub mod hooks;
+pub mod observe;
 pub mod reconcile;
 pub mod register;
 pub mod root;
@@ -134,7 +135,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = api::bind(args.listen).await?;
     let root_path = args.root.clone();
     let root = tokio::task::spawn_blocking(move || Root::open(&root_path)).await??;
-    let (client, ni, reporter) = register_node(&args, &labels).await?;
+    let bound = listener.local_addr()?;
+    let (client, ni, reporter) = register_node(&args, &labels, bound).await?;
     let stop = CancellationToken::new();
     let (desired_tx, desired_rx) = watch::channel(Desired::of(&ni));
     let (activate_tx, activate_rx) = mpsc::channel(4);
@@ -146,6 +148,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         fetch: switcher.fetch.clone(),
         policy: switcher.policy.clone(),
         versions: switcher.versions.clone(),
+        services: Some(api::Services {
+            node: args.node_name.clone(),
+            switcher: switcher.clone(),
+        }),
     });
     let tick = Duration::from_secs(args.heartbeat_seconds);
     let hooks = hooks::Hooks::new(&switcher.root, &switcher.env, &reporter);
@@ -223,6 +229,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn register_node(
     args: &AgentArgs,
     labels: &BTreeMap<String, String>,
+    api: SocketAddr,
 ) -> anyhow::Result<(Client, NodeInstall, Reporter)> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!(
@@ -230,10 +237,12 @@ async fn register_node(
         )
     })?;
     let ni = register::register(&client, &args.node_name, labels).await?;
+    let address = address::resolve(args.address.as_deref());
     let status = NodeInstallStatus {
         agent_version: Some(env!("CARGO_PKG_VERSION").into()),
         instance_id: args.instance_id.clone(),
-        address: address::resolve(args.address.as_deref()),
+        api_endpoint: Some(address::api_endpoint(api, address.as_deref())),
+        address,
         ..ni.status.clone().unwrap_or_default()
     };
     Ok((client, ni, Reporter::new(status)))
@@ -288,6 +297,7 @@ fn switcher(
         fetch: FetchOptions::default(),
         policy,
         secrets: Some(client.clone()),
+        restarts: observe::Restarts::default(),
     }
 }
 

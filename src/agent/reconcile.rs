@@ -193,7 +193,7 @@ impl Agent {
                 return self.report(phase, e.to_string(), false, desired).await;
             }
         };
-        let mut health = self.switcher.ensure_running(&services).await;
+        let mut health = self.switcher.restart_stopped(&services).await;
         for _ in 0..=SUPERVISE_RETRIES {
             health = match health {
                 Ok(()) => self.switcher.healthy_once(&services).await,
@@ -203,7 +203,7 @@ impl Agent {
                 break;
             }
             tokio::time::sleep(super::activate::PROBE_INTERVAL).await;
-            health = self.switcher.ensure_running(&services).await;
+            health = self.switcher.restart_stopped(&services).await;
         }
         let previous = self.reporter.snapshot();
         if action != Action::HoldFailed {

@@ -79,6 +79,12 @@ pub trait Supervisor: Send + Sync {
     fn stop<'a>(&'a self, svc: &'a ServiceSpec) -> BoxFuture<'a, Result<(), SupervisorError>>;
     /// Whether `svc` runs.
     fn is_running<'a>(&'a self, svc: &'a ServiceSpec) -> BoxFuture<'a, bool>;
+    /// The main process of `svc` when it runs (what its CPU and memory are
+    /// measured from); `None` when unknown.
+    fn main_pid<'a>(&'a self, svc: &'a ServiceSpec) -> BoxFuture<'a, Option<u32>> {
+        let _ = svc;
+        Box::pin(async { None })
+    }
 }
 
 /// Runs each service as a child process in its own process group, with
@@ -202,6 +208,14 @@ impl Supervisor for ProcessSupervisor {
         Box::pin(async move {
             self.recorded(svc.name())
                 .is_some_and(|(_, id)| id == svc.id.to_string())
+        })
+    }
+
+    fn main_pid<'a>(&'a self, svc: &'a ServiceSpec) -> BoxFuture<'a, Option<u32>> {
+        Box::pin(async move {
+            self.recorded(svc.name())
+                .filter(|(_, id)| *id == svc.id.to_string())
+                .map(|(pid, _)| pid)
         })
     }
 }
@@ -354,6 +368,20 @@ impl Supervisor for SystemdSupervisor {
                 }
             }
             true
+        })
+    }
+
+    fn main_pid<'a>(&'a self, svc: &'a ServiceSpec) -> BoxFuture<'a, Option<u32>> {
+        Box::pin(async move {
+            let name = Self::unit_names(svc).ok()?.into_iter().next()?;
+            let out = tokio::process::Command::new(&self.systemctl)
+                .args(["show", "--property", "MainPID", "--value", &name])
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .ok()?;
+            let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            (pid > 0).then_some(pid)
         })
     }
 }

@@ -474,6 +474,12 @@ pub struct NodeInstallStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 
+    /// Where the agent's local HTTP API answers (`http://HOST:PORT`), as
+    /// it reports it: the operator's dashboard reads the node's services,
+    /// their metrics and log tails there, with the fleet's agent token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
+
     /// Package ids unpacked on the node (active or not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cached: Vec<String>,

@@ -37,6 +37,11 @@ pub struct DashboardArgs {
     /// The discovery etcd, for the services page.
     #[command(flatten)]
     pub discovery: crate::discovery::EtcdArgs,
+
+    /// The bearer token of the agents' local API (their --api-token), for
+    /// a node's services and logs; the agents must be reachable from here.
+    #[arg(long, env = "THESEUS_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
 }
 
 /// Runs `theseus dashboard` until interrupted.
@@ -54,7 +59,8 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         &args.namespace,
         args.selector.clone(),
         (!args.no_discovery).then(|| args.discovery.config()),
-    );
+    )
+    .with_agent_token(args.agent_token.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -1,7 +1,6 @@
 //! `theseus tenant`: list tenants with their usage against quota, create
 //! one, and show one tenant's usage and reservations.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Context;
@@ -217,39 +216,12 @@ fn list_table(tenants: &[Tenant]) -> String {
 /// Per quota: used and limit; then each reservation.
 fn usage_table(t: &Tenant) -> String {
     let st = t.status.clone().unwrap_or_default();
-    let q = &t.spec.quotas;
-    let limit = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
-    let quantity = |v: &Option<Quantity>| v.as_ref().map_or("-".to_owned(), |q| q.0.clone());
-    let u = &st.usage;
-    let mut rows = vec![
-        ["QUOTA".to_owned(), "USED".to_owned(), "LIMIT".to_owned()],
-        ["clusters".into(), u.clusters.to_string(), limit(q.clusters)],
-        ["nodes".into(), u.nodes.to_string(), limit(q.nodes)],
-        ["cpu".into(), format!("{}m", u.cpu_millis), quantity(&q.cpu)],
-        [
-            "memory".into(),
-            u.memory_bytes.to_string(),
-            quantity(&q.memory),
-        ],
-        [
-            "appInstances".into(),
-            u.app_instances.to_string(),
-            limit(q.app_instances),
-        ],
-    ];
-    let classes: BTreeMap<&String, i64> = q
-        .nodes_per_class
-        .keys()
-        .chain(u.nodes_per_class.keys())
-        .map(|c| (c, u.nodes_per_class.get(c).copied().unwrap_or(0)))
-        .collect();
-    for (class, used) in classes {
-        rows.push([
-            format!("nodesPerClass[{class}]"),
-            used.to_string(),
-            limit(q.nodes_per_class.get(class).copied()),
-        ]);
-    }
+    let mut rows = vec![["QUOTA".to_owned(), "USED".to_owned(), "LIMIT".to_owned()]];
+    rows.extend(
+        crate::quota::usage_rows(&t.spec.quotas, &st.usage)
+            .into_iter()
+            .map(|r| [r.quota, r.used, r.limit]),
+    );
     let mut out = columns(&rows);
     out.push('\n');
     let mut held = vec![[

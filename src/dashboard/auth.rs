@@ -344,6 +344,7 @@ pub async fn whoami(client: &Client) -> Result<String, kube::Error> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Access {
     pub verb: &'static str,
+    /// The resource, or `RESOURCE/SUBRESOURCE`.
     pub group: &'static str,
     pub resource: &'static str,
     pub namespace: Option<String>,
@@ -354,12 +355,18 @@ pub struct Access {
 /// An error counts as no: the button is hidden, and the API server would
 /// refuse the change anyway.
 pub async fn can(client: &Client, access: &Access) -> bool {
+    // `RESOURCE/SUBRESOURCE`, as RBAC rules write it (`nodeinstalls/log`).
+    let (resource, subresource) = match access.resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_owned())),
+        None => (access.resource, None),
+    };
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 verb: Some(access.verb.to_owned()),
                 group: Some(access.group.to_owned()),
-                resource: Some(access.resource.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
                 namespace: access.namespace.clone(),
                 name: access.name.clone(),
                 ..Default::default()

@@ -28,6 +28,7 @@ struct ClusterPage {
     name: String,
     summary: String,
     layout: String,
+    dag: String,
     tasks: String,
 }
 
@@ -47,6 +48,7 @@ pub async fn show(
             chrome: Chrome::new(&session, Some(&view)),
             summary: rendered.panel("cluster-summary"),
             layout: rendered.rows("layout"),
+            dag: rendered.panel("plan-dag"),
             tasks: rendered.rows("tasks"),
             name,
         }),
@@ -142,6 +144,111 @@ struct NewPage {
     chrome: Chrome,
     namespace: String,
     templates: Vec<TemplateChoice>,
+    fields: String,
+}
+
+/// The part of the create form a template decides: its size range, the
+/// services it may run (its defaults checked), its node classes, and one
+/// field per configuration key it declares (its default filled in); with
+/// no template, free fields.
+#[derive(Template, Default)]
+#[template(path = "dashboard/cluster_fields.html")]
+pub struct TemplateFields {
+    pub template: String,
+    /// Why the template's fields cannot be shown.
+    pub problem: String,
+    pub size: String,
+    pub min: i32,
+    pub max: i32,
+    pub sizes: String,
+    /// Service, and whether it is checked.
+    pub services: Vec<(String, bool)>,
+    pub classes: Vec<String>,
+    pub default_class: String,
+    /// Key and value.
+    pub config: Vec<(String, String)>,
+}
+
+impl TemplateFields {
+    /// The fields of template `name` (resolved through its parent and
+    /// includes), keeping what `form` already holds.
+    pub fn of(templates: &[ClusterTemplate], name: &str, form: &ClusterForm) -> Self {
+        let mut fields = TemplateFields {
+            template: name.to_owned(),
+            size: form.size.map(|s| s.to_string()).unwrap_or_default(),
+            min: 1,
+            max: 10_000,
+            ..Default::default()
+        };
+        if name.is_empty() {
+            return fields;
+        }
+        let catalog = Catalog::of(&[], &[], templates);
+        let spec = match crate::layout::resolve::resolve(&catalog, name) {
+            Ok(spec) => spec,
+            Err(findings) => {
+                fields.problem = findings
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return fields;
+            }
+        };
+        fields.min = spec.constraints.size.min.unwrap_or(1);
+        fields.max = spec.constraints.size.max.unwrap_or(10_000);
+        fields.sizes = templates
+            .iter()
+            .find(|t| t.name_any() == name)
+            .and_then(|t| t.status.as_ref())
+            .map(|s| s.feasible_sizes.join(", "))
+            .unwrap_or_default();
+        let chosen: Vec<&String> = if form.services.is_empty() {
+            spec.defaults.services.iter().collect()
+        } else {
+            form.services.iter().collect()
+        };
+        fields.services = spec
+            .compatibility
+            .services
+            .iter()
+            .map(|s| (s.clone(), chosen.contains(&s)))
+            .collect();
+        fields.classes = spec.compatibility.node_classes.clone();
+        fields.default_class = spec.defaults.node_class.clone().unwrap_or_default();
+        fields.config = spec
+            .defaults
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), form.config.get(k).unwrap_or(v).clone()))
+            .collect();
+        fields
+    }
+}
+
+/// `GET /ui/clusters/fields?template=T&…`: the create form's fields for
+/// template T, keeping the values the rest of the query carries.
+pub async fn fields(
+    State(_dashboard): State<Dashboard>,
+    session: Session,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let form = ClusterForm::parse(&query);
+    let templates = match Api::<ClusterTemplate>::all(session.client.clone())
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(err) => return api_error(&session, "ClusterTemplates", &err),
+    };
+    match TemplateFields::of(&templates, &form.template, &form).render() {
+        Ok(html) => axum::response::Html(html).into_response(),
+        Err(err) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "refused",
+            &err.to_string(),
+        ),
+    }
 }
 
 /// The query of the create page.
@@ -165,9 +272,13 @@ pub async fn new_form(
         Ok(list) => list.items,
         Err(err) => return api_error(&session, "ClusterTemplates", &err),
     };
+    let fields = TemplateFields::of(&templates, "", &ClusterForm::default())
+        .render()
+        .unwrap_or_default();
     page(NewPage {
         chrome: Chrome::new(&session, None),
         namespace: query.namespace.unwrap_or_else(|| "default".to_owned()),
+        fields,
         templates: templates
             .iter()
             .filter(|t| !t.spec.partial)
@@ -196,7 +307,9 @@ pub struct ClusterForm {
 }
 
 impl ClusterForm {
-    /// The form's fields; `config` is one `KEY=VALUE` per line.
+    /// The form's fields: `services` a list (commas, spaces or lines) or
+    /// one checkbox `service.NAME` each; `config` one `KEY=VALUE` per line,
+    /// and `config.KEY` fields (a template's keys) win over its lines.
     pub fn parse(fields: &BTreeMap<String, String>) -> Self {
         let field = |k: &str| {
             fields
@@ -204,7 +317,13 @@ impl ClusterForm {
                 .map(|v| v.trim().to_owned())
                 .unwrap_or_default()
         };
-        Self {
+        let prefixed = |prefix: &'static str| {
+            fields
+                .iter()
+                .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.trim())))
+                .filter(|(k, _)| !k.is_empty())
+        };
+        let mut form = Self {
             namespace: field("namespace"),
             name: field("name"),
             template: field("template"),
@@ -222,7 +341,15 @@ impl ClusterForm {
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .filter(|(k, _)| !k.is_empty())
                 .collect(),
-        }
+        };
+        form.services.extend(
+            prefixed("service.")
+                .filter(|(_, on)| *on == "on")
+                .map(|(s, _)| s.to_owned()),
+        );
+        form.config
+            .extend(prefixed("config.").map(|(k, v)| (k.to_owned(), v.to_owned())));
+        form
     }
 
     /// The Cluster it describes.
@@ -429,5 +556,77 @@ mod tests {
             json!({ "template": "web", "size": 3, "services": ["web", "db"], "config": { "region": "eu", "size": "large" } })
         );
         let _: Cluster = serde_json::from_value(cluster).expect("a Cluster");
+    }
+
+    #[test]
+    fn a_template_decides_the_form_s_fields_and_they_become_the_spec() {
+        let templates: Vec<ClusterTemplate> = serde_json::from_value(json!([
+            { "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterTemplate",
+              "metadata": { "name": "base" },
+              "spec": { "partial": true, "defaults": { "config": { "region": "eu", "tier": "gold" } } } },
+            { "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterTemplate",
+              "metadata": { "name": "shop" },
+              "spec": {
+                "includes": ["base"],
+                "compatibility": { "services": ["web", "db", "cache"], "nodeClasses": ["small", "large"] },
+                "defaults": { "services": ["web", "db"], "nodeClass": "small" },
+                "constraints": { "size": { "min": 2, "max": 8 } } },
+              "status": { "feasibleSizes": ["2-8"] } }
+        ]))
+        .unwrap();
+        let form = ClusterForm {
+            size: Some(5),
+            config: [("tier".to_owned(), "silver".to_owned())].into(),
+            ..ClusterForm::default()
+        };
+        let fields = TemplateFields::of(&templates, "shop", &form);
+        assert_eq!((fields.min, fields.max, fields.size.as_str()), (2, 8, "5"));
+        assert_eq!(
+            fields.services,
+            [
+                ("web".into(), true),
+                ("db".into(), true),
+                ("cache".into(), false)
+            ]
+        );
+        assert_eq!(fields.classes, ["small", "large"]);
+        assert_eq!(
+            fields.config,
+            [
+                ("region".into(), "eu".into()),
+                ("tier".into(), "silver".into())
+            ],
+            "the included template's keys, what the form held kept"
+        );
+        let html = fields.render().unwrap();
+        assert!(html.contains(r#"name="service.cache""#), "{html}");
+        assert!(
+            html.contains(r#"name="config.region" value="eu""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"min="2" max="8""#), "{html}");
+        let unknown = TemplateFields::of(&templates, "nope", &form);
+        assert!(unknown.problem.contains("nope"), "{}", unknown.problem);
+
+        // What the browser sends back.
+        let sent: BTreeMap<String, String> = [
+            ("namespace", "team"),
+            ("name", "shop-1"),
+            ("template", "shop"),
+            ("size", "4"),
+            ("service.web", "on"),
+            ("service.cache", "on"),
+            ("config.region", "us"),
+            ("config", "extra=1\nregion=ignored"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let form = ClusterForm::parse(&sent);
+        assert_eq!(form.services, ["cache", "web"]);
+        assert_eq!(
+            form.cluster()["spec"]["config"],
+            json!({ "extra": "1", "region": "us" })
+        );
     }
 }

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use super::Dashboard;
+use super::nodes::{self, AgentView, Agents};
 use super::views::{self, Allowed, Fragment, Rendered, Snapshot, Source, View};
 use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
@@ -69,6 +70,7 @@ impl LiveQuery {
                 namespace: self.namespace.clone().filter(|n| !n.is_empty())?,
                 name: name()?,
             }),
+            "node" => Some(View::Node { name: name()? }),
             "kind" => {
                 let plural = self.plural.clone()?;
                 super::columns::by_plural(&plural)?;
@@ -87,6 +89,7 @@ pub fn containers(view: &View) -> &'static [&'static str] {
         View::NodePool { .. } => &["instances"],
         View::Kind { .. } => &["objects"],
         View::Cluster { .. } => &["layout", "tasks"],
+        View::Node { .. } => &["services"],
     }
 }
 
@@ -99,7 +102,7 @@ pub async fn stream(
     let Some(view) = query.view() else {
         return (
             axum::http::StatusCode::BAD_REQUEST,
-            "unknown view: use view=fleet, packageset&name=…, nodepool&name=… or kind&plural=…\n",
+            "unknown view: use view=fleet, packageset&name=…, nodepool&name=…, cluster&namespace=…&name=…, node&name=… or kind&plural=…\n",
         )
             .into_response();
     };
@@ -136,6 +139,8 @@ struct Watches {
     plans: Option<Store<ClusterPlan>>,
     /// Rung after every change.
     changed: Arc<Notify>,
+    /// What the node's agent said last (a node's page).
+    agent: Arc<std::sync::Mutex<Option<AgentView>>>,
     /// Becomes true when the API server refuses the credential.
     refused: watch::Receiver<bool>,
     /// The watch tasks, aborted when the stream ends.
@@ -164,6 +169,7 @@ impl Watches {
             objects: None,
             clusters: None,
             plans: None,
+            agent: Arc::default(),
             changed: changed.clone(),
             refused,
             tasks: Vec::new(),
@@ -214,6 +220,13 @@ impl Watches {
                     watches.plans = Some(store);
                     watches.tasks.push(task);
                 }
+                Source::Node(name) => {
+                    let config =
+                        watcher::Config::default().fields(&format!("metadata.name={name}"));
+                    let (store, task) = reflect(Api::all(client.clone()), config, (), ctx);
+                    watches.nodes = Some(store);
+                    watches.tasks.push(task);
+                }
             }
         }
         watches
@@ -260,7 +273,37 @@ impl Watches {
             objects: items(&self.objects),
             clusters: items(&self.clusters),
             plans: items(&self.plans),
+            agent: self.agent.lock().expect("agent view lock").clone(),
         }
+    }
+
+    /// Reads the node's agent now and every [`nodes::POLL`], keeping what
+    /// it said and ringing `changed` when that changed.
+    fn poll_agent(&mut self, agents: Agents) {
+        let (Some(nodes), agent, changed) =
+            (self.nodes.clone(), self.agent.clone(), self.changed.clone())
+        else {
+            return;
+        };
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let node = nodes.state().first().cloned();
+                let read = match node {
+                    Some(node) => agents.read(&node).await,
+                    None => AgentView::Unavailable("no such node".to_owned()),
+                };
+                let fresh = {
+                    let mut last = agent.lock().expect("agent view lock");
+                    let fresh = last.as_ref() != Some(&read);
+                    *last = Some(read);
+                    fresh
+                };
+                if fresh {
+                    changed.notify_one();
+                }
+                tokio::time::sleep(nodes::POLL).await;
+            }
+        }));
     }
 }
 
@@ -325,6 +368,13 @@ async fn run(
     if !watches.ready().await {
         let _ = tx.send(Ok(login_event())).await;
         return;
+    }
+    if matches!(view, View::Node { .. }) && allowed.logs {
+        // The first read before the first update: the page shows services.
+        watches.poll_agent(dashboard.agents().clone());
+        tokio::time::timeout(nodes::TIMEOUT * 2, watches.changed.notified())
+            .await
+            .ok();
     }
     let mut sent = views::render(&view, &watches.snapshot(), &allowed);
     if tx

@@ -21,6 +21,7 @@ mod clusters;
 pub mod columns;
 pub mod forms;
 pub mod live;
+pub mod nodes;
 mod pages;
 pub mod views;
 
@@ -53,6 +54,8 @@ struct Inner {
     discovery: Option<crate::discovery::EtcdConfig>,
     /// Its tree, connected on first use and kept.
     tree: tokio::sync::OnceCell<crate::discovery::Tree>,
+    /// Reads nodes' agents (a node's services and logs).
+    agents: nodes::Agents,
 }
 
 impl Dashboard {
@@ -71,8 +74,22 @@ impl Dashboard {
                 selector,
                 discovery,
                 tree: tokio::sync::OnceCell::new(),
+                agents: nodes::Agents::new(None),
             }),
         }
+    }
+
+    /// The same dashboard reading nodes' agents with `token` (the agents'
+    /// `--api-token`; `None` for agents on loopback without one).
+    pub fn with_agent_token(mut self, token: Option<String>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the dashboard is shared")
+            .agents = nodes::Agents::new(token);
+        self
+    }
+
+    pub(crate) fn agents(&self) -> &nodes::Agents {
+        &self.inner.agents
     }
 
     pub(crate) fn auth(&self) -> &auth::Auth {
@@ -123,6 +140,7 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/ui/nodepools/{name}/scale", post(pages::scale))
         .route("/ui/clusters/new", get(clusters::new_form))
         .route("/ui/clusters/preview", post(clusters::preview))
+        .route("/ui/clusters/fields", get(clusters::fields))
         .route("/ui/clusters", post(clusters::create))
         .route("/ui/clusters/{namespace}/{name}", get(clusters::show))
         .route(
@@ -138,6 +156,7 @@ pub fn router(dashboard: Dashboard) -> Router {
             get(forms::edit_form).post(forms::apply),
         )
         .route("/ui/services", get(pages::services))
+        .route("/ui/nodes/{name}", get(pages::node))
         .route("/ui/kinds/{plural}", get(pages::kind_list))
         .route("/ui/kinds/{plural}/{name}", get(pages::object))
         .route(

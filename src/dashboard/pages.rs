@@ -110,7 +110,10 @@ pub(super) async fn load(
         ),
         Allowed::check(&session.client, view, dashboard.namespace())
     );
-    let snapshot = snapshot?;
+    let mut snapshot = snapshot?;
+    if let (View::Node { .. }, true, Some(node)) = (view, allowed.logs, snapshot.nodes.first()) {
+        snapshot.agent = Some(dashboard.agents().read(node).await);
+    }
     Ok(Loaded {
         rendered: views::render(view, &snapshot, &allowed),
         snapshot,
@@ -358,6 +361,56 @@ struct ObjectPage {
     kind: String,
     name: String,
     yaml: String,
+    /// `status.phase`, if the object has one.
+    phase: String,
+    /// `status.conditions` as badges.
+    badges: Vec<views::Badge>,
+    /// A tenant's quotas.
+    usage: Vec<QuotaLine>,
+}
+
+/// A tenant's quota on its page: quota, used, limit, percent used (empty
+/// without a limit), and whether it is at or over its limit.
+pub(super) type QuotaLine = (String, String, String, String, bool);
+
+/// What an object's page shows above its YAML: its phase, its conditions
+/// and, for a Tenant, its usage against each quota.
+pub(super) fn object_summary(
+    kind: &str,
+    object: &DynamicObject,
+) -> (String, Vec<views::Badge>, Vec<QuotaLine>) {
+    let status = object.data.get("status");
+    let phase = status
+        .and_then(|s| s.get("phase"))
+        .and_then(|p| p.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let usage = match (
+        kind,
+        serde_json::to_value(object).map(serde_json::from_value),
+    ) {
+        ("Tenant", Ok(Ok(tenant))) => {
+            let tenant: crate::api::Tenant = tenant;
+            let used = tenant.status.unwrap_or_default().usage;
+            crate::quota::usage_rows(&tenant.spec.quotas, &used)
+                .into_iter()
+                .map(|r| {
+                    let percent = r
+                        .fraction
+                        .map(|f| format!("{:.0}", (f * 100.0).min(100.0)))
+                        .unwrap_or_default();
+                    let over = r.fraction.is_some_and(|f| f >= 1.0);
+                    (r.quota, r.used, r.limit, percent, over)
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    (phase, views::badges(&conditions), usage)
 }
 
 /// `GET /ui/kinds/PLURAL/NAME`: a cluster-scoped object as YAML.
@@ -409,8 +462,12 @@ async fn show_object(
                 (true, Some(ns)) => format!("/ui/edit/{plural}?namespace={ns}&name={name}"),
                 (true, None) => format!("/ui/edit/{plural}?name={name}"),
             };
+            let (phase, badges, usage) = object_summary(&kind.kind, &object);
             page(ObjectPage {
                 chrome: Chrome::new(session, None),
+                phase,
+                badges,
+                usage,
                 edit,
                 kind: kind.kind.clone(),
                 name: name.to_owned(),
@@ -900,4 +957,31 @@ pub async fn scale(
         &format!("scale NodePool {name}"),
     )
     .await
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/node.html")]
+struct NodePage {
+    chrome: Chrome,
+    summary: String,
+    services: String,
+    logs: String,
+}
+
+/// `GET /ui/nodes/NAME`.
+pub async fn node(
+    State(dashboard): State<Dashboard>,
+    session: Session,
+    Path(name): Path<String>,
+) -> Response {
+    let view = View::Node { name: name.clone() };
+    match load(&dashboard, &session, &view).await {
+        Ok(Loaded { rendered, .. }) => page(NodePage {
+            chrome: Chrome::new(&session, Some(&view)),
+            summary: rendered.panel("node-summary"),
+            services: rendered.rows("services"),
+            logs: rendered.panel("node-logs"),
+        }),
+        Err(err) => api_error(&session, &format!("NodeInstall {name}"), &err),
+    }
 }

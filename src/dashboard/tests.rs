@@ -411,3 +411,155 @@ async fn the_discovery_tree_is_shown_only_where_the_user_may_get_service_groups(
     let (_, filtered, _) = send(&groups("team-a"), get("/ui/services?labels=us")).await;
     assert!(filtered.contains("No ServiceGroups match."), "{filtered}");
 }
+
+#[test]
+fn a_plan_is_drawn_as_its_dag_by_level_with_an_edge_per_dependency() {
+    use super::views::PlanDag;
+    let tasks: Vec<crate::api::Task> = serde_json::from_value(json!([
+        { "id": "n0/createNode", "node": "n0", "action": "createNode" },
+        { "id": "n0/db/install", "node": "n0", "service": "db", "action": "install", "after": ["n0/createNode"] },
+        { "id": "n1/createNode", "node": "n1", "action": "createNode" },
+        { "id": "n1/app/start", "node": "n1", "service": "app", "action": "start",
+          "after": ["n1/createNode", "n0/db/install"] }
+    ]))
+    .unwrap();
+    let state = |id: &str| {
+        if id.ends_with("createNode") {
+            "Succeeded".to_owned()
+        } else if id.ends_with("install") {
+            "Running".to_owned()
+        } else {
+            "Pending".to_owned()
+        }
+    };
+    let dag = PlanDag::of(&tasks, &state);
+    let at: Vec<(usize, usize, &str)> = dag
+        .boxes
+        .iter()
+        .map(|b| (b.x, b.y, b.label.as_str()))
+        .collect();
+    // Level 0: both createNodes; 1: the install; 2: the start (it waits
+    // for the install).
+    assert_eq!(
+        at,
+        [
+            (0, 0, "CreateNode"),
+            (0, 44, "CreateNode"),
+            (196, 0, "Install db"),
+            (392, 0, "Start app")
+        ]
+    );
+    assert_eq!(dag.edges.len(), 3, "one edge per dependency");
+    assert_eq!(
+        dag.edges.iter().filter(|(_, done)| *done).count(),
+        2,
+        "edges from finished tasks are drawn done"
+    );
+    assert_eq!((dag.width, dag.height), (542, 78));
+    let svg = askama::Template::render(&dag).unwrap();
+    assert!(svg.contains(r#"class="task state-Running""#), "{svg}");
+    assert!(
+        svg.contains("<title>n1/app/start on n1: Pending</title>"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn a_node_s_services_and_logs_show_only_to_users_who_may_read_them() {
+    use super::nodes::AgentView;
+    use super::views::{Allowed, Snapshot, View, render};
+    use crate::agent::observe::ServiceReport;
+    use crate::api::NodeInstall;
+    let node: NodeInstall = serde_json::from_value(serde_json::json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+        "metadata": {"name": "n1"},
+        "spec": {},
+        "status": {"phase": "Active", "address": "10.0.0.7",
+                   "apiEndpoint": "http://127.0.0.1:7070"}
+    }))
+    .unwrap();
+    let snapshot = Snapshot {
+        nodes: vec![std::sync::Arc::new(node)],
+        agent: Some(AgentView::Read {
+            services: vec![ServiceReport {
+                name: "web".into(),
+                id: "web--1.0".into(),
+                running: true,
+                pid: Some(42),
+                processes: 2,
+                cpu_seconds: 1.25,
+                memory_bytes: 3 * 1024 * 1024,
+                restarts: 1,
+            }],
+            logs: vec![("web".into(), vec!["listening on <8080>".into()])],
+        }),
+        ..Snapshot::default()
+    };
+    let view = View::Node { name: "n1".into() };
+    let reader = Allowed {
+        logs: true,
+        ..Allowed::default()
+    };
+    let out = render(&view, &snapshot, &reader);
+    let row = out.rows("services");
+    assert!(row.contains("web--1.0") && row.contains("1.25") && row.contains("3.0 MiB"));
+    let logs = out.panel("node-logs");
+    assert!(
+        logs.contains("listening on &#60;8080&#62;"),
+        "escaped: {logs}"
+    );
+    assert!(out.panel("node-summary").contains("10.0.0.7"));
+
+    let out = render(&view, &snapshot, &Allowed::default());
+    assert_eq!(out.rows("services"), "", "no services without access");
+    let logs = out.panel("node-logs");
+    assert!(!logs.contains("listening"), "{logs}");
+    assert!(logs.contains("nodeinstalls/log"), "{logs}");
+}
+
+#[test]
+fn an_object_s_page_shows_its_phase_conditions_and_a_tenant_s_usage_against_quota() {
+    use super::pages::object_summary;
+    let tenant: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "Tenant",
+        "metadata": { "name": "team-a" },
+        "spec": { "quotas": { "nodes": 5, "cpu": "4", "nodesPerClass": { "small": 2 } } },
+        "status": {
+            "usage": { "clusters": 2, "nodes": 5, "cpuMillis": 1500, "nodesPerClass": { "small": 1 } },
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "Ready", "message": "ok",
+                             "lastTransitionTime": "2026-12-04T10:00:00Z" }]
+        }
+    }))
+    .unwrap();
+    let (phase, badges, usage) = object_summary("Tenant", &tenant);
+    assert_eq!(phase, "");
+    assert_eq!(badges.len(), 1);
+    let row = |q: &str| usage.iter().find(|u| u.0 == q).cloned().unwrap();
+    assert_eq!(
+        row("nodes"),
+        ("nodes".into(), "5".into(), "5".into(), "100".into(), true),
+        "at its limit"
+    );
+    assert_eq!(
+        row("cpu"),
+        ("cpu".into(), "1500m".into(), "4".into(), "38".into(), false)
+    );
+    assert_eq!(
+        row("clusters"),
+        ("clusters".into(), "2".into(), "-".into(), "".into(), false),
+        "no limit, no bar"
+    );
+    assert_eq!(row("nodesPerClass[small]").3, "50");
+
+    let instance: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "AppInstance",
+        "metadata": { "name": "shop", "namespace": "team-a" },
+        "spec": {}, "status": { "phase": "Running" }
+    }))
+    .unwrap();
+    let (phase, badges, usage) = object_summary("AppInstance", &instance);
+    assert_eq!(
+        (phase.as_str(), badges.len(), usage.len()),
+        ("Running", 0, 0)
+    );
+}

@@ -15,6 +15,7 @@ use kube::{Client, ResourceExt};
 
 use super::auth::{self, Access};
 use super::columns::{self, Kind};
+use super::nodes::AgentView;
 use crate::api::conditions;
 use crate::api::{Cluster, ClusterPlan, NodeInstall, NodePool, PackageSet, PlanPhase, Task};
 use crate::shared::halt::{HALT_CONFIGMAP, Halt};
@@ -40,6 +41,8 @@ pub enum View {
     Kind { plural: String },
     /// A Cluster: its layout and its current plan, task by task.
     Cluster { namespace: String, name: String },
+    /// A node: its NodeInstall, its services and their logs.
+    Node { name: String },
 }
 
 /// What a view reads.
@@ -54,6 +57,8 @@ pub enum Source {
     Cluster(String, String),
     /// The ClusterPlans of a namespace.
     ClusterPlans(String),
+    /// The NodeInstall `name`.
+    Node(String),
 }
 
 impl View {
@@ -77,6 +82,7 @@ impl View {
                 Source::Cluster(namespace.clone(), name.clone()),
                 Source::ClusterPlans(namespace.clone()),
             ],
+            View::Node { name } => vec![Source::Node(name.clone())],
         }
     }
 
@@ -109,6 +115,7 @@ impl View {
                 enc(namespace),
                 enc(name)
             ),
+            View::Node { name } => format!("view=node&name={}", enc(name)),
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Snapshot {
     pub objects: Vec<Arc<DynamicObject>>,
     pub clusters: Vec<Arc<Cluster>>,
     pub plans: Vec<Arc<ClusterPlan>>,
+    /// What a node's agent said (a node's page, when the user may read it).
+    pub agent: Option<AgentView>,
 }
 
 /// What the user may do on a page: the buttons shown.
@@ -132,6 +141,8 @@ pub struct Allowed {
     pub pause: bool,
     pub scale: bool,
     pub approve: bool,
+    /// Read a node's services and logs (`get` on `nodeinstalls/log`).
+    pub logs: bool,
 }
 
 impl Allowed {
@@ -177,8 +188,18 @@ impl Allowed {
                     name: None,
                 }),
             ),
-            View::Kind { .. } => (None, None),
+            View::Kind { .. } | View::Node { .. } => (None, None),
             View::Cluster { namespace, .. } => (Some(patch("clusters", namespace)), None),
+        };
+        let logs = match view {
+            View::Node { name } => Some(Access {
+                verb: "get",
+                group: "theseus.dev",
+                resource: "nodeinstalls/log",
+                namespace: None,
+                name: Some(name.clone()),
+            }),
+            _ => None,
         };
         let wants_halt = matches!(view, View::Fleet | View::PackageSet { .. });
         let ask = |a: Option<Access>| async move {
@@ -187,17 +208,19 @@ impl Allowed {
                 None => false,
             }
         };
-        let (halt, pause, scale, approve) = futures::join!(
+        let (halt, pause, scale, approve, logs) = futures::join!(
             ask(wants_halt.then_some(halt)),
             ask(pause),
             ask(scale),
-            ask(approve)
+            ask(approve),
+            ask(logs)
         );
         Self {
             halt,
             pause,
             scale,
             approve,
+            logs,
         }
     }
 }
@@ -273,6 +296,14 @@ pub async fn load(
                     .items
                     .into_iter()
                     .map(Arc::new)
+                    .collect();
+            }
+            Source::Node(name) => {
+                snapshot.nodes = Api::<NodeInstall>::all(client.clone())
+                    .get_opt(&name)
+                    .await?
+                    .map(Arc::new)
+                    .into_iter()
                     .collect();
             }
         }
@@ -447,6 +478,7 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
                     "packagesets" => format!("/ui/packagesets/{name}"),
                     "nodepools" => format!("/ui/nodepools/{name}"),
                     "clusters" => format!("/ui/clusters/{key}"),
+                    "nodeinstalls" => format!("/ui/nodes/{name}"),
                     _ => format!("/ui/kinds/{}/{key}", kind.plural),
                 };
                 out.push(
@@ -470,8 +502,150 @@ pub fn render(view: &View, snapshot: &Snapshot, allowed: &Allowed) -> Rendered {
         View::Cluster { namespace, name } => {
             render_cluster(&mut out, namespace, name, snapshot, allowed)
         }
+        View::Node { name } => render_node(&mut out, name, snapshot, allowed),
     }
     out
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/node_summary.html")]
+pub struct NodeSummary {
+    pub name: String,
+    pub found: bool,
+    pub phase: String,
+    pub package_set: String,
+    pub active: String,
+    pub target: String,
+    pub message: String,
+    pub address: String,
+    pub endpoint: String,
+    pub agent: String,
+    pub instance: String,
+    pub heartbeat: String,
+    pub badges: Vec<Badge>,
+    pub hooks: Vec<HookLine>,
+}
+
+/// One hook the node ran for a plan.
+pub struct HookLine {
+    pub task: String,
+    pub state: String,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/service_row.html")]
+pub struct ServiceRow {
+    pub id: String,
+    pub name: String,
+    pub package: String,
+    pub running: bool,
+    pub pid: String,
+    pub processes: u32,
+    pub cpu: String,
+    pub memory: String,
+    pub restarts: u64,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/node_logs.html")]
+pub struct LogsPanel {
+    /// Why there are no logs to show, if so.
+    pub note: String,
+    pub logs: Vec<(String, String)>,
+}
+
+/// The fragments of a node's page: its NodeInstall, and its services and
+/// their logs (read from its agent) for users who may read them.
+fn render_node(out: &mut Rendered, name: &str, snapshot: &Snapshot, allowed: &Allowed) {
+    let node = snapshot
+        .nodes
+        .iter()
+        .find(|n| n.name_any() == name)
+        .map(AsRef::as_ref);
+    out.push("node-summary".into(), None, summary(name, node));
+    let note = if !allowed.logs {
+        format!(
+            "You may not read this node's services and logs (get on nodeinstalls/log, node {name})."
+        )
+    } else {
+        match &snapshot.agent {
+            None => "Reading the node's agent…".to_owned(),
+            Some(AgentView::Unavailable(why)) => why.clone(),
+            Some(AgentView::Read { .. }) => String::new(),
+        }
+    };
+    let (services, logs) = match (&snapshot.agent, allowed.logs) {
+        (Some(AgentView::Read { services, logs }), true) => (services.as_slice(), logs.as_slice()),
+        _ => (&[][..], &[][..]),
+    };
+    for s in services {
+        let id = element_id("svc", &s.name);
+        out.push(
+            id.clone(),
+            Some("services"),
+            ServiceRow {
+                id,
+                name: s.name.clone(),
+                package: s.id.clone(),
+                running: s.running,
+                pid: s.pid.map(|p| p.to_string()).unwrap_or_default(),
+                processes: s.processes,
+                cpu: format!("{:.2}", s.cpu_seconds),
+                memory: format!("{:.1} MiB", s.memory_bytes as f64 / (1024.0 * 1024.0)),
+                restarts: s.restarts,
+            },
+        );
+    }
+    out.push(
+        "node-logs".into(),
+        None,
+        LogsPanel {
+            note,
+            logs: logs
+                .iter()
+                .map(|(service, lines)| (service.clone(), lines.join("\n")))
+                .collect(),
+        },
+    );
+}
+
+fn summary(name: &str, node: Option<&NodeInstall>) -> NodeSummary {
+    let status = node.and_then(|n| n.status.clone()).unwrap_or_default();
+    let target = node.and_then(|n| n.spec.target.as_ref());
+    let text = |v: Option<String>| v.unwrap_or_default();
+    NodeSummary {
+        name: name.to_owned(),
+        found: node.is_some(),
+        phase: format!("{:?}", status.phase),
+        package_set: text(target.map(|t| t.package_set.clone())),
+        active: status.active.join(", "),
+        target: text(target.map(|t| t.set_hash.chars().take(10).collect())),
+        message: [status.reason.clone(), status.message.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": "),
+        address: text(status.address.clone()),
+        endpoint: text(status.api_endpoint.clone()),
+        agent: text(status.agent_version.clone()),
+        instance: text(status.instance_id.clone()),
+        heartbeat: status
+            .heartbeat
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        badges: badges(&status.conditions),
+        hooks: status
+            .tasks
+            .iter()
+            .map(|t| HookLine {
+                task: t.id.clone(),
+                state: format!("{:?}", t.state),
+                message: t.message.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
 }
 
 /// The fragments of a Cluster's page.
@@ -525,12 +699,25 @@ fn render_cluster(
             },
         );
     }
-    let Some(plan) = plan else { return };
+    let Some(plan) = plan else {
+        out.push("plan-dag".into(), None, PlanDag::default());
+        return;
+    };
     let states: BTreeMap<&str, &crate::api::TaskStatus> = plan_status
         .tasks
         .iter()
         .map(|t| (t.id.as_str(), t))
         .collect();
+    out.push(
+        "plan-dag".into(),
+        None,
+        PlanDag::of(&plan.spec.tasks, &|id| {
+            states
+                .get(id)
+                .map(|s| format!("{:?}", s.state))
+                .unwrap_or_else(|| "Pending".into())
+        }),
+    );
     for (level, task) in levels(&plan.spec.tasks) {
         let state = states.get(task.id.as_str());
         out.push(
@@ -551,6 +738,82 @@ fn render_cluster(
                 error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
             },
         );
+    }
+}
+
+/// A plan drawn as its DAG: a column per level, a box per task coloured
+/// by its state, an edge from each task to each one waiting for it.
+#[derive(Template, Default)]
+#[template(path = "dashboard/plan_dag.html")]
+pub struct PlanDag {
+    pub width: usize,
+    pub height: usize,
+    pub boxes: Vec<DagBox>,
+    /// SVG path data of each edge, and whether the task it leads from is
+    /// done.
+    pub edges: Vec<(String, bool)>,
+}
+
+/// One task's box in a [`PlanDag`].
+pub struct DagBox {
+    pub x: usize,
+    pub y: usize,
+    pub label: String,
+    pub title: String,
+    pub state: String,
+}
+
+impl PlanDag {
+    /// Box size and the gaps between boxes, in pixels.
+    const W: usize = 150;
+    const H: usize = 34;
+    const GAP_X: usize = 46;
+    const GAP_Y: usize = 10;
+
+    /// The DAG of `tasks`, `state` giving each task's state by id.
+    pub fn of(tasks: &[Task], state: &dyn Fn(&str) -> String) -> Self {
+        let mut rows: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut at: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let mut dag = PlanDag::default();
+        for (level, task) in levels(tasks) {
+            let row = rows.entry(level).or_default();
+            let (x, y) = (
+                level * (Self::W + Self::GAP_X),
+                *row * (Self::H + Self::GAP_Y),
+            );
+            *row += 1;
+            at.insert(task.id.as_str(), (x, y));
+            let action = format!("{:?}", task.action);
+            dag.boxes.push(DagBox {
+                x,
+                y,
+                label: match &task.service {
+                    Some(service) => format!("{action} {service}"),
+                    None => action,
+                },
+                title: format!("{} on {}", task.id, task.node),
+                state: state(&task.id),
+            });
+            dag.width = dag.width.max(x + Self::W);
+            dag.height = dag.height.max(y + Self::H);
+        }
+        for task in tasks {
+            let Some(&(x2, y2)) = at.get(task.id.as_str()) else {
+                continue;
+            };
+            for before in &task.after {
+                let Some(&(x1, y1)) = at.get(before.as_str()) else {
+                    continue;
+                };
+                let (x1, y1, y2) = (x1 + Self::W, y1 + Self::H / 2, y2 + Self::H / 2);
+                let mid = (x1 + x2) / 2;
+                dag.edges.push((
+                    format!("M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"),
+                    state(before) == "Succeeded",
+                ));
+            }
+        }
+        dag
     }
 }
 

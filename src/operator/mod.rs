@@ -161,6 +161,13 @@ pub struct OperatorArgs {
     #[arg(long, env = "THESEUS_UI_AUTH", value_enum, default_value = "token")]
     pub ui_auth: UiAuth,
 
+    /// The bearer token of the agents' local API (their --api-token): the
+    /// dashboard reads a node's services, metrics and log tails from its
+    /// agent at the endpoint the agent reports. Not needed for agents that
+    /// listen on loopback without a token.
+    #[arg(long, env = "THESEUS_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+
     /// The names of the cluster-wide objects tenants are bound to:
     /// ClusterRoles PREFIX-admin (owners), PREFIX-user (members) and
     /// PREFIX-catalog (both, cluster-wide), and the
@@ -331,6 +338,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                     args.selector.clone(),
                     (!args.no_discovery).then(|| args.discovery.config()),
                 )
+                .with_agent_token(args.agent_token.clone())
             }),
         },
     );

@@ -270,6 +270,86 @@ pub fn with_reservation(
     next
 }
 
+/// One quota of a tenant as people read it: used against its limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRow {
+    /// `clusters`, `nodes`, `cpu`, `memory`, `appInstances` or
+    /// `nodesPerClass[CLASS]`.
+    pub quota: String,
+    pub used: String,
+    /// `-` for no limit.
+    pub limit: String,
+    /// Used ÷ limit, when there is a limit.
+    pub fraction: Option<f64>,
+}
+
+/// Every quota of `quotas` (and every node class used) with its usage.
+pub fn usage_rows(quotas: &Quotas, usage: &Usage) -> Vec<UsageRow> {
+    let row = |quota: String, used: i64, shown: String, limit: Option<i64>, limit_shown: String| {
+        UsageRow {
+            quota,
+            used: shown,
+            fraction: limit.map(|l| if l > 0 { used as f64 / l as f64 } else { 1.0 }),
+            limit: limit.map_or_else(|| "-".to_owned(), |_| limit_shown),
+        }
+    };
+    let count = |quota: &str, used: i64, limit: Option<i64>| {
+        row(
+            quota.to_owned(),
+            used,
+            used.to_string(),
+            limit,
+            limit.map(|l| l.to_string()).unwrap_or_default(),
+        )
+    };
+    let text = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.as_ref().map(|q| q.0.clone()).unwrap_or_default()
+    };
+    let cpu = quotas
+        .cpu
+        .as_ref()
+        .and_then(|q| crate::layout::quantity::milli(&q.0))
+        .map(|v| v as i64);
+    let memory = quotas
+        .memory
+        .as_ref()
+        .and_then(|q| crate::layout::quantity::units(&q.0))
+        .map(|v| v as i64);
+    let mut rows = vec![
+        count("clusters", usage.clusters, quotas.clusters),
+        count("nodes", usage.nodes, quotas.nodes),
+        row(
+            "cpu".into(),
+            usage.cpu_millis,
+            format!("{}m", usage.cpu_millis),
+            cpu,
+            text(&quotas.cpu),
+        ),
+        row(
+            "memory".into(),
+            usage.memory_bytes,
+            usage.memory_bytes.to_string(),
+            memory,
+            text(&quotas.memory),
+        ),
+        count("appInstances", usage.app_instances, quotas.app_instances),
+    ];
+    let classes: BTreeMap<&String, i64> = quotas
+        .nodes_per_class
+        .keys()
+        .chain(usage.nodes_per_class.keys())
+        .map(|c| (c, usage.nodes_per_class.get(c).copied().unwrap_or(0)))
+        .collect();
+    for (class, used) in classes {
+        rows.push(count(
+            &format!("nodesPerClass[{class}]"),
+            used,
+            quotas.nodes_per_class.get(class).copied(),
+        ));
+    }
+    rows
+}
+
 /// Usage against quota, as the printer columns show it.
 pub fn summary(quotas: &Quotas, usage: &Usage) -> UsageSummary {
     let of = |used: i64, limit: Option<i64>| {

@@ -274,10 +274,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, 
         .into_iter()
         .collect();
     let now = Timestamp::now();
-    let mut observed = Vec::new();
-    let previous = tenant.status.clone().unwrap_or_default();
-    let written = quota::update(&tenants, &name, &format!("Tenant {name}"), |current, st| {
-        let before = st.clone();
+    write_status(&tenants, &tenant, &cx, |current, st| {
         // Reservations of objects that are gone (deleted while no
         // operator ran) are released; others were made since the read
         // and stay.
@@ -292,10 +289,36 @@ pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, 
         st.app_packages = packages.clone();
         st.usage = quota::total(&st.reservations);
         st.summary = quota::summary(&current.spec.quotas, &st.usage);
-        observed = conditions(current, st, &refused);
+        conditions(current, st, &refused)
+    })
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The conditions whose status differs between two statuses, as they
+/// are in `after`.
+/// Writes a Tenant's status (through [`quota::update`], the one writer
+/// of it): `change` edits the status read with the tenant and returns the
+/// conditions it observes, merged in at `now`; then an event is recorded
+/// for each condition whose status changed.
+async fn write_status<F>(
+    tenants: &Api<Tenant>,
+    tenant: &Tenant,
+    cx: &Context,
+    mut change: F,
+) -> Result<(), quota::ReserveError>
+where
+    F: FnMut(&Tenant, &mut TenantStatus) -> Vec<Observed<'static>>,
+{
+    let name = tenant.name_any();
+    let now = Timestamp::now();
+    let previous = tenant.status.clone().unwrap_or_default();
+    let written = quota::update(tenants, &name, &format!("Tenant {name}"), |current, st| {
+        let before = st.clone();
+        let observed = change(current, st);
         status::merge(
             &mut st.conditions,
-            observed.clone(),
+            observed,
             current.metadata.generation,
             now,
         );
@@ -305,13 +328,15 @@ pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, 
     let after = written
         .and_then(|t| t.status)
         .unwrap_or_else(|| previous.clone());
-    let changed = changed_conditions(&previous, &after);
-    status::publish(&cx.recorder, &tenant.object_ref(&()), &changed).await;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    status::publish(
+        &cx.recorder,
+        &tenant.object_ref(&()),
+        &changed_conditions(&previous, &after),
+    )
+    .await;
+    Ok(())
 }
 
-/// The conditions whose status differs between two statuses, as they
-/// are in `after`.
 fn changed_conditions(
     before: &TenantStatus,
     after: &TenantStatus,
@@ -770,29 +795,8 @@ async fn delete(
     } else {
         "done; removing the finalizer".to_owned()
     };
-    let now = Timestamp::now();
-    let previous = tenant.status.clone().unwrap_or_default();
     let observed = vec![Observed::new(DELETING, true, "Deleting", message)];
-    let written = quota::update(&tenants, &name, &format!("Tenant {name}"), |current, st| {
-        let before = st.clone();
-        status::merge(
-            &mut st.conditions,
-            observed.clone(),
-            current.metadata.generation,
-            now,
-        );
-        Ok(*st != before)
-    })
-    .await?;
-    let after = written
-        .and_then(|t| t.status)
-        .unwrap_or_else(|| previous.clone());
-    status::publish(
-        &cx.recorder,
-        &tenant.object_ref(&()),
-        &changed_conditions(&previous, &after),
-    )
-    .await;
+    write_status(&tenants, tenant, cx, |_, _| observed.clone()).await?;
     if left > 0 || !remaining_namespaces.is_empty() {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }

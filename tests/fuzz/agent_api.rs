@@ -198,6 +198,7 @@ fn app(root: NodeRoot, root_dir: &std::path::Path) -> axum::Router {
             .unwrap(),
         ),
         versions: theseus::pkg::accepted::AcceptedVersions::under(root_dir),
+        services: None,
     })
 }
 

@@ -370,6 +370,18 @@ async fn an_admin_watches_a_rollout_live_and_halts_every_set_seen_in_a_second_pa
             vec![json!(template)],
         )
         .await;
+    // The template decides the form's fields: its services as checkboxes,
+    // its default checked.
+    first
+        .wait_until(
+            LIVE,
+            "the template's fields",
+            &format!(
+                "document.querySelector('#template-fields[data-template=\"{template}\"] input[name=\"service.{run}-app\"]:checked') !== null",
+                run = rig.run
+            ),
+        )
+        .await;
     first
         .find("input[name=size]")
         .await
@@ -712,6 +724,19 @@ async fn the_create_page_previews_layouts_and_creates_the_cluster_with_the_api_s
         new.contains(&format!(r#"<option value="{template}">{template}"#)),
         "{new}"
     );
+    // The template decides the form's fields, keeping what was typed.
+    let (status, fields) = get_page(
+        &router,
+        &format!("/ui/clusters/fields?template={template}&size=6&name=lab"),
+    )
+    .await;
+    assert_eq!(status, 200, "{fields}");
+    assert!(
+        fields.contains(&format!(r#"data-template="{template}""#))
+            && fields.contains(&format!(r#"name="service.{}-app" checked"#, ns.name))
+            && fields.contains(r#"value="6""#),
+        "{fields}"
+    );
     let (status, page) = get_page(&router, &format!("/ui/clusters/{}/lab", ns.name)).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&format!("Cluster {}/lab", ns.name)), "{page}");
@@ -798,4 +823,169 @@ async fn a_schema_form_creates_and_edits_an_object_with_the_api_servers_errors_b
     assert_eq!(classes.get(&name).await.unwrap().spec.cost, 5);
 
     let _ = classes.delete(&name, &DeleteParams::default()).await;
+}
+
+/// A real agent running the demo web service, its API behind a token; the
+/// dashboard (in this process, served on loopback as the testbed's admin,
+/// as `theseus dashboard` does) shows the node's page in a real browser.
+#[tokio::test]
+async fn a_node_s_page_shows_its_services_metrics_and_log_tail_live_from_its_agent() {
+    use crate::support::agents::{Agent, Repo, demo_set, set_target, until_active};
+    use theseus::api::NodeInstall;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(tb) = crate::support::testbed() else {
+        return;
+    };
+    crate::support::apply_crds(&tb);
+    let client = tb.client().await;
+    let repo = Repo::demo();
+    let token = format!("agent-token-{:08x}", rand::random::<u32>());
+    let mut agent = Agent::start_with(
+        &tb,
+        "dash-node",
+        "",
+        &repo.trust_args(),
+        None,
+        &["--api-token".to_owned(), token.clone()],
+    );
+    let nodes: Api<NodeInstall> = Api::all(client.clone());
+    crate::support::eventually(Duration::from_secs(60), "the node registered", || {
+        let nodes = nodes.clone();
+        let node = agent.node.clone();
+        async move {
+            let endpoint = nodes
+                .get_opt(&node)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|n| n.status)
+                .and_then(|s| s.api_endpoint);
+            endpoint.ok_or_else(|| "no apiEndpoint yet".to_owned())
+        }
+    })
+    .await;
+    let hash = set_target(&nodes, &agent.node, &demo_set("1.0.0"), &repo.url, 30).await;
+    until_active(&nodes, &agent.node, &hash).await;
+
+    // The agent's own API: its services and metrics, only with the token.
+    let api = nodes.get(&agent.node).await.unwrap();
+    let endpoint = api.status.unwrap().api_endpoint.unwrap();
+    assert_eq!(endpoint, format!("http://127.0.0.1:{}", agent.api_port));
+    let http = reqwest::Client::new();
+    let refused = http
+        .get(format!("{endpoint}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let metrics = http
+        .get(format!("{endpoint}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let up = format!(
+        "theseus_service_up{{node=\"{}\",service=\"demo-web\",package=\"demo-web--1.0.0\"}} 1",
+        agent.node
+    );
+    assert!(metrics.contains(&up), "{metrics}");
+
+    // The dashboard, reading agents with the token.
+    let serve = |token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let dashboard = theseus::dashboard::Dashboard::new(
+                theseus::dashboard::Mode::Kubeconfig {
+                    client,
+                    csrf_key: [5u8; 32],
+                },
+                "default",
+                None,
+                None,
+            )
+            .with_agent_token(token);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let server = tokio::spawn(async move {
+                axum::serve(listener, theseus::dashboard::router(dashboard))
+                    .await
+                    .unwrap();
+            });
+            (base, server)
+        }
+    };
+    let (base, server) = serve(Some(token.clone())).await;
+    let page = browser.new_session().await;
+    page.goto(&format!("{base}/ui/nodes/{}", agent.node)).await;
+    let row = "#svc-demo-web";
+    page.wait_until(
+        LIVE,
+        "the service running, with its memory",
+        &format!(
+            "document.querySelector('{row}') !== null
+             && document.querySelector('{row}').textContent.includes('running')
+             && !document.querySelector('{row} .memory').textContent.startsWith('0.0')"
+        ),
+    )
+    .await;
+    mark(&page).await;
+
+    // A request to the service is logged by it; the page shows the line.
+    let probe = format!("dashboard-probe-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let _ = reqwest::get(format!("http://127.0.0.1:{}/{probe}", agent.port)).await;
+    page.wait_until(
+        LIVE,
+        "the service's new log line",
+        &format!(
+            "document.querySelector('pre.log[data-service=\"demo-web\"]') !== null
+             && document.querySelector('pre.log[data-service=\"demo-web\"]').textContent.includes('{probe}')"
+        ),
+    )
+    .await;
+    page.screenshot(&screenshot_path("node")).await;
+
+    // The service killed: the agent starts it again and the page counts it.
+    assert_eq!(page.text(&format!("{row} .restarts")).await.trim(), "0");
+    let pid: i32 = page
+        .text(&format!("{row} td:nth-child(4)"))
+        .await
+        .trim()
+        .parse()
+        .expect("a pid on the page");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    page.wait_until(
+        LIVE,
+        "one restart counted, the service running again",
+        &format!(
+            "document.querySelector('{row} .restarts').textContent.trim() === '1'
+             && document.querySelector('{row}').textContent.includes('running')"
+        ),
+    )
+    .await;
+    assert!(unreloaded(&page).await, "the page was never reloaded");
+    page.close().await;
+    server.abort();
+
+    // A dashboard without the agents' token says so, and shows no service.
+    let (base, server) = serve(None).await;
+    let html = reqwest::get(format!("{base}/ui/nodes/{}", agent.node))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("--agent-token"), "{html}");
+    assert!(!html.contains("svc-demo-web"), "{html}");
+    server.abort();
+
+    agent.stop();
+    crate::support::agents::delete(&nodes, &agent.node).await;
 }

@@ -28,10 +28,12 @@ fn release_name() -> String {
     )
 }
 
-/// The chart's tenant roles and admission policy for `release`, applied
+/// The chart's tenant roles and admission policy for a release of this
+/// test's own ([`release_name`]), applied
 /// (and deleted by `cleanup` when the test ends); returns the prefix to
 /// give the operator (`--tenant-prefix`).
-fn apply_tenant_objects(tb: &TestbedEnv, release: &str, cleanup: &mut Cleanup) -> String {
+fn apply_tenant_objects(tb: &TestbedEnv, cleanup: &mut Cleanup) -> String {
+    let release = &release_name();
     let prefix = format!("{release}-tenant");
     for template in [
         "templates/tenant-roles.yaml",
@@ -46,6 +48,30 @@ fn apply_tenant_objects(tb: &TestbedEnv, release: &str, cleanup: &mut Cleanup) -
     }
     cleanup.add("validatingadmissionpolicy", &prefix);
     prefix
+}
+
+/// The testbed, the tenant objects of a release of the test's own (deleted
+/// by the returned cleanup; their prefix) and a shop whose operator uses them; `None`
+/// where the testbed is missing (outside `CI`).
+async fn tenant_shop(name: &str) -> Option<(TestbedEnv, Cleanup, String, Shop)> {
+    let tb = crate::support::testbed()?;
+    let mut cleanup = Cleanup::new(&tb);
+    let prefix = apply_tenant_objects(&tb, &mut cleanup);
+    let shop = Shop::start_with(name, &["--tenant-prefix", &prefix]).await?;
+    Some((tb, cleanup, prefix, shop))
+}
+
+/// Waits for each tenant's `Ready` condition (its namespaces and
+/// bindings made).
+fn wait_ready(tb: &TestbedEnv, tenants: &[&str]) {
+    for t in tenants {
+        tb.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("tenant/{t}"),
+            "--timeout=60s",
+        ]);
+    }
 }
 
 /// A template of the shop's store alone, of 1 to 10 nodes, labeled `tier`.
@@ -110,13 +136,7 @@ async fn admitted(clusters: &Api<Cluster>) -> BTreeMap<String, (String, String, 
 #[tokio::test]
 async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_deleted_tenant_leaves_nothing()
  {
-    let Some(tb) = crate::support::testbed() else {
-        return;
-    };
-    let mut cleanup = Cleanup::new(&tb);
-    let release = release_name();
-    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
-    let Some(shop) = Shop::start_with("tenant", &["--tenant-prefix", &prefix]).await else {
+    let Some((tb, mut cleanup, prefix, shop)) = tenant_shop("tenant").await else {
         return;
     };
     let run = shop.run.clone();
@@ -154,14 +174,7 @@ async fn twenty_concurrent_creates_never_overrun_a_quota_of_five_nodes_and_a_del
     assert!(said.contains(&format!("tenant {b} created")), "{said}");
     cleanup.add("tenant", &b);
     cleanup.add("tenant", &a);
-    for t in [&a, &b] {
-        tb.kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("tenant/{t}"),
-            "--timeout=60s",
-        ]);
-    }
+    wait_ready(&tb, &[&a, &b]);
     let (a_ns, b_ns) = (format!("{a}-ns"), format!("{b}-ns"));
     // Its cpu quota bounds its pods' requests too.
     let hard = tb.kubectl_ok(&[
@@ -446,13 +459,7 @@ async fn max_running(
 
 #[tokio::test]
 async fn one_worker_serialises_a_tenant_s_plan_tasks_while_another_tenant_s_run_in_parallel() {
-    let Some(tb) = crate::support::testbed() else {
-        return;
-    };
-    let mut cleanup = Cleanup::new(&tb);
-    let release = release_name();
-    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
-    let Some(shop) = Shop::start_with("tenant-workers", &["--tenant-prefix", &prefix]).await else {
+    let Some((tb, mut cleanup, _, shop)) = tenant_shop("tenant-workers").await else {
         return;
     };
     let run = shop.run.clone();
@@ -465,14 +472,7 @@ async fn one_worker_serialises_a_tenant_s_plan_tasks_while_another_tenant_s_run_
     assert!(out.status.success(), "{}", text(&out));
     cleanup.add("tenant", &many);
     cleanup.add("tenant", &one);
-    for t in [&one, &many] {
-        tb.kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("tenant/{t}"),
-            "--timeout=60s",
-        ]);
-    }
+    wait_ready(&tb, &[&one, &many]);
     let hooklog = shop.hooklog.to_str().unwrap().to_owned();
     let (one_ns, many_ns) = (format!("{one}-ns"), format!("{many}-ns"));
     let shop_cluster = |name: &str| {
@@ -538,8 +538,7 @@ async fn deleting_a_tenant_terminates_its_ec2_instances_and_leaves_another_tenan
     };
     let tb = rig.tb.clone();
     let mut cleanup = Cleanup::new(&tb);
-    let release = release_name();
-    let prefix = apply_tenant_objects(&tb, &release, &mut cleanup);
+    let prefix = apply_tenant_objects(&tb, &mut cleanup);
     let run = rig.run.clone();
     let mut operator = crate::support::fleet::Operator::start_with(
         &tb,
@@ -591,14 +590,7 @@ spec:
     assert!(out.status.success(), "{}", text(&out));
     cleanup.add("tenant", &kept);
     cleanup.add("tenant", &gone);
-    for t in [&gone, &kept] {
-        tb.kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("tenant/{t}"),
-            "--timeout=60s",
-        ]);
-    }
+    wait_ready(&tb, &[&gone, &kept]);
     let cluster = |size: i32| {
         format!(
             "apiVersion: theseus.dev/v1alpha1

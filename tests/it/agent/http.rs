@@ -90,6 +90,7 @@ fn app(root: NodeRoot, token: Option<&str>, managed: bool, trust: TrustConfig) -
         activate: tx,
         fetch: FetchOptions::default(),
         policy: Arc::new(trust.policy("test").unwrap()),
+        services: None,
     })
 }
 
@@ -418,6 +419,7 @@ async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
         policy: policy.clone(),
         versions: AcceptedVersions::under(&root_path),
         secrets: None,
+        restarts: Default::default(),
     };
     let (tx, _rx) = mpsc::channel(1);
     let app = api::router(ApiState {
@@ -427,6 +429,7 @@ async fn reads_answer_promptly_while_an_activation_is_stuck_fetching() {
         activate: tx,
         fetch,
         policy,
+        services: None,
     });
     let ids = vec!["demo-config--1.0.0".parse().unwrap()];
     let request = Request {
