@@ -89,6 +89,31 @@ pub struct ClusterSpec {
     pub strategy: Strategy,
 }
 
+/// The part of a Cluster's spec the layout is solved for.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRequest {
+    /// How many nodes.
+    pub size: i32,
+    /// The services asked for (empty: the template's defaults).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// The node class asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_class: Option<String>,
+}
+
+impl ClusterRequest {
+    /// What `spec` asks for.
+    pub fn of(spec: &ClusterSpec) -> Self {
+        Self {
+            size: spec.size,
+            services: spec.services.clone(),
+            node_class: spec.node_class.clone(),
+        }
+    }
+}
+
 /// Whether a plan waits for approval.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum PlanApproval {
@@ -197,6 +222,12 @@ pub struct ClusterStatus {
     /// The configuration the nodes run with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub applied_config: BTreeMap<String, String>,
+
+    /// What the spec asked for (size, services, node class) when the
+    /// applied layout was solved: what a rollback of a stopped plan puts
+    /// back (`theseus cluster rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_request: Option<ClusterRequest>,
 
     /// The ClusterPlan running now, or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

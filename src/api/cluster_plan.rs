@@ -63,6 +63,13 @@ pub struct ClusterPlanSpec {
     /// and rolls back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inverse: Vec<Task>,
+    /// What the Cluster's spec asked for when the plan was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<super::ClusterRequest>,
+    /// What it asked for when `from` was solved, if known: with
+    /// `fromConfig`, the spec a rollback of the stopped plan puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_request: Option<super::ClusterRequest>,
 }
 
 /// Where a plan stands.

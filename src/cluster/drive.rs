@@ -23,8 +23,8 @@ use super::execute::{self, Desired, NodeView, World};
 use super::{Context, Error};
 use crate::api::conditions::{Observed, types};
 use crate::api::{
-    Cluster, ClusterPlan, ClusterPlanSpec, ClusterPlanStatus, LayoutNode, NodeInstall, NodePool,
-    NodeTarget, Operation, PackageRepository, PlanApproval, PlanPhase,
+    Cluster, ClusterPlan, ClusterPlanSpec, ClusterPlanStatus, ClusterRequest, LayoutNode,
+    NodeInstall, NodePool, NodeTarget, Operation, PackageRepository, PlanApproval, PlanPhase,
 };
 use crate::layout::Catalog;
 use crate::shared::status;
@@ -322,6 +322,7 @@ fn absorb(st: &mut crate::api::ClusterStatus, last: Option<&ClusterPlan>) {
         st.applied_layout = plan.spec.to.clone();
         st.applied_config = plan.spec.config.clone();
         st.applied_hash = Some(hash_of(&plan.spec.to, &plan.spec.config));
+        st.applied_request = plan.spec.request.clone();
     }
 }
 
@@ -433,6 +434,8 @@ async fn start_plan(
             )));
         }
     };
+    // A create starts from nothing: there is no spec to put back.
+    let from_request = st.applied_request.clone().filter(|_| !from.is_empty());
     let spec = ClusterPlanSpec {
         cluster: cluster.name_any(),
         operation,
@@ -442,6 +445,8 @@ async fn start_plan(
         config: plan_config,
         from_config,
         inverse: back.tasks,
+        request: Some(ClusterRequest::of(&cluster.spec)),
+        from_request,
     };
     let mut plan = ClusterPlan::new(&name, spec);
     plan.metadata = ObjectMeta {

@@ -846,6 +846,8 @@ mod tests {
             config: BTreeMap::new(),
             from_config: BTreeMap::new(),
             inverse: back.tasks,
+            request: None,
+            from_request: None,
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod admit;
 pub mod drive;
 pub mod execute;
+pub mod rollback;
 pub mod solve;
 pub mod template;
 mod wake;

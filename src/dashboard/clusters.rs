@@ -132,6 +132,47 @@ pub async fn approve(
     merge_patch(plans, &plan_name, patch, &headers, &done, &what).await
 }
 
+/// `POST /ui/clusters/NAMESPACE/NAME/rollback`: rolls back the cluster's
+/// plan that stopped at a failure, putting the spec back as the plan
+/// found it (`theseus cluster rollback`); 409 with the reason otherwise.
+pub async fn rollback(
+    State(dashboard): State<Dashboard>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, _) = match check(&dashboard, &headers, &body) {
+        Ok(ok) => ok,
+        Err(refusal) => return *refusal,
+    };
+    let what = format!("roll back the plan of Cluster {namespace}/{name}");
+    let clusters = Api::<Cluster>::namespaced(session.client.clone(), &namespace);
+    let cluster = match clusters.get(&name).await {
+        Ok(cluster) => cluster,
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    let Some(plan_name) = cluster.status.as_ref().and_then(|s| s.plan.clone()) else {
+        return answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!("Cluster {namespace}/{name} has no plan to roll back."),
+        );
+    };
+    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
+    let plan = match plans.get(&plan_name).await {
+        Ok(plan) => plan,
+        Err(err) => return refused(&headers, &what, &err),
+    };
+    let patch = match crate::cluster::rollback::patch(&cluster, &plan) {
+        Ok(patch) => patch,
+        Err(why) => return answer(StatusCode::CONFLICT, "refused", &why),
+    };
+    let done = format!(
+        "Cluster {namespace}/{name}: spec put back as plan {plan_name} found it; its inverse tasks undo what it ran."
+    );
+    merge_patch(clusters, &name, patch, &headers, &done, &what).await
+}
+
 /// A template on the create page: its name and the sizes it can have.
 pub struct TemplateChoice {
     pub name: String,

@@ -148,6 +148,10 @@ pub fn router(dashboard: Dashboard) -> Router {
             post(clusters::pause),
         )
         .route(
+            "/ui/clusters/{namespace}/{name}/rollback",
+            post(clusters::rollback),
+        )
+        .route(
             "/ui/clusters/{namespace}/{name}/approve",
             post(clusters::approve),
         )

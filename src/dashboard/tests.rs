@@ -563,3 +563,67 @@ fn an_object_s_page_shows_its_phase_conditions_and_a_tenant_s_usage_against_quot
         ("Running", 0, 0)
     );
 }
+
+#[tokio::test]
+async fn a_stopped_plan_is_rolled_back_by_putting_the_spec_back_and_no_other() {
+    for (phase, expected) in [
+        ("Failed", StatusCode::OK),
+        ("Running", StatusCode::CONFLICT),
+    ] {
+        let log = Log::default();
+        let client = fake_api::client(&log, move |call: &Call| {
+            let path = call.path.split('?').next().unwrap_or_default();
+            match (call.method.as_str(), path) {
+                (_, "/apis/theseus.dev/v1alpha1/namespaces/team/clusters/shop") => {
+                    fake_api::ok(json!({
+                        "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+                        "metadata": { "name": "shop", "namespace": "team" },
+                        "spec": { "template": "web", "size": 5, "config": { "fail": "true" } },
+                        "status": { "plan": "shop-2" }
+                    }))
+                }
+                ("GET", "/apis/theseus.dev/v1alpha1/namespaces/team/clusterplans/shop-2") => {
+                    fake_api::ok(json!({
+                        "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+                        "metadata": { "name": "shop-2", "namespace": "team" },
+                        "spec": {
+                            "cluster": "shop", "operation": { "type": "scale" }, "tasks": [],
+                            "from": [{ "name": "shop-1", "nodeClass": "small", "services": ["web"] }],
+                            "fromRequest": { "size": 3 }
+                        },
+                        "status": { "phase": phase }
+                    }))
+                }
+                _ => fake_api::status(404, "NotFound"),
+            }
+        });
+        let (admin, csrf) = dashboard(client);
+        let (status, body, _) = send(
+            &admin,
+            post("/ui/clusters/team/shop/rollback", Some(&csrf), ""),
+        )
+        .await;
+        assert_eq!(status, expected, "{phase}: {body}");
+        let patches: Vec<Call> = log
+            .calls()
+            .into_iter()
+            .filter(|c| c.method == "PATCH")
+            .collect();
+        if expected == StatusCode::OK {
+            assert_eq!(patches.len(), 1);
+            assert!(patches[0].path.contains("/clusters/shop"));
+            assert_eq!(patches[0].body["spec"]["size"], 3);
+            assert_eq!(patches[0].body["spec"]["config"], json!({ "fail": null }));
+        } else {
+            assert!(body.contains("rolls back by itself"), "{body}");
+            assert!(patches.is_empty(), "nothing patched: {:?}", log.lines());
+        }
+    }
+    // Without a CSRF token nothing is asked of the API server.
+    let log = Log::default();
+    let client = fake_api::client(&log, |_| fake_api::status(500, "Unexpected"));
+    let (admin, _) = dashboard(client);
+    let (status, _, _) = send(&admin, post("/ui/clusters/team/shop/rollback", None, "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(log.calls().is_empty());
+}

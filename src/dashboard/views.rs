@@ -685,6 +685,10 @@ fn render_cluster(
             message: plan_status.message.clone().unwrap_or_default(),
             can_pause: allowed.pause,
             can_approve: allowed.approve && plan_status.phase == PlanPhase::AwaitingApproval,
+            can_rollback: allowed.pause
+                && cluster
+                    .zip(plan)
+                    .is_some_and(|(c, p)| crate::cluster::rollback::patch(c, p).is_ok()),
         },
     );
     for node in &status.layout {
@@ -869,6 +873,8 @@ pub struct ClusterSummary {
     pub message: String,
     pub can_pause: bool,
     pub can_approve: bool,
+    /// The plan stopped at a failure and may be rolled back by hand.
+    pub can_rollback: bool,
 }
 
 /// A node of a Cluster's layout.

@@ -373,6 +373,39 @@ pub(super) async fn approve(client: Client, c: ClusterRef) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn rollback(client: Client, c: ClusterRef) -> anyhow::Result<ExitCode> {
+    let api = c.api(client.clone());
+    let cluster = api.get(&c.name).await.map_err(c.err("read"))?;
+    let Some(plan) = super::plan_of(&client, &cluster).await? else {
+        eprintln!(
+            "Cluster {}/{} has no plan to roll back",
+            c.namespace, c.name
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let patch = match crate::cluster::rollback::patch(&cluster, &plan) {
+        Ok(patch) => patch,
+        Err(why) => {
+            eprintln!("{why}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    api.patch(&c.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(c.err("roll back"))?;
+    println!(
+        "Cluster {}/{}: spec put back as ClusterPlan {} found it; its inverse tasks undo what it ran",
+        c.namespace,
+        c.name,
+        plan.name_any()
+    );
+    println!(
+        "follow it with:\n  theseus cluster status {} --wait",
+        c.args()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,20 @@ enum ClusterCommand {
         theseus cluster approve analytics\n  \
         theseus cluster plan \"$(kubectl get cl analytics -o jsonpath='{.status.plan}')\"   # look first")]
     Approve(ClusterRef),
+    /// Roll back the cluster's plan that stopped at a failure
+    /// (spec.strategy.onFailure Halt): put the spec's size, services, node
+    /// class and configuration back as the plan found them; the operator
+    /// then undoes what the plan ran by its inverse tasks, and makes no new
+    /// plan. Exits 2, saying why, when the plan did not stop at a failure
+    /// (a plan with onFailure Rollback rolls back by itself), created the
+    /// cluster (delete it instead) or does not record its starting spec.
+    ///
+    /// With kubectl: `kubectl patch cluster NAME --type merge -p …` with
+    /// the plan's `spec.fromRequest` and `spec.fromConfig`.
+    #[command(after_help = "Examples:\n  \
+        theseus cluster rollback analytics\n  \
+        theseus cluster status analytics --wait   # until the plan rolled back")]
+    Rollback(ClusterRef),
     /// Print a cluster's conditions and its plan's progress. With --wait:
     /// exit 0 once the plan succeeded and the cluster runs its current
     /// spec, 1 when the plan failed or rolled back (or no layout or plan
@@ -197,6 +211,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ClusterCommand::Set(a) => change::set(client, a).await,
         ClusterCommand::Delete(a) => follow::delete(client, a).await,
         ClusterCommand::Approve(a) => change::approve(client, a).await,
+        ClusterCommand::Rollback(a) => change::rollback(client, a).await,
         ClusterCommand::Status(a) => follow::status(client, a).await,
         ClusterCommand::Layout(a) => show::layout(client, a).await,
         ClusterCommand::Plan(a) => show::plan(client, a).await,

@@ -270,6 +270,8 @@ async fn a_plan_of_the_planner_is_stored_as_a_cluster_plan_that_kubectl_and_the_
             config: Default::default(),
             from_config: Default::default(),
             inverse: back.tasks,
+            request: None,
+            from_request: None,
         },
     );
     let plans: Api<ClusterPlan> = Api::namespaced(client.clone(), &ns.name);

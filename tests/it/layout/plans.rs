@@ -259,10 +259,15 @@ async fn a_failing_start_hook_is_retried_then_rolled_back_or_with_halt_stops() {
     assert_eq!(degraded.reason, "PlanFailed", "{degraded:?}");
     assert!(degraded.message.contains(&format!("{cache}/start")));
 
-    // The spec put back as it was: the stopped plan turns back by its
-    // inverse (no new plan), and every service runs again.
+    // `theseus cluster rollback` puts the spec back as the plan found it
+    // (the recorded size, services and configuration): the stopped plan
+    // turns back by its inverse (no new plan), and every service runs
+    // again.
     let mark = shop.lines().len();
-    shop.patch_spec(r#"{"config":{"fail":null}}"#);
+    let said = shop.cli(&["rollback", "shop"]);
+    assert!(said.contains("spec put back as ClusterPlan"), "{said}");
+    let spec = shop.cluster().await.spec;
+    assert!(!spec.config.contains_key("fail"), "{:?}", spec.config);
     let reverted = eventually(
         Duration::from_secs(180),
         "the stopped plan rolled back",
