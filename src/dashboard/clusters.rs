@@ -85,6 +85,36 @@ pub async fn pause(
     .await
 }
 
+/// The Cluster `namespace/name` and the plan its status names, read as
+/// the user, with their APIs; or the answer: the API server's refusal, or
+/// 409 when the cluster has no plan to `verb`.
+async fn current_plan(
+    session: &Session,
+    headers: &HeaderMap,
+    (namespace, name): (&str, &str),
+    what: &str,
+    verb: &str,
+) -> Result<(Api<Cluster>, Cluster, Api<ClusterPlan>, ClusterPlan), Box<Response>> {
+    let clusters = Api::<Cluster>::namespaced(session.client.clone(), namespace);
+    let cluster = clusters
+        .get(name)
+        .await
+        .map_err(|err| Box::new(refused(headers, what, &err)))?;
+    let Some(plan_name) = cluster.status.as_ref().and_then(|s| s.plan.clone()) else {
+        return Err(Box::new(answer(
+            StatusCode::CONFLICT,
+            "refused",
+            &format!("Cluster {namespace}/{name} has no plan to {verb}."),
+        )));
+    };
+    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), namespace);
+    let plan = plans
+        .get(&plan_name)
+        .await
+        .map_err(|err| Box::new(refused(headers, what, &err)))?;
+    Ok((clusters, cluster, plans, plan))
+}
+
 /// `POST /ui/clusters/NAMESPACE/NAME/approve`: approves the plan named in
 /// the cluster's status, when it awaits approval (409 otherwise, naming
 /// its phase), by the annotation `theseus cluster approve` sets.
@@ -99,25 +129,13 @@ pub async fn approve(
         Err(refusal) => return *refusal,
     };
     let what = format!("approve the plan of Cluster {namespace}/{name}");
-    let cluster = match Api::<Cluster>::namespaced(session.client.clone(), &namespace)
-        .get(&name)
-        .await
-    {
-        Ok(cluster) => cluster,
-        Err(err) => return refused(&headers, &what, &err),
-    };
-    let Some(plan_name) = cluster.status.and_then(|s| s.plan) else {
-        return answer(
-            StatusCode::CONFLICT,
-            "refused",
-            &format!("Cluster {namespace}/{name} has no plan to approve."),
-        );
-    };
-    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
-    let phase = match plans.get(&plan_name).await {
-        Ok(plan) => plan.status.map(|s| s.phase).unwrap_or_default(),
-        Err(err) => return refused(&headers, &what, &err),
-    };
+    let (_, _, plans, plan) =
+        match current_plan(&session, &headers, (&namespace, &name), &what, "approve").await {
+            Ok(found) => found,
+            Err(answer) => return *answer,
+        };
+    let plan_name = plan.name_any();
+    let phase = plan.status.map(|s| s.phase).unwrap_or_default();
     if phase != PlanPhase::AwaitingApproval {
         return answer(
             StatusCode::CONFLICT,
@@ -146,23 +164,12 @@ pub async fn rollback(
         Err(refusal) => return *refusal,
     };
     let what = format!("roll back the plan of Cluster {namespace}/{name}");
-    let clusters = Api::<Cluster>::namespaced(session.client.clone(), &namespace);
-    let cluster = match clusters.get(&name).await {
-        Ok(cluster) => cluster,
-        Err(err) => return refused(&headers, &what, &err),
-    };
-    let Some(plan_name) = cluster.status.as_ref().and_then(|s| s.plan.clone()) else {
-        return answer(
-            StatusCode::CONFLICT,
-            "refused",
-            &format!("Cluster {namespace}/{name} has no plan to roll back."),
-        );
-    };
-    let plans = Api::<ClusterPlan>::namespaced(session.client.clone(), &namespace);
-    let plan = match plans.get(&plan_name).await {
-        Ok(plan) => plan,
-        Err(err) => return refused(&headers, &what, &err),
-    };
+    let (clusters, cluster, _, plan) =
+        match current_plan(&session, &headers, (&namespace, &name), &what, "roll back").await {
+            Ok(found) => found,
+            Err(answer) => return *answer,
+        };
+    let plan_name = plan.name_any();
     let patch = match crate::cluster::rollback::patch(&cluster, &plan) {
         Ok(patch) => patch,
         Err(why) => return answer(StatusCode::CONFLICT, "refused", &why),

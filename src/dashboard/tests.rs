@@ -301,6 +301,37 @@ fn a_form_body_decodes_like_a_browser_sends_it() {
     assert_eq!(form["bad"], "%zz");
 }
 
+/// A fake API server holding Cluster team/shop with `spec`, whose status
+/// names plan `plan` with `plan_spec` in `phase`.
+fn cluster_and_plan(
+    log: &Log,
+    spec: Value,
+    plan: &'static str,
+    plan_spec: Value,
+    phase: &'static str,
+) -> kube::Client {
+    let cluster_path = "/apis/theseus.dev/v1alpha1/namespaces/team/clusters/shop";
+    let plan_path = format!("/apis/theseus.dev/v1alpha1/namespaces/team/clusterplans/{plan}");
+    fake_api::client(log, move |call: &Call| {
+        let path = call.path.split('?').next().unwrap_or_default();
+        if path == cluster_path {
+            fake_api::ok(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+                "metadata": { "name": "shop", "namespace": "team" },
+                "spec": spec, "status": { "plan": plan }
+            }))
+        } else if path == plan_path {
+            fake_api::ok(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+                "metadata": { "name": plan, "namespace": "team" },
+                "spec": plan_spec, "status": { "phase": phase }
+            }))
+        } else {
+            fake_api::status(404, "NotFound")
+        }
+    })
+}
+
 #[tokio::test]
 async fn a_plan_is_approved_only_while_it_awaits_approval() {
     for (phase, expected) in [
@@ -308,28 +339,13 @@ async fn a_plan_is_approved_only_while_it_awaits_approval() {
         ("Running", StatusCode::CONFLICT),
     ] {
         let log = Log::default();
-        let client = fake_api::client(&log, move |call: &Call| {
-            let path = call.path.split('?').next().unwrap_or_default();
-            match (call.method.as_str(), path) {
-                ("GET", "/apis/theseus.dev/v1alpha1/namespaces/team/clusters/shop") => {
-                    fake_api::ok(json!({
-                        "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
-                        "metadata": { "name": "shop", "namespace": "team" },
-                        "spec": { "template": "web", "size": 2 },
-                        "status": { "plan": "shop-1" }
-                    }))
-                }
-                (_, "/apis/theseus.dev/v1alpha1/namespaces/team/clusterplans/shop-1") => {
-                    fake_api::ok(json!({
-                        "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
-                        "metadata": { "name": "shop-1", "namespace": "team" },
-                        "spec": { "cluster": "shop", "operation": { "type": "create" }, "tasks": [] },
-                        "status": { "phase": phase }
-                    }))
-                }
-                _ => fake_api::status(404, "NotFound"),
-            }
-        });
+        let client = cluster_and_plan(
+            &log,
+            json!({ "template": "web", "size": 2 }),
+            "shop-1",
+            json!({ "cluster": "shop", "operation": { "type": "create" }, "tasks": [] }),
+            phase,
+        );
         let (admin, csrf) = dashboard(client);
         let (status, body, _) = send(
             &admin,
@@ -571,32 +587,17 @@ async fn a_stopped_plan_is_rolled_back_by_putting_the_spec_back_and_no_other() {
         ("Running", StatusCode::CONFLICT),
     ] {
         let log = Log::default();
-        let client = fake_api::client(&log, move |call: &Call| {
-            let path = call.path.split('?').next().unwrap_or_default();
-            match (call.method.as_str(), path) {
-                (_, "/apis/theseus.dev/v1alpha1/namespaces/team/clusters/shop") => {
-                    fake_api::ok(json!({
-                        "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
-                        "metadata": { "name": "shop", "namespace": "team" },
-                        "spec": { "template": "web", "size": 5, "config": { "fail": "true" } },
-                        "status": { "plan": "shop-2" }
-                    }))
-                }
-                ("GET", "/apis/theseus.dev/v1alpha1/namespaces/team/clusterplans/shop-2") => {
-                    fake_api::ok(json!({
-                        "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
-                        "metadata": { "name": "shop-2", "namespace": "team" },
-                        "spec": {
-                            "cluster": "shop", "operation": { "type": "scale" }, "tasks": [],
-                            "from": [{ "name": "shop-1", "nodeClass": "small", "services": ["web"] }],
-                            "fromRequest": { "size": 3 }
-                        },
-                        "status": { "phase": phase }
-                    }))
-                }
-                _ => fake_api::status(404, "NotFound"),
-            }
-        });
+        let client = cluster_and_plan(
+            &log,
+            json!({ "template": "web", "size": 5, "config": { "fail": "true" } }),
+            "shop-2",
+            json!({
+                "cluster": "shop", "operation": { "type": "scale" }, "tasks": [],
+                "from": [{ "name": "shop-1", "nodeClass": "small", "services": ["web"] }],
+                "fromRequest": { "size": 3 }
+            }),
+            phase,
+        );
         let (admin, csrf) = dashboard(client);
         let (status, body, _) = send(
             &admin,

@@ -169,11 +169,8 @@ impl fmt::Display for Exceeded {
     }
 }
 
-/// Each quota of `quotas` against `usage`: the first one it exceeds.
-/// Only the amounts `asked` grows are checked: a quota lowered below what
-/// the tenant already uses refuses growth, never a shrink or an unchanged
-/// object.
-pub fn check(quotas: &Quotas, usage: &Usage, held: &Usage, asked: &Usage) -> Option<Exceeded> {
+/// The cpu quota in millicores and the memory quota in bytes, if set.
+fn cpu_and_memory(quotas: &Quotas) -> (Option<i64>, Option<i64>) {
     let cpu = quotas
         .cpu
         .as_ref()
@@ -184,6 +181,15 @@ pub fn check(quotas: &Quotas, usage: &Usage, held: &Usage, asked: &Usage) -> Opt
         .as_ref()
         .and_then(|q| crate::layout::quantity::units(&q.0))
         .map(|v| v as i64);
+    (cpu, memory)
+}
+
+/// Each quota of `quotas` against `usage`: the first one it exceeds.
+/// Only the amounts `asked` grows are checked: a quota lowered below what
+/// the tenant already uses refuses growth, never a shrink or an unchanged
+/// object.
+pub fn check(quotas: &Quotas, usage: &Usage, held: &Usage, asked: &Usage) -> Option<Exceeded> {
+    let (cpu, memory) = cpu_and_memory(quotas);
     let mut limits: Vec<(String, Option<i64>, i64, i64, i64)> = vec![
         (
             "clusters".into(),
@@ -305,16 +311,7 @@ pub fn usage_rows(quotas: &Quotas, usage: &Usage) -> Vec<UsageRow> {
     let text = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
         q.as_ref().map(|q| q.0.clone()).unwrap_or_default()
     };
-    let cpu = quotas
-        .cpu
-        .as_ref()
-        .and_then(|q| crate::layout::quantity::milli(&q.0))
-        .map(|v| v as i64);
-    let memory = quotas
-        .memory
-        .as_ref()
-        .and_then(|q| crate::layout::quantity::units(&q.0))
-        .map(|v| v as i64);
+    let (cpu, memory) = cpu_and_memory(quotas);
     let mut rows = vec![
         count("clusters", usage.clusters, quotas.clusters),
         count("nodes", usage.nodes, quotas.nodes),
