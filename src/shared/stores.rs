@@ -61,7 +61,14 @@ impl Nodes {
         let (store, writer) = reflector::store::<NodeInstall>();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sender = events.clone();
-        let stream = reflector::reflector(writer, watcher(Api::all(client), config))
+        // Managed fields are a good part of a NodeInstall written by
+        // several managers (agent, operator, capability and storage
+        // controllers) and nothing here reads them: neither the store nor
+        // the events keep them.
+        let watch = watcher(Api::all(client), config).modify(|node: &mut NodeInstall| {
+            node.metadata.managed_fields = None;
+        });
+        let stream = reflector::reflector(writer, watch)
             .default_backoff()
             .for_each(move |event| {
                 match event {
