@@ -301,6 +301,23 @@ fn a_form_body_decodes_like_a_browser_sends_it() {
     assert_eq!(form["bad"], "%zz");
 }
 
+/// POSTs `path` (with the CSRF token) to a dashboard over `client`; the
+/// answer's status and body, and the PATCHes the API server was sent.
+async fn post_as_admin(
+    client: kube::Client,
+    log: &Log,
+    path: &str,
+) -> (StatusCode, String, Vec<Call>) {
+    let (admin, csrf) = dashboard(client);
+    let (status, body, _) = send(&admin, post(path, Some(&csrf), "")).await;
+    let patches = log
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "PATCH")
+        .collect();
+    (status, body, patches)
+}
+
 /// A fake API server holding Cluster team/shop with `spec`, whose status
 /// names plan `plan` with `plan_spec` in `phase`.
 fn cluster_and_plan(
@@ -346,18 +363,9 @@ async fn a_plan_is_approved_only_while_it_awaits_approval() {
             json!({ "cluster": "shop", "operation": { "type": "create" }, "tasks": [] }),
             phase,
         );
-        let (admin, csrf) = dashboard(client);
-        let (status, body, _) = send(
-            &admin,
-            post("/ui/clusters/team/shop/approve", Some(&csrf), ""),
-        )
-        .await;
+        let (status, body, patches) =
+            post_as_admin(client, &log, "/ui/clusters/team/shop/approve").await;
         assert_eq!(status, expected, "{phase}: {body}");
-        let patches: Vec<Call> = log
-            .calls()
-            .into_iter()
-            .filter(|c| c.method == "PATCH")
-            .collect();
         if expected == StatusCode::OK {
             assert_eq!(patches.len(), 1);
             assert_eq!(
@@ -598,18 +606,9 @@ async fn a_stopped_plan_is_rolled_back_by_putting_the_spec_back_and_no_other() {
             }),
             phase,
         );
-        let (admin, csrf) = dashboard(client);
-        let (status, body, _) = send(
-            &admin,
-            post("/ui/clusters/team/shop/rollback", Some(&csrf), ""),
-        )
-        .await;
+        let (status, body, patches) =
+            post_as_admin(client, &log, "/ui/clusters/team/shop/rollback").await;
         assert_eq!(status, expected, "{phase}: {body}");
-        let patches: Vec<Call> = log
-            .calls()
-            .into_iter()
-            .filter(|c| c.method == "PATCH")
-            .collect();
         if expected == StatusCode::OK {
             assert_eq!(patches.len(), 1);
             assert!(patches[0].path.contains("/clusters/shop"));
