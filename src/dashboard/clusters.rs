@@ -180,6 +180,16 @@ pub async fn rollback(
     merge_patch(clusters, &name, patch, &headers, &done, &what).await
 }
 
+/// The sizes a template's layouts exist for, as its status says
+/// (`4-20, 24`).
+fn feasible_sizes(template: &ClusterTemplate) -> String {
+    template
+        .status
+        .as_ref()
+        .map(|s| s.feasible_sizes.join(", "))
+        .unwrap_or_default()
+}
+
 /// A template on the create page: its name and the sizes it can have.
 pub struct TemplateChoice {
     pub name: String,
@@ -248,8 +258,7 @@ impl TemplateFields {
         fields.sizes = templates
             .iter()
             .find(|t| t.name_any() == name)
-            .and_then(|t| t.status.as_ref())
-            .map(|s| s.feasible_sizes.join(", "))
+            .map(feasible_sizes)
             .unwrap_or_default();
         let chosen: Vec<&String> = if form.services.is_empty() {
             spec.defaults.services.iter().collect()
@@ -332,11 +341,7 @@ pub async fn new_form(
             .filter(|t| !t.spec.partial)
             .map(|t| TemplateChoice {
                 name: t.name_any(),
-                sizes: t
-                    .status
-                    .as_ref()
-                    .map(|s| s.feasible_sizes.join(", "))
-                    .unwrap_or_default(),
+                sizes: feasible_sizes(t),
             })
             .collect(),
     })

@@ -620,12 +620,8 @@ fn summary(name: &str, node: Option<&NodeInstall>) -> NodeSummary {
         phase: format!("{:?}", status.phase),
         package_set: text(target.map(|t| t.package_set.clone())),
         active: status.active.join(", "),
-        target: text(target.map(|t| t.set_hash.chars().take(10).collect())),
-        message: [status.reason.clone(), status.message.clone()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": "),
+        target: short(target.map(|t| t.set_hash.as_str())),
+        message: status_message(&status),
         address: text(status.address.clone()),
         endpoint: text(status.api_endpoint.clone()),
         agent: text(status.agent_version.clone()),
@@ -712,15 +708,16 @@ fn render_cluster(
         .iter()
         .map(|t| (t.id.as_str(), t))
         .collect();
+    let state_of = |id: &str| {
+        states
+            .get(id)
+            .map(|s| format!("{:?}", s.state))
+            .unwrap_or_else(|| "Pending".into())
+    };
     out.push(
         "plan-dag".into(),
         None,
-        PlanDag::of(&plan.spec.tasks, &|id| {
-            states
-                .get(id)
-                .map(|s| format!("{:?}", s.state))
-                .unwrap_or_else(|| "Pending".into())
-        }),
+        PlanDag::of(&plan.spec.tasks, &state_of),
     );
     for (level, task) in levels(&plan.spec.tasks) {
         let state = states.get(task.id.as_str());
@@ -735,9 +732,7 @@ fn render_cluster(
                 service: task.service.clone().unwrap_or_default(),
                 action: format!("{:?}", task.action),
                 after: task.after.join(", "),
-                state: state
-                    .map(|s| format!("{:?}", s.state))
-                    .unwrap_or_else(|| "Pending".into()),
+                state: state_of(&task.id),
                 attempts: state.map(|s| s.attempts).unwrap_or_default(),
                 error: state.and_then(|s| s.last_error.clone()).unwrap_or_default(),
             },
@@ -912,6 +907,15 @@ fn phase_of(node: &NodeInstall) -> String {
         .as_ref()
         .map(|s| format!("{:?}", s.phase))
         .unwrap_or_else(|| "Unreported".to_owned())
+}
+
+/// A node's reason and message, as one line: `Untrusted: set … refused`.
+fn status_message(status: &crate::api::NodeInstallStatus) -> String {
+    [status.reason.as_deref(), status.message.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn short(hash: Option<&str>) -> String {
@@ -1109,11 +1113,7 @@ impl NodeRow {
     fn of(node: &NodeInstall) -> Self {
         let status = node.status.clone().unwrap_or_default();
         let phase = phase_of(node);
-        let message = [status.reason.clone(), status.message.clone()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
+        let message = status_message(&status);
         Self {
             id: element_id("node", &node.name_any()),
             name: node.name_any(),

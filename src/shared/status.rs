@@ -87,15 +87,30 @@ pub async fn publish_one(
     reason: &str,
     message: &str,
 ) {
+    let kind = if is_bad_news(type_, status, reason) {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let text = format!("{type_}={status}: {message}");
+    publish_event(recorder, reference, kind, reason, "Reconcile", &text).await;
+}
+
+/// One event about `reference`, its note cut to what the API server
+/// accepts; a failure to publish is logged, never returned.
+pub async fn publish_event(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    text: &str,
+) {
     let event = Event {
-        type_: if is_bad_news(type_, status, reason) {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_,
         reason: reason.to_owned(),
-        note: Some(note(&format!("{type_}={status}: {message}"))),
-        action: "Reconcile".into(),
+        note: Some(note(text)),
+        action: action.to_owned(),
         secondary: None,
     };
     if let Err(err) = recorder.publish(&event, reference).await {

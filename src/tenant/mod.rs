@@ -604,7 +604,7 @@ async fn leases(
     clusters: &[Cluster],
     cx: &Context,
 ) -> Result<(), Error> {
-    use kube::runtime::events::{Event, EventType};
+    use kube::runtime::events::EventType;
     let name = tenant.name_any();
     let now = Timestamp::now();
     for c in clusters
@@ -646,16 +646,15 @@ async fn leases(
                 format!("tenant {name}'s lease of {what} ended at {end}: deleting it"),
             ),
         };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note.clone()),
-            action: "Lease".into(),
-            secondary: None,
-        };
-        if let Err(err) = cx.recorder.publish(&event, &c.object_ref(&())).await {
-            warn!(error = %err, "cannot publish an event");
-        }
+        status::publish_event(
+            &cx.recorder,
+            &c.object_ref(&()),
+            EventType::Warning,
+            reason,
+            "Lease",
+            &note,
+        )
+        .await;
         tracing::info!(tenant = %name, "{note}");
         match verdict {
             lease::Verdict::Warn { .. } => {
