@@ -197,8 +197,9 @@ pub async fn apply_node_list<T: Serialize>(
 }
 
 /// What the application controllers read of a NodeInstall (not its
-/// heartbeat): a change of it wakes them.
-#[derive(Clone, PartialEq)]
+/// heartbeat): a change of it wakes them. Remembered per node as its
+/// digest.
+#[derive(serde::Serialize)]
 struct View {
     labels: std::collections::BTreeMap<String, String>,
     probes: Vec<crate::api::ProbeResult>,
@@ -229,12 +230,12 @@ impl View {
 fn node_changes(
     events: impl Stream<Item = watcher::Event<NodeInstall>> + Send + 'static,
 ) -> impl Stream<Item = ()> + Send + 'static {
-    let mut seen: HashMap<String, View> = HashMap::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
     events.filter_map(move |event| {
         let changed = match event {
             watcher::Event::Apply(ni) | watcher::Event::InitApply(ni) => {
-                let view = View::of(&ni);
-                seen.insert(ni.name_any(), view.clone()).as_ref() != Some(&view)
+                let view = crate::shared::wake::digest(&View::of(&ni));
+                seen.insert(ni.name_any(), view) != Some(view)
             }
             watcher::Event::Delete(ni) => seen.remove(&ni.name_any()).is_some(),
             watcher::Event::Init => false,

@@ -73,8 +73,39 @@ where
     Ok(())
 }
 
+/// What a pass reads fresh besides the cluster, read while the cluster
+/// is: the plan the cluster named (as cached) and the fleet's halt.
+pub struct Reads {
+    /// The plan's name, and the plan as read.
+    plan: (Option<String>, Result<Option<ClusterPlan>, kube::Error>),
+    /// The halt as read.
+    halt: Result<Option<crate::shared::halt::Halt>, kube::Error>,
+}
+
+impl Reads {
+    /// Reads the plan `cluster` names, and the halt, both at once.
+    pub async fn of(cluster: &Cluster, cx: &Context) -> Reads {
+        let name = cluster.status.as_ref().and_then(|s| s.plan.clone());
+        let plans: Api<ClusterPlan> = Api::namespaced(
+            cx.ctx.client.clone(),
+            &cluster.namespace().unwrap_or_default(),
+        );
+        let plan = async {
+            match &name {
+                Some(name) => plans.get_opt(name).await,
+                None => Ok(None),
+            }
+        };
+        let (plan, halt) = tokio::join!(plan, cx.ctx.halt.get());
+        Reads {
+            plan: (name, plan),
+            halt,
+        }
+    }
+}
+
 /// One pass over a cluster whose layout is solved (or that is deleted).
-pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
+pub async fn drive(cluster: &Cluster, reads: Reads, cx: &Context) -> Result<Action, Error> {
     let ns = cluster.namespace().unwrap_or_default();
     let clusters: Api<Cluster> = Api::namespaced(cx.ctx.client.clone(), &ns);
     let deleting = cluster.metadata.deletion_timestamp.is_some();
@@ -97,15 +128,16 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     }
     let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
     let mut st = cluster.status.clone().unwrap_or_default();
-    // The plan and the halt are read fresh, both at once: a pass begins
-    // with one round trip, not two.
-    let plan = async {
-        match &st.plan {
-            Some(name) => plans.get_opt(name).await,
-            None => Ok(None),
+    let (current, halt) = match reads.plan {
+        (name, read) if name == st.plan => (read, reads.halt),
+        _ => {
+            let plan = match &st.plan {
+                Some(name) => plans.get_opt(name).await,
+                None => Ok(None),
+            };
+            (plan, reads.halt)
         }
     };
-    let (current, halt) = tokio::join!(plan, cx.ctx.halt.get());
     let current = current.map_err(kube_err(cluster, "ReadPlan"))?;
     let halted = halt.map_err(kube_err(cluster, "ReadHalt"))?.is_some();
     let catalog = cx.stores.catalog();
@@ -194,8 +226,14 @@ pub async fn drive(cluster: &Cluster, cx: &Context) -> Result<Action, Error> {
     // The nodes are told what the recorded plan asks of them while the
     // cluster's status is written: neither waits for the other.
     match &acting {
-        Some((plan, (desired, installs))) => {
-            let acted = act(cluster, plan, desired, installs, &catalog, cx);
+        Some((plan, (desired, installs, repositories))) => {
+            let acted = act(
+                cluster,
+                plan,
+                (desired, installs, repositories),
+                &catalog,
+                cx,
+            );
             let (acted, reported) = tokio::join!(acted, reported);
             acted?;
             reported?;
@@ -521,6 +559,14 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
     format!("{readable}-{}", &digest[..8])
 }
 
+/// What [`act`] needs besides the plan: what the nodes should have, the
+/// nodes, and the repositories of the targets they are to be given.
+type Acting = (
+    Desired,
+    Vec<NodeInstall>,
+    BTreeMap<String, PackageRepository>,
+);
+
 /// One pass of a running plan: step and record; returns the plan's status
 /// as recorded, with what the nodes should have and the nodes (for
 /// [`act`], which the caller runs beside the cluster's status write).
@@ -530,7 +576,7 @@ async fn execute(
     (plans, catalog): (&Api<ClusterPlan>, &Catalog),
     (halted, tenant): (bool, Option<&crate::api::Tenant>),
     cx: &Context,
-) -> Result<(ClusterPlanStatus, (Desired, Vec<NodeInstall>)), Error> {
+) -> Result<(ClusterPlanStatus, Acting), Error> {
     // A tenant with `workers`: its lock is held until this pass's
     // recorded, so its plans' passes count and start tasks one at a time.
     let workers = tenant.and_then(|t| Some((t, t.spec.workers?)));
@@ -580,11 +626,22 @@ async fn execute(
         cluster, plan, &views, catalog, halted, &name, &plan_id, now, slots,
     );
     let next = execute::step(&plan.spec, &status, &world);
-    if next != status {
-        record_plan(cluster, plan, &next, plans).await?;
-    }
     let desired = execute::desired(&plan.spec, &next, &world);
-    Ok((next, (desired, installs)))
+    // The repositories of the targets the nodes are to be given are read
+    // while the step is recorded (a read may go before the record; only
+    // the writes to the nodes wait for it).
+    let record = async {
+        match next != status {
+            true => record_plan(cluster, plan, &next, plans).await,
+            false => Ok(()),
+        }
+    };
+    let (recorded, repositories) = tokio::join!(
+        record,
+        repositories(cluster, &desired, &installs, catalog, cx)
+    );
+    recorded?;
+    Ok((next, (desired, installs, repositories?)))
 }
 
 /// What a step of `plan` reads besides the plan.
@@ -719,8 +776,11 @@ async fn record_plan(
 async fn act(
     cluster: &Cluster,
     plan: &ClusterPlan,
-    desired: &Desired,
-    installs: &[NodeInstall],
+    (desired, installs, repositories): (
+        &Desired,
+        &[NodeInstall],
+        &BTreeMap<String, PackageRepository>,
+    ),
     catalog: &Catalog,
     cx: &Context,
 ) -> Result<(), Error> {
@@ -745,7 +805,14 @@ async fn act(
     let mut puts = Vec::new();
     for (node, ni) in &bound {
         if desired.exists.contains_key(node) {
-            puts.push(put_node(cluster, ni, desired, node, catalog, &nodes, cx));
+            puts.push(put_node(
+                cluster,
+                ni,
+                desired,
+                node,
+                (catalog, repositories),
+                &nodes,
+            ));
         }
     }
     in_parallel(puts).await
@@ -888,16 +955,15 @@ async fn put_node(
     ni: &NodeInstall,
     desired: &Desired,
     node: &str,
-    catalog: &Catalog,
+    (catalog, repositories): (&Catalog, &BTreeMap<String, PackageRepository>),
     nodes: &Api<NodeInstall>,
-    cx: &Context,
 ) -> Result<(), Error> {
     let mut patch = serde_json::Map::new();
-    let packages = desired.packages.get(node).cloned().unwrap_or_default();
-    let have = ni.spec.target.as_ref().map(|t| t.packages.clone());
-    if !packages.is_empty() && have.as_ref() != Some(&packages) {
-        let target = target(cluster, &packages, catalog, cx).await?;
-        patch.insert("target".into(), json!(target));
+    // (The repository was read for exactly these packages.)
+    if let Some(packages) = new_packages(ni, desired, node)
+        && let Some(repo) = repositories.get(repository_of(packages, catalog))
+    {
+        patch.insert("target".into(), json!(target(cluster, packages, repo)));
     }
     // The hooks the node should run. The list it holds is written again
     // only when it lacks one of them or holds one that is neither asked
@@ -926,27 +992,62 @@ async fn put_node(
     .await
 }
 
-/// A target of `packages` from the repository of the services that
-/// carry them.
-async fn target(
-    cluster: &Cluster,
-    packages: &[String],
-    catalog: &Catalog,
-    cx: &Context,
-) -> Result<NodeTarget, Error> {
-    let repository = catalog
+/// The packages `ni` (bound to `node`) is to be given, when they differ
+/// from its target's.
+fn new_packages<'d>(ni: &NodeInstall, desired: &'d Desired, node: &str) -> Option<&'d [String]> {
+    let packages = desired.packages.get(node)?;
+    let have = ni.spec.target.as_ref().map(|t| &t.packages);
+    (!packages.is_empty() && have != Some(packages)).then_some(packages.as_slice())
+}
+
+/// The repository that carries `packages`: the one of the services that
+/// name them.
+fn repository_of<'c>(packages: &[String], catalog: &'c Catalog) -> &'c str {
+    catalog
         .services
         .values()
         .filter(|s| s.packages.iter().any(|p| packages.contains(p)))
-        .find_map(|s| s.repository.clone())
-        .unwrap_or_default();
+        .find_map(|s| s.repository.as_deref())
+        .unwrap_or_default()
+}
+
+/// The repositories of the new targets of the bound nodes, by name, read
+/// each once.
+async fn repositories(
+    cluster: &Cluster,
+    desired: &Desired,
+    installs: &[NodeInstall],
+    catalog: &Catalog,
+    cx: &Context,
+) -> Result<BTreeMap<String, PackageRepository>, Error> {
+    let names: BTreeSet<&str> = installs
+        .iter()
+        .filter_map(|ni| new_packages(ni, desired, ni.labels().get(NODE_LABEL)?))
+        .map(|packages| repository_of(packages, catalog))
+        .collect();
     let repos: Api<PackageRepository> = Api::all(cx.ctx.client.clone());
-    let repo = repos
-        .get(&repository)
+    let read = names.into_iter().map(|name| {
+        let repos = &repos;
+        async move {
+            Ok::<_, Error>((
+                name.to_owned(),
+                repos
+                    .get(name)
+                    .await
+                    .map_err(kube_err(cluster, "ReadRepository"))?,
+            ))
+        }
+    });
+    futures::future::try_join_all(read)
         .await
-        .map_err(kube_err(cluster, "ReadRepository"))?;
+        .map(|read| read.into_iter().collect())
+}
+
+/// A target of `packages` from `repo`, the repository of the services
+/// that carry them.
+fn target(cluster: &Cluster, packages: &[String], repo: &PackageRepository) -> NodeTarget {
     let ids: Vec<crate::pkg::PackageId> = packages.iter().filter_map(|p| p.parse().ok()).collect();
-    Ok(NodeTarget {
+    NodeTarget {
         package_set: format!("cluster:{}", cluster.name_any()),
         set_hash: crate::pkg::set_hash(&ids),
         packages: packages.to_vec(),
@@ -955,7 +1056,7 @@ async fn target(
         health_timeout_seconds: None,
         sources: Vec::new(),
         secrets: Vec::new(),
-    })
+    }
 }
 
 /// A deleted cluster whose delete plan finished: its pools go, then the

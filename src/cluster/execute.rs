@@ -43,7 +43,7 @@ pub const HOOK_GRACE: SignedDuration = SignedDuration::from_secs(60);
 const MAX_BACKOFF_SECS: i64 = 60;
 
 /// What one node of the layout reports, once a NodeInstall is bound to it.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct NodeView {
     /// The NodeInstall's name.
     pub install: String,

@@ -96,14 +96,15 @@ pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action
     cx.ctx.metrics.reconciled(NAME);
     // The cache may not have this controller's last status write yet (a
     // node's report wakes it at once): both steps decide from the
-    // cluster as stored, never from an older status.
-    let api = Api::<Cluster>::namespaced(
-        cx.ctx.client.clone(),
-        &cluster.namespace().unwrap_or_default(),
-    );
-    let Some(cluster) = api
-        .get_opt(&cluster.name_any())
-        .await
+    // cluster as stored, never from an older status. The plan the cached
+    // cluster names and the halt are read at the same time, so that a
+    // pass begins with one round trip, not two (the plan is read again
+    // only when the stored cluster names another).
+    let ns = cluster.namespace().unwrap_or_default();
+    let api = Api::<Cluster>::namespaced(cx.ctx.client.clone(), &ns);
+    let name = cluster.name_any();
+    let (stored, reads) = tokio::join!(api.get_opt(&name), super::drive::Reads::of(&cluster, &cx));
+    let Some(cluster) = stored
         .map_err(|source| Error::Act {
             object: format!("Cluster {}", describe(&cluster)),
             step: "ReadCluster",
@@ -118,7 +119,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action
     } else {
         None
     };
-    super::drive::drive(latest.as_ref().unwrap_or(&cluster), &cx).await
+    super::drive::drive(latest.as_ref().unwrap_or(&cluster), reads, &cx).await
 }
 
 /// The solve step: observe (the catalog) → decide ([`decide`]) → record

@@ -15,7 +15,7 @@ use crate::api::{Cluster, HookState, NodeInstall, REMOVE_ANNOTATION};
 use crate::shared::wake::View;
 
 /// What the Cluster controller reads from one NodeInstall.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ClusterNode {
     /// The cluster (namespace, name) its labels name.
     cluster: Option<(String, String)>,

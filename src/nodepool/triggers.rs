@@ -17,7 +17,7 @@ use crate::api::{NodeInstall, NodePool};
 use crate::shared::wake::{self, View};
 
 /// What the NodePool planner reads from one NodeInstall.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Relevant {
     /// The pool it belongs to (its `theseus.dev/nodepool` label).
     pub pool: Option<String>,

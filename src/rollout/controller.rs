@@ -233,13 +233,14 @@ fn watch_nodes(
 ) -> (Store<NodeInstall>, futures::channel::mpsc::Receiver<()>) {
     let nodes = ctx.stores.nodes.store().clone();
     let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
-    let mut seen: HashMap<String, NodeFingerprint> = HashMap::new();
+    // Per node, the digest of its fingerprint (not a copy of it).
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
     let node_stream = ctx.stores.nodes.subscribe().for_each(move |event| {
         let changed = match event {
             watcher::Event::Apply(node) => {
                 let fingerprint = NodeFingerprint::of(&node);
-                seen.insert(node.name_any(), fingerprint.clone()).as_ref() != Some(&fingerprint)
+                seen.insert(node.name_any(), fingerprint) != Some(fingerprint)
             }
             // A re-list is taken in whole and acted on once, at InitDone.
             watcher::Event::InitApply(node) => {
@@ -276,25 +277,26 @@ fn all_sets(store: &Store<PackageSet>) -> Vec<ObjectRef<PackageSet>> {
 }
 
 /// What of a NodeInstall a rollout decides from.
-#[derive(Clone, PartialEq)]
-struct NodeFingerprint {
-    labels: std::collections::BTreeMap<String, String>,
-    target: Option<String>,
-    active: Option<String>,
-    failed: Option<String>,
+#[derive(serde::Serialize)]
+struct NodeFingerprint<'a> {
+    labels: &'a std::collections::BTreeMap<String, String>,
+    target: Option<&'a str>,
+    active: Option<&'a str>,
+    failed: Option<&'a str>,
     phase: crate::api::NodePhase,
 }
 
-impl NodeFingerprint {
-    fn of(node: &NodeInstall) -> Self {
-        let status = node.status.clone().unwrap_or_default();
-        Self {
-            labels: node.labels().clone(),
-            target: node.spec.target.as_ref().map(|t| t.set_hash.clone()),
-            active: status.active_hash,
-            failed: status.failed_hash,
-            phase: status.phase,
-        }
+impl NodeFingerprint<'_> {
+    /// The digest of what a rollout decides from in `node`.
+    fn of(node: &NodeInstall) -> u64 {
+        let status = node.status.as_ref();
+        crate::shared::wake::digest(&NodeFingerprint {
+            labels: node.labels(),
+            target: node.spec.target.as_ref().map(|t| t.set_hash.as_str()),
+            active: status.and_then(|s| s.active_hash.as_deref()),
+            failed: status.and_then(|s| s.failed_hash.as_deref()),
+            phase: status.map(|s| s.phase).unwrap_or_default(),
+        })
     }
 }
 
@@ -352,18 +354,21 @@ struct Generated {
 /// observe: the halt, the repository and its verified index, the nodes.
 async fn observe(set: &PackageSet, sc: &SetContext) -> Result<Observed, Error> {
     let name = set.name_any();
-    let halt = sc.ctx.halt.get().await.map_err(|source| Error::ReadHalt {
+    // Both read at once: a pass begins with one round trip, not two.
+    let repositories = Api::<PackageRepository>::all(sc.ctx.client.clone());
+    let (halt, repository) = tokio::join!(
+        sc.ctx.halt.get(),
+        repositories.get_opt(&set.spec.repository)
+    );
+    let halt = halt.map_err(|source| Error::ReadHalt {
         set: name.clone(),
         source,
     })?;
-    let repository = Api::<PackageRepository>::all(sc.ctx.client.clone())
-        .get_opt(&set.spec.repository)
-        .await
-        .map_err(|source| Error::ReadRepository {
-            set: name,
-            repository: set.spec.repository.clone(),
-            source,
-        })?;
+    let repository = repository.map_err(|source| Error::ReadRepository {
+        set: name,
+        repository: set.spec.repository.clone(),
+        source,
+    })?;
     let index = sc
         .ctx
         .stores

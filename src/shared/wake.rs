@@ -14,8 +14,32 @@ use kube::runtime::watcher;
 
 use crate::api::NodeInstall;
 
+/// A 64-bit digest of `view` (SipHash of its JSON form, with this build's
+/// fixed keys). What a controller remembers of each node is this and not
+/// a copy of the parts it reads: at fleet size the copies would be a good
+/// part of the operator's memory beside the NodeInstall cache itself. Two
+/// different views share a digest with odds of 2⁻⁶⁴ — a wake-up missed
+/// then is made up by the controller's next periodic pass.
+pub fn digest<T: serde::Serialize>(view: &T) -> u64 {
+    use std::hash::Hasher;
+    struct Feed<'h>(&'h mut std::hash::DefaultHasher);
+    impl std::io::Write for Feed<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    // Serializing the plain data types of a view cannot fail.
+    let _ = serde_json::to_writer(Feed(&mut hasher), view);
+    hasher.finish()
+}
+
 /// The parts of a NodeInstall one controller reads.
-pub trait View: Clone + PartialEq + Send + 'static {
+pub trait View: serde::Serialize + Send + 'static {
     /// The kind of object a node concerns.
     type Owner: kube::Resource<DynamicType = ()> + Send + 'static;
 
@@ -28,13 +52,16 @@ pub trait View: Clone + PartialEq + Send + 'static {
 
 /// Remembers what was last seen of each NodeInstall and says which
 /// objects a watch event concerns.
-#[derive(Debug)]
-pub struct Filter<V> {
-    seen: HashMap<String, V>,
+pub struct Filter<V: View> {
+    /// Per node: the digest of its view and the object it concerned.
+    seen: HashMap<String, Seen<V::Owner>>,
     relisted: HashSet<String>,
 }
 
-impl<V> Default for Filter<V> {
+/// What a [`Filter`] remembers of one node.
+type Seen<Owner> = (u64, Option<ObjectRef<Owner>>);
+
+impl<V: View> Default for Filter<V> {
     fn default() -> Self {
         Filter {
             seen: HashMap::new(),
@@ -55,7 +82,7 @@ impl<V: View> Filter<V> {
             watcher::Event::Delete(ni) => self
                 .seen
                 .remove(&ni.name_any())
-                .and_then(|v| v.owner())
+                .and_then(|(_, owner)| owner)
                 .into_iter()
                 .chain(V::of(&ni).owner())
                 .collect(),
@@ -73,7 +100,7 @@ impl<V: View> Filter<V> {
                     .cloned()
                     .collect();
                 gone.iter()
-                    .filter_map(|name| self.seen.remove(name).and_then(|v| v.owner()))
+                    .filter_map(|name| self.seen.remove(name).and_then(|(_, owner)| owner))
                     .collect()
             }
         };
@@ -88,11 +115,12 @@ impl<V: View> Filter<V> {
 
     fn update(&mut self, ni: &NodeInstall) -> Vec<ObjectRef<V::Owner>> {
         let now = V::of(ni);
-        match self.seen.insert(ni.name_any(), now.clone()) {
-            Some(before) if before == now => Vec::new(),
+        let (digest, owner) = (digest(&now), now.owner());
+        match self.seen.insert(ni.name_any(), (digest, owner.clone())) {
+            Some((before, _)) if before == digest => Vec::new(),
             // A node that moved between objects concerns both.
-            Some(before) => before.owner().into_iter().chain(now.owner()).collect(),
-            None => now.owner().into_iter().collect(),
+            Some((_, before)) => before.into_iter().chain(owner).collect(),
+            None => owner.into_iter().collect(),
         }
     }
 }
