@@ -200,28 +200,29 @@ pub async fn apply_node_list<T: Serialize>(
 /// heartbeat): a change of it wakes them. Remembered per node as its
 /// digest.
 #[derive(serde::Serialize)]
-struct View {
-    labels: std::collections::BTreeMap<String, String>,
-    probes: Vec<crate::api::ProbeResult>,
-    storage: Vec<crate::api::StorageResult>,
-    version: Option<String>,
-    address: Option<String>,
-    active: Option<String>,
-    spec_probes: Vec<crate::api::NodeProbe>,
+struct View<'a> {
+    labels: &'a std::collections::BTreeMap<String, String>,
+    probes: &'a [crate::api::ProbeResult],
+    storage: &'a [crate::api::StorageResult],
+    version: Option<&'a str>,
+    address: Option<&'a str>,
+    active: Option<&'a str>,
+    spec_probes: &'a [crate::api::NodeProbe],
 }
 
-impl View {
-    fn of(ni: &NodeInstall) -> Self {
-        let status = ni.status.clone().unwrap_or_default();
-        Self {
-            labels: ni.labels().clone(),
-            probes: status.probes,
-            storage: status.storage,
-            version: status.agent_version,
-            address: status.address,
-            active: status.active_hash,
-            spec_probes: ni.spec.probes.clone(),
-        }
+impl View<'_> {
+    /// The digest of what the application controllers read of `ni`.
+    fn of(ni: &NodeInstall) -> u64 {
+        let status = ni.status.as_ref();
+        crate::shared::wake::digest(&View {
+            labels: ni.labels(),
+            probes: status.map_or(&[], |s| &s.probes),
+            storage: status.map_or(&[], |s| &s.storage),
+            version: status.and_then(|s| s.agent_version.as_deref()),
+            address: status.and_then(|s| s.address.as_deref()),
+            active: status.and_then(|s| s.active_hash.as_deref()),
+            spec_probes: &ni.spec.probes,
+        })
     }
 }
 
@@ -234,7 +235,7 @@ fn node_changes(
     events.filter_map(move |event| {
         let changed = match event {
             watcher::Event::Apply(ni) | watcher::Event::InitApply(ni) => {
-                let view = crate::shared::wake::digest(&View::of(&ni));
+                let view = View::of(&ni);
                 seen.insert(ni.name_any(), view) != Some(view)
             }
             watcher::Event::Delete(ni) => seen.remove(&ni.name_any()).is_some(),

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use serde_json::json;
 
 use super::Dashboard;
 use super::auth::Session;
-use super::pages::{Chrome, Loaded, answer, api_error, check, load, merge_patch, page, refused};
+use super::pages::{Button, Chrome, Loaded, answer, api_error, load, merge_patch, page, refused};
 use super::views::View;
 use crate::api::{Cluster, ClusterPlan, ClusterTemplate, NodeClass, PlanPhase, ServiceDefinition};
 use crate::cluster::drive::APPROVED_ANNOTATION;
@@ -59,15 +58,13 @@ pub async fn show(
 /// `POST /ui/clusters/NAMESPACE/NAME/pause` (`paused`: true or false): a
 /// paused cluster is not solved again and its plan starts no new task.
 pub async fn pause(
-    State(dashboard): State<Dashboard>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let paused = fields.get("paused").map(String::as_str) != Some("false");
     let done = if paused {
         format!("Cluster {namespace}/{name} paused: its plan starts no new task.")
@@ -119,15 +116,11 @@ async fn current_plan(
 /// the cluster's status, when it awaits approval (409 otherwise, naming
 /// its phase), by the annotation `theseus cluster approve` sets.
 pub async fn approve(
-    State(dashboard): State<Dashboard>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session, headers, ..
+    }: Button,
 ) -> Response {
-    let (session, _) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let what = format!("approve the plan of Cluster {namespace}/{name}");
     let (_, _, plans, plan) =
         match current_plan(&session, &headers, (&namespace, &name), &what, "approve").await {
@@ -154,15 +147,11 @@ pub async fn approve(
 /// plan that stopped at a failure, putting the spec back as the plan
 /// found it (`theseus cluster rollback`); 409 with the reason otherwise.
 pub async fn rollback(
-    State(dashboard): State<Dashboard>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session, headers, ..
+    }: Button,
 ) -> Response {
-    let (session, _) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let what = format!("roll back the plan of Cluster {namespace}/{name}");
     let (clusters, cluster, _, plan) =
         match current_plan(&session, &headers, (&namespace, &name), &what, "roll back").await {
@@ -442,14 +431,12 @@ pub struct Preview {
 /// `POST /ui/clusters/preview`: solves the form's request against the
 /// catalog as the user reads it.
 pub async fn preview(
-    State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let form = ClusterForm::parse(&fields);
     let show = |preview: Preview| match preview.render() {
         Ok(html) => axum::response::Html(html).into_response(),
@@ -524,14 +511,12 @@ pub async fn preview(
 /// then goes to the cluster's page. The API server's validation errors
 /// are shown next to the field they name.
 pub async fn create(
-    State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let form = ClusterForm::parse(&fields);
     if form.namespace.is_empty() || form.name.is_empty() {
         return answer(

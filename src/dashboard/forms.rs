@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -25,7 +24,7 @@ use serde_json::{Map, Value, json};
 use super::Dashboard;
 use super::auth::Session;
 use super::columns::{self, Kind};
-use super::pages::{Chrome, answer, api_error, check, page, refused};
+use super::pages::{Button, Chrome, answer, api_error, page, refused};
 
 /// How deep nested objects become groups; deeper ones are YAML.
 const MAX_DEPTH: usize = 3;
@@ -515,15 +514,13 @@ pub async fn edit_form(
 /// `POST /ui/edit/PLURAL`: applies the form's object as the user; the page
 /// then goes to the object.
 pub async fn apply(
-    State(dashboard): State<Dashboard>,
     Path(plural): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let (Some(kind), Some(form)) = (columns::by_plural(&plural), form_of(&plural)) else {
         return answer(
             StatusCode::NOT_FOUND,

@@ -714,27 +714,52 @@ pub(super) fn answer(status: StatusCode, class: &str, text: &str) -> Response {
     (status, Html(html)).into_response()
 }
 
-/// Checks a button's request; the refusal when it may not proceed.
-pub(super) fn check(
-    dashboard: &Dashboard,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(Session, BTreeMap<String, String>), Box<Response>> {
-    let session = match dashboard.auth().session(headers) {
-        Ok(session) => session,
-        Err(Rejection::Login { expired, .. }) => {
-            return Err(Box::new(auth::login_redirect(
-                expired,
-                headers.contains_key("hx-request"),
-            )));
+/// A button's request, checked: its session (a login redirect when there
+/// is none), its form's fields, and its CSRF token and `Origin`
+/// ([`auth::check_post`]); a request that may not proceed is answered with
+/// its refusal before the handler runs. The headers stay for the answer.
+pub struct Button {
+    /// The user's session.
+    pub session: Session,
+    /// The form's fields.
+    pub fields: BTreeMap<String, String>,
+    /// The request's headers.
+    pub headers: HeaderMap,
+}
+
+impl axum::extract::FromRequest<Dashboard> for Button {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        dashboard: &Dashboard,
+    ) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let session = match dashboard.auth().session(&headers) {
+            Ok(session) => session,
+            Err(Rejection::Login { expired, .. }) => {
+                return Err(auth::login_redirect(
+                    expired,
+                    headers.contains_key("hx-request"),
+                ));
+            }
+            Err(other) => return Err(other.into_response()),
+        };
+        let body = Bytes::from_request(request, dashboard)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let fields = form(&body);
+        if let Err(why) =
+            auth::check_post(&session, &headers, fields.get("csrf").map(String::as_str))
+        {
+            return Err(answer(StatusCode::FORBIDDEN, "refused", &why));
         }
-        Err(other) => return Err(Box::new(other.into_response())),
-    };
-    let fields = form(body);
-    if let Err(why) = auth::check_post(&session, headers, fields.get("csrf").map(String::as_str)) {
-        return Err(Box::new(answer(StatusCode::FORBIDDEN, "refused", &why)));
+        Ok(Button {
+            session,
+            fields,
+            headers,
+        })
     }
-    Ok((session, fields))
 }
 
 /// The answer to a change the API server refused or failed.
@@ -779,11 +804,14 @@ where
 }
 
 /// `POST /ui/halt` (`reason`): halts every rollout, as the user.
-pub async fn halt(State(dashboard): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
+pub async fn halt(
+    State(dashboard): State<Dashboard>,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
+) -> Response {
     let reason = fields
         .get("reason")
         .map(|r| r.trim().to_owned())
@@ -815,13 +843,10 @@ pub async fn halt(State(dashboard): State<Dashboard>, headers: HeaderMap, body: 
 /// `POST /ui/resume`: clears the halt, as the user.
 pub async fn resume(
     State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session, headers, ..
+    }: Button,
 ) -> Response {
-    let (session, _) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     match HaltStore::new(session.client.clone(), dashboard.namespace())
         .resume()
         .await
@@ -834,15 +859,13 @@ pub async fn resume(
 
 /// `POST /ui/packagesets/NAME/pause` (`paused`: true or false).
 pub async fn pause(
-    State(dashboard): State<Dashboard>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let paused = fields.get("paused").map(String::as_str) != Some("false");
     merge_patch(
         Api::<PackageSet>::all(session.client.clone()),
@@ -862,15 +885,13 @@ pub async fn pause(
 /// `confirm`, answers the diff and a button that confirms it; with
 /// `confirm`, changes the set's packages as the user.
 pub async fn change_packages(
-    State(dashboard): State<Dashboard>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let wanted: Vec<String> = fields
         .get("packages")
         .map(|p| {
@@ -929,15 +950,13 @@ pub struct PackageDiff {
 
 /// `POST /ui/nodepools/NAME/scale` (`replicas`).
 pub async fn scale(
-    State(dashboard): State<Dashboard>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Button {
+        session,
+        fields,
+        headers,
+    }: Button,
 ) -> Response {
-    let (session, fields) = match check(&dashboard, &headers, &body) {
-        Ok(ok) => ok,
-        Err(refusal) => return *refusal,
-    };
     let Some(replicas) = fields
         .get("replicas")
         .and_then(|r| r.trim().parse::<i32>().ok())
