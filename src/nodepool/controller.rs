@@ -567,6 +567,7 @@ fn pool_nodes(pool: &NodePool, pc: &PoolContext) -> Vec<plan::NodeView> {
                 instance_id: status.instance_id,
                 heartbeat: status.heartbeat.map(|t| t.0),
                 remove_requested: n.annotations().contains_key(super::REMOVE_ANNOTATION),
+                created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
             }
         })
         .collect()

@@ -1,7 +1,8 @@
 //! The local provider: each instance is a `theseus agent` child process
 //! with its own root under the pool's state directory. Pids are kept on disk
 //! (`STATE/SEQ/pid`), so a restarted operator adopts running agents rather
-//! than starting them twice.
+//! than starting them twice; an agent whose pid never reached the disk (the
+//! operator stopped in between) is found by its command line and adopted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,26 +136,66 @@ impl Local {
         }
     }
 
-    /// The running agent of sequence `seq`: its pid and launch time.
+    /// The running agent of sequence `seq`: its pid and launch time. An
+    /// agent whose pid never reached its file (the operator stopped between
+    /// starting it and writing the file) is found by its command line and
+    /// adopted: its pid is written then, so that it is neither started a
+    /// second time nor left running when its instance is terminated.
     fn running(&self, seq: i64) -> Option<(u32, Timestamp)> {
         let dir = self.dir.join(seq.to_string());
-        let pid: u32 = std::fs::read_to_string(dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let launched: i64 = std::fs::read_to_string(dir.join("launched"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
         let id = self.id(seq);
-        alive(pid, &id).then(|| {
-            (
-                pid,
-                Timestamp::from_second(launched).unwrap_or_else(|_| Timestamp::now()),
-            )
-        })
+        let read = |name: &str| -> Option<i64> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let recorded = read("pid")
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&pid| alive(pid, &id));
+        let pid = match recorded {
+            Some(pid) => pid,
+            None => {
+                let pid = *self.agents(seq).first()?;
+                if read("launched").is_none() {
+                    let _ = write(
+                        &dir.join("launched"),
+                        &Timestamp::now().as_second().to_string(),
+                    );
+                }
+                let _ = write(&dir.join("pid"), &pid.to_string());
+                tracing::info!(pool = %self.owner.pool, seq, pid, "adopted a local agent whose pid was not recorded");
+                pid
+            }
+        };
+        let launched = read("launched")
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .unwrap_or_else(Timestamp::now);
+        Some((pid, launched))
+    }
+
+    /// Every live agent process started for sequence `seq` of this pool,
+    /// found by its command line (its instance id and its root under this
+    /// pool's state directory).
+    fn agents(&self, seq: i64) -> Vec<u32> {
+        let root = self.dir.join(seq.to_string()).join("root");
+        let needle = [
+            b"--root\0".as_slice(),
+            root.as_os_str().as_encoded_bytes(),
+            b"\0",
+        ]
+        .concat();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let id = self.id(seq);
+        let mut pids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&pid| alive(pid, &id) && cmdline_has(pid, &needle))
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     fn seqs(&self) -> Result<Vec<i64>, Error> {
@@ -224,15 +265,21 @@ impl Local {
                 pool: self.owner.pool.clone(),
                 id: instance.id.clone(),
             })?;
-        if let Some((pid, _)) = self.running(seq) {
+        // Every process of the instance: one the operator recorded, and
+        // any it started and lost track of.
+        let mut pids = self.agents(seq);
+        pids.extend(self.running(seq).map(|(pid, _)| pid));
+        pids.sort_unstable();
+        pids.dedup();
+        for &pid in &pids {
             signal("TERM", pid);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while alive(pid, &instance.id) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if alive(pid, &instance.id) {
-                signal("KILL", pid);
-            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while pids.iter().any(|&p| alive(p, &instance.id)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for &pid in pids.iter().filter(|&&p| alive(p, &instance.id)) {
+            signal("KILL", pid);
         }
         let dir = self.dir.join(seq.to_string());
         match std::fs::remove_dir_all(&dir) {
@@ -268,19 +315,18 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Whether `pid` is a live (not zombie) agent process for `instance_id`.
 fn alive(pid: u32, instance_id: &str) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else {
-        return false;
-    };
-    let zombie = std::fs::read_to_string(proc.join("stat"))
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(true);
     let needle = format!("--instance-id\0{instance_id}\0");
-    !zombie
-        && cmdline
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
+    !zombie && cmdline_has(pid, needle.as_bytes())
+}
+
+/// Whether process `pid`'s command line holds `needle`.
+fn cmdline_has(pid: u32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.windows(needle.len()).any(|w| w == needle))
 }
 
 fn signal(name: &str, pid: u32) {
@@ -356,6 +402,81 @@ impl Provider for Local {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool whose "agent" is a shell script that sleeps: its command line
+    /// carries the agent's arguments as a real agent's does.
+    fn sleeper_pool(dir: &Path) -> Local {
+        let program = dir.join("agent.sh");
+        std::fs::write(&program, "#!/bin/sh\nsleep 60\n").unwrap();
+        let mut perms = std::fs::metadata(&program).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&program, perms).unwrap();
+        let owner = Owner {
+            pool: "p".into(),
+            uid: "u".into(),
+            cluster: "c".into(),
+        };
+        Local::new(
+            owner,
+            dir.join("pool"),
+            program,
+            BTreeMap::new(),
+            None,
+            None,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_agent_whose_pid_was_never_written_is_adopted_not_started_twice_and_every_copy_is_stopped()
+     {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = sleeper_pool(tmp.path());
+        pool.launch(1, 1).await.unwrap();
+        let first = pool.agents(1);
+        assert_eq!(first.len(), 1, "one agent started: {first:?}");
+        // The operator stopped after starting it, before writing its files.
+        let dir = tmp.path().join("pool/1");
+        std::fs::remove_file(dir.join("pid")).unwrap();
+        std::fs::remove_file(dir.join("launched")).unwrap();
+
+        let listed = pool.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["local-p-1"],
+            "the unrecorded agent is listed"
+        );
+        let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, first[0], "its pid is written when it is adopted");
+        pool.launch(1, 1).await.unwrap();
+        assert_eq!(
+            pool.agents(1),
+            first,
+            "launching it again adopts, not starts"
+        );
+
+        // A second copy the operator lost track of is stopped with it.
+        let mut stray = Command::new(&pool.program)
+            .arg("agent")
+            .arg("--root")
+            .arg(dir.join("root"))
+            .args(["--instance-id", "local-p-1"])
+            .spawn()
+            .unwrap();
+        let both = pool.agents(1);
+        assert_eq!(both.len(), 2, "{both:?}");
+        pool.terminate(&listed).await.unwrap();
+        assert!(
+            pool.agents(1).is_empty(),
+            "every copy stopped: {:?}",
+            pool.agents(1)
+        );
+        assert!(stray.try_wait().unwrap().is_some(), "the stray exited");
+        assert!(!dir.exists(), "the instance's files are gone");
+        assert!(pool.list().await.unwrap().is_empty());
+    }
 
     #[test]
     fn node_n_gets_the_base_plus_n() {

@@ -127,6 +127,8 @@ pub struct NodeView {
     pub heartbeat: Option<Timestamp>,
     /// `theseus node remove` asked for this node to go first.
     pub remove_requested: bool,
+    /// When the NodeInstall was created.
+    pub created: Option<Timestamp>,
 }
 
 /// How one drain pass went.
@@ -190,7 +192,8 @@ pub struct Plan {
     /// NodeInstalls to delete once their instances are terminated.
     pub remove_nodes: Vec<String>,
     /// NodeInstalls to delete now: their instance is neither listed nor
-    /// recorded (a pass terminated it and ended before deleting them).
+    /// recorded (a pass terminated it and ended before deleting them), or
+    /// they never named one and are older than the join timeout.
     pub forget_nodes: Vec<String>,
     /// Unrecorded instances left alone because they are young.
     pub strays: Vec<String>,
@@ -243,10 +246,17 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let forget_nodes = input
         .nodes
         .iter()
-        .filter(|n| {
-            n.instance_id.as_ref().is_some_and(|id| {
+        .filter(|n| match &n.instance_id {
+            Some(id) => {
                 !input.listed.iter().any(|l| &l.id == id) && !instances.iter().any(|i| &i.id == id)
-            })
+            }
+            // Registered by an agent that never reported its instance (it
+            // was terminated in between): nothing else would delete it.
+            None => {
+                n.heartbeat.is_none()
+                    && n.created
+                        .is_some_and(|t| age(input.now, t) >= pool.join_timeout)
+            }
         })
         .map(|n| n.name.clone())
         .collect();

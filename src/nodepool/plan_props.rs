@@ -341,6 +341,7 @@ fn case() -> impl Strategy<Value = Case> {
                     instance_id: Some(r.id.clone()),
                     heartbeat: beat.map(ago),
                     remove_requested: remove,
+                    created: None,
                 });
             }
             if let (State::Draining, Some(d)) = (r.state, drain) {

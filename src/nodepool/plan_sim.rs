@@ -182,6 +182,7 @@ impl Sim {
                 instance_id: Some(id.clone()),
                 heartbeat: Some(self.now),
                 remove_requested: false,
+                created: Some(self.now),
             });
         }
     }

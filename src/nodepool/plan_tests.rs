@@ -76,6 +76,7 @@ fn agent(id: &str) -> NodeView {
         instance_id: Some(id.into()),
         heartbeat: Some(ago(5)),
         remove_requested: false,
+        created: Some(ago(60)),
     }
 }
 
@@ -313,6 +314,27 @@ fn a_node_install_whose_instance_is_gone_is_deleted_and_no_other() {
     let mut w = World::new(pool(1), vec![joined("a", 100)]);
     w.listed.clear();
     assert!(w.plan().forget_nodes.is_empty());
+}
+
+#[test]
+fn a_node_install_that_never_named_its_instance_is_deleted_after_the_join_timeout() {
+    // Its agent registered and was terminated before its first status.
+    let silent = |name: &str, created: i64| NodeView {
+        name: name.into(),
+        instance_id: None,
+        heartbeat: None,
+        remove_requested: false,
+        created: Some(ago(created)),
+    };
+    let mut w = World::new(pool(1), vec![joined("a", 1000)]);
+    let timeout = w.pool.join_timeout.as_secs() as i64;
+    w.nodes.push(silent("old", timeout + 1));
+    w.nodes.push(silent("young", timeout - 10));
+    // One that reported a heartbeat but no instance is someone's agent.
+    let mut beating = silent("beating", timeout + 1);
+    beating.heartbeat = Some(ago(5));
+    w.nodes.push(beating);
+    assert_eq!(w.plan().forget_nodes, vec!["old".to_string()]);
 }
 
 fn blocked(age: i64, policy: DrainTimeoutPolicy) -> Plan {

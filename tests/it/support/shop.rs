@@ -406,19 +406,39 @@ impl Shop {
                 .map(|p| p.status.as_ref().map(|s| s.replicas).unwrap_or(0))
                 .sum();
             let replicas: i32 = pools.iter().map(|p| p.spec.replicas).sum();
+            let installs = self.installs().await;
             let counts = (
                 instances as usize,
                 replicas as usize,
-                self.installs().await.len(),
+                installs.len(),
                 self.agents().len(),
             );
             if counts == (want, want, want, want) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{want} layout nodes; (pool instances, pool replicas, NodeInstalls, agents) = {counts:?}"
-                ))
+                return Ok(());
             }
+            // What each side holds, so that a leak says which node it is.
+            let recorded: Vec<String> = pools
+                .iter()
+                .flat_map(|p| p.status.iter().flat_map(|s| &s.instances))
+                .map(|i| format!("{} {:?} node={:?}", i.id, i.state, i.node))
+                .collect();
+            let nodes: Vec<String> = installs
+                .iter()
+                .map(|n| {
+                    let st = n.status.clone().unwrap_or_default();
+                    format!(
+                        "{} instance={:?} heartbeat={} created={:?}",
+                        n.name_any(),
+                        st.instance_id,
+                        st.heartbeat.is_some(),
+                        n.metadata.creation_timestamp.as_ref().map(|t| t.0)
+                    )
+                })
+                .collect();
+            Err(format!(
+                "{want} layout nodes; (pool instances, pool replicas, NodeInstalls, agents) = {counts:?}; recorded instances {recorded:?}; NodeInstalls {nodes:?}; agent pids {:?}",
+                self.agents()
+            ))
         })
         .await;
     }
