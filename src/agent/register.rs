@@ -1,6 +1,7 @@
 //! The agent's NodeInstall: created or adopted at start, its status written
-//! by server-side apply (never touching `spec`, which the operator owns) by
-//! one writer task that also heartbeats, and a watch on the object's target.
+//! whole by a merge patch of the status subresource (never touching
+//! `spec`, which the operator owns) by one writer task that also
+//! heartbeats, and a watch on the object's target.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -121,7 +122,7 @@ pub async fn register(
 
 /// The agent's view of its status. Changing it never waits for the API
 /// server: the latest status goes into a `watch` channel, and one task,
-/// [`write_status`], writes it in full by server-side apply on every change
+/// [`write_status`], writes it in full ([`status_patch`]) on every change
 /// and every heartbeat. When the API server is slow, intermediate statuses
 /// are skipped; the latest always wins.
 #[derive(Clone)]
@@ -177,21 +178,47 @@ impl StatusApi {
 
     /// Writes `status`, logging a failure (the next heartbeat retries).
     pub async fn write(&self, status: NodeInstallStatus) {
-        let body = serde_json::json!({
-            "apiVersion": "theseus.dev/v1alpha1",
-            "kind": "NodeInstall",
-            "metadata": { "name": self.node },
-            "status": status,
-        });
-        let params = PatchParams::apply(MANAGER).force();
+        let params = PatchParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         if let Err(e) = self
             .api
-            .patch_status(&self.node, &params, &Patch::Apply(&body))
+            .patch_status(&self.node, &params, &Patch::Merge(&status_patch(&status)))
             .await
         {
             tracing::warn!(node = %self.node, "cannot write NodeInstall status (retrying at the next heartbeat): {e}");
         }
     }
+}
+
+/// The merge patch that makes the NodeInstall's status exactly `status`:
+/// every field of the status, the ones `status` leaves out as `null` (a
+/// JSON merge patch keeps a field it does not mention, and replaces a
+/// list whole). The agent is the status's only writer, so a whole status
+/// is what server-side apply would leave; a merge patch costs the API
+/// server far less (no YAML parse of the body, no merge of field sets).
+pub fn status_patch(status: &NodeInstallStatus) -> serde_json::Value {
+    let mut fields = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = fields.as_object_mut() {
+        for name in status_fields() {
+            map.entry(name.as_str()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": fields })
+}
+
+/// The names of every field of a NodeInstall's status, from its schema.
+fn status_fields() -> &'static [String] {
+    static FIELDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let schema = schemars::schema_for!(NodeInstallStatus);
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    })
 }
 
 /// The status writer: writes the latest status of `reporter` with `write`
@@ -298,6 +325,30 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    #[test]
+    fn the_status_patch_names_every_field_and_clears_the_ones_left_out() {
+        let status = NodeInstallStatus {
+            message: Some("switching".into()),
+            active: vec!["a--1".into()],
+            ..NodeInstallStatus::default()
+        };
+        let patch = status_patch(&status);
+        let fields = patch["status"].as_object().unwrap();
+        assert_eq!(fields["message"], "switching");
+        assert_eq!(fields["active"], serde_json::json!(["a--1"]));
+        // Left out: cleared, lists included (a merge patch would keep them).
+        for gone in ["failedHash", "reason", "tasks", "conditions", "heartbeat"] {
+            assert_eq!(fields[gone], serde_json::Value::Null, "{gone}");
+        }
+        // Every field of the status is named, none more.
+        let all = serde_json::to_value(NodeInstallStatus::default()).unwrap();
+        for name in all.as_object().unwrap().keys() {
+            assert!(fields.contains_key(name), "{name}");
+        }
+        assert_eq!(fields.len(), status_fields().len());
+        assert!(fields.len() >= 15, "{fields:?}");
+    }
 
     #[tokio::test]
     async fn a_slow_writer_never_holds_up_an_update_and_the_latest_status_wins() {
