@@ -33,8 +33,8 @@ use super::status::{
 use super::target::{TargetError, put_target};
 use super::{ownership, plan, validate};
 use crate::api::{
-    ConfigBundle, ConfigBundleRef, NodeInstall, NodeTarget, PackageRepository, PackageSet,
-    PackageSource, RenderedPackage, TargetSecret, ValueFrom,
+    ConfigBundle, ConfigBundleRef, NodeInstall, NodePhase, NodeTarget, PackageRepository,
+    PackageSet, PackageSource, RenderedPackage, TargetSecret, ValueFrom,
 };
 use crate::pkg::PackageId;
 use crate::pkg::set::set_hash;
@@ -197,29 +197,67 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
 }
 
 /// The fleet-wide gauge of NodeInstalls by phase, from the node store.
-fn record_phases(metrics: &crate::shared::metrics::Metrics, nodes: &[Arc<NodeInstall>]) {
-    let mut phases: BTreeMap<String, i64> = BTreeMap::new();
-    for node in nodes {
-        let phase = node.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        *phases.entry(format!("{phase:?}")).or_default() += 1;
+/// The phases of the fleet's gauge, in `NodePhase`'s order.
+const PHASES: [&str; 7] = [
+    "Idle",
+    "Fetching",
+    "Activating",
+    "Verifying",
+    "Active",
+    "RolledBack",
+    "Failed",
+];
+
+/// The phase gauge's counts, kept node by node as their phases change (a
+/// change costs the same with 20 nodes or 20,000).
+#[derive(Default)]
+struct PhaseCounts {
+    of: HashMap<String, NodePhase>,
+    counts: [i64; PHASES.len()],
+}
+
+impl PhaseCounts {
+    /// `node` is now in `phase` (`None`: gone); whether a count changed.
+    fn set(&mut self, node: &str, phase: Option<NodePhase>) -> bool {
+        let old = self.of.get(node).copied();
+        if old == phase {
+            return false;
+        }
+        match phase {
+            Some(p) => self.of.insert(node.to_owned(), p),
+            None => self.of.remove(node),
+        };
+        if let Some(p) = old {
+            self.counts[p as usize] -= 1;
+        }
+        if let Some(p) = phase {
+            self.counts[p as usize] += 1;
+        }
+        true
     }
-    for phase in [
-        "Idle",
-        "Fetching",
-        "Activating",
-        "Verifying",
-        "Active",
-        "RolledBack",
-        "Failed",
-    ] {
-        let count = phases.get(phase).copied().unwrap_or(0);
-        metrics
-            .nodes
-            .get_or_create(&crate::shared::metrics::PhaseLabels {
-                phase: phase.to_owned(),
-            })
-            .set(count);
+
+    /// Counts the store's nodes afresh (after a re-list).
+    fn reset(&mut self, nodes: &[Arc<NodeInstall>]) {
+        *self = PhaseCounts::default();
+        for node in nodes {
+            self.set(&node.name_any(), Some(phase_of(node)));
+        }
     }
+
+    fn publish(&self, metrics: &crate::shared::metrics::Metrics) {
+        for (phase, count) in PHASES.iter().zip(self.counts) {
+            metrics
+                .nodes
+                .get_or_create(&crate::shared::metrics::PhaseLabels {
+                    phase: (*phase).to_owned(),
+                })
+                .set(count);
+        }
+    }
+}
+
+fn phase_of(node: &NodeInstall) -> NodePhase {
+    node.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 /// The shared NodeInstall store, and a stream that wakes every set when a node
@@ -235,24 +273,38 @@ fn watch_nodes(
     let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
     // Per node, the digest of its fingerprint (not a copy of it).
     let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut phases = PhaseCounts::default();
     let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
     let node_stream = ctx.stores.nodes.subscribe().for_each(move |event| {
-        let changed = match event {
+        let (changed, counted) = match event {
             watcher::Event::Apply(node) => {
                 let fingerprint = NodeFingerprint::of(&node);
-                seen.insert(node.name_any(), fingerprint) != Some(fingerprint)
+                let changed = seen.insert(node.name_any(), fingerprint) != Some(fingerprint);
+                (changed, phases.set(&node.name_any(), Some(phase_of(&node))))
             }
             // A re-list is taken in whole and acted on once, at InitDone.
             watcher::Event::InitApply(node) => {
                 seen.insert(node.name_any(), NodeFingerprint::of(&node));
-                false
+                (false, false)
             }
-            watcher::Event::Delete(node) => seen.remove(&node.name_any()).is_some(),
-            watcher::Event::InitDone => true,
-            watcher::Event::Init => false,
+            watcher::Event::Delete(node) => (
+                seen.remove(&node.name_any()).is_some(),
+                phases.set(&node.name_any(), None),
+            ),
+            watcher::Event::InitDone => {
+                let state = gauge_nodes.state();
+                let names: std::collections::HashSet<String> =
+                    state.iter().map(|n| n.name_any()).collect();
+                seen.retain(|name, _| names.contains(name));
+                phases.reset(&state);
+                (true, true)
+            }
+            watcher::Event::Init => (false, false),
         };
+        if counted {
+            phases.publish(&metrics);
+        }
         if changed {
-            record_phases(&metrics, &gauge_nodes.state());
             // A full channel means a wake-up is already pending.
             let _ = wake.clone().try_send(());
         }
@@ -681,11 +733,10 @@ fn claim_nodes(
             selector: &s.spec.node_selector,
         })
         .collect();
-    let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
+    let labels = nodes
         .iter()
-        .map(|n| (n.name_any(), n.labels().clone()))
-        .collect();
-    ownership::claim(&set.name_any(), &claimants, &labels)
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.labels())));
+    ownership::claim(&set.name_any(), &claimants, labels)
 }
 
 fn node_views(
@@ -702,21 +753,26 @@ fn node_views(
         .unwrap_or_default();
     nodes
         .iter()
-        .filter(|n| owned.contains(&n.name_any()))
-        .map(|n| {
-            let status = n.status.clone().unwrap_or_default();
-            let ready = crate::api::conditions::find(&status.conditions, "Ready")
+        .filter_map(|n| {
+            let name = n.metadata.name.as_ref()?;
+            owned.contains(name).then_some((name, n))
+        })
+        .map(|(name, n)| {
+            // Borrowed, not cloned: a pass reads every node of the set.
+            let status = n.status.as_ref();
+            let ready = status
+                .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
                 .filter(|c| c.status == "True")
                 .map(|c| c.last_transition_time.0);
             plan::NodeView {
-                name: n.name_any(),
+                name: name.clone(),
                 target_hash: n.spec.target.as_ref().map(|t| t.set_hash.clone()),
-                active_hash: status.active_hash,
-                phase: status.phase,
-                failed_hash: status.failed_hash,
+                active_hash: status.and_then(|s| s.active_hash.clone()),
+                phase: status.map(|s| s.phase).unwrap_or_default(),
+                failed_hash: status.and_then(|s| s.failed_hash.clone()),
                 heartbeat: last_sign_of_life(n),
                 ready_since: ready,
-                reserved: reserved.contains(&n.name_any()),
+                reserved: reserved.contains(name),
             }
         })
         .collect()
@@ -845,6 +901,43 @@ mod tests {
             ..NodeInstallStatus::default()
         });
         assert_eq!(last_sign_of_life(&node), Some(beat));
+    }
+
+    #[test]
+    fn the_phase_counts_follow_each_node_and_a_relist_counts_afresh() {
+        let node = |name: &str, phase: NodePhase| {
+            let mut n = NodeInstall::new(name, NodeInstallSpec::default());
+            n.status = Some(NodeInstallStatus {
+                phase,
+                ..NodeInstallStatus::default()
+            });
+            Arc::new(n)
+        };
+        let count = |c: &PhaseCounts, phase: NodePhase| c.counts[phase as usize];
+        let mut c = PhaseCounts::default();
+        assert!(c.set("a", Some(NodePhase::Idle)));
+        assert!(c.set("b", Some(NodePhase::Idle)));
+        assert!(!c.set("a", Some(NodePhase::Idle)), "unchanged");
+        assert!(c.set("a", Some(NodePhase::Fetching)));
+        assert_eq!(count(&c, NodePhase::Idle), 1);
+        assert_eq!(count(&c, NodePhase::Fetching), 1);
+        assert!(c.set("b", None));
+        assert!(!c.set("b", None), "gone already");
+        assert_eq!(count(&c, NodePhase::Idle), 0);
+        c.reset(&[
+            node("x", NodePhase::Active),
+            node("y", NodePhase::Active),
+            node("z", NodePhase::Failed),
+        ]);
+        assert_eq!(
+            count(&c, NodePhase::Fetching),
+            0,
+            "a is gone after the re-list"
+        );
+        assert_eq!(count(&c, NodePhase::Active), 2);
+        assert_eq!(count(&c, NodePhase::Failed), 1);
+        assert_eq!(PHASES[NodePhase::RolledBack as usize], "RolledBack");
+        assert_eq!(PHASES[NodePhase::Failed as usize], "Failed");
     }
 
     #[test]

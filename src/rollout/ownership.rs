@@ -29,11 +29,11 @@ pub struct Claim {
     pub conflicts: BTreeMap<String, String>,
 }
 
-/// Works out the claim of `me` among `sets` over `nodes` (name → labels).
-pub fn claim<'a>(
+/// Works out the claim of `me` among `sets` over `nodes` (name, labels).
+pub fn claim<'a, 'n>(
     me: &str,
     sets: &[Claimant<'a>],
-    nodes: &BTreeMap<String, BTreeMap<String, String>>,
+    nodes: impl IntoIterator<Item = (&'n str, &'n BTreeMap<String, String>)>,
 ) -> Claim {
     let mut ordered: Vec<&Claimant<'a>> = sets.iter().collect();
     ordered.sort_by(|a, b| (a.created, a.name).cmp(&(b.created, b.name)));
@@ -51,9 +51,9 @@ pub fn claim<'a>(
             .map(|s| s.name)
             .unwrap_or(me);
         if owner == me {
-            result.owned.insert(node.clone());
+            result.owned.insert(node.to_owned());
         } else {
-            result.conflicts.insert(node.clone(), owner.to_owned());
+            result.conflicts.insert(node.to_owned(), owner.to_owned());
         }
     }
     result
@@ -62,6 +62,12 @@ pub fn claim<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pairs(
+        nodes: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> impl Iterator<Item = (&str, &BTreeMap<String, String>)> {
+        nodes.iter().map(|(n, l)| (n.as_str(), l))
+    }
 
     fn labels(role: &str) -> BTreeMap<String, String> {
         [("role".to_owned(), role.to_owned())].into()
@@ -96,11 +102,11 @@ mod tests {
         ]
         .into();
 
-        let older = claim("older", &sets, &nodes);
+        let older = claim("older", &sets, pairs(&nodes));
         assert_eq!(older.owned, ["a".to_owned()].into());
         assert!(older.conflicts.is_empty());
 
-        let newer = claim("newer", &sets, &nodes);
+        let newer = claim("newer", &sets, pairs(&nodes));
         assert_eq!(newer.owned, ["b".to_owned()].into());
         assert_eq!(
             newer.conflicts,
@@ -125,7 +131,7 @@ mod tests {
             },
         ];
         let nodes: BTreeMap<_, _> = [("n".to_owned(), labels("x"))].into();
-        assert_eq!(claim("a", &sets, &nodes).owned.len(), 1);
-        assert_eq!(claim("b", &sets, &nodes).conflicts.len(), 1);
+        assert_eq!(claim("a", &sets, pairs(&nodes)).owned.len(), 1);
+        assert_eq!(claim("b", &sets, pairs(&nodes)).conflicts.len(), 1);
     }
 }
