@@ -15,6 +15,7 @@
 //! at the provider); once none is left, the bindings and namespaces go,
 //! then the finalizer.
 
+mod delete;
 pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +28,7 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBindin
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::watcher;
@@ -252,7 +253,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, cx: Arc<Context>) -> Result<Action, 
     let namespaces = quota::namespaces(&tenant);
     let held = held(&tenant, &namespaces, &cx).await?;
     if deleting {
-        return delete(&tenant, &namespaces, held, &cx).await;
+        return delete::delete(&tenant, &namespaces, held, &cx).await;
     }
     for ns in &namespaces {
         apply_namespace(&tenant, ns, &cx).await?;
@@ -669,7 +670,7 @@ async fn leases(
                 .await
                 .map_err(write_err(&name, &format!("mark {what}'s lease warned")))?;
             }
-            _ => delete_one(&api, &c.name_any(), &name, &what).await?,
+            _ => delete::delete_one(&api, &c.name_any(), &name, &what).await?,
         }
     }
     Ok(())
@@ -722,115 +723,4 @@ async fn apply_cluster_wide(tenant: &Tenant, cx: &Context) -> Result<(), Error> 
             &format!("apply ValidatingAdmissionPolicyBinding {binding}"),
         ))?;
     Ok(())
-}
-
-/// A deleted tenant: its Clusters and AppInstances are deleted (each
-/// through its own finalizer and delete plan); once none is left, its
-/// bindings and namespaces; once those are gone, the finalizer.
-async fn delete(
-    tenant: &Tenant,
-    namespaces: &[String],
-    held: Held,
-    cx: &Context,
-) -> Result<Action, Error> {
-    let name = tenant.name_any();
-    let client = &cx.shared.client;
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    for c in held
-        .clusters
-        .iter()
-        .filter(|c| c.meta().deletion_timestamp.is_none())
-    {
-        let ns = c.namespace().unwrap_or_default();
-        let api = Api::<Cluster>::namespaced(client.clone(), &ns);
-        let what = format!("Cluster {ns}/{}", c.name_any());
-        delete_one(&api, &c.name_any(), &name, &what).await?;
-    }
-    for i in held
-        .instances
-        .iter()
-        .filter(|i| i.meta().deletion_timestamp.is_none())
-    {
-        let ns = i.namespace().unwrap_or_default();
-        let api = Api::<AppInstance>::namespaced(client.clone(), &ns);
-        let what = format!("AppInstance {ns}/{}", i.name_any());
-        delete_one(&api, &i.name_any(), &name, &what).await?;
-    }
-    let left = held.clusters.len() + held.instances.len();
-    let mut remaining_namespaces = Vec::new();
-    if left == 0 {
-        let binding = binding_name(&name);
-        let policy_bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
-        delete_one(&policy_bindings, &binding, &name, "its policy binding").await?;
-        let catalog_bindings = Api::<ClusterRoleBinding>::all(client.clone());
-        delete_one(&catalog_bindings, &binding, &name, "its catalog binding").await?;
-        let api = Api::<Namespace>::all(client.clone());
-        for ns in namespaces {
-            let Some(found) = api
-                .get_opt(ns)
-                .await
-                .map_err(read_err(&name, "its namespaces"))?
-            else {
-                continue;
-            };
-            // Only a namespace this tenant made (or adopted) goes.
-            if found.labels().get(TENANT_LABEL) != Some(&name) {
-                continue;
-            }
-            remaining_namespaces.push(ns.clone());
-            if found.meta().deletion_timestamp.is_none() {
-                delete_one(&api, ns, &name, &format!("Namespace {ns}")).await?;
-            }
-        }
-    }
-    let message = if left > 0 {
-        format!(
-            "deleting {} clusters and {} application instances (their delete plans drain and remove their nodes)",
-            held.clusters.len(),
-            held.instances.len()
-        )
-    } else if !remaining_namespaces.is_empty() {
-        format!("deleting namespaces {}", remaining_namespaces.join(", "))
-    } else {
-        "done; removing the finalizer".to_owned()
-    };
-    let observed = vec![Observed::new(DELETING, true, "Deleting", message)];
-    write_status(&tenants, tenant, cx, |_, _| observed.clone()).await?;
-    if left > 0 || !remaining_namespaces.is_empty() {
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-    let finalizers: Vec<String> = tenant
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": tenant.resource_version() } });
-    match tenants
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(write_err(&name, "remove its finalizer")(e)),
-    }
-    tracing::info!(tenant = %name, "tenant deleted: its clusters, instances and namespaces are gone");
-    Ok(Action::await_change())
-}
-
-/// Deletes `name` of `api` (in the background); one already gone is
-/// what was wanted.
-async fn delete_one<K>(api: &Api<K>, name: &str, tenant: &str, what: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Write {
-            tenant: tenant.to_owned(),
-            action: format!("delete {what}"),
-            source,
-        }),
-    }
 }
