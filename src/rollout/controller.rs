@@ -133,6 +133,40 @@ struct SetContext {
     nodes: Store<NodeInstall>,
     sets: Store<PackageSet>,
     recorder: Recorder,
+    written: Written,
+}
+
+/// Each set as this controller's last status write left it, with the
+/// version it was written over. A pass that starts before the watch has
+/// brought that write back plans from it instead of the cached copy,
+/// whose version the API server would refuse (HTTP 409) and whose status
+/// no longer says which nodes are reserved; a set the cache shows at any
+/// other version is planned from the cache, as always.
+#[derive(Default)]
+struct Written(std::sync::Mutex<HashMap<String, (String, Arc<PackageSet>)>>);
+
+impl Written {
+    /// `set`, or what this controller wrote over it.
+    fn fresher(&self, set: Arc<PackageSet>) -> Arc<PackageSet> {
+        let mut written = self.0.lock().expect("written sets lock");
+        let name = set.name_any();
+        match written.get(&name) {
+            Some((over, mine)) if set.resource_version().as_ref() == Some(over) => mine.clone(),
+            Some(_) => {
+                written.remove(&name);
+                set
+            }
+            None => set,
+        }
+    }
+
+    /// `mine` was written over version `over` of the set.
+    fn remember(&self, over: Option<String>, mine: PackageSet) {
+        if let Some(over) = over {
+            let mut written = self.0.lock().expect("written sets lock");
+            written.insert(mine.name_any(), (over, Arc::new(mine)));
+        }
+    }
 }
 
 /// Runs the controller until `stop` is cancelled.
@@ -158,6 +192,7 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
             nodes,
             sets,
             recorder,
+            written: Written::default(),
         });
         controller
             .reconcile_all_on(woken)
@@ -367,6 +402,7 @@ fn error_policy(set: Arc<PackageSet>, err: &Error, ctx: Arc<SetContext>) -> Acti
 /// One pass: observe → plan → record → act → report.
 async fn reconcile(set: Arc<PackageSet>, sc: Arc<SetContext>) -> Result<Action, Error> {
     sc.ctx.metrics.reconciled(NAME);
+    let set = sc.written.fresher(set);
     let now = Timestamp::now();
     let seen = observe(&set, &sc).await?;
     let decision = match decide(&set, &sc, &seen, now) {
@@ -809,7 +845,10 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(changed),
+        Ok(written) => {
+            sc.written.remember(set.resource_version(), written);
+            Ok(changed)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
             set: set.name_any(),
         }),
@@ -901,6 +940,46 @@ mod tests {
             ..NodeInstallStatus::default()
         });
         assert_eq!(last_sign_of_life(&node), Some(beat));
+    }
+
+    #[test]
+    fn a_pass_plans_from_its_own_last_write_until_the_cache_has_moved_past_it() {
+        let at = |version: &str, nodes: &[&str]| {
+            let mut set: PackageSet = serde_json::from_value(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "PackageSet",
+                "metadata": { "name": "web", "resourceVersion": version },
+                "spec": { "repository": "repo", "packages": [] }
+            }))
+            .unwrap();
+            set.status = Some(crate::api::PackageSetStatus {
+                nodes_in_progress: nodes.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            });
+            set
+        };
+        let written = Written::default();
+        let cached = Arc::new(at("1", &[]));
+        assert_eq!(
+            written.fresher(cached.clone()).resource_version().unwrap(),
+            "1"
+        );
+        // The pass over version 1 reserved n0 and wrote version 2.
+        written.remember(Some("1".into()), at("2", &["n0"]));
+        let next = written.fresher(cached.clone());
+        assert_eq!(
+            next.resource_version().unwrap(),
+            "2",
+            "the cache still shows 1"
+        );
+        assert_eq!(next.status.as_ref().unwrap().nodes_in_progress, ["n0"]);
+        // The watch brought version 2 (or anyone's later one): the cache wins.
+        let caught_up = Arc::new(at("3", &["n0", "n1"]));
+        assert_eq!(written.fresher(caught_up).resource_version().unwrap(), "3");
+        assert_eq!(
+            written.fresher(cached).resource_version().unwrap(),
+            "1",
+            "forgotten once the cache moved past it"
+        );
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn context(client: kube::Client, nodes: &[NodeInstall]) -> SetContext {
         nodes: node_store,
         sets: set_store,
         recorder,
+        written: Written::default(),
     }
 }
 
