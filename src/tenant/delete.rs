@@ -16,7 +16,7 @@ use super::{
     Context, DELETING, Error, FINALIZER, Held, binding_name, read_err, write_err, write_status,
 };
 use crate::api::conditions::Observed;
-use crate::api::{AppInstance, Cluster, TENANT_LABEL, Tenant};
+use crate::api::{TENANT_LABEL, Tenant};
 
 /// A deleted tenant: its Clusters and AppInstances are deleted (each
 /// through its own finalizer and delete plan); once none is left, its
@@ -30,26 +30,8 @@ pub(super) async fn delete(
     let name = tenant.name_any();
     let client = &cx.shared.client;
     let tenants: Api<Tenant> = Api::all(client.clone());
-    for c in held
-        .clusters
-        .iter()
-        .filter(|c| c.meta().deletion_timestamp.is_none())
-    {
-        let ns = c.namespace().unwrap_or_default();
-        let api = Api::<Cluster>::namespaced(client.clone(), &ns);
-        let what = format!("Cluster {ns}/{}", c.name_any());
-        delete_one(&api, &c.name_any(), &name, &what).await?;
-    }
-    for i in held
-        .instances
-        .iter()
-        .filter(|i| i.meta().deletion_timestamp.is_none())
-    {
-        let ns = i.namespace().unwrap_or_default();
-        let api = Api::<AppInstance>::namespaced(client.clone(), &ns);
-        let what = format!("AppInstance {ns}/{}", i.name_any());
-        delete_one(&api, &i.name_any(), &name, &what).await?;
-    }
+    delete_each(&held.clusters, client, &name).await?;
+    delete_each(&held.instances, client, &name).await?;
     let left = held.clusters.len() + held.instances.len();
     let mut remaining_namespaces = Vec::new();
     if left == 0 {
@@ -110,6 +92,27 @@ pub(super) async fn delete(
     }
     tracing::info!(tenant = %name, "tenant deleted: its clusters, instances and namespaces are gone");
     Ok(Action::await_change())
+}
+
+/// Deletes each of `objects` (a tenant's Clusters or AppInstances) not
+/// being deleted already.
+async fn delete_each<K>(objects: &[K], client: &kube::Client, tenant: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for object in objects
+        .iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+    {
+        let (ns, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let api = Api::<K>::namespaced(client.clone(), &ns);
+        let what = format!("{} {ns}/{name}", K::kind(&()));
+        delete_one(&api, &name, tenant, &what).await?;
+    }
+    Ok(())
 }
 
 /// Deletes `name` of `api` (in the background); one already gone is
