@@ -154,24 +154,18 @@ impl Local {
         let recorded = read("pid")
             .and_then(|p| u32::try_from(p).ok())
             .filter(|&pid| alive(pid, &id));
-        let pid = match recorded {
-            Some(pid) => pid,
-            None => {
-                let pid = *self.agents(seq).first()?;
-                if read("launched").is_none() {
-                    let _ = write(
-                        &dir.join("launched"),
-                        &Timestamp::now().as_second().to_string(),
-                    );
-                }
-                let _ = write(&dir.join("pid"), &pid.to_string());
-                tracing::info!(pool = %self.owner.pool, seq, pid, "adopted a local agent whose pid was not recorded");
-                pid
-            }
-        };
-        let launched = read("launched")
-            .and_then(|s| Timestamp::from_second(s).ok())
-            .unwrap_or_else(Timestamp::now);
+        let launched = read("launched").and_then(|s| Timestamp::from_second(s).ok());
+        if let Some(pid) = recorded {
+            return Some((pid, launched.unwrap_or_else(Timestamp::now)));
+        }
+        let pid = *self.agents(seq).first()?;
+        let launched = launched.unwrap_or_else(|| {
+            let now = Timestamp::now();
+            let _ = write(&dir.join("launched"), &now.as_second().to_string());
+            now
+        });
+        let _ = write(&dir.join("pid"), &pid.to_string());
+        tracing::info!(pool = %self.owner.pool, seq, pid, "adopted a local agent whose pid was not recorded");
         Some((pid, launched))
     }
 
@@ -265,12 +259,9 @@ impl Local {
                 pool: self.owner.pool.clone(),
                 id: instance.id.clone(),
             })?;
-        // Every process of the instance: one the operator recorded, and
-        // any it started and lost track of.
-        let mut pids = self.agents(seq);
-        pids.extend(self.running(seq).map(|(pid, _)| pid));
-        pids.sort_unstable();
-        pids.dedup();
+        // Every process of the instance (found by its command line): the
+        // one the operator recorded and any it started and lost track of.
+        let pids = self.agents(seq);
         for &pid in &pids {
             signal("TERM", pid);
         }

@@ -231,8 +231,8 @@ pub fn run(ctx: Shared, settings: Config, stop: CancellationToken) -> BoxFuture<
     })
 }
 
-/// The fleet-wide gauge of NodeInstalls by phase, from the node store.
-/// The phases of the fleet's gauge, in `NodePhase`'s order.
+/// The phases of the fleet-wide gauge of NodeInstalls, in `NodePhase`'s
+/// order.
 const PHASES: [&str; 7] = [
     "Idle",
     "Fetching",
@@ -243,39 +243,34 @@ const PHASES: [&str; 7] = [
     "Failed",
 ];
 
-/// The phase gauge's counts, kept node by node as their phases change (a
+/// The phase gauge's counts, moved node by node as their phases change (a
 /// change costs the same with 20 nodes or 20,000).
 #[derive(Default)]
 struct PhaseCounts {
-    of: HashMap<String, NodePhase>,
     counts: [i64; PHASES.len()],
 }
 
 impl PhaseCounts {
-    /// `node` is now in `phase` (`None`: gone); whether a count changed.
-    fn set(&mut self, node: &str, phase: Option<NodePhase>) -> bool {
-        let old = self.of.get(node).copied();
-        if old == phase {
+    /// A node went from phase `old` to `new` (`None`: it was not there, or
+    /// is gone); whether a count changed.
+    fn moved(&mut self, old: Option<NodePhase>, new: Option<NodePhase>) -> bool {
+        if old == new {
             return false;
         }
-        match phase {
-            Some(p) => self.of.insert(node.to_owned(), p),
-            None => self.of.remove(node),
-        };
         if let Some(p) = old {
             self.counts[p as usize] -= 1;
         }
-        if let Some(p) = phase {
+        if let Some(p) = new {
             self.counts[p as usize] += 1;
         }
         true
     }
 
-    /// Counts the store's nodes afresh (after a re-list).
-    fn reset(&mut self, nodes: &[Arc<NodeInstall>]) {
+    /// Counts `phases` afresh (after a re-list).
+    fn reset(&mut self, phases: impl IntoIterator<Item = NodePhase>) {
         *self = PhaseCounts::default();
-        for node in nodes {
-            self.set(&node.name_any(), Some(phase_of(node)));
+        for phase in phases {
+            self.moved(None, Some(phase));
         }
     }
 
@@ -306,32 +301,38 @@ fn watch_nodes(
 ) -> (Store<NodeInstall>, futures::channel::mpsc::Receiver<()>) {
     let nodes = ctx.stores.nodes.store().clone();
     let (wake, woken) = futures::channel::mpsc::channel::<()>(1);
-    // Per node, the digest of its fingerprint (not a copy of it).
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    // Per node, the digest of its fingerprint (not a copy of it) and its
+    // phase, for the gauge.
+    let mut seen: HashMap<String, (u64, NodePhase)> = HashMap::new();
     let mut phases = PhaseCounts::default();
     let (gauge_nodes, metrics) = (nodes.clone(), ctx.metrics.clone());
     let node_stream = ctx.stores.nodes.subscribe().for_each(move |event| {
         let (changed, counted) = match event {
             watcher::Event::Apply(node) => {
-                let fingerprint = NodeFingerprint::of(&node);
-                let changed = seen.insert(node.name_any(), fingerprint) != Some(fingerprint);
-                (changed, phases.set(&node.name_any(), Some(phase_of(&node))))
+                let now = (NodeFingerprint::of(&node), phase_of(&node));
+                let old = seen.insert(node.name_any(), now);
+                (
+                    old.map(|(f, _)| f) != Some(now.0),
+                    phases.moved(old.map(|(_, p)| p), Some(now.1)),
+                )
             }
             // A re-list is taken in whole and acted on once, at InitDone.
             watcher::Event::InitApply(node) => {
-                seen.insert(node.name_any(), NodeFingerprint::of(&node));
+                seen.insert(
+                    node.name_any(),
+                    (NodeFingerprint::of(&node), phase_of(&node)),
+                );
                 (false, false)
             }
-            watcher::Event::Delete(node) => (
-                seen.remove(&node.name_any()).is_some(),
-                phases.set(&node.name_any(), None),
-            ),
+            watcher::Event::Delete(node) => match seen.remove(&node.name_any()) {
+                Some((_, phase)) => (true, phases.moved(Some(phase), None)),
+                None => (false, false),
+            },
             watcher::Event::InitDone => {
-                let state = gauge_nodes.state();
                 let names: std::collections::HashSet<String> =
-                    state.iter().map(|n| n.name_any()).collect();
+                    gauge_nodes.state().iter().map(|n| n.name_any()).collect();
                 seen.retain(|name, _| names.contains(name));
-                phases.reset(&state);
+                phases.reset(seen.values().map(|(_, p)| *p));
                 (true, true)
             }
             watcher::Event::Init => (false, false),
@@ -984,30 +985,22 @@ mod tests {
 
     #[test]
     fn the_phase_counts_follow_each_node_and_a_relist_counts_afresh() {
-        let node = |name: &str, phase: NodePhase| {
-            let mut n = NodeInstall::new(name, NodeInstallSpec::default());
-            n.status = Some(NodeInstallStatus {
-                phase,
-                ..NodeInstallStatus::default()
-            });
-            Arc::new(n)
-        };
         let count = |c: &PhaseCounts, phase: NodePhase| c.counts[phase as usize];
         let mut c = PhaseCounts::default();
-        assert!(c.set("a", Some(NodePhase::Idle)));
-        assert!(c.set("b", Some(NodePhase::Idle)));
-        assert!(!c.set("a", Some(NodePhase::Idle)), "unchanged");
-        assert!(c.set("a", Some(NodePhase::Fetching)));
+        // a and b appear Idle; a again Idle; a goes Fetching; b goes away.
+        assert!(c.moved(None, Some(NodePhase::Idle)));
+        assert!(c.moved(None, Some(NodePhase::Idle)));
+        assert!(
+            !c.moved(Some(NodePhase::Idle), Some(NodePhase::Idle)),
+            "unchanged"
+        );
+        assert!(c.moved(Some(NodePhase::Idle), Some(NodePhase::Fetching)));
         assert_eq!(count(&c, NodePhase::Idle), 1);
         assert_eq!(count(&c, NodePhase::Fetching), 1);
-        assert!(c.set("b", None));
-        assert!(!c.set("b", None), "gone already");
+        assert!(c.moved(Some(NodePhase::Idle), None));
+        assert!(!c.moved(None, None), "gone already");
         assert_eq!(count(&c, NodePhase::Idle), 0);
-        c.reset(&[
-            node("x", NodePhase::Active),
-            node("y", NodePhase::Active),
-            node("z", NodePhase::Failed),
-        ]);
+        c.reset([NodePhase::Active, NodePhase::Active, NodePhase::Failed]);
         assert_eq!(
             count(&c, NodePhase::Fetching),
             0,
