@@ -848,19 +848,30 @@ async fn a_bundle_change_rolls_only_the_nodes_whose_config_changed_and_a_broken_
             "{id} is in use and was collected"
         );
     }
-    let index = reqwest::get(format!("{config_url}/index.json"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let index = theseus::pkg::index::Index::parse(&index, "index").unwrap();
-    for id in &orphan_ids {
-        assert!(
-            index.packages.iter().all(|e| &e.id.to_string() != id),
-            "{id} still indexed"
-        );
-    }
+    // The repository's index is rebuilt after the collection: it drops
+    // the orphan's packages within moments of their ConfigMaps.
+    eventually(
+        Duration::from_secs(30),
+        "the orphan out of the index",
+        || async {
+            let index = reqwest::get(format!("{config_url}/index.json"))
+                .await
+                .map_err(|e| e.to_string())?
+                .bytes()
+                .await
+                .map_err(|e| e.to_string())?;
+            let index =
+                theseus::pkg::index::Index::parse(&index, "index").map_err(|e| e.to_string())?;
+            match orphan_ids
+                .iter()
+                .find(|id| index.packages.iter().any(|e| &e.id.to_string() == *id))
+            {
+                Some(id) => Err(format!("{id} still indexed")),
+                None => Ok(()),
+            }
+        },
+    )
+    .await;
 
     let names: Vec<String> = agents.iter().map(|(_, a)| a.node.clone()).collect();
     // Stopped first: a running agent would register its NodeInstall again.
