@@ -9,7 +9,7 @@
 //! compare-and-swap on its resourceVersion) → act (idempotent, from the
 //! recorded status only) → report (the Cluster's conditions and events).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -106,6 +106,7 @@ impl Reads {
 
 /// One pass over a cluster whose layout is solved (or that is deleted).
 pub async fn drive(cluster: &Cluster, reads: Reads, cx: &Context) -> Result<Action, Error> {
+    let began = std::time::Instant::now();
     let ns = cluster.namespace().unwrap_or_default();
     let clusters: Api<Cluster> = Api::namespaced(cx.ctx.client.clone(), &ns);
     let deleting = cluster.metadata.deletion_timestamp.is_some();
@@ -234,9 +235,16 @@ pub async fn drive(cluster: &Cluster, reads: Reads, cx: &Context) -> Result<Acti
                 &catalog,
                 cx,
             );
+            let recorded = began.elapsed();
             let (acted, reported) = tokio::join!(acted, reported);
             acted?;
             reported?;
+            tracing::debug!(
+                cluster = %object(cluster),
+                recorded_ms = recorded.as_millis() as u64,
+                took_ms = began.elapsed().as_millis() as u64,
+                "plan pass"
+            );
         }
         None => reported.await?,
     }
@@ -801,9 +809,14 @@ async fn act(
     size_pools(cluster, plan, desired, catalog, cx).await?;
     bind(cluster, desired, installs, &nodes).await?;
     // The nodes are told at once, not one after another: a task on the
-    // last node in name order starts as soon as one on the first.
+    // last node in name order starts as soon as one on the first. The
+    // writes go out with the nodes of the most plan behind them first:
+    // when there are more than run at once, the critical path's go first.
+    let mut order: Vec<(&String, &&NodeInstall)> = bound.iter().collect();
+    let rank = |node: &String| desired.rank.get(node).copied().unwrap_or(0);
+    order.sort_by_key(|(node, _)| std::cmp::Reverse(rank(node)));
     let mut puts = Vec::new();
-    for (node, ni) in &bound {
+    for (node, ni) in order {
         if desired.exists.contains_key(node) {
             puts.push(put_node(
                 cluster,
@@ -900,42 +913,18 @@ async fn size_pools(
     Ok(())
 }
 
-/// Binds each registered, unbound node of a class's pool to a layout
-/// node of that class that should exist and has none, both in name order.
+/// Binds each unbound node of a class's pool to a layout node of that
+/// class that should exist and has none: the nodes that registered first
+/// (then the oldest) to the layout nodes with the most of the plan behind
+/// them (see [`execute::ranks`]), so that a launch slower than the others
+/// does not hold up the plan's critical path.
 async fn bind(
     cluster: &Cluster,
     desired: &Desired,
     installs: &[NodeInstall],
     nodes: &Api<NodeInstall>,
 ) -> Result<Vec<(String, String)>, Error> {
-    let bound: BTreeSet<&String> = installs
-        .iter()
-        .filter_map(|n| n.labels().get(NODE_LABEL))
-        .collect();
-    let mut free: BTreeMap<String, Vec<&NodeInstall>> = BTreeMap::new();
-    for ni in installs {
-        let unbound = !ni.labels().contains_key(NODE_LABEL)
-            && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION);
-        let pool = ni.labels().get(crate::api::POOL_TAG).cloned();
-        if let (true, Some(pool)) = (unbound, pool) {
-            free.entry(pool).or_default().push(ni);
-        }
-    }
-    let mut binds = Vec::new();
-    for (node, class) in &desired.exists {
-        if bound.contains(node) {
-            continue;
-        }
-        let Some(candidates) = free.get_mut(&pool_name(cluster, class)) else {
-            continue;
-        };
-        candidates.sort_by_key(|n| n.name_any());
-        if candidates.is_empty() {
-            continue;
-        }
-        let ni = candidates.remove(0);
-        binds.push((ni.name_any(), node.clone()));
-    }
+    let binds = binds(cluster, desired, installs);
     let patches: Vec<serde_json::Value> = binds
         .iter()
         .map(|(_, node)| json!({ "metadata": { "labels": { NODE_LABEL: node } } }))
@@ -946,6 +935,50 @@ async fn bind(
     }
     in_parallel(writes).await?;
     Ok(binds)
+}
+
+/// Which unbound NodeInstall goes to which layout node (see [`bind`]).
+fn binds(cluster: &Cluster, desired: &Desired, installs: &[NodeInstall]) -> Vec<(String, String)> {
+    let bound: BTreeSet<&String> = installs
+        .iter()
+        .filter_map(|n| n.labels().get(NODE_LABEL))
+        .collect();
+    let mut free: BTreeMap<String, VecDeque<&NodeInstall>> = BTreeMap::new();
+    for ni in installs {
+        let unbound = !ni.labels().contains_key(NODE_LABEL)
+            && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION);
+        let pool = ni.labels().get(crate::api::POOL_TAG).cloned();
+        if let (true, Some(pool)) = (unbound, pool) {
+            free.entry(pool).or_default().push_back(ni);
+        }
+    }
+    for candidates in free.values_mut() {
+        candidates.make_contiguous().sort_by_key(|n| {
+            let registered = n.status.as_ref().is_some_and(|s| s.heartbeat.is_some());
+            (
+                !registered,
+                n.creation_timestamp().map(|t| t.0),
+                n.name_any(),
+            )
+        });
+    }
+    let mut wanted: Vec<(&String, &String)> = desired
+        .exists
+        .iter()
+        .filter(|(node, _)| !bound.contains(node))
+        .collect();
+    let rank = |node: &String| desired.rank.get(node).copied().unwrap_or(0);
+    wanted.sort_by_key(|(node, _)| (std::cmp::Reverse(rank(node)), *node));
+    let mut binds = Vec::new();
+    for (node, class) in wanted {
+        if let Some(ni) = free
+            .get_mut(&pool_name(cluster, class))
+            .and_then(VecDeque::pop_front)
+        {
+            binds.push((ni.name_any(), node.clone()));
+        }
+    }
+    binds
 }
 
 /// The node's target (its services' packages) and hook, when they differ
@@ -1266,6 +1299,60 @@ mod tests {
         let health = Health::of(layout, installs);
         let c = super::available(&st, &health);
         (c.status == Status::True, c.reason.to_string(), c.message)
+    }
+
+    #[test]
+    fn registered_machines_go_to_the_layout_nodes_with_the_most_plan_behind_them_first() {
+        let cluster: Cluster = serde_json::from_value(json!({
+            "apiVersion": "theseus.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "shop", "namespace": "team", "uid": "u" },
+            "spec": { "template": "t", "size": 3 }
+        }))
+        .unwrap();
+        let pool = pool_name(&cluster, "box");
+        let machine = |name: &str, created: &str, registered: bool| -> NodeInstall {
+            let mut ni: NodeInstall = serde_json::from_value(json!({
+                "apiVersion": "theseus.dev/v1alpha1", "kind": "NodeInstall",
+                "metadata": { "name": name, "creationTimestamp": created,
+                    "labels": { crate::api::POOL_TAG: pool } },
+                "spec": {}
+            }))
+            .unwrap();
+            if registered {
+                ni.status = Some(crate::api::NodeInstallStatus {
+                    heartbeat: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        Timestamp::from_second(1).unwrap(),
+                    )),
+                    ..Default::default()
+                });
+            }
+            ni
+        };
+        let mut desired = Desired::default();
+        for (node, rank) in [("n1", 4), ("n2", 6), ("n3", 5), ("n4", 4)] {
+            desired.exists.insert(node.into(), "box".into());
+            desired.rank.insert(node.into(), rank);
+        }
+        let mut bound = install("n4", true, false);
+        bound
+            .labels_mut()
+            .insert(crate::api::POOL_TAG.into(), pool.clone());
+        let installs = [
+            machine("m-late", "2026-01-01T00:00:09Z", true),
+            machine("m-unregistered", "2026-01-01T00:00:00Z", false),
+            machine("m-first", "2026-01-01T00:00:01Z", true),
+            bound,
+        ];
+        // The first to register serves n2 (the longest chain), the next
+        // n3; the one not registered yet gets what is left.
+        assert_eq!(
+            binds(&cluster, &desired, &installs),
+            [
+                ("m-first".to_owned(), "n2".to_owned()),
+                ("m-late".to_owned(), "n3".to_owned()),
+                ("m-unregistered".to_owned(), "n1".to_owned()),
+            ]
+        );
     }
 
     #[test]

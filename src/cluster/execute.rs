@@ -636,6 +636,71 @@ pub struct Desired {
     /// in its list; any other it holds that is not asked for is taken
     /// back.
     pub finished_hooks: BTreeSet<String>,
+    /// Each layout node's share of the plan still ahead of it (see
+    /// [`ranks`]): registered machines are bound to the nodes with the
+    /// most first.
+    pub rank: BTreeMap<String, usize>,
+}
+
+/// For each layout node with tasks, the longest chain of service tasks
+/// (install, configure, initialize, start, stop, remove) from any of its
+/// tasks to the end of the plan or of its inverse, following the `after`
+/// edges forward. A node whose chain is the longest is on the plan's
+/// critical path: the first machine to come up serves it, and a slow
+/// launch lands on a node with slack to spare.
+pub fn ranks(spec: &ClusterPlanSpec) -> BTreeMap<String, usize> {
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    for tasks in [&spec.tasks, &spec.inverse] {
+        let index: BTreeMap<&str, usize> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.as_str(), i))
+            .collect();
+        let mut next: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            for a in &t.after {
+                if let Some(&j) = index.get(a.as_str()) {
+                    next[j].push(i);
+                }
+            }
+        }
+        // The chain behind each task, memoised.
+        let mut behind: Vec<Option<usize>> = vec![None; tasks.len()];
+        let mut open = vec![false; tasks.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            let n = chain_behind(i, tasks, &next, &mut behind, &mut open);
+            let r = rank.entry(t.node.clone()).or_default();
+            *r = (*r).max(n);
+        }
+    }
+    rank
+}
+
+/// The longest chain of service tasks from task `i` to the end, `i`
+/// included (see [`ranks`]). The plan is acyclic; a cycle, were there
+/// one, would count as nothing more behind.
+fn chain_behind(
+    i: usize,
+    tasks: &[Task],
+    next: &[Vec<usize>],
+    behind: &mut [Option<usize>],
+    open: &mut [bool],
+) -> usize {
+    if let Some(n) = behind[i] {
+        return n;
+    }
+    if open[i] {
+        return 0;
+    }
+    open[i] = true;
+    let rest = next[i]
+        .iter()
+        .map(|&j| chain_behind(j, tasks, next, behind, open))
+        .max()
+        .unwrap_or(0);
+    let n = usize::from(tasks[i].service.is_some()) + rest;
+    behind[i] = Some(n);
+    n
 }
 
 /// What every node should have, given the tasks recorded as started and
@@ -697,6 +762,7 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
         packages,
         hooks,
         finished_hooks,
+        rank: ranks(spec),
     }
 }
 
@@ -1162,6 +1228,47 @@ mod tests {
     fn attempts(st: &ClusterPlanStatus, step: &str) -> (TaskState, i32) {
         let s = state(st, &format!("n0/db/{step}")).unwrap();
         (s.state, s.attempts)
+    }
+
+    #[test]
+    fn the_nodes_with_the_longest_chain_of_service_tasks_behind_them_rank_first() {
+        // store ← api (runtime) ← worker (runtime), on nodes named against
+        // the order of their chains.
+        let mut catalog = Catalog::default();
+        let service = |requires: &[&str]| {
+            let mut s = ServiceDefinitionSpec {
+                packages: vec!["p--1".into()],
+                ..ServiceDefinitionSpec::default()
+            };
+            s.dependencies.runtime.requires = requires.iter().map(|r| r.to_string()).collect();
+            s
+        };
+        catalog.services.insert("store".into(), service(&[]));
+        catalog.services.insert("api".into(), service(&["store"]));
+        catalog.services.insert("worker".into(), service(&["api"]));
+        let node = |name: &str, service: &str| LayoutNode {
+            name: name.into(),
+            node_class: "box".into(),
+            services: vec![service.into()],
+        };
+        let to = vec![
+            node("a", "worker"),
+            node("b", "api"),
+            node("c", "store"),
+            node("d", "worker"),
+        ];
+        let spec = create_plan(to, &catalog);
+        let rank = ranks(&spec);
+        // Each node's own four steps (install to start), then one start
+        // for each service that waits for it at runtime.
+        let want = BTreeMap::from([("a", 4), ("b", 5), ("c", 6), ("d", 4)]);
+        let got: BTreeMap<&str, usize> = rank.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        assert_eq!(got, want, "{:#?}", spec.tasks);
+        // The inverse (a delete) counts too: a node that only the rollback
+        // touches still ranks.
+        let mut undo = spec.clone();
+        undo.tasks.clear();
+        assert_eq!(ranks(&undo).len(), 4, "{:#?}", undo.inverse);
     }
 
     #[test]

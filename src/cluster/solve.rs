@@ -94,6 +94,7 @@ pub(super) fn error_policy(cluster: Arc<Cluster>, err: &Error, cx: Arc<Context>)
 /// when it changed) → report (events).
 pub async fn reconcile(cluster: Arc<Cluster>, cx: Arc<Context>) -> Result<Action, Error> {
     cx.ctx.metrics.reconciled(NAME);
+    tracing::debug!(cluster = %describe(&cluster), "pass begins");
     // The cache may not have this controller's last status write yet (a
     // node's report wakes it at once): both steps decide from the
     // cluster as stored, never from an older status. The plan the cached

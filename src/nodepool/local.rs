@@ -174,6 +174,10 @@ impl Local {
     /// pool's state directory).
     fn agents(&self, seq: i64) -> Vec<u32> {
         let root = self.dir.join(seq.to_string()).join("root");
+        // The root is made before an agent is started on it: none, no agent.
+        if !root.exists() {
+            return Vec::new();
+        }
         let needle = [
             b"--root\0".as_slice(),
             root.as_os_str().as_encoded_bytes(),
@@ -334,15 +338,22 @@ impl Provider for Local {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, provider::Error>> {
         Box::pin(async move {
             let mut out = Vec::new();
-            for seq in self.seqs()? {
-                if let Some((_, launched)) = self.running(seq) {
-                    if let Some(identity) = &self.identity {
-                        identity
-                            .renew_if_old(&self.node(seq), &self.files(seq))
-                            .await?;
-                    }
-                    out.push(self.instance(seq, launched));
+            // Reading the pid files and /proc blocks: see `launch`.
+            let running = tokio::task::block_in_place(|| {
+                Ok::<_, Error>(
+                    self.seqs()?
+                        .into_iter()
+                        .filter_map(|seq| Some((seq, self.running(seq)?)))
+                        .collect::<Vec<_>>(),
+                )
+            })?;
+            for (seq, (_, launched)) in running {
+                if let Some(identity) = &self.identity {
+                    identity
+                        .renew_if_old(&self.node(seq), &self.files(seq))
+                        .await?;
                 }
+                out.push(self.instance(seq, launched));
             }
             Ok(out)
         })
@@ -357,7 +368,9 @@ impl Provider for Local {
             let mut out = Vec::new();
             for seq in first_seq..first_seq + count as i64 {
                 let kubeconfig = match &self.identity {
-                    Some(identity) if self.running(seq).is_none() => {
+                    Some(identity)
+                        if tokio::task::block_in_place(|| self.running(seq)).is_none() =>
+                    {
                         let dir = self.dir.join(seq.to_string());
                         std::fs::create_dir_all(&dir).map_err(self.io("cannot create", &dir))?;
                         let files = self.files(seq);
@@ -366,7 +379,11 @@ impl Provider for Local {
                     }
                     _ => None,
                 };
-                out.push(self.start(seq, kubeconfig.as_deref())?);
+                // Starting a process and reading /proc are blocking:
+                // keep the runtime's other tasks (the watches among them)
+                // running meanwhile.
+                let kubeconfig = kubeconfig.as_deref();
+                out.push(tokio::task::block_in_place(|| self.start(seq, kubeconfig))?);
             }
             Ok(out)
         })
