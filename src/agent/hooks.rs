@@ -324,6 +324,18 @@ fn decide(records: &Records, task: &NodeTask, reported: Option<&NodeTaskStatus>)
     }
 }
 
+/// The longest a hook's end waits, reported quietly, for the start of the
+/// next hook to go out with it (see [`Context::finish_quietly`]).
+const QUIET_FOR: Duration = Duration::from_millis(100);
+
+/// Replaces the report of `status`'s task, or adds it.
+fn upsert(tasks: &mut Vec<NodeTaskStatus>, status: NodeTaskStatus) {
+    match tasks.iter_mut().find(|t| t.id == status.id) {
+        Some(t) => *t = status,
+        None => tasks.push(status),
+    }
+}
+
 /// What every hook of this agent shares.
 struct Context {
     root: NodeRoot,
@@ -336,11 +348,7 @@ struct Context {
 impl Context {
     /// Reports an attempt: replaces the report of its task.
     fn report(&self, status: NodeTaskStatus) {
-        self.reporter
-            .update(|s| match s.tasks.iter_mut().find(|t| t.id == status.id) {
-                Some(t) => *t = status,
-                None => s.tasks.push(status),
-            });
+        self.reporter.update(|s| upsert(&mut s.tasks, status));
     }
 
     /// Keeps the reports of the tasks of `queue` only, in its order.
@@ -362,13 +370,34 @@ impl Context {
 
     /// Records the result of an attempt, then reports it.
     async fn finish(&self, record: Record) {
+        let status = self.record_end(record).await;
+        self.report(status);
+    }
+
+    /// Records the result of an attempt and reports it quietly: the agent
+    /// starts the node's next queued hook at once, and one status write
+    /// says both (the end of this one and the start of the next). Should
+    /// nothing follow within [`QUIET_FOR`], the report goes out alone.
+    async fn finish_quietly(&self, record: Record) {
+        let status = self.record_end(record).await;
+        self.reporter
+            .update_quietly(|s| upsert(&mut s.tasks, status));
+        let reporter = self.reporter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(QUIET_FOR).await;
+            reporter.flush();
+        });
+    }
+
+    /// Records the result of an attempt; its status.
+    async fn record_end(&self, record: Record) -> NodeTaskStatus {
         let status = record.status.clone();
         if let Err(e) = self.write(record).await {
             tracing::warn!("{e}");
         }
         tracing::info!(task = %status.id, attempt = status.attempt, state = ?status.state,
             message = status.message.as_deref().unwrap_or(""), "hook finished");
-        self.report(status);
+        status
     }
 
     /// `ROOT/logs/hooks/SERVICE.log`.
@@ -469,6 +498,13 @@ impl Hooks {
         }
     }
 
+    /// Writes a hook's end reported quietly, if it is not written yet:
+    /// after the [`Hooks::pass`] that follows it, which may have started
+    /// the next hook.
+    pub fn flush(&self) {
+        self.ctx.reporter.flush();
+    }
+
     /// Waits until the running hook has ended and reported; never returns
     /// when none runs (for the agent loop's `select!`).
     pub async fn finished(&mut self) {
@@ -542,7 +578,7 @@ async fn run_hook(ctx: Arc<Context>, task: NodeTask, record: Record, cancel: Can
         Ok(None) => return,
         Err(e) => failed(record.status.clone(), e.to_string()),
     };
-    ctx.finish(Record { status, pid: None }).await;
+    ctx.finish_quietly(Record { status, pid: None }).await;
 }
 
 /// How a hook process ended.
@@ -1073,6 +1109,56 @@ mod tests {
         let log = std::fs::read_to_string(root.path().join("logs/hooks/store.log")).unwrap();
         assert!(log.contains("task node-1/store/install attempt 1"), "{log}");
         assert!(log.contains("hello from the hook"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_hook_s_end_goes_out_with_the_next_hook_s_start_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = open_root(dir.path());
+        let (mut hooks, reporter) = runner(&root);
+        let queue = [task("first", 1, "true"), task("second", 1, "sleep 0.2")];
+        let mut writes = reporter.subscribe();
+        writes.borrow_and_update();
+        hooks.pass(&queue).await;
+        assert!(writes.has_changed().unwrap(), "the first start is written");
+        writes.borrow_and_update();
+        tokio::time::timeout(WAIT, hooks.finished()).await.unwrap();
+        assert!(
+            !writes.has_changed().unwrap(),
+            "the end alone wakes no write"
+        );
+        assert_eq!(
+            report(&reporter, "first").map(|r| r.state),
+            Some(HookState::Succeeded),
+            "yet it is in the status"
+        );
+        hooks.pass(&queue).await;
+        hooks.flush();
+        assert!(writes.has_changed().unwrap());
+        let states: Vec<(String, HookState)> = writes
+            .borrow_and_update()
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("first".to_owned(), HookState::Succeeded),
+                ("second".to_owned(), HookState::Running)
+            ],
+            "one write says both"
+        );
+        // The last hook: nothing follows, and its end goes out alone soon.
+        tokio::time::timeout(WAIT, hooks.finished()).await.unwrap();
+        tokio::time::timeout(WAIT, writes.changed())
+            .await
+            .expect("written after a short wait")
+            .unwrap();
+        assert_eq!(
+            report(&reporter, "second").map(|r| r.state),
+            Some(HookState::Succeeded)
+        );
     }
 
     #[tokio::test]

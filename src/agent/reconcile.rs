@@ -85,8 +85,15 @@ impl Agent {
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(self.tick) => {}
-                // A finished hook: the next task may be waiting.
-                () = self.hooks.finished() => {}
+                // A finished hook: the next task may be waiting. It starts
+                // before anything else is done, and the end of the one
+                // before goes out with its start, in one write.
+                () = self.hooks.finished() => {
+                    if !self.awaits_switch(&desired).await {
+                        self.hooks.pass(&desired.tasks).await;
+                    }
+                    self.hooks.flush();
+                }
                 Some(req) = self.requests.recv() => self.local_activate(req, &desired).await,
                 () = stop.cancelled() => return,
             }

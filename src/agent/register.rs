@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -128,6 +130,8 @@ pub async fn register(
 #[derive(Clone)]
 pub struct Reporter {
     status: watch::Sender<NodeInstallStatus>,
+    /// A change made by [`Reporter::update_quietly`] awaits its write.
+    quiet: Arc<AtomicBool>,
 }
 
 impl Reporter {
@@ -136,6 +140,7 @@ impl Reporter {
     pub fn new(initial: NodeInstallStatus) -> Self {
         Self {
             status: watch::Sender::new(initial),
+            quiet: Arc::default(),
         }
     }
 
@@ -147,11 +152,38 @@ impl Reporter {
     /// Changes the status with `change`; the writer writes it when anything
     /// differs.
     pub fn update(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
-        self.status.send_if_modified(|status| {
+        let written = self.status.send_if_modified(|status| {
             let before = status.clone();
             change(status);
             *status != before
         });
+        if written {
+            // The write says whatever was changed quietly too.
+            self.quiet.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Changes the status with `change` without waking the writer: the
+    /// change goes out with the next write — the next [`Reporter::update`]
+    /// that changes something, a [`Reporter::flush`], or the heartbeat.
+    /// For a change that another is about to follow, so that one write
+    /// says both.
+    pub fn update_quietly(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
+        self.status.send_if_modified(|status| {
+            let before = status.clone();
+            change(status);
+            if *status != before {
+                self.quiet.store(true, Ordering::SeqCst);
+            }
+            false
+        });
+    }
+
+    /// Wakes the writer if a quiet change awaits its write.
+    pub fn flush(&self) {
+        if self.quiet.swap(false, Ordering::SeqCst) {
+            self.status.send_modify(|_| {});
+        }
     }
 
     /// The latest status and its changes.
@@ -252,6 +284,9 @@ pub async fn write_status<W, F>(
         if !go_on {
             return;
         }
+        // Every write carries a heartbeat: the next heartbeat of its own
+        // is due a whole interval after this one.
+        tick.reset();
     }
 }
 
@@ -405,5 +440,96 @@ mod tests {
             Some("last"),
             "written on the way out"
         );
+    }
+
+    /// A writer that logs when (since the start) and what it wrote.
+    type Log = Arc<Mutex<Vec<(Duration, Option<String>)>>>;
+    fn logging_writer(
+        reporter: &Reporter,
+        every: Duration,
+        stop: &CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, Log) {
+        let written: Log = Arc::default();
+        let log = written.clone();
+        let start = Instant::now();
+        let writer = tokio::spawn(write_status(
+            reporter.clone(),
+            every,
+            stop.clone(),
+            move |status| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push((start.elapsed(), status.message));
+                }
+            },
+        ));
+        (writer, written)
+    }
+
+    /// Waits (up to 10 s) until `written` holds `n` writes.
+    async fn writes(written: &Log, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while written.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{n} writes: {written:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_is_written_a_whole_interval_after_the_last_write() {
+        let every = Duration::from_millis(600);
+        let reporter = Reporter::new(NodeInstallStatus::default());
+        let stop = CancellationToken::new();
+        let (writer, written) = logging_writer(&reporter, every, &stop);
+        writes(&written, 1).await;
+        for i in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            reporter.update(|s| s.message = Some(format!("change {i}")));
+        }
+        // The three changes, then a heartbeat.
+        writes(&written, 5).await;
+        stop.cancel();
+        writer.await.unwrap();
+        let written = written.lock().unwrap();
+        let changes: Vec<Option<&str>> = written[1..4].iter().map(|(_, m)| m.as_deref()).collect();
+        assert_eq!(
+            changes,
+            [Some("change 1"), Some("change 2"), Some("change 3")]
+        );
+        // Writes 250 ms apart hold the heartbeat off: it comes a whole
+        // interval after the last of them (not 600 ms after the first
+        // write, in the middle of the changes).
+        assert_eq!(written[4].1.as_deref(), Some("change 3"), "a heartbeat");
+        let gap = written[4].0 - written[3].0;
+        assert!(gap >= every, "{gap:?} after the last write: {written:?}");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_change_goes_out_with_the_next_write_or_a_flush() {
+        let reporter = Reporter::new(NodeInstallStatus::default());
+        let stop = CancellationToken::new();
+        let (writer, written) = logging_writer(&reporter, Duration::from_secs(3600), &stop);
+        writes(&written, 1).await;
+        reporter.update_quietly(|s| s.message = Some("quiet".into()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(written.lock().unwrap().len(), 1, "not written: {written:?}");
+        assert_eq!(reporter.snapshot().message.as_deref(), Some("quiet"));
+        // The next change carries it.
+        reporter.update(|s| s.phase = crate::api::NodePhase::Active);
+        writes(&written, 2).await;
+        assert_eq!(written.lock().unwrap()[1].1.as_deref(), Some("quiet"));
+        // A flush with nothing quiet pending writes nothing…
+        reporter.flush();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(written.lock().unwrap().len(), 2, "{written:?}");
+        // …and one with a quiet change pending writes it.
+        reporter.update_quietly(|s| s.message = Some("flushed".into()));
+        reporter.flush();
+        writes(&written, 3).await;
+        stop.cancel();
+        writer.await.unwrap();
+        let written = written.lock().unwrap();
+        assert_eq!(written.len(), 3, "{written:?}");
+        assert_eq!(written[2].1.as_deref(), Some("flushed"));
     }
 }
