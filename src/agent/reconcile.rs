@@ -79,9 +79,7 @@ impl Agent {
         loop {
             let desired = self.desired.borrow_and_update().clone();
             self.reconcile(&desired).await;
-            if !self.awaits_switch(&desired).await {
-                self.hooks.pass(&desired.tasks).await;
-            }
+            self.next_hooks(&desired).await;
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(self.tick) => {}
@@ -89,14 +87,19 @@ impl Agent {
                 // before anything else is done, and the end of the one
                 // before goes out with its start, in one write.
                 () = self.hooks.finished() => {
-                    if !self.awaits_switch(&desired).await {
-                        self.hooks.pass(&desired.tasks).await;
-                    }
+                    self.next_hooks(&desired).await;
                     self.hooks.flush();
                 }
                 Some(req) = self.requests.recv() => self.local_activate(req, &desired).await,
                 () = stop.cancelled() => return,
             }
+        }
+    }
+
+    /// A pass over the hooks of `desired`, unless they wait for a switch.
+    async fn next_hooks(&mut self, desired: &Desired) {
+        if !self.awaits_switch(desired).await {
+            self.hooks.pass(&desired.tasks).await;
         }
     }
 

@@ -152,12 +152,7 @@ impl Reporter {
     /// Changes the status with `change`; the writer writes it when anything
     /// differs.
     pub fn update(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
-        let written = self.status.send_if_modified(|status| {
-            let before = status.clone();
-            change(status);
-            *status != before
-        });
-        if written {
+        if self.change(change, true) {
             // The write says whatever was changed quietly too.
             self.quiet.store(false, Ordering::SeqCst);
         }
@@ -169,14 +164,22 @@ impl Reporter {
     /// For a change that another is about to follow, so that one write
     /// says both.
     pub fn update_quietly(&self, change: impl FnOnce(&mut NodeInstallStatus)) {
+        if self.change(change, false) {
+            self.quiet.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Applies `change`; whether it changed anything. The writer is woken
+    /// when it did and `wake` says so.
+    fn change(&self, change: impl FnOnce(&mut NodeInstallStatus), wake: bool) -> bool {
+        let mut changed = false;
         self.status.send_if_modified(|status| {
             let before = status.clone();
             change(status);
-            if *status != before {
-                self.quiet.store(true, Ordering::SeqCst);
-            }
-            false
+            changed = *status != before;
+            changed && wake
         });
+        changed
     }
 
     /// Wakes the writer if a quiet change awaits its write.

@@ -9,7 +9,7 @@
 //! compare-and-swap on its resourceVersion) → act (idempotent, from the
 //! recorded status only) → report (the Cluster's conditions and events).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -227,14 +227,8 @@ pub async fn drive(cluster: &Cluster, reads: Reads, cx: &Context) -> Result<Acti
     // The nodes are told what the recorded plan asks of them while the
     // cluster's status is written: neither waits for the other.
     match &acting {
-        Some((plan, (desired, installs, repositories))) => {
-            let acted = act(
-                cluster,
-                plan,
-                (desired, installs, repositories),
-                &catalog,
-                cx,
-            );
+        Some((plan, acting)) => {
+            let acted = act(cluster, plan, acting, &catalog, cx);
             let recorded = began.elapsed();
             let (acted, reported) = tokio::join!(acted, reported);
             acted?;
@@ -567,13 +561,18 @@ pub fn pool_name(cluster: &Cluster, class: &str) -> String {
     format!("{readable}-{}", &digest[..8])
 }
 
-/// What [`act`] needs besides the plan: what the nodes should have, the
-/// nodes, and the repositories of the targets they are to be given.
-type Acting = (
-    Desired,
-    Vec<NodeInstall>,
-    BTreeMap<String, PackageRepository>,
-);
+/// What [`act`] needs besides the plan.
+struct Acting {
+    /// What the nodes should have.
+    desired: Desired,
+    /// The cluster's nodes.
+    installs: Vec<NodeInstall>,
+    /// The repositories of the targets the nodes are to be given.
+    repositories: BTreeMap<String, PackageRepository>,
+    /// Each layout node's rank ([`execute::ranks`], of the plan's spec:
+    /// computed once a pass), the order in which nodes are bound and told.
+    rank: BTreeMap<String, usize>,
+}
 
 /// One pass of a running plan: step and record; returns the plan's status
 /// as recorded, with what the nodes should have and the nodes (for
@@ -613,6 +612,7 @@ async fn execute(
     let plan_id = format!("{}.{}", plan.name_any(), plan.uid().unwrap_or_default());
     let name = cluster.name_any();
     let now = Timestamp::now();
+    let rank = execute::ranks(&plan.spec);
     // Nodes that registered since the last pass are bound first, so that
     // this pass's step sees them (their createNode ends now, not a pass
     // later).
@@ -623,7 +623,7 @@ async fn execute(
         );
         let desired = execute::desired(&plan.spec, &status, &world);
         let nodes: Api<NodeInstall> = Api::all(cx.ctx.client.clone());
-        for (install, node) in bind(cluster, &desired, &installs, &nodes).await? {
+        for (install, node) in bind(cluster, (&desired, &rank), &installs, &nodes).await? {
             if let Some(ni) = installs.iter_mut().find(|n| n.name_any() == install) {
                 ni.labels_mut().insert(NODE_LABEL.into(), node);
             }
@@ -649,7 +649,13 @@ async fn execute(
         repositories(cluster, &desired, &installs, catalog, cx)
     );
     recorded?;
-    Ok((next, (desired, installs, repositories?)))
+    let acting = Acting {
+        desired,
+        installs,
+        repositories: repositories?,
+        rank,
+    };
+    Ok((next, acting))
 }
 
 /// What a step of `plan` reads besides the plan.
@@ -784,14 +790,16 @@ async fn record_plan(
 async fn act(
     cluster: &Cluster,
     plan: &ClusterPlan,
-    (desired, installs, repositories): (
-        &Desired,
-        &[NodeInstall],
-        &BTreeMap<String, PackageRepository>,
-    ),
+    acting: &Acting,
     catalog: &Catalog,
     cx: &Context,
 ) -> Result<(), Error> {
+    let Acting {
+        desired,
+        installs,
+        repositories,
+        rank,
+    } = acting;
     let nodes: Api<NodeInstall> = Api::all(cx.ctx.client.clone());
     let bound: BTreeMap<String, &NodeInstall> = installs
         .iter()
@@ -807,14 +815,13 @@ async fn act(
         }
     }
     size_pools(cluster, plan, desired, catalog, cx).await?;
-    bind(cluster, desired, installs, &nodes).await?;
+    bind(cluster, (desired, rank), installs, &nodes).await?;
     // The nodes are told at once, not one after another: a task on the
     // last node in name order starts as soon as one on the first. The
     // writes go out with the nodes of the most plan behind them first:
     // when there are more than run at once, the critical path's go first.
     let mut order: Vec<(&String, &&NodeInstall)> = bound.iter().collect();
-    let rank = |node: &String| desired.rank.get(node).copied().unwrap_or(0);
-    order.sort_by_key(|(node, _)| std::cmp::Reverse(rank(node)));
+    order.sort_by_key(|(node, _)| critical_first(rank, node));
     let mut puts = Vec::new();
     for (node, ni) in order {
         if desired.exists.contains_key(node) {
@@ -920,11 +927,11 @@ async fn size_pools(
 /// does not hold up the plan's critical path.
 async fn bind(
     cluster: &Cluster,
-    desired: &Desired,
+    (desired, rank): (&Desired, &BTreeMap<String, usize>),
     installs: &[NodeInstall],
     nodes: &Api<NodeInstall>,
 ) -> Result<Vec<(String, String)>, Error> {
-    let binds = binds(cluster, desired, installs);
+    let binds = binds(cluster, (desired, rank), installs);
     let patches: Vec<serde_json::Value> = binds
         .iter()
         .map(|(_, node)| json!({ "metadata": { "labels": { NODE_LABEL: node } } }))
@@ -937,48 +944,58 @@ async fn bind(
     Ok(binds)
 }
 
+/// The sort key that puts the layout nodes of highest `rank` first.
+fn critical_first(rank: &BTreeMap<String, usize>, node: &str) -> std::cmp::Reverse<usize> {
+    std::cmp::Reverse(rank.get(node).copied().unwrap_or(0))
+}
+
 /// Which unbound NodeInstall goes to which layout node (see [`bind`]).
-fn binds(cluster: &Cluster, desired: &Desired, installs: &[NodeInstall]) -> Vec<(String, String)> {
+fn binds(
+    cluster: &Cluster,
+    (desired, rank): (&Desired, &BTreeMap<String, usize>),
+    installs: &[NodeInstall],
+) -> Vec<(String, String)> {
     let bound: BTreeSet<&String> = installs
         .iter()
         .filter_map(|n| n.labels().get(NODE_LABEL))
         .collect();
-    let mut free: BTreeMap<String, VecDeque<&NodeInstall>> = BTreeMap::new();
+    // Per pool, its unbound nodes: the registered first, then the oldest.
+    let mut free: BTreeMap<String, Vec<&NodeInstall>> = BTreeMap::new();
     for ni in installs {
         let unbound = !ni.labels().contains_key(NODE_LABEL)
             && !ni.annotations().contains_key(crate::api::REMOVE_ANNOTATION);
         let pool = ni.labels().get(crate::api::POOL_TAG).cloned();
         if let (true, Some(pool)) = (unbound, pool) {
-            free.entry(pool).or_default().push_back(ni);
+            free.entry(pool).or_default().push(ni);
         }
     }
-    for candidates in free.values_mut() {
-        candidates.make_contiguous().sort_by_key(|n| {
-            let registered = n.status.as_ref().is_some_and(|s| s.heartbeat.is_some());
-            (
-                !registered,
-                n.creation_timestamp().map(|t| t.0),
-                n.name_any(),
-            )
-        });
-    }
+    let mut free: BTreeMap<String, std::vec::IntoIter<&NodeInstall>> = free
+        .into_iter()
+        .map(|(pool, mut nodes)| {
+            nodes.sort_by_key(|n| {
+                let registered = n.status.as_ref().is_some_and(|s| s.heartbeat.is_some());
+                (
+                    !registered,
+                    n.creation_timestamp().map(|t| t.0),
+                    n.name_any(),
+                )
+            });
+            (pool, nodes.into_iter())
+        })
+        .collect();
     let mut wanted: Vec<(&String, &String)> = desired
         .exists
         .iter()
         .filter(|(node, _)| !bound.contains(node))
         .collect();
-    let rank = |node: &String| desired.rank.get(node).copied().unwrap_or(0);
-    wanted.sort_by_key(|(node, _)| (std::cmp::Reverse(rank(node)), *node));
-    let mut binds = Vec::new();
-    for (node, class) in wanted {
-        if let Some(ni) = free
-            .get_mut(&pool_name(cluster, class))
-            .and_then(VecDeque::pop_front)
-        {
-            binds.push((ni.name_any(), node.clone()));
-        }
-    }
-    binds
+    wanted.sort_by_key(|(node, _)| (critical_first(rank, node), *node));
+    wanted
+        .into_iter()
+        .filter_map(|(node, class)| {
+            let ni = free.get_mut(&pool_name(cluster, class))?.next()?;
+            Some((ni.name_any(), node.clone()))
+        })
+        .collect()
 }
 
 /// The node's target (its services' packages) and hook, when they differ
@@ -1117,13 +1134,7 @@ async fn finish_delete(
             Err(e) => return Err(kube_err(cluster, "DeleteNodePool")(e)),
         }
     }
-    let finalizers: Vec<String> = cluster
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": cluster.resource_version() } });
+    let patch = crate::shared::without_finalizer(cluster, FINALIZER);
     merge(
         clusters,
         &cluster.name_any(),
@@ -1329,9 +1340,10 @@ mod tests {
             ni
         };
         let mut desired = Desired::default();
-        for (node, rank) in [("n1", 4), ("n2", 6), ("n3", 5), ("n4", 4)] {
+        let mut rank = BTreeMap::new();
+        for (node, r) in [("n1", 4), ("n2", 6), ("n3", 5), ("n4", 4)] {
             desired.exists.insert(node.into(), "box".into());
-            desired.rank.insert(node.into(), rank);
+            rank.insert(node.to_owned(), r);
         }
         let mut bound = install("n4", true, false);
         bound
@@ -1346,7 +1358,7 @@ mod tests {
         // The first to register serves n2 (the longest chain), the next
         // n3; the one not registered yet gets what is left.
         assert_eq!(
-            binds(&cluster, &desired, &installs),
+            binds(&cluster, (&desired, &rank), &installs),
             [
                 ("m-first".to_owned(), "n2".to_owned()),
                 ("m-late".to_owned(), "n3".to_owned()),

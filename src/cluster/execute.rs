@@ -636,10 +636,6 @@ pub struct Desired {
     /// in its list; any other it holds that is not asked for is taken
     /// back.
     pub finished_hooks: BTreeSet<String>,
-    /// Each layout node's share of the plan still ahead of it (see
-    /// [`ranks`]): registered machines are bound to the nodes with the
-    /// most first.
-    pub rank: BTreeMap<String, usize>,
 }
 
 /// For each layout node with tasks, the longest chain of service tasks
@@ -762,7 +758,6 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
         packages,
         hooks,
         finished_hooks,
-        rank: ranks(spec),
     }
 }
 

@@ -69,3 +69,36 @@ pub fn scoped(selector: Option<&str>) -> kube::runtime::watcher::Config {
         None => config,
     }
 }
+
+/// A merge patch that takes `finalizer` off `object`, over the version
+/// read: should the object have changed since, the API server refuses it
+/// (409) and the next pass starts over.
+pub fn without_finalizer<K: kube::Resource>(object: &K, finalizer: &str) -> serde_json::Value {
+    let finalizers: Vec<&String> = object
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .collect();
+    serde_json::json!({ "metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.meta().resource_version,
+    } })
+}
+
+#[cfg(test)]
+mod finalizer_tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_keeps_the_other_finalizers_and_the_version_read() {
+        let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+        cm.metadata.finalizers = Some(vec!["a/x".into(), "theseus.dev/t".into(), "b/y".into()]);
+        cm.metadata.resource_version = Some("42".into());
+        assert_eq!(
+            without_finalizer(&cm, "theseus.dev/t"),
+            serde_json::json!({ "metadata": { "finalizers": ["a/x", "b/y"], "resourceVersion": "42" } })
+        );
+    }
+}

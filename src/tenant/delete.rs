@@ -10,7 +10,6 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::{
     Context, DELETING, Error, FINALIZER, Held, binding_name, read_err, write_err, write_status,
@@ -75,13 +74,7 @@ pub(super) async fn delete(
     if left > 0 || !remaining_namespaces.is_empty() {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let finalizers: Vec<String> = tenant
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": tenant.resource_version() } });
+    let patch = crate::shared::without_finalizer(tenant, FINALIZER);
     match tenants
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
