@@ -223,7 +223,12 @@ fn root_failure(e: RootError) -> Response {
         RootError::NotCached(_) => StatusCode::NOT_FOUND,
         RootError::InUse { .. } => StatusCode::CONFLICT,
         RootError::Set(_) | RootError::BadArchiveName { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        RootError::Fetch(_) => StatusCode::BAD_GATEWAY,
+        // What the repository served is not the package asked for, or
+        // not a package: the fault is upstream, as with a failed fetch.
+        RootError::Fetch(_)
+        | RootError::WrongId { .. }
+        | RootError::PkgInfo(_)
+        | RootError::Unpack(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     failure(status, e.to_string())
