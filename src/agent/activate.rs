@@ -436,6 +436,42 @@ impl Switcher {
             .collect()
     }
 
+    /// The fetchers of a request's repository and of its other sources.
+    fn fetchers(
+        &self,
+        grant: Option<&Grant>,
+        sources: &[(Grant, Vec<PackageId>)],
+    ) -> (Option<Fetcher>, Vec<(Fetcher, Vec<PackageId>)>) {
+        let fetcher = |g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone()));
+        let others = sources
+            .iter()
+            .map(|(g, ids)| (fetcher(g), ids.clone()))
+            .collect();
+        (grant.map(fetcher), others)
+    }
+
+    /// Fetches the packages of `req` that are not cached into the cache,
+    /// trusted as a switch's are, ahead of the switch to them: changes
+    /// nothing else (no journal, no generation, no service). Returns the
+    /// packages fetched.
+    pub async fn prefetch(&self, req: &Request) -> Result<Vec<PackageId>, SwitchError> {
+        let grant = self.grant(req).map_err(SwitchError::Refused)?;
+        let sources = self.source_grants(req).map_err(SwitchError::Refused)?;
+        let (fetcher, others) = self.fetchers(grant.as_ref(), &sources);
+        let change = self.root.change().await;
+        let ids = req.ids.clone();
+        let fetched = super::root::blocking(move || {
+            let mut fetched = Vec::new();
+            let sources = (fetcher.as_ref(), others.as_slice());
+            change
+                .block_on(change.root().fetch_missing(&ids, sources, &mut fetched))
+                .map(|()| fetched)
+        })
+        .await;
+        let grants = grant.iter().chain(sources.iter().map(|(g, _)| g));
+        fetched.map_err(|e| fetch_refused(SwitchError::Fetch(Box::new(e)), grants))
+    }
+
     /// Switches to `req`, reporting each phase to `sink`. A repository the
     /// agent does not trust (the target's, or one of its sources) is
     /// refused before the first phase.
@@ -528,15 +564,7 @@ impl Switcher {
         sink: &dyn PhaseSink,
     ) -> Result<Vec<ServiceSpec>, Early> {
         let old = self.active_services().await.unwrap_or_default();
-        let fetcher =
-            grant.map(|g| Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone())));
-        let others: Vec<(Fetcher, Vec<PackageId>)> = sources
-            .iter()
-            .map(|(g, ids)| {
-                let f = Fetcher::granted(g, self.fetch.clone(), Some(self.versions.clone()));
-                (f, ids.clone())
-            })
-            .collect();
+        let (fetcher, others) = self.fetchers(grant, sources);
         let change = self.root.change().await;
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let (go, go_rx) = std::sync::mpsc::channel();

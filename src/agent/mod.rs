@@ -183,6 +183,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .and_then(|s| s.failed_hash.clone()),
         reason: None,
         retry_at: None,
+        prefetched: None,
         desired: desired_rx,
         requests: activate_rx,
         tick,

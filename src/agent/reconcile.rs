@@ -1,8 +1,10 @@
 //! The agent loop: one task that owns every change to the node, so that a
 //! switch, a supervision pass and a local `POST /activate` never overlap.
-//! Each pass reads the facts, asks [`state::decide`] and carries out the
-//! answer, then looks at `spec.tasks` ([`Hooks::pass`]): a hook runs in a
-//! task of its own, so the loop goes on while it runs.
+//! Each pass starts the next hook of `spec.tasks` ([`Hooks::pass`]) if it
+//! is free to, reads the facts, asks [`state::decide`] and carries out the
+//! answer (then starts a hook that waited for that switch), and fetches
+//! `spec.next` ahead of its install: a hook and a fetch ahead each run in
+//! a task of their own, so the loop goes on while they run.
 
 use std::time::Duration;
 
@@ -52,6 +54,8 @@ pub struct Agent {
     /// When a target refused for a Secret it could not read is tried
     /// again (an admin may grant the read meanwhile).
     pub retry_at: Option<std::time::Instant>,
+    /// The hash of the last `spec.next` fetched ahead of its install.
+    pub prefetched: Option<String>,
 }
 
 /// How long a target whose Secrets could not be read waits before the
@@ -78,8 +82,14 @@ impl Agent {
     async fn follow(&mut self, stop: &CancellationToken) {
         loop {
             let desired = self.desired.borrow_and_update().clone();
+            // A hook asked for starts before the supervision pass; one
+            // that waits for a switch, once the pass has done it.
+            let waited = self.next_hooks(&desired).await;
             self.reconcile(&desired).await;
-            self.next_hooks(&desired).await;
+            if waited {
+                self.next_hooks(&desired).await;
+            }
+            self.prefetch(&desired);
             tokio::select! {
                 changed = self.desired.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(self.tick) => {}
@@ -96,11 +106,49 @@ impl Agent {
         }
     }
 
-    /// A pass over the hooks of `desired`, unless they wait for a switch.
-    async fn next_hooks(&mut self, desired: &Desired) {
-        if !self.awaits_switch(desired).await {
+    /// A pass over the hooks of `desired`, unless they wait for a switch;
+    /// whether they wait.
+    async fn next_hooks(&mut self, desired: &Desired) -> bool {
+        let waits = self.awaits_switch(desired).await;
+        if !waits {
             self.hooks.pass(&desired.tasks).await;
         }
+        waits
+    }
+
+    /// Fetches `spec.next` into the cache in a task of its own, once per
+    /// set, so that the install that follows only switches (a switch
+    /// that comes meanwhile waits for it and finds the packages cached).
+    /// A fetch that fails is logged and left to the switch, which fetches
+    /// again and reports what fails.
+    fn prefetch(&mut self, desired: &Desired) {
+        let Some(next) = &desired.next else {
+            return;
+        };
+        let is_target = desired
+            .target
+            .as_ref()
+            .is_some_and(|t| t.set_hash == next.set_hash);
+        if is_target || self.prefetched.as_deref() == Some(next.set_hash.as_str()) {
+            return;
+        }
+        self.prefetched = Some(next.set_hash.clone());
+        let (switcher, node, req) = (self.switcher.clone(), self.node.clone(), request(next));
+        tokio::spawn(async move {
+            match switcher.prefetch(&req).await {
+                Ok(fetched) => tracing::info!(
+                    node = %node,
+                    "fetched {} packages of set {} ahead of its install",
+                    fetched.len(),
+                    req.hash
+                ),
+                Err(e) => tracing::warn!(
+                    node = %node,
+                    "cannot fetch set {} ahead of its install (its switch will try again): {e}",
+                    req.hash
+                ),
+            }
+        });
     }
 
     /// [`awaits_switch`], reading the active set's hash only when a hook

@@ -300,6 +300,8 @@ pub struct Desired {
     pub generation: Option<i64>,
     /// `spec.target`.
     pub target: Option<NodeTarget>,
+    /// `spec.next`: the set to fetch ahead of its install.
+    pub next: Option<NodeTarget>,
     /// `spec.tasks`: the service action hooks to run in order (each once
     /// per attempt).
     pub tasks: Vec<NodeTask>,
@@ -315,6 +317,7 @@ impl Desired {
         Self {
             generation: ni.metadata.generation,
             target: ni.spec.target.clone(),
+            next: ni.spec.next.clone(),
             tasks: ni.spec.tasks.clone(),
             probes: ni.spec.probes.clone(),
             storage: ni.spec.storage.clone(),

@@ -31,6 +31,15 @@ pub struct NodeInstallSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<NodeTarget>,
 
+    /// The set a cluster plan will make `target` once this node's coming
+    /// installs start. The agent fetches the packages of it that it does
+    /// not have into its cache ahead of time, trusted as a target's are,
+    /// and activates nothing: the install then only switches. Written by
+    /// the operator's cluster controller when it binds the node, and
+    /// removed once `target` holds the packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NodeTarget>,
+
     /// A cluster plan's tasks for this node: service action hooks to run
     /// in this order, each once per attempt, each only after the ones
     /// before it succeeded (the node's next hooks come with the one it runs

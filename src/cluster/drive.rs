@@ -1029,6 +1029,13 @@ async fn put_node(
     if missing || stale {
         patch.insert("tasks".into(), json!(tasks));
     }
+    // The set it will install next, when that changed; once its target
+    // holds it, it goes with the next write.
+    let next = next_target(cluster, desired.next.get(node), catalog, repositories);
+    let held_next = ni.spec.next.as_ref().map(|t| &t.packages);
+    if next.as_ref().map(|t| &t.packages) != held_next && (next.is_some() || !patch.is_empty()) {
+        patch.insert("next".into(), json!(next));
+    }
     if patch.is_empty() {
         return Ok(());
     }
@@ -1061,8 +1068,8 @@ fn repository_of<'c>(packages: &[String], catalog: &'c Catalog) -> &'c str {
         .unwrap_or_default()
 }
 
-/// The repositories of the new targets of the bound nodes, by name, read
-/// each once.
+/// The repositories of the new targets of the bound nodes and of the sets
+/// they will install next, by name, read each once.
 async fn repositories(
     cluster: &Cluster,
     desired: &Desired,
@@ -1070,9 +1077,16 @@ async fn repositories(
     catalog: &Catalog,
     cx: &Context,
 ) -> Result<BTreeMap<String, PackageRepository>, Error> {
-    let names: BTreeSet<&str> = installs
+    let targets = installs
         .iter()
-        .filter_map(|ni| new_packages(ni, desired, ni.labels().get(NODE_LABEL)?))
+        .filter_map(|ni| new_packages(ni, desired, ni.labels().get(NODE_LABEL)?));
+    let nexts = installs.iter().filter_map(|ni| {
+        let next = desired.next.get(ni.labels().get(NODE_LABEL)?)?;
+        let held = ni.spec.next.as_ref().map(|t| &t.packages);
+        (held != Some(next)).then_some(next.as_slice())
+    });
+    let names: BTreeSet<&str> = targets
+        .chain(nexts)
         .map(|packages| repository_of(packages, catalog))
         .collect();
     let repos: Api<PackageRepository> = Api::all(cx.ctx.client.clone());
@@ -1091,6 +1105,19 @@ async fn repositories(
     futures::future::try_join_all(read)
         .await
         .map(|read| read.into_iter().collect())
+}
+
+/// The set a node bound to a layout node will install next (its
+/// `spec.next`), when it will install one and its repository was read.
+fn next_target(
+    cluster: &Cluster,
+    packages: Option<&Vec<String>>,
+    catalog: &Catalog,
+    repositories: &BTreeMap<String, PackageRepository>,
+) -> Option<NodeTarget> {
+    let packages = packages?;
+    let repo = repositories.get(repository_of(packages, catalog))?;
+    Some(target(cluster, packages, repo))
 }
 
 /// A target of `packages` from `repo`, the repository of the services

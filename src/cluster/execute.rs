@@ -629,6 +629,10 @@ pub struct Desired {
     pub deleting: BTreeSet<String>,
     /// The packages each node should have active, sorted.
     pub packages: BTreeMap<String, Vec<String>>,
+    /// The packages each node whose install waits for another node's task
+    /// will have once its installs have started, sorted (see
+    /// [`next_packages`]).
+    pub next: BTreeMap<String, Vec<String>>,
     /// The hooks each node should run, in order: the one it runs now and
     /// those queued behind it.
     pub hooks: BTreeMap<String, Vec<NodeTask>>,
@@ -748,17 +752,69 @@ pub fn desired(spec: &ClusterPlanSpec, status: &ClusterPlanStatus, w: &World) ->
             }
         }
     }
-    let packages = exists
+    let packages: BTreeMap<String, Vec<String>> = exists
         .keys()
         .map(|node| (node.clone(), node_packages(node, &present, w.catalog)))
         .collect();
+    let next = next_packages(spec, status, &packages, w.catalog);
     Desired {
         exists,
         deleting,
         packages,
+        next,
         hooks,
         finished_hooks,
     }
+}
+
+/// The nodes that have an install to come which waits for another node's
+/// task, with the packages they will have once their installs have
+/// started (where the plan is heading: its layout, or while it turns back
+/// the one it started from). They fetch them meanwhile, so that the
+/// install only switches. A node whose install can start as soon as it is
+/// up gets its target at once and is not told ahead.
+fn next_packages(
+    spec: &ClusterPlanSpec,
+    status: &ClusterPlanStatus,
+    packages: &BTreeMap<String, Vec<String>>,
+    catalog: &Catalog,
+) -> BTreeMap<String, Vec<String>> {
+    let (tasks, states, heading) = match status.phase {
+        PlanPhase::RollingBack | PlanPhase::RolledBack => {
+            (&spec.inverse, &status.rollback, &spec.from)
+        }
+        _ => (&spec.tasks, &status.tasks, &spec.to),
+    };
+    let done: BTreeSet<&str> = states
+        .iter()
+        .filter(|s| s.state.is_done())
+        .map(|s| s.id.as_str())
+        .collect();
+    let node_of: BTreeMap<&str, &str> = tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t.node.as_str()))
+        .collect();
+    let waiting: BTreeSet<&str> = tasks
+        .iter()
+        .filter(|t| t.action == TaskAction::Install && attempts_of(states, &t.id) == 0)
+        .filter(|t| {
+            t.after.iter().any(|a| {
+                node_of.get(a.as_str()) != Some(&t.node.as_str()) && !done.contains(a.as_str())
+            })
+        })
+        .map(|t| t.node.as_str())
+        .collect();
+    let coming = services_of(heading);
+    packages
+        .iter()
+        .filter(|(node, _)| waiting.contains(node.as_str()))
+        .filter_map(|(node, now)| {
+            let then = node_packages(node, &coming, catalog);
+            then.iter()
+                .any(|p| !now.contains(p))
+                .then(|| (node.clone(), then))
+        })
+        .collect()
 }
 
 fn services_of(layout: &[LayoutNode]) -> BTreeSet<(String, String)> {
@@ -1101,6 +1157,64 @@ mod tests {
             Some(format!("{0}/{0}", spec.tasks.len()).as_str())
         );
         assert!(st.tasks.iter().all(|t| t.attempts == 1), "{:?}", st.tasks);
+    }
+
+    #[test]
+    fn a_node_whose_install_waits_is_told_its_next_packages_until_the_install_starts() {
+        let (_, mut catalog) = fixture();
+        let app = catalog.services.get_mut("app").unwrap();
+        app.dependencies.install.requires = vec!["db".into()];
+        let spec = create_plan(fixture().0.to, &catalog);
+        let mut nodes = BTreeMap::new();
+        let mut st = step(
+            &spec,
+            &ClusterPlanStatus::default(),
+            &world(&nodes, &catalog, 0),
+        );
+        // The nodes are coming up: n1's install will wait for n0's, n0's
+        // only for n0 (it gets its target as soon as it is up).
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 0));
+        assert_eq!(want.next.keys().collect::<Vec<_>>(), ["n1"]);
+        for t in 1..4 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+            nodes = BTreeMap::from([
+                ("n0".into(), node(&[], None)),
+                ("n1".into(), node(&[], None)),
+            ]);
+        }
+        // db installs now; app's install waits for db's: n1 is told what
+        // it will install, n0 is not (its target says it).
+        assert_eq!(
+            state(&st, "n0/db/install").unwrap().state,
+            TaskState::Running
+        );
+        assert!(state(&st, "n1/app/install").is_none_or(|s| s.attempts == 0));
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 4));
+        assert_eq!(want.packages["n0"], ["db--1"]);
+        assert!(want.packages["n1"].is_empty());
+        assert_eq!(
+            want.next,
+            BTreeMap::from([("n1".to_owned(), vec!["app--1".to_owned()])])
+        );
+        // A plan turning back heads for the layout it started from (here
+        // none): nothing is fetched ahead.
+        let back = ClusterPlanStatus {
+            phase: PlanPhase::RollingBack,
+            ..st.clone()
+        };
+        let want = desired(&spec, &back, &world(&nodes, &catalog, 4));
+        assert!(spec.from.is_empty());
+        assert!(want.next.is_empty(), "{:?}", want.next);
+
+        // Once app's install starts, its target holds them: nothing next.
+        nodes.insert("n0".into(), node(&["db--1"], None));
+        for t in 4..8 {
+            st = step(&spec, &st, &world(&nodes, &catalog, t));
+        }
+        assert!(state(&st, "n1/app/install").is_some_and(|s| s.attempts == 1));
+        let want = desired(&spec, &st, &world(&nodes, &catalog, 8));
+        assert_eq!(want.packages["n1"], ["app--1"]);
+        assert!(want.next.is_empty(), "{:?}", want.next);
     }
 
     #[test]

@@ -151,6 +151,38 @@ impl Root {
         }
     }
 
+    /// Downloads and installs the packages of `ids` not cached yet: each of
+    /// `others` the ones it lists, `fetcher` the rest (without a fetcher,
+    /// they must all be cached). What arrived is added to `fetched` as it
+    /// arrives, so that a caller undoing its work knows it on an error too.
+    pub async fn fetch_missing(
+        &self,
+        ids: &[PackageId],
+        (fetcher, others): (Option<&Fetcher>, &[(Fetcher, Vec<PackageId>)]),
+        fetched: &mut Vec<PackageId>,
+    ) -> Result<(), RootError> {
+        let mut missing = self.missing(ids);
+        for (other, ids) in others {
+            let theirs: Vec<PackageId> = missing
+                .iter()
+                .filter(|id| ids.contains(id))
+                .cloned()
+                .collect();
+            missing.retain(|id| !theirs.contains(id));
+            if !theirs.is_empty() {
+                fetched.extend(self.fetch_packages(&theirs, other).await?);
+            }
+        }
+        match (fetcher, missing.first()) {
+            (_, None) => Ok(()),
+            (None, Some(id)) => Err(RootError::NotCached(id.clone())),
+            (Some(fetcher), Some(_)) => {
+                fetched.extend(self.fetch_packages(&missing, fetcher).await?);
+                Ok(())
+            }
+        }
+    }
+
     /// Checks unpacked packages, makes them durable and renames them into
     /// `packages/`.
     fn install(
@@ -172,8 +204,9 @@ impl Root {
         }
         failpoint::hit("fetch-unpacked");
         let started = std::time::Instant::now();
-        disk::sync_filesystem(self.path()).map_err(io_err(self.path()))?;
-        tracing::debug!(elapsed = ?started.elapsed(), "synced the filesystem");
+        let trees: Vec<&std::path::Path> = unpacked.iter().map(|(_, dir)| dir.as_path()).collect();
+        disk::sync_trees(&trees, self.path()).map_err(io_err(self.path()))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "synced the unpacked packages");
         for (id, dir) in unpacked {
             let dest = self.package_dir(id);
             std::fs::rename(dir, &dest).map_err(io_err(&dest))?;
@@ -316,27 +349,9 @@ impl Activation<'_> {
         fetcher: Option<&Fetcher>,
         others: &[(Fetcher, Vec<PackageId>)],
     ) -> Result<&[PackageId], RootError> {
-        let mut missing = self.root.missing(&self.ids);
-        for (other, ids) in others {
-            let theirs: Vec<PackageId> = missing
-                .iter()
-                .filter(|id| ids.contains(id))
-                .cloned()
-                .collect();
-            missing.retain(|id| !theirs.contains(id));
-            if !theirs.is_empty() {
-                let fetched = self.root.fetch_packages(&theirs, other).await?;
-                self.fetched.extend(fetched);
-            }
-        }
-        match (fetcher, missing.first()) {
-            (_, None) => {}
-            (None, Some(id)) => return Err(RootError::NotCached(id.clone())),
-            (Some(fetcher), Some(_)) => {
-                let fetched = self.root.fetch_packages(&missing, fetcher).await?;
-                self.fetched.extend(fetched);
-            }
-        }
+        let root = self.root;
+        root.fetch_missing(&self.ids, (fetcher, others), &mut self.fetched)
+            .await?;
         failpoint::hit("fetch-done");
         Ok(&self.fetched)
     }

@@ -70,6 +70,57 @@ pub fn sync_filesystem(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Up to how many files and directories [`sync_trees`] fsyncs one by one;
+/// past that, it flushes the whole filesystem instead.
+pub const FSYNC_EACH_UP_TO: usize = 64;
+
+/// Makes everything under `trees` durable: each file and directory fsynced
+/// when they are at most [`FSYNC_EACH_UP_TO`] in all (a small package:
+/// cheaper than a flush of the whole filesystem, which also writes out
+/// whatever else is dirty on it), otherwise [`sync_filesystem`] of `fs`.
+pub fn sync_trees(trees: &[&Path], fs: &Path) -> io::Result<()> {
+    let mut entries = Vec::new();
+    for tree in trees {
+        if !collect_entries(tree, &mut entries, FSYNC_EACH_UP_TO)? {
+            return sync_filesystem(fs);
+        }
+    }
+    for (path, is_dir) in entries {
+        match is_dir {
+            true => fsync_dir(&path)?,
+            false => File::open(&path)?.sync_all()?,
+        }
+    }
+    Ok(())
+}
+
+/// Adds `dir` and what is under it to `entries` (with whether each is a
+/// directory; symbolic links are left out: their target is another
+/// entry, and their name is in their directory); false as soon as there
+/// would be more than `limit`.
+fn collect_entries(
+    dir: &Path,
+    entries: &mut Vec<(std::path::PathBuf, bool)>,
+    limit: usize,
+) -> io::Result<bool> {
+    entries.push((dir.to_owned(), true));
+    for entry in std::fs::read_dir(dir)? {
+        if entries.len() >= limit {
+            return Ok(false);
+        }
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if !collect_entries(&entry.path(), entries, limit)? {
+                return Ok(false);
+            }
+        } else if kind.is_file() {
+            entries.push((entry.path(), false));
+        }
+    }
+    Ok(entries.len() <= limit)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -108,5 +159,37 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_small_tree_is_synced_entry_by_entry_and_a_large_one_as_a_filesystem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = tmp.path().join("small");
+        std::fs::create_dir_all(small.join("bin")).unwrap();
+        std::fs::write(small.join("pkginfo.json"), "{}").unwrap();
+        std::fs::write(small.join("bin/run"), "#!/bin/sh").unwrap();
+        std::os::unix::fs::symlink("run", small.join("bin/start")).unwrap();
+        let mut entries = Vec::new();
+        assert!(collect_entries(&small, &mut entries, FSYNC_EACH_UP_TO).unwrap());
+        entries.sort();
+        let want = [
+            (small.clone(), true),
+            (small.join("bin"), true),
+            (small.join("bin/run"), false),
+            (small.join("pkginfo.json"), false),
+        ];
+        assert_eq!(entries, want, "every directory and file, no link");
+
+        let large = tmp.path().join("large");
+        std::fs::create_dir(&large).unwrap();
+        for i in 0..FSYNC_EACH_UP_TO {
+            std::fs::write(large.join(format!("f{i}")), "x").unwrap();
+        }
+        let mut entries = Vec::new();
+        assert!(!collect_entries(&large, &mut entries, FSYNC_EACH_UP_TO).unwrap());
+        assert!(entries.len() <= FSYNC_EACH_UP_TO, "stops at the limit");
+
+        sync_trees(&[&small], tmp.path()).unwrap();
+        sync_trees(&[&small, &large], tmp.path()).unwrap();
     }
 }

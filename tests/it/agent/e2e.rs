@@ -1,7 +1,8 @@
 //! The node agent against the real testbed: registration and heartbeat, a
-//! target followed through v1 → v2 → a failing v3 that is rolled back, and
-//! recovery after the agent dies mid-switch. The test plays the operator by
-//! writing `spec.target`.
+//! target followed through v1 → v2 → a failing v3 that is rolled back,
+//! recovery after the agent dies mid-switch, and a set fetched ahead of its
+//! install (`spec.next`). The test plays the operator by writing
+//! `spec.target` and `spec.next`.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use theseus::api::{NodeInstall, NodeInstallStatus, NodePhase, conditions};
 
-use crate::support::agents::{Agent, Repo, demo_set, set_target, status, until_active};
+use crate::support::agents::{Agent, Repo, demo_set, set_next, set_target, status, until_active};
 use crate::support::{self, apply_crds};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -102,6 +103,65 @@ async fn phases_until(
             return seen;
         }
     }
+}
+
+#[tokio::test]
+async fn a_next_set_is_fetched_ahead_and_its_install_downloads_nothing() {
+    let Some(tb) = require_testbed!() else { return };
+    apply_crds(&tb);
+    let api = Api::<NodeInstall>::all(tb.client().await);
+    let repo = Repo::demo();
+    let agent = Agent::start(&tb, "next", "pool=web", &repo.trust_args());
+    support::eventually(WAIT, "registered", || status(&api, &agent.node)).await;
+
+    // Told what it will install: the packages are cached, nothing is
+    // active, no service runs.
+    let ids = demo_set("1.0.0");
+    let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    set_next(&api, &agent.node, &ids, &repo.url).await;
+    let s = support::eventually(WAIT, "the next set is cached", || async {
+        let s = status(&api, &agent.node).await?;
+        match names.iter().all(|id| s.cached.contains(id)) {
+            true => Ok(s),
+            false => Err(format!("cached {:?}", s.cached)),
+        }
+    })
+    .await;
+    assert!(s.active.is_empty() && s.active_hash.is_none(), "{s:?}");
+    assert_eq!(s.phase, NodePhase::Idle, "{s:?}");
+    assert_eq!(agent.disk_hash(), None);
+    assert!(agent.service_version().await.is_err(), "nothing serves yet");
+    let fetched = repo.server.package_requests();
+    assert_eq!(fetched.len(), names.len(), "{fetched:?}");
+
+    // The install switches to what is cached: no package downloaded again.
+    let v1 = set_target(&api, &agent.node, &ids, &repo.url, 20).await;
+    until_active(&api, &agent.node, &v1).await;
+    until_serving(&agent, "1.0.0").await;
+    assert_eq!(repo.server.package_requests(), fetched);
+
+    // A next set from a repository the agent does not trust is refused
+    // before any request: nothing fetched, the active set untouched.
+    let other = Repo::demo();
+    let refused = set_next(&api, &agent.node, &demo_set("2.0.0"), &other.url).await;
+    let line = format!("cannot fetch set {refused} ahead of its install");
+    support::eventually(WAIT, "the agent refuses the next set", || async {
+        let log = agent.log();
+        let refusal = format!("refusing repository {}", other.url);
+        match log.lines().find(|l| l.contains(&line)) {
+            Some(l) if l.contains(&refusal) => Ok(()),
+            Some(l) => Err(format!("another reason: {l}")),
+            None => Err("not yet".to_owned()),
+        }
+    })
+    .await;
+    assert_eq!(other.server.requests(), Vec::<String>::new());
+    let s = status(&api, &agent.node).await.unwrap();
+    assert_eq!(s.active_hash.as_deref(), Some(v1.as_str()), "{s:?}");
+    assert!(!s.cached.contains(&"demo-web--2.0.0".to_owned()), "{s:?}");
+    let node = agent.node.clone();
+    drop(agent);
+    support::agents::delete(&api, &node).await;
 }
 
 #[tokio::test]

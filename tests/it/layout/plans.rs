@@ -70,6 +70,14 @@ async fn a_cluster_is_created_scaled_amended_reconfigured_and_deleted_by_plans()
     assert_succeeded(&create);
     assert_ran_once(&create);
     assert_eq!(shop.installs().await.len(), 3, "one NodeInstall per node");
+    // The api's install waits for the store's: its node may have been told
+    // its packages ahead (if it was up before the store's install ended);
+    // no fetch ahead failed, and the target that followed cleared it.
+    let logs = shop.agent_logs();
+    assert!(!logs.contains("cannot fetch set"), "{logs}");
+    for ni in shop.installs().await {
+        assert_eq!(ni.spec.next, None, "{}", ni.metadata.name.unwrap());
+    }
     shop.assert_no_node_leaked().await;
 
     // Scale to 5 and back to 3: the nodes that stay keep their services

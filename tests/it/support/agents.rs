@@ -305,6 +305,36 @@ pub async fn set_target(
     set_target_with_keys(api, node, ids, repo, &[], health_timeout).await
 }
 
+/// The set of `ids` from `repo` as a target (or `spec.next`) names it.
+fn demo_target(
+    ids: &[PackageId],
+    repo: &str,
+    keys: &[String],
+    health_timeout: Option<i32>,
+) -> NodeTarget {
+    NodeTarget {
+        package_set: "demo".into(),
+        set_hash: set_hash(ids),
+        packages: ids.iter().map(|i| i.to_string()).collect(),
+        repository_url: repo.into(),
+        public_keys: keys.to_vec(),
+        health_timeout_seconds: health_timeout,
+        sources: Vec::new(),
+        secrets: Vec::new(),
+    }
+}
+
+/// Writes `spec.next` as the cluster controller does (a set to fetch
+/// ahead of its install); returns its hash.
+pub async fn set_next(api: &Api<NodeInstall>, node: &str, ids: &[PackageId], repo: &str) -> String {
+    let next = demo_target(ids, repo, &[], None);
+    let patch = serde_json::json!({ "spec": { "next": next } });
+    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("cannot set the next set of {node}: {e}"));
+    next.set_hash
+}
+
 /// Writes `spec.target` naming `keys` (`NodeTarget.publicKeys`).
 pub async fn set_target_with_keys(
     api: &Api<NodeInstall>,
@@ -314,17 +344,8 @@ pub async fn set_target_with_keys(
     keys: &[String],
     health_timeout: i32,
 ) -> String {
-    let hash = set_hash(ids);
-    let target = NodeTarget {
-        package_set: "demo".into(),
-        set_hash: hash.clone(),
-        packages: ids.iter().map(|i| i.to_string()).collect(),
-        repository_url: repo.into(),
-        public_keys: keys.to_vec(),
-        health_timeout_seconds: Some(health_timeout),
-        sources: Vec::new(),
-        secrets: Vec::new(),
-    };
+    let target = demo_target(ids, repo, keys, Some(health_timeout));
+    let hash = target.set_hash.clone();
     let mut target = serde_json::to_value(&target).unwrap();
     // A merge patch leaves out what is absent: clear keys set before.
     target["publicKeys"] = serde_json::json!(keys);

@@ -381,6 +381,26 @@ impl Shop {
             .items
     }
 
+    /// The logs of every agent the cluster's pools started, one after
+    /// another.
+    pub fn agent_logs(&self) -> String {
+        let Ok(pools) = std::fs::read_dir(self.state.join("nodepools")) else {
+            return String::new();
+        };
+        let mut logs = String::new();
+        for pool in pools.flatten() {
+            for node in std::fs::read_dir(pool.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let log = node.path().join("agent.log");
+                logs += &std::fs::read_to_string(log).unwrap_or_default();
+            }
+        }
+        logs
+    }
+
     /// The live agent processes of the cluster's pools.
     pub fn agents(&self) -> Vec<u32> {
         let Ok(pools) = std::fs::read_dir(self.state.join("nodepools")) else {
