@@ -77,23 +77,36 @@ where
 /// is: the plan the cluster named (as cached) and the fleet's halt.
 pub struct Reads {
     /// The plan's name, and the plan as read.
-    plan: (Option<String>, Result<Option<ClusterPlan>, kube::Error>),
+    pub(super) plan: (Option<String>, Result<Option<ClusterPlan>, kube::Error>),
     /// The halt as read.
     halt: Result<Option<crate::shared::halt::Halt>, kube::Error>,
 }
 
 impl Reads {
-    /// Reads the plan `cluster` names, and the halt, both at once.
+    /// Reads the plan `cluster` names, and the halt, both at once. A
+    /// running plan whose status this replica wrote last is not read
+    /// again: the API server's answer to that write is the plan as stored,
+    /// unless someone else wrote it since — and then this pass's record,
+    /// made over that version, fails, the plan is forgotten and the next
+    /// pass reads it. (Only a running plan: one that is pending or awaits
+    /// its approval is read, since its approval is another's write that
+    /// no record of this replica would meet.)
     pub async fn of(cluster: &Cluster, cx: &Context) -> Reads {
         let name = cluster.status.as_ref().and_then(|s| s.plan.clone());
-        let plans: Api<ClusterPlan> = Api::namespaced(
-            cx.ctx.client.clone(),
-            &cluster.namespace().unwrap_or_default(),
-        );
+        let ns = cluster.namespace().unwrap_or_default();
+        let plans: Api<ClusterPlan> = Api::namespaced(cx.ctx.client.clone(), &ns);
+        let written = name.as_ref().and_then(|name| {
+            let written = cx.plans_written.lock().unwrap();
+            written
+                .get(&written_key(&ns, name))
+                .filter(|p| runs(p))
+                .cloned()
+        });
         let plan = async {
-            match &name {
-                Some(name) => plans.get_opt(name).await,
-                None => Ok(None),
+            match (&name, written) {
+                (_, Some(plan)) => Ok(Some(plan)),
+                (Some(name), None) => plans.get_opt(name).await,
+                (None, None) => Ok(None),
             }
         };
         let (plan, halt) = tokio::join!(plan, cx.ctx.halt.get());
@@ -102,6 +115,17 @@ impl Reads {
             halt,
         }
     }
+}
+
+/// The key of a plan in [`Context::plans_written`].
+fn written_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// Whether `plan` is running (forward or turning back).
+fn runs(plan: &ClusterPlan) -> bool {
+    let phase = plan.status.as_ref().map(|s| s.phase);
+    matches!(phase, Some(PlanPhase::Running | PlanPhase::RollingBack))
 }
 
 /// One pass over a cluster whose layout is solved (or that is deleted).
@@ -640,7 +664,7 @@ async fn execute(
     // the writes to the nodes wait for it).
     let record = async {
         match next != status {
-            true => record_plan(cluster, plan, &next, plans).await,
+            true => record_plan(cluster, plan, &next, (plans, cx)).await,
             false => Ok(()),
         }
     };
@@ -769,19 +793,34 @@ pub(super) fn view(n: &NodeInstall) -> Option<(String, NodeView)> {
 
 /// record: the plan's status, only over the version observed (a
 /// concurrent writer makes this pass end and the next start over).
-async fn record_plan(
+pub(super) async fn record_plan(
     cluster: &Cluster,
     plan: &ClusterPlan,
     next: &ClusterPlanStatus,
-    plans: &Api<ClusterPlan>,
+    (plans, cx): (&Api<ClusterPlan>, &Context),
 ) -> Result<(), Error> {
     let mut updated = plan.clone();
     updated.status = Some(next.clone());
-    plans
+    let key = written_key(&plan.namespace().unwrap_or_default(), &plan.name_any());
+    let written = plans
         .replace_status(&plan.name_any(), &PostParams::default(), &updated)
-        .await
-        .map_err(kube_err(cluster, "WritePlan"))?;
-    Ok(())
+        .await;
+    // Only running plans are kept: a plan that ended is read no more.
+    let mut cache = cx.plans_written.lock().unwrap();
+    match written {
+        Ok(stored) if runs(&stored) => {
+            cache.insert(key, stored);
+            Ok(())
+        }
+        Ok(_) => {
+            cache.remove(&key);
+            Ok(())
+        }
+        Err(e) => {
+            cache.remove(&key);
+            Err(kube_err(cluster, "WritePlan")(e))
+        }
+    }
 }
 
 /// act: pools sized to the nodes that should exist (the ones going

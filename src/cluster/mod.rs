@@ -119,6 +119,11 @@ pub struct Context {
     /// tenant's running tasks to recording a plan's new ones, so that two
     /// clusters' passes cannot both take the last worker.
     pub workers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each running plan (by namespace and name) as the API server
+    /// answered this replica's last write of its status: the next pass
+    /// starts from it instead of reading the plan again (see
+    /// [`drive::Reads::of`]).
+    pub plans_written: std::sync::Mutex<HashMap<String, crate::api::ClusterPlan>>,
 }
 
 /// How long an applied NodePool is taken to be as applied: after this,
@@ -145,6 +150,7 @@ impl Context {
             recorder,
             solved: Default::default(),
             pools_applied: Default::default(),
+            plans_written: Default::default(),
             tenants,
             workers: Default::default(),
         })

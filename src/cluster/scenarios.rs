@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 
 use super::{Context, Stores, solve, template};
 use crate::api::conditions::{self, types};
-use crate::api::{Cluster, ClusterTemplate, LayoutNode, NodeClass, ServiceDefinition};
+use crate::api::{
+    Cluster, ClusterPlan, ClusterPlanStatus, ClusterTemplate, LayoutNode, NodeClass, PlanPhase,
+    ServiceDefinition,
+};
 use crate::shared::fake_api::{self, Call, Log, ok, status};
 use crate::shared::stores;
 
@@ -81,6 +84,7 @@ fn solve_context(client: kube::Client, stores: Stores) -> Arc<Context> {
         recorder,
         solved: Default::default(),
         pools_applied: Default::default(),
+        plans_written: Default::default(),
         tenants: kube::runtime::reflector::store().0,
         workers: Default::default(),
     })
@@ -199,6 +203,7 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
         recorder,
         solved: Default::default(),
         pools_applied: Default::default(),
+        plans_written: Default::default(),
         tenants: kube::runtime::reflector::store().0,
         workers: Default::default(),
     });
@@ -212,4 +217,106 @@ async fn a_template_pass_records_valid_its_revision_and_its_feasible_sizes_once(
     assert!(written["revision"].as_str().is_some_and(|r| r.len() == 16));
     assert_eq!(written["conditions"][0]["type"], json!("Valid"));
     assert_eq!(written["conditions"][0]["status"], json!("True"));
+}
+
+/// Plan `p` of cluster `c` in `phase`, at `version`.
+fn plan(phase: &str, version: &str) -> ClusterPlan {
+    object(json!({
+        "apiVersion": "theseus.dev/v1alpha1", "kind": "ClusterPlan",
+        "metadata": { "name": "p", "namespace": "apps", "resourceVersion": version },
+        "spec": { "cluster": "c", "operation": crate::api::Operation::Create, "tasks": [] },
+        "status": { "phase": phase }
+    }))
+}
+
+const PLAN: &str = "/apis/theseus.dev/v1alpha1/namespaces/apps/clusterplans/p";
+
+/// The requests of `log` for the plan, and empties it.
+fn plan_calls(log: &Log) -> Vec<String> {
+    let lines = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("/clusterplans/"))
+        .collect();
+    log.clear();
+    lines
+}
+
+#[tokio::test]
+async fn a_running_plan_is_read_once_then_taken_from_its_last_write_until_a_write_fails() {
+    use super::drive::{Reads, record_plan};
+    let mut c = cluster(3, json!([]));
+    c.status.as_mut().unwrap().plan = Some("p".into());
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(plan("Running", "1")));
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Log::default();
+    let client = {
+        let (stored, refuse) = (stored.clone(), refuse.clone());
+        fake_api::client(&log, move |call| match (call.method.as_str(), &call.path) {
+            ("GET", path) if path.starts_with(PLAN) => ok(&*stored.lock().unwrap()),
+            ("PUT", path) if path.starts_with(PLAN) => {
+                if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                    return status(409, "Conflict");
+                }
+                let mut written: ClusterPlan = object(call.body.clone());
+                written.metadata.resource_version = Some("2".into());
+                *stored.lock().unwrap() = written.clone();
+                ok(written)
+            }
+            _ => status(404, "NotFound"),
+        })
+    };
+    let cx = solve_context(client, catalog(10));
+    let plans: kube::Api<ClusterPlan> = kube::Api::namespaced(cx.ctx.client.clone(), "apps");
+    let read = |reads: Reads| reads.plan.1.expect("read").expect("a plan");
+
+    // Read, then recorded: the next pass starts from the write's answer.
+    let first = read(Reads::of(&c, &cx).await);
+    assert_eq!(plan_calls(&log), [format!("GET {PLAN}")]);
+    let next = ClusterPlanStatus {
+        phase: PlanPhase::Running,
+        progress: Some("1/2".into()),
+        ..ClusterPlanStatus::default()
+    };
+    record_plan(&c, &first, &next, (&plans, &cx)).await.unwrap();
+    assert_eq!(plan_calls(&log), [format!("PUT {PLAN}/status")]);
+    let second = read(Reads::of(&c, &cx).await);
+    assert_eq!(plan_calls(&log), Vec::<String>::new(), "not read again");
+    assert_eq!(second.metadata.resource_version.as_deref(), Some("2"));
+    assert_eq!(
+        second.status.as_ref().unwrap().progress.as_deref(),
+        Some("1/2")
+    );
+
+    // Another wrote it since: the record fails on the version, the plan
+    // is forgotten and read again.
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(record_plan(&c, &first, &next, (&plans, &cx)).await.is_err());
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.clear();
+    read(Reads::of(&c, &cx).await);
+    assert_eq!(plan_calls(&log), [format!("GET {PLAN}")]);
+
+    // A plan that ended is forgotten; one awaiting its approval (another's
+    // write) is read at every pass.
+    let ended = ClusterPlanStatus {
+        phase: PlanPhase::Succeeded,
+        ..ClusterPlanStatus::default()
+    };
+    record_plan(&c, &second, &ended, (&plans, &cx))
+        .await
+        .unwrap();
+    assert!(cx.plans_written.lock().unwrap().is_empty());
+    let waiting = plan("AwaitingApproval", "3");
+    *stored.lock().unwrap() = waiting.clone();
+    let next = ClusterPlanStatus {
+        phase: PlanPhase::AwaitingApproval,
+        ..ClusterPlanStatus::default()
+    };
+    record_plan(&c, &waiting, &next, (&plans, &cx))
+        .await
+        .unwrap();
+    log.clear();
+    read(Reads::of(&c, &cx).await);
+    assert_eq!(plan_calls(&log), [format!("GET {PLAN}")]);
 }

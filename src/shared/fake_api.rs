@@ -57,6 +57,11 @@ impl Log {
     pub fn lines(&self) -> Vec<String> {
         self.calls().iter().map(Call::line).collect()
     }
+
+    /// Forgets the requests so far.
+    pub fn clear(&self) {
+        self.0.lock().expect("log").clear();
+    }
 }
 
 /// An answer: a status code and a JSON body.
