@@ -1068,12 +1068,10 @@ async fn put_node(
     if missing || stale {
         patch.insert("tasks".into(), json!(tasks));
     }
-    // The set it will install next, when that changed; once its target
-    // holds it, it goes with the next write.
-    let next = next_target(cluster, desired.next.get(node), catalog, repositories);
-    let held_next = ni.spec.next.as_ref().map(|t| &t.packages);
-    if next.as_ref().map(|t| &t.packages) != held_next && (next.is_some() || !patch.is_empty()) {
-        patch.insert("next".into(), json!(next));
+    let want = desired.next.get(node);
+    let next = next_target(cluster, want, catalog, repositories);
+    if let Some(next) = next_change(want, ni.spec.next.as_ref(), next, !patch.is_empty()) {
+        patch.insert("next".into(), next);
     }
     if patch.is_empty() {
         return Ok(());
@@ -1086,6 +1084,27 @@ async fn put_node(
         "WriteNode",
     )
     .await
+}
+
+/// What a node's `spec.next` (now `held`) is to become, if anything: the
+/// set it will install next (`want`, made into `next` from the
+/// repository read for it) when that changed; null when none is wanted,
+/// only if the node is written anyway (`writing`: an outdated `next` is
+/// harmless, not worth a write of its own).
+fn next_change(
+    want: Option<&Vec<String>>,
+    held: Option<&NodeTarget>,
+    next: Option<NodeTarget>,
+    writing: bool,
+) -> Option<serde_json::Value> {
+    if want == held.map(|t| &t.packages) {
+        return None;
+    }
+    match (want, next) {
+        (Some(_), Some(next)) => Some(json!(next)),
+        (None, _) if writing => Some(serde_json::Value::Null),
+        _ => None,
+    }
 }
 
 /// The packages `ni` (bound to `node`) is to be given, when they differ
@@ -1431,6 +1450,37 @@ mod tests {
                 ("m-unregistered".to_owned(), "n1".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn a_node_is_told_its_next_set_when_it_changes_and_loses_it_only_with_another_write() {
+        let set = |p: &str| NodeTarget {
+            package_set: "cluster:c".into(),
+            set_hash: p.into(),
+            packages: vec![p.into()],
+            repository_url: "http://127.0.0.1/".into(),
+            ..NodeTarget::default()
+        };
+        let api = vec!["api--1".to_owned()];
+        // A new next set goes out.
+        let change = next_change(Some(&api), None, Some(set("api--1")), false);
+        assert_eq!(change.unwrap()["packages"], json!(["api--1"]));
+        // The one held: nothing, even when its repository was not read
+        // this pass and the node is written for something else.
+        assert_eq!(
+            next_change(Some(&api), Some(&set("api--1")), None, true),
+            None
+        );
+        // No longer wanted: cleared with another write, not alone.
+        let held = set("api--1");
+        assert_eq!(
+            next_change(None, Some(&held), None, true),
+            Some(serde_json::Value::Null)
+        );
+        assert_eq!(next_change(None, Some(&held), None, false), None);
+        // Wanted but its repository not read: the next pass writes it.
+        let db = vec!["db--1".to_owned()];
+        assert_eq!(next_change(Some(&db), Some(&held), None, true), None);
     }
 
     #[test]
