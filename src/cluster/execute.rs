@@ -785,22 +785,20 @@ fn next_packages(
         }
         _ => (&spec.tasks, &status.tasks, &spec.to),
     };
-    let done: BTreeSet<&str> = states
-        .iter()
-        .filter(|s| s.state.is_done())
-        .map(|s| s.id.as_str())
-        .collect();
+    let state: BTreeMap<&str, &TaskStatus> = states.iter().map(|s| (s.id.as_str(), s)).collect();
+    let started = |id: &str| state.get(id).is_some_and(|s| s.attempts > 0);
+    let done = |id: &str| state.get(id).is_some_and(|s| s.state.is_done());
     let node_of: BTreeMap<&str, &str> = tasks
         .iter()
         .map(|t| (t.id.as_str(), t.node.as_str()))
         .collect();
     let waiting: BTreeSet<&str> = tasks
         .iter()
-        .filter(|t| t.action == TaskAction::Install && attempts_of(states, &t.id) == 0)
+        .filter(|t| t.action == TaskAction::Install && !started(&t.id))
         .filter(|t| {
-            t.after.iter().any(|a| {
-                node_of.get(a.as_str()) != Some(&t.node.as_str()) && !done.contains(a.as_str())
-            })
+            t.after
+                .iter()
+                .any(|a| node_of.get(a.as_str()) != Some(&t.node.as_str()) && !done(a))
         })
         .map(|t| t.node.as_str())
         .collect();

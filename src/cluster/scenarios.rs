@@ -231,6 +231,14 @@ fn plan(phase: &str, version: &str) -> ClusterPlan {
 
 const PLAN: &str = "/apis/theseus.dev/v1alpha1/namespaces/apps/clusterplans/p";
 
+/// A plan's status in `phase`, nothing else.
+fn phased(phase: PlanPhase) -> ClusterPlanStatus {
+    ClusterPlanStatus {
+        phase,
+        ..ClusterPlanStatus::default()
+    }
+}
+
 /// The requests of `log` for the plan, and empties it.
 fn plan_calls(log: &Log) -> Vec<String> {
     let lines = log
@@ -274,9 +282,8 @@ async fn a_running_plan_is_read_once_then_taken_from_its_last_write_until_a_writ
     let first = read(Reads::of(&c, &cx).await);
     assert_eq!(plan_calls(&log), [format!("GET {PLAN}")]);
     let next = ClusterPlanStatus {
-        phase: PlanPhase::Running,
         progress: Some("1/2".into()),
-        ..ClusterPlanStatus::default()
+        ..phased(PlanPhase::Running)
     };
     record_plan(&c, &first, &next, (&plans, &cx)).await.unwrap();
     assert_eq!(plan_calls(&log), [format!("PUT {PLAN}/status")]);
@@ -299,20 +306,13 @@ async fn a_running_plan_is_read_once_then_taken_from_its_last_write_until_a_writ
 
     // A plan that ended is forgotten; one awaiting its approval (another's
     // write) is read at every pass.
-    let ended = ClusterPlanStatus {
-        phase: PlanPhase::Succeeded,
-        ..ClusterPlanStatus::default()
-    };
-    record_plan(&c, &second, &ended, (&plans, &cx))
+    record_plan(&c, &second, &phased(PlanPhase::Succeeded), (&plans, &cx))
         .await
         .unwrap();
     assert!(cx.plans_written.lock().unwrap().is_empty());
     let waiting = plan("AwaitingApproval", "3");
     *stored.lock().unwrap() = waiting.clone();
-    let next = ClusterPlanStatus {
-        phase: PlanPhase::AwaitingApproval,
-        ..ClusterPlanStatus::default()
-    };
+    let next = phased(PlanPhase::AwaitingApproval);
     record_plan(&c, &waiting, &next, (&plans, &cx))
         .await
         .unwrap();
